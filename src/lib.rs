@@ -1,0 +1,12 @@
+//! `topgun-node`: one node of the TopGun real-time, local-first data grid.
+//!
+//! # Layout
+//! - [`config`]: flags, environment, TOML file; precedence and validation.
+//! - [`node`]: wiring of the actors in dependency order, the HTTP server, the shutdown sequence.
+//! - [`http`]: the routes (`/ws`, `/`, `/metrics`, `/health`, `/ready`), kept thin.
+//! - [`protocol`]: the client wire types and their MessagePack codec; plain Rust, no actix.
+//! - [`net`]: the `ConnectionActor` (one per WebSocket), authentication, the connection gate.
+//! - [`shard`]: CRDT maps, HLC, Merkle trees, queries; the `ShardActor`s that own partitions.
+//! - [`telemetry`]: Pino-shaped logging, the `MetricsActor`, the reporting path.
+pub mod protocol;
+pub mod shard;

@@ -1,0 +1,1 @@
+//! Client wire protocol (see ../shared/spec/protocol.md).

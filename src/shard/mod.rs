@@ -1,0 +1,1 @@
+//! Data model: partitions, CRDT maps, HLC, Merkle trees, queries.
