@@ -1,1 +1,3 @@
-//! Client wire protocol (see ../shared/spec/protocol.md).
+//! Client wire protocol (see ../shared/spec/protocol.md): types and MessagePack codec.
+//! Plain Rust, no actix: the connection actor calls into it.
+pub mod types;
