@@ -8,5 +8,10 @@
 //! - [`net`]: the `ConnectionActor` (one per WebSocket), authentication, the connection gate.
 //! - [`shard`]: CRDT maps, HLC, Merkle trees, queries; the `ShardActor`s that own partitions.
 //! - [`telemetry`]: Pino-shaped logging, the `MetricsActor`, the reporting path.
+pub mod config;
+pub mod http;
+pub mod net;
+pub mod node;
 pub mod protocol;
 pub mod shard;
+pub mod telemetry;

@@ -1,1 +1,44 @@
-fn main() {}
+//! `topgun-node`: parse the configuration, set up logging, run the node. The only place that
+//! turns errors into exit codes: 2 for a configuration problem, 1 for anything else.
+use std::process::ExitCode;
+
+use topgun_node::config::Config;
+use topgun_node::node::{self, StartError};
+use topgun_node::telemetry::logging::Logging;
+
+/// jemalloc: its statistics feed `topgun_memory_usage_bytes`, and it holds up better than the
+/// system allocator under many small per-connection allocations.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn fail(e: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("topgun-node: error: {e}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => return fail(e, 2),
+    };
+    let node_id = match node::resolve_node_id(&config) {
+        Ok(id) => id,
+        Err(e) => return fail(e, 1),
+    };
+    let logging = match Logging::init(
+        &config.log_dest,
+        config.log_level,
+        config.log_buffer,
+        &node_id,
+    ) {
+        Ok(l) => l,
+        Err(source) => {
+            let dest = config.log_dest.to_string();
+            return fail(StartError::LogDest { dest, source }, 1);
+        }
+    };
+    match node::run(config, logging, node_id) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e, 1),
+    }
+}

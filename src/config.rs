@@ -1,0 +1,726 @@
+//! Configuration: one struct of resolved settings built from flags, environment variables and a
+//! TOML file, with the precedence flag > env > file > built-in default.
+//!
+//! Every setting is declared once in [`Overrides`], which is both the clap parser (flags with
+//! `env` fallbacks, all `Option` so an absent flag stays distinguishable) and the serde shape of
+//! the TOML file (`deny_unknown_fields`, so a typo in the file is an error, not a silent
+//! default). [`Config::resolve`] picks the first present value per setting, then `validate`
+//! checks the whole before anything binds. `config/topgun.toml` mirrors [`Config::default`].
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Deserializer};
+
+/// A configuration problem, reported as one line before the node starts anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Flag(String),
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid value for {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(setting: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            setting,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the node keeps its maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// Embedded, durable, the default: an operator needs no database server.
+    Redb,
+    /// In-process only; for tests and caches. `null` is accepted because other TopGun tooling
+    /// spells it that way.
+    Memory,
+}
+
+impl FromStr for StorageBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "redb" => Ok(StorageBackend::Redb),
+            "memory" | "null" | "mem" => Ok(StorageBackend::Memory),
+            other => Err(format!("unknown storage backend {other:?} (expected redb or memory)")),
+        }
+    }
+}
+
+impl fmt::Display for StorageBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageBackend::Redb => "redb",
+            StorageBackend::Memory => "memory",
+        })
+    }
+}
+
+/// Pino's level names; the numbers are Pino's too (see `telemetry::logging`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace = 10,
+    Debug = 20,
+    Info = 30,
+    Warn = 40,
+    Error = 50,
+    Fatal = 60,
+    /// Pino's `silent`: nothing is written.
+    Silent = 100,
+}
+
+impl LogLevel {
+    pub fn pino_number(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_pino_number(n: u8) -> Option<Self> {
+        [
+            LogLevel::Trace,
+            LogLevel::Debug,
+            LogLevel::Info,
+            LogLevel::Warn,
+            LogLevel::Error,
+            LogLevel::Fatal,
+            LogLevel::Silent,
+        ]
+        .into_iter()
+        .find(|l| l.pino_number() == n)
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "trace" => Ok(LogLevel::Trace),
+            "debug" => Ok(LogLevel::Debug),
+            "info" => Ok(LogLevel::Info),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "error" => Ok(LogLevel::Error),
+            "fatal" | "critical" => Ok(LogLevel::Fatal),
+            "silent" | "off" => Ok(LogLevel::Silent),
+            other => Err(format!(
+                "unknown log level {other:?} (expected trace, debug, info, warn, error, fatal or silent)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+            LogLevel::Fatal => "fatal",
+            LogLevel::Silent => "silent",
+        })
+    }
+}
+
+/// Where log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogDest {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+impl FromStr for LogDest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" => Err("empty log destination".into()),
+            "stdout" | "-" => Ok(LogDest::Stdout),
+            "stderr" => Ok(LogDest::Stderr),
+            path => Ok(LogDest::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl fmt::Display for LogDest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogDest::Stdout => f.write_str("stdout"),
+            LogDest::Stderr => f.write_str("stderr"),
+            LogDest::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Deserializes a TOML string through the type's `FromStr`, so the file accepts exactly the
+/// spellings the flag and the environment accept.
+fn via_from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// Booleans from the environment come in many spellings (`TOPGUN_NO_AUTH=1`, `=true`, `=yes`).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (use 1/true/yes or 0/false/no)")),
+    }
+}
+
+fn parse_seed_list(s: &str) -> Result<SeedList, String> {
+    Ok(SeedList(
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    ))
+}
+
+/// `host:port,host:port`; kept as text because host names are resolved when joining.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SeedList(pub Vec<String>);
+
+/// Every setting as an optional override. Flags and env through clap, the file through serde.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "topgun-node",
+    version,
+    about = "A cluster node of the TopGun real-time, local-first data grid"
+)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// TOML config file (see config/topgun.toml for every key and its default)
+    #[arg(long, env = "TOPGUN_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Client port (WebSocket, HTTP); 0 lets the OS choose and prints PORT=<n> [default: 8080]
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+    /// Bind address [default: 0.0.0.0, or 127.0.0.1 when authentication is off]
+    #[arg(long, env = "TOPGUN_BIND_ADDR")]
+    pub host: Option<String>,
+    /// This node's id (no ':'); generated once and kept in the data dir when unset
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Node-to-node port; 0 lets the OS choose and prints CLUSTER_PORT=<n> [default: 9080]
+    #[arg(long, env = "TOPGUN_CLUSTER_PORT")]
+    pub cluster_port: Option<u16>,
+    /// Comma-separated host:port of peers to join
+    #[arg(long, env = "TOPGUN_PEERS", value_parser = parse_seed_list)]
+    pub seed_nodes: Option<SeedList>,
+    /// Address peers use to reach this node [default: the bind address, or the host name]
+    #[arg(long, env = "TOPGUN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Serve /metrics on this port instead of the client port
+    #[arg(long, env = "TOPGUN_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
+    /// redb (durable, default) or memory (alias: null)
+    #[arg(long, env = "STORAGE_BACKEND")]
+    #[serde(default, deserialize_with = "via_from_str")]
+    pub storage_backend: Option<StorageBackend>,
+    /// Data directory for the redb backend and the node id [default: ./data]
+    #[arg(long, env = "TOPGUN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// HMAC secret for HS256 tokens, or an RSA public key (PEM) for RS256
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Development mode: every connection is authenticated from its first frame
+    #[arg(long, env = "TOPGUN_NO_AUTH", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub no_auth: Option<bool>,
+    /// Required `iss` claim, when set
+    #[arg(long, env = "TOPGUN_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set
+    #[arg(long, env = "TOPGUN_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// trace, debug, info, warn, error, fatal, silent [default: info]
+    #[arg(long, env = "LOG_LEVEL")]
+    #[serde(default, deserialize_with = "via_from_str")]
+    pub log_level: Option<LogLevel>,
+    /// stdout, stderr or a file path [default: stdout]
+    #[arg(long, env = "TOPGUN_LOG_DEST")]
+    #[serde(default, deserialize_with = "via_from_str")]
+    pub log_dest: Option<LogDest>,
+    /// Log lines buffered for the writer thread before new ones are dropped and counted [default: 8192]
+    #[arg(long, env = "TOPGUN_LOG_BUFFER")]
+    pub log_buffer: Option<usize>,
+
+    /// How often actors report their telemetry to the metrics actor, ms [default: 1000]
+    #[arg(long, env = "TOPGUN_REPORT_INTERVAL_MS")]
+    pub report_interval_ms: Option<u64>,
+    /// Per-actor message counts, handle times and mailbox depths [default: true]
+    #[arg(long, env = "TOPGUN_ACTOR_TELEMETRY", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub actor_telemetry: Option<bool>,
+    /// Distinct `map` label values before further maps fold into "__other__" [default: 1000]
+    #[arg(long, env = "TOPGUN_MAP_LABEL_CAP")]
+    pub map_label_cap: Option<usize>,
+    /// Sliding window of the subscribers-per-event quantiles, seconds [default: 600]
+    #[arg(long, env = "TOPGUN_SUMMARY_WINDOW_SECS")]
+    pub summary_window_secs: Option<u64>,
+
+    /// Time a new connection has to authenticate, ms [default: 10000]
+    #[arg(long, env = "TOPGUN_AUTH_TIMEOUT_MS")]
+    pub auth_timeout_ms: Option<u64>,
+    /// An authenticated connection with no PING for this long is closed, ms [default: 60000]
+    #[arg(long, env = "TOPGUN_HEARTBEAT_TIMEOUT_MS")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// How often heartbeats are checked, ms [default: 10000]
+    #[arg(long, env = "TOPGUN_HEARTBEAT_CHECK_MS")]
+    pub heartbeat_check_ms: Option<u64>,
+    /// Largest inbound WebSocket message, bytes [default: 2097152]
+    #[arg(long, env = "TOPGUN_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Per-connection token bucket refill, frames (ops) per second [default: 20000]
+    #[arg(long, env = "TOPGUN_CLIENT_RATE")]
+    pub client_rate: Option<u32>,
+    /// Per-connection token bucket capacity [default: 40000]
+    #[arg(long, env = "TOPGUN_CLIENT_BURST")]
+    pub client_burst: Option<u32>,
+    /// Messages queued for one client before live broadcasts to it are dropped [default: 256]
+    #[arg(long, env = "TOPGUN_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// New connections admitted per second [default: 100]
+    #[arg(long, env = "TOPGUN_CONNECTION_RATE")]
+    pub connection_rate: Option<u32>,
+    /// Connections allowed to be in their handshake at once [default: 1000]
+    #[arg(long, env = "TOPGUN_MAX_PENDING_CONNECTIONS")]
+    pub max_pending_connections: Option<u32>,
+    /// Seconds a graceful shutdown may take before remaining work is abandoned [default: 8]
+    #[arg(long, env = "TOPGUN_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+    /// HTTP worker threads [default: number of cores]
+    #[arg(long, env = "TOPGUN_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// The resolved settings. `Default` is the documented defaults (config/topgun.toml).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub port: u16,
+    pub host: IpAddr,
+    pub node_id: Option<String>,
+    pub cluster_port: u16,
+    pub seed_nodes: Vec<String>,
+    pub advertise_host: Option<String>,
+    pub metrics_port: Option<u16>,
+    pub storage_backend: StorageBackend,
+    pub data_dir: PathBuf,
+    pub auth: AuthMode,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub log_level: LogLevel,
+    pub log_dest: LogDest,
+    pub log_buffer: usize,
+    pub report_interval: Duration,
+    pub actor_telemetry: bool,
+    pub map_label_cap: usize,
+    pub summary_window: Duration,
+    pub auth_timeout: Duration,
+    pub heartbeat_timeout: Duration,
+    pub heartbeat_check: Duration,
+    pub max_frame_bytes: usize,
+    pub client_rate: u32,
+    pub client_burst: u32,
+    pub outbound_queue: usize,
+    pub connection_rate: u32,
+    pub max_pending_connections: u32,
+    pub shutdown_timeout: Duration,
+    pub workers: usize,
+}
+
+/// How clients prove who they are.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// HS256 with this secret, or RS256 when it is a PEM public key.
+    Jwt { secret: String },
+    /// Development: every connection is authenticated from its first frame.
+    Off {
+        /// True when the operator asked for it (`TOPGUN_NO_AUTH`), false when the node fell
+        /// back to it because no secret was configured (then it only listens on loopback).
+        explicit: bool,
+    },
+}
+
+impl fmt::Debug for AuthMode {
+    /// Never prints the secret: the effective config is logged at start.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthMode::Jwt { secret } if secret.starts_with("-----BEGIN") => f.write_str("jwt-rs256"),
+            AuthMode::Jwt { .. } => f.write_str("jwt-hs256"),
+            AuthMode::Off { explicit: true } => f.write_str("off"),
+            AuthMode::Off { explicit: false } => f.write_str("off (no JWT_SECRET)"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 8080,
+            host: IpAddr::from([0, 0, 0, 0]),
+            node_id: None,
+            cluster_port: 9080,
+            seed_nodes: Vec::new(),
+            advertise_host: None,
+            metrics_port: None,
+            storage_backend: StorageBackend::Redb,
+            data_dir: PathBuf::from("./data"),
+            auth: AuthMode::Off { explicit: false },
+            jwt_issuer: None,
+            jwt_audience: None,
+            log_level: LogLevel::Info,
+            log_dest: LogDest::Stdout,
+            log_buffer: 8192,
+            report_interval: Duration::from_millis(1000),
+            actor_telemetry: true,
+            map_label_cap: 1000,
+            summary_window: Duration::from_secs(600),
+            auth_timeout: Duration::from_millis(10_000),
+            heartbeat_timeout: Duration::from_millis(60_000),
+            heartbeat_check: Duration::from_millis(10_000),
+            max_frame_bytes: 2 * 1024 * 1024,
+            client_rate: 20_000,
+            client_burst: 40_000,
+            outbound_queue: 256,
+            connection_rate: 100,
+            max_pending_connections: 1000,
+            shutdown_timeout: Duration::from_secs(8),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+impl Config {
+    /// Parses the command line (and environment), reads the file it names, and resolves.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = match Overrides::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => return Err(clap_error(e)),
+        };
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => Overrides::default(),
+        };
+        Config::resolve(cli, file)
+    }
+
+    /// flag/env (already merged by clap) > file > default, then validation.
+    pub fn resolve(cli: Overrides, file: Overrides) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                cli.$field.or(file.$field).unwrap_or($default)
+            };
+        }
+        let ms = Duration::from_millis;
+
+        let secret = cli.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty());
+        let no_auth = cli.no_auth.or(file.no_auth).unwrap_or(false);
+        let auth = match (no_auth, secret) {
+            (true, _) => AuthMode::Off { explicit: true },
+            // Literal "\n" sequences in a PEM passed through an env var become newlines, as the
+            // reference does, so a one-line env value works.
+            (false, Some(secret)) => AuthMode::Jwt {
+                secret: if secret.starts_with("-----BEGIN") {
+                    secret.replace("\\n", "\n")
+                } else {
+                    secret
+                },
+            },
+            (false, None) => AuthMode::Off { explicit: false },
+        };
+        let host_text = cli.host.or(file.host);
+        let host = match &host_text {
+            Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
+            Some(h) => h.parse().map_err(|_| {
+                ConfigError::invalid("host", format!("{h:?} is not an IP address"))
+            })?,
+            None if matches!(auth, AuthMode::Off { .. }) => IpAddr::from([127, 0, 0, 1]),
+            None => d.host,
+        };
+
+        let config = Config {
+            port: pick!(port, d.port),
+            host,
+            node_id: cli.node_id.or(file.node_id),
+            cluster_port: pick!(cluster_port, d.cluster_port),
+            seed_nodes: cli.seed_nodes.or(file.seed_nodes).unwrap_or_default().0,
+            advertise_host: cli.advertise_host.or(file.advertise_host),
+            metrics_port: cli.metrics_port.or(file.metrics_port),
+            storage_backend: pick!(storage_backend, d.storage_backend),
+            data_dir: pick!(data_dir, d.data_dir),
+            auth,
+            jwt_issuer: cli.jwt_issuer.or(file.jwt_issuer),
+            jwt_audience: cli.jwt_audience.or(file.jwt_audience),
+            log_level: pick!(log_level, d.log_level),
+            log_dest: pick!(log_dest, d.log_dest),
+            log_buffer: pick!(log_buffer, d.log_buffer),
+            report_interval: cli
+                .report_interval_ms
+                .or(file.report_interval_ms)
+                .map_or(d.report_interval, ms),
+            actor_telemetry: pick!(actor_telemetry, d.actor_telemetry),
+            map_label_cap: pick!(map_label_cap, d.map_label_cap),
+            summary_window: cli
+                .summary_window_secs
+                .or(file.summary_window_secs)
+                .map_or(d.summary_window, Duration::from_secs),
+            auth_timeout: cli
+                .auth_timeout_ms
+                .or(file.auth_timeout_ms)
+                .map_or(d.auth_timeout, ms),
+            heartbeat_timeout: cli
+                .heartbeat_timeout_ms
+                .or(file.heartbeat_timeout_ms)
+                .map_or(d.heartbeat_timeout, ms),
+            heartbeat_check: cli
+                .heartbeat_check_ms
+                .or(file.heartbeat_check_ms)
+                .map_or(d.heartbeat_check, ms),
+            max_frame_bytes: pick!(max_frame_bytes, d.max_frame_bytes),
+            client_rate: pick!(client_rate, d.client_rate),
+            client_burst: pick!(client_burst, d.client_burst),
+            outbound_queue: pick!(outbound_queue, d.outbound_queue),
+            connection_rate: pick!(connection_rate, d.connection_rate),
+            max_pending_connections: pick!(max_pending_connections, d.max_pending_connections),
+            shutdown_timeout: cli
+                .shutdown_timeout_secs
+                .or(file.shutdown_timeout_secs)
+                .map_or(d.shutdown_timeout, Duration::from_secs),
+            workers: pick!(workers, d.workers),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Settings that parse but cannot work. Runs before anything binds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            validate_node_id(id).map_err(|m| ConfigError::invalid("node_id", m))?;
+        }
+        if let AuthMode::Off { explicit: false } = self.auth {
+            if !self.host.is_loopback() {
+                return Err(ConfigError::invalid(
+                    "host",
+                    format!(
+                        "refusing to serve unauthenticated clients on {}: set JWT_SECRET, or TOPGUN_NO_AUTH=1 to allow it",
+                        self.host
+                    ),
+                ));
+            }
+        }
+        let positive: [(&'static str, u64); 12] = [
+            ("log_buffer", self.log_buffer as u64),
+            ("report_interval_ms", self.report_interval.as_millis() as u64),
+            ("summary_window_secs", self.summary_window.as_secs()),
+            ("auth_timeout_ms", self.auth_timeout.as_millis() as u64),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout.as_millis() as u64),
+            ("heartbeat_check_ms", self.heartbeat_check.as_millis() as u64),
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("client_rate", u64::from(self.client_rate)),
+            ("client_burst", u64::from(self.client_burst)),
+            ("outbound_queue", self.outbound_queue as u64),
+            ("connection_rate", u64::from(self.connection_rate)),
+            ("workers", self.workers as u64),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(setting, "must be greater than 0"));
+            }
+        }
+        if self.max_pending_connections == 0 {
+            return Err(ConfigError::invalid(
+                "max_pending_connections",
+                "must be greater than 0",
+            ));
+        }
+        if self.map_label_cap == 0 {
+            return Err(ConfigError::invalid("map_label_cap", "must be greater than 0"));
+        }
+        if self.metrics_port.is_some() && self.metrics_port == Some(self.port) && self.port != 0 {
+            return Err(ConfigError::invalid(
+                "metrics_port",
+                "must differ from port (leave it unset to serve /metrics on the client port)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Settings for in-process tests: OS-chosen ports, memory storage, short intervals.
+    pub fn for_test() -> Config {
+        Config {
+            port: 0,
+            host: IpAddr::from([127, 0, 0, 1]),
+            cluster_port: 0,
+            storage_backend: StorageBackend::Memory,
+            auth: AuthMode::Off { explicit: true },
+            report_interval: Duration::from_millis(50),
+            ..Config::default()
+        }
+    }
+}
+
+/// Node ids end up inside HLC timestamps, whose string form uses ':' as separator.
+pub fn validate_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 bytes".into());
+    }
+    if id.contains(':') || id.chars().any(char::is_control) {
+        return Err(format!("{id:?} must not contain ':' or control characters"));
+    }
+    Ok(())
+}
+
+fn read_file(path: &PathBuf) -> Result<Overrides, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.clone(),
+        // toml's message spans several lines (with a source excerpt); the operator gets one.
+        message: e.message().to_string(),
+    })
+}
+
+/// clap renders usage and tips over several lines; the node promises one line per problem.
+fn clap_error(e: clap::Error) -> ConfigError {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // Not an error: let clap print help/version and exit 0 as users expect.
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let line = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line")
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string();
+    ConfigError::Flag(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Overrides {
+        toml::from_str(text).expect("test TOML is valid")
+    }
+
+    fn cli(args: &[&str]) -> Overrides {
+        let mut all = vec!["topgun-node"];
+        all.extend_from_slice(args);
+        Overrides::try_parse_from(all).expect("test flags are valid")
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let c = Config::resolve(cli(&["--port", "1"]), file("port = 2\nworkers = 3")).unwrap();
+        assert_eq!(c.port, 1);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.cluster_port, 9080);
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        assert!(toml::from_str::<Overrides>("prot = 1").is_err());
+    }
+
+    #[test]
+    fn storage_aliases() {
+        assert_eq!("null".parse(), Ok(StorageBackend::Memory));
+        assert_eq!("MEMORY".parse(), Ok(StorageBackend::Memory));
+        assert_eq!("redb".parse(), Ok(StorageBackend::Redb));
+        assert!("postgres".parse::<StorageBackend>().is_err());
+    }
+
+    #[test]
+    fn booleans_accept_other_tooling_spellings() {
+        for yes in ["1", "true", "TRUE", "yes", "on"] {
+            assert_eq!(parse_bool(yes), Ok(true));
+        }
+        for no in ["0", "false", "no", "off"] {
+            assert_eq!(parse_bool(no), Ok(false));
+        }
+        assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn no_secret_means_loopback_only() {
+        let c = Config::resolve(cli(&[]), Overrides::default()).unwrap();
+        assert_eq!(c.auth, AuthMode::Off { explicit: false });
+        assert!(c.host.is_loopback());
+        let err = Config::resolve(cli(&["--host", "0.0.0.0"]), Overrides::default());
+        assert!(err.is_err());
+        let c = Config::resolve(cli(&["--jwt-secret", "s"]), Overrides::default()).unwrap();
+        assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn node_id_with_colon_is_rejected() {
+        assert!(Config::resolve(cli(&["--node-id", "a:b"]), Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn seeds_are_split_and_trimmed() {
+        let c = Config::resolve(cli(&["--seed-nodes", " a:1, b:2 ,,"]), Overrides::default())
+            .unwrap();
+        assert_eq!(c.seed_nodes, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn the_documented_default_file_parses_to_the_defaults() {
+        let text = include_str!("../config/topgun.toml");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: Overrides = toml::from_str(&uncommented).expect("defaults file parses");
+        let c = Config::resolve(Overrides::default(), parsed).unwrap();
+        let d = Config::default();
+        assert_eq!(c.port, d.port);
+        assert_eq!(c.report_interval, d.report_interval);
+        assert_eq!(c.max_frame_bytes, d.max_frame_bytes);
+        assert_eq!(c.connection_rate, d.connection_rate);
+        assert_eq!(c.outbound_queue, d.outbound_queue);
+    }
+}

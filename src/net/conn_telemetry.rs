@@ -1,0 +1,144 @@
+//! What one connection counts between reports, and the report that carries it to the metrics
+//! actor. Plain fields, no atomics: only the connection's own actor touches them.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use slog::Logger;
+
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::report::{ActorKind, ActorStats, Report, StatsDelta};
+use crate::telemetry::throttle::Throttle;
+
+/// Per-connection warnings: one line per interval at most.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct ConnectionTelemetry {
+    pub log: Logger,
+    pub stats: ActorStats,
+    pub rate_limit_log: Throttle,
+    pub invalid_log: Throttle,
+    invalid: Vec<(&'static str, u64)>,
+    auth_failures: Vec<(&'static str, u64)>,
+    rate_limited: u64,
+    closed: Option<&'static str>,
+    /// (op type, map name) → ops; the map label cap is applied by the metrics actor.
+    ops: HashMap<(&'static str, Box<str>), u64>,
+    outbound_dropped: u64,
+}
+
+impl ConnectionTelemetry {
+    pub fn new(log: Logger, timed: bool) -> Self {
+        ConnectionTelemetry {
+            log,
+            stats: ActorStats::new(ActorKind::Connection, timed),
+            rate_limit_log: Throttle::new(WARN_INTERVAL),
+            invalid_log: Throttle::new(WARN_INTERVAL),
+            invalid: Vec::new(),
+            auth_failures: Vec::new(),
+            rate_limited: 0,
+            closed: None,
+            ops: HashMap::new(),
+            outbound_dropped: 0,
+        }
+    }
+
+    pub fn count_invalid(&mut self, reason: &'static str) {
+        bump(&mut self.invalid, reason, 1);
+    }
+
+    pub fn count_auth_failure(&mut self, reason: &'static str) {
+        bump(&mut self.auth_failures, reason, 1);
+    }
+
+    pub fn count_rate_limited(&mut self) {
+        self.rate_limited += 1;
+    }
+
+    pub fn count_closed(&mut self, reason: &'static str) {
+        self.closed.get_or_insert(reason);
+    }
+
+    pub fn count_ops(&mut self, op_type: &'static str, map: &str, n: u64) {
+        if let Some(c) = self.ops.get_mut(&(op_type, Box::from(map))) {
+            *c += n;
+        } else {
+            self.ops.insert((op_type, Box::from(map)), n);
+        }
+    }
+
+    pub fn count_outbound_dropped(&mut self) {
+        self.outbound_dropped += 1;
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.stats.is_dirty()
+            || !self.invalid.is_empty()
+            || !self.auth_failures.is_empty()
+            || self.rate_limited > 0
+            || !self.ops.is_empty()
+            || self.outbound_dropped > 0
+    }
+
+    /// The deltas since the last report; `None` when nothing changed. The last report of a
+    /// stopping connection also carries why it closed.
+    pub fn take_report(&mut self, last: bool) -> Option<ConnectionReport> {
+        if !last && !self.is_dirty() {
+            return None;
+        }
+        Some(ConnectionReport {
+            stats: if last {
+                self.stats.take_final()
+            } else {
+                self.stats.take()
+            },
+            invalid: std::mem::take(&mut self.invalid),
+            auth_failures: std::mem::take(&mut self.auth_failures),
+            rate_limited: std::mem::take(&mut self.rate_limited),
+            closed: if last { self.closed.or(Some("client")) } else { None },
+            ops: std::mem::take(&mut self.ops),
+            outbound_dropped: std::mem::take(&mut self.outbound_dropped),
+        })
+    }
+}
+
+fn bump(list: &mut Vec<(&'static str, u64)>, reason: &'static str, n: u64) {
+    match list.iter_mut().find(|(r, _)| *r == reason) {
+        Some((_, c)) => *c += n,
+        None => list.push((reason, n)),
+    }
+}
+
+pub struct ConnectionReport {
+    stats: StatsDelta,
+    invalid: Vec<(&'static str, u64)>,
+    auth_failures: Vec<(&'static str, u64)>,
+    rate_limited: u64,
+    closed: Option<&'static str>,
+    ops: HashMap<(&'static str, Box<str>), u64>,
+    outbound_dropped: u64,
+}
+
+impl Report for ConnectionReport {
+    fn apply(self: Box<Self>, m: &mut Metrics) {
+        self.stats.apply(m);
+        for (reason, n) in &self.invalid {
+            m.invalid_messages_total
+                .with_label_values(&[reason])
+                .inc_by(*n);
+        }
+        for (reason, n) in &self.auth_failures {
+            m.auth_failures_total.with_label_values(&[reason]).inc_by(*n);
+        }
+        m.client_rate_limited_total.inc_by(self.rate_limited);
+        m.outbound_dropped_total.inc_by(self.outbound_dropped);
+        if let Some(reason) = self.closed {
+            m.connections_closed_total
+                .with_label_values(&[reason])
+                .inc();
+        }
+        for ((op_type, map), n) in &self.ops {
+            let label = m.map_label(map).to_owned();
+            m.ops_total.with_label_values(&[op_type, &label]).inc_by(*n);
+        }
+    }
+}

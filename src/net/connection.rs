@@ -1,0 +1,501 @@
+//! `ConnectionActor`: one per client WebSocket. It reassembles and decodes binary frames,
+//! runs the handshake (protocol.md section 3), answers PING, enforces the heartbeat, the auth
+//! timeout and the per-connection token bucket, hands data messages on, and writes replies.
+//!
+//! Every close the node initiates sends a Close frame with a code and a reason: 4001 after
+//! AUTH_FAIL, 1000 on timeouts, 1009 for an oversize message, 1002 for a protocol error, 1001
+//! on shutdown. Frames are processed strictly in order.
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use actix_web_actors::ws::{self, CloseCode, CloseReason, Item, ProtocolError};
+use bytes::{Bytes, BytesMut};
+use slog::debug;
+
+use super::conn_telemetry::ConnectionTelemetry;
+use super::gate::{HandshakeFinished, Register, Unregister};
+use super::token_bucket::TokenBucket;
+use super::NodeContext;
+use crate::protocol::{self, ClientMessage, ServerMessage};
+use crate::telemetry::events::{
+    ClientAuthFailed, ClientAuthenticated, ClientConnected, ClientDisconnected, ClientEvicted,
+    ClientRateLimited, InvalidFrame,
+};
+use crate::telemetry::report::{Mailbox, Reported};
+
+/// Close the socket with this code/reason and count it under `label`.
+struct Close {
+    code: u16,
+    text: &'static str,
+    label: &'static str,
+}
+
+const CLOSE_AUTH_FAILED: Close = Close {
+    code: 4001,
+    text: "authentication failed",
+    label: "auth_failed",
+};
+const CLOSE_AUTH_TIMEOUT: Close = Close {
+    code: 1000,
+    text: "authentication timeout",
+    label: "auth_timeout",
+};
+const CLOSE_IDLE: Close = Close {
+    code: 1000,
+    text: "idle timeout",
+    label: "idle_timeout",
+};
+const CLOSE_TOO_BIG: Close = Close {
+    code: 1009,
+    text: "message too big",
+    label: "frame_too_large",
+};
+const CLOSE_PROTOCOL: Close = Close {
+    code: 1002,
+    text: "protocol error",
+    label: "protocol_error",
+};
+const CLOSE_SHUTDOWN: Close = Close {
+    code: 1001,
+    text: "server shutting down",
+    label: "shutdown",
+};
+
+/// The node is stopping: close with 1001.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// An encoded server message for this client (a live event or a late reply).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Bytes);
+
+enum AuthState {
+    /// JWT mode, no valid AUTH yet.
+    Pending,
+    Authenticated,
+}
+
+pub struct ConnectionActor {
+    id: u64,
+    client_id: Arc<str>,
+    peer: String,
+    node: Arc<NodeContext>,
+    auth: AuthState,
+    last_heartbeat: Instant,
+    bucket: TokenBucket,
+    /// A fragmented message being reassembled (continuation frames).
+    fragments: Option<BytesMut>,
+    closing: bool,
+    device_acked: bool,
+    /// Frames received, for the disconnect log line.
+    frames: u64,
+    tel: ConnectionTelemetry,
+}
+
+impl ConnectionActor {
+    pub fn new(id: u64, peer: String, node: Arc<NodeContext>) -> Self {
+        let client_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let log = node.log.new(slog::o!("actor" => "connection", "clientId" => client_id.clone()));
+        let now = Instant::now();
+        ConnectionActor {
+            id,
+            client_id,
+            peer,
+            auth: if node.verifier.is_some() {
+                AuthState::Pending
+            } else {
+                AuthState::Authenticated
+            },
+            last_heartbeat: now,
+            bucket: TokenBucket::new(node.config.client_rate, node.config.client_burst, now),
+            fragments: None,
+            closing: false,
+            device_acked: false,
+            frames: 0,
+            tel: ConnectionTelemetry::new(log, node.config.actor_telemetry),
+            node,
+        }
+    }
+
+    pub fn depth_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicI64> {
+        self.tel.stats.depth_counter()
+    }
+
+    fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
+        ctx.binary(protocol::encode(msg));
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        if close.label != "shutdown" && close.label != "client" {
+            ClientEvicted {
+                reason: close.label,
+                code: close.code,
+            }
+            .emit(&mut self.tel);
+        } else {
+            self.tel.count_closed(close.label);
+        }
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(close.code),
+            description: Some(close.text.into()),
+        }));
+        ctx.stop();
+    }
+
+    fn report(&mut self, last: bool) {
+        if let Some(report) = self.tel.take_report(last) {
+            self.node.metrics.do_send(Reported(Box::new(report)));
+        }
+    }
+
+    fn authenticated(&mut self, ctx: &mut ws::WebsocketContext<Self>, user_id: Option<String>) {
+        self.auth = AuthState::Authenticated;
+        self.last_heartbeat = Instant::now();
+        self.node.gate.do_send(HandshakeFinished { id: self.id });
+        ClientAuthenticated {
+            user_id: user_id.as_deref(),
+        }
+        .emit(&mut self.tel);
+        self.send(
+            ctx,
+            &ServerMessage::AuthAck(protocol::AuthAck {
+                user_id,
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// One complete binary message.
+    fn on_message(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: &[u8]) {
+        let msg = match protocol::decode(frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                // protocol.md 1.3: undecodable frames are dropped silently, connection kept.
+                InvalidFrame {
+                    reason: e.code(),
+                    detail: &e,
+                }
+                .emit(&mut self.tel);
+                return;
+            }
+        };
+        if matches!(self.auth, AuthState::Pending) {
+            self.on_message_before_auth(ctx, msg);
+            return;
+        }
+        let cost = protocol::frame_cost(&msg);
+        if !self.bucket.try_take(cost.min(u64::from(u32::MAX)) as u32, Instant::now()) {
+            ClientRateLimited { cost }.emit(&mut self.tel);
+            self.send(
+                ctx,
+                &ServerMessage::error(429, "rate limit exceeded, slow down"),
+            );
+            return;
+        }
+        match msg {
+            ClientMessage::Batch(batch) => match protocol::batch_items(&batch.data) {
+                Ok(items) => {
+                    for item in items {
+                        self.on_batch_item(ctx, item);
+                    }
+                }
+                Err(_) => {
+                    InvalidFrame {
+                        reason: "batch_too_large",
+                        detail: &"more than 8192 items",
+                    }
+                    .emit(&mut self.tel);
+                    self.send(
+                        ctx,
+                        &ServerMessage::error(413, "batch exceeds maximum inner item count"),
+                    );
+                }
+            },
+            other => self.dispatch(ctx, other),
+        }
+    }
+
+    /// A BATCH item is handled as if it were its own frame, except that a BATCH inside a BATCH
+    /// is refused (it would let one frame recurse without bound).
+    fn on_batch_item(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: &[u8]) {
+        match protocol::decode(item) {
+            Ok(ClientMessage::Batch(_)) => InvalidFrame {
+                reason: "malformed",
+                detail: &"BATCH nested in BATCH",
+            }
+            .emit(&mut self.tel),
+            Ok(msg) => self.dispatch(ctx, msg),
+            Err(e) => InvalidFrame {
+                reason: e.code(),
+                detail: &e,
+            }
+            .emit(&mut self.tel),
+        }
+    }
+
+    fn on_message_before_auth(&mut self, ctx: &mut ws::WebsocketContext<Self>, msg: ClientMessage) {
+        let ClientMessage::Auth(auth) = msg else {
+            // protocol.md 3.3: before AUTH every other frame (PING and DEVICE_HELLO too) is
+            // dropped.
+            InvalidFrame {
+                reason: "before_auth",
+                detail: &msg.tag(),
+            }
+            .emit(&mut self.tel);
+            return;
+        };
+        let Some(verifier) = &self.node.verifier else {
+            return;
+        };
+        match verifier.verify(&auth.token) {
+            Ok(principal) => self.authenticated(ctx, Some(principal.user_id)),
+            Err(e) => {
+                ClientAuthFailed { reason: e.code() }.emit(&mut self.tel);
+                self.send(
+                    ctx,
+                    &ServerMessage::AuthFail(protocol::AuthFail {
+                        error: Some("Authentication failed".into()),
+                        code: None,
+                    }),
+                );
+                self.close(ctx, CLOSE_AUTH_FAILED);
+            }
+        }
+    }
+
+    /// A decoded message of an authenticated connection.
+    fn dispatch(&mut self, ctx: &mut ws::WebsocketContext<Self>, msg: ClientMessage) {
+        match msg {
+            ClientMessage::Ping(ping) => {
+                self.last_heartbeat = Instant::now();
+                let reply = ServerMessage::pong(ping.timestamp, wall_millis());
+                self.send(ctx, &reply);
+            }
+            ClientMessage::Auth(auth) => {
+                // JWT mode: a second AUTH after success is ignored (the TS client sends two).
+                // No-auth mode: a client that brings a token still gets its AUTH_ACK, otherwise
+                // it would wait for one forever.
+                if self.node.verifier.is_none() && !auth.token.is_empty() {
+                    self.send(
+                        ctx,
+                        &ServerMessage::AuthAck(protocol::AuthAck::default()),
+                    );
+                }
+            }
+            ClientMessage::DeviceHello(_) => {
+                if self.node.verifier.is_none() && !self.device_acked {
+                    self.device_acked = true;
+                    self.send(
+                        ctx,
+                        &ServerMessage::DeviceAck(protocol::DeviceAck {
+                            device_id: Some(uuid::Uuid::new_v4().to_string()),
+                            device_token: None,
+                        }),
+                    );
+                }
+            }
+            ClientMessage::ClientApplyAck(_) => {}
+            ClientMessage::Batch(_) => {}
+            other => {
+                debug!(self.tel.log, "operation not implemented"; "type" => other.tag());
+                self.send(
+                    ctx,
+                    &ServerMessage::error(501, format!("{} is not implemented", other.tag())),
+                );
+            }
+        }
+    }
+
+    fn on_continuation(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
+        let (first, chunk, last) = match item {
+            Item::FirstBinary(b) => (Some(true), b, false),
+            Item::FirstText(b) => (Some(false), b, false),
+            Item::Continue(b) => (None, b, false),
+            Item::Last(b) => (None, b, true),
+        };
+        match first {
+            Some(binary) => {
+                if !binary {
+                    // Text messages are ignored whole (protocol.md 1.2); its later fragments
+                    // find no buffer and are skipped.
+                    InvalidFrame {
+                        reason: "text_frame",
+                        detail: &"fragmented text message",
+                    }
+                    .emit(&mut self.tel);
+                    self.fragments = None;
+                    return;
+                }
+                self.fragments = Some(BytesMut::from(&chunk[..]));
+            }
+            None => match &mut self.fragments {
+                Some(buf) => buf.extend_from_slice(&chunk),
+                None => return, // continuation of an ignored text message
+            },
+        }
+        let too_big = self
+            .fragments
+            .as_ref()
+            .is_some_and(|b| b.len() > self.node.config.max_frame_bytes);
+        if too_big {
+            self.fragments = None;
+            InvalidFrame {
+                reason: "frame_too_large",
+                detail: &"fragmented message over the limit",
+            }
+            .emit(&mut self.tel);
+            self.close(ctx, CLOSE_TOO_BIG);
+            return;
+        }
+        if last {
+            if let Some(buf) = self.fragments.take() {
+                self.on_message(ctx, &buf);
+            }
+        }
+    }
+}
+
+fn wall_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Actor for ConnectionActor {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The mailbox is the outbound queue (protocol.md 1.4): while the client does not read,
+        // this actor is not polled, the mailbox fills and live broadcasts are refused.
+        ctx.set_mailbox_capacity(self.node.config.outbound_queue);
+        self.node.gate.do_send(Register {
+            id: self.id,
+            mailbox: Mailbox::new(ctx.address(), self.depth_counter()),
+        });
+        let auth_required = self.node.verifier.is_some();
+        ClientConnected {
+            peer: &self.peer,
+            auth_required,
+        }
+        .emit(&mut self.tel);
+        if auth_required {
+            self.send(ctx, &ServerMessage::AuthRequired);
+            ctx.run_later(self.node.config.auth_timeout, |act, ctx| {
+                if matches!(act.auth, AuthState::Pending) {
+                    ClientAuthFailed { reason: "timeout" }.emit(&mut act.tel);
+                    act.close(ctx, CLOSE_AUTH_TIMEOUT);
+                }
+            });
+        } else {
+            self.node.gate.do_send(HandshakeFinished { id: self.id });
+        }
+        let timeout = self.node.config.heartbeat_timeout;
+        ctx.run_interval(self.node.config.heartbeat_check, move |act, ctx| {
+            if matches!(act.auth, AuthState::Authenticated)
+                && act.last_heartbeat.elapsed() > timeout
+            {
+                act.close(ctx, CLOSE_IDLE);
+            }
+        });
+        ctx.run_interval(self.node.config.report_interval, |act, _| act.report(false));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if !self.closing {
+            ClientDisconnected {
+                reason: "client",
+                frames: self.frames,
+            }
+            .emit(&mut self.tel);
+        }
+        self.node.gate.do_send(Unregister { id: self.id });
+        self.report(true);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        let t0 = self.tel.stats.begin_item();
+        self.frames += 1;
+        match msg {
+            Ok(ws::Message::Binary(bytes)) => {
+                if self.fragments.take().is_some() {
+                    // A new message while a fragmented one is open breaks RFC 6455.
+                    self.close(ctx, CLOSE_PROTOCOL);
+                } else {
+                    self.on_message(ctx, &bytes);
+                }
+            }
+            Ok(ws::Message::Continuation(item)) => self.on_continuation(ctx, item),
+            Ok(ws::Message::Text(_)) => InvalidFrame {
+                reason: "text_frame",
+                detail: &"text frame",
+            }
+            .emit(&mut self.tel),
+            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                // Answer the client's Close, then stop.
+                if !self.closing {
+                    self.closing = true;
+                    ClientDisconnected {
+                        reason: "client",
+                        messages: 0,
+                    }
+                    .emit(&mut self.tel);
+                }
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => {
+                InvalidFrame {
+                    reason: "frame_too_large",
+                    detail: &"message over the limit",
+                }
+                .emit(&mut self.tel);
+                self.close(ctx, CLOSE_TOO_BIG);
+            }
+            Err(e) => {
+                InvalidFrame {
+                    reason: "protocol_error",
+                    detail: &e,
+                }
+                .emit(&mut self.tel);
+                self.close(ctx, CLOSE_PROTOCOL);
+            }
+        }
+        self.tel.stats.end(t0);
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The client's side of the stream ended (TCP closed without a Close frame).
+        ctx.stop();
+    }
+}
+
+impl Handler<Shutdown> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        let t0 = self.tel.stats.begin();
+        self.close(ctx, CLOSE_SHUTDOWN);
+        self.tel.stats.end(t0);
+    }
+}
+
+impl Handler<Deliver> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        let t0 = self.tel.stats.begin();
+        ctx.binary(msg.0);
+        self.tel.stats.end(t0);
+    }
+}

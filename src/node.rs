@@ -1,0 +1,328 @@
+//! Wiring: the actors in dependency order (metrics, gate, then the HTTP workers that host the
+//! connections), the `PORT=` line, and the shutdown sequence.
+//!
+//! Shutdown (SIGTERM or SIGINT): stop reporting ready, close every client with 1001, stop the
+//! HTTP server, log each step, and give the log writer at most a second. A watchdog ends the
+//! process if a step hangs, so the node always exits within `shutdown_timeout`.
+use std::cell::Cell;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use slog::{error, info, warn, Logger};
+
+use crate::config::{AuthMode, Config, StorageBackend};
+use crate::http;
+use crate::net::auth::Verifier;
+use crate::net::gate::{CloseAll, ConnectionGateActor, OpenConnections};
+use crate::net::NodeContext;
+use crate::telemetry::lag::LagProbe;
+use crate::telemetry::logging::{err_kv, Logging};
+use crate::telemetry::metrics::{Metrics, MetricsActor};
+use crate::telemetry::report::Mailbox;
+
+/// A reason the node could not start (or run). `main` prints it as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data dir {path} is not usable: {message}")]
+    DataDir { path: PathBuf, message: String },
+    #[error("cannot open log destination {dest}: {source}")]
+    LogDest {
+        dest: String,
+        source: std::io::Error,
+    },
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// How long client connections get to close after the 1001 before the server stops anyway.
+const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The node id: the configured one, or the one kept in the data dir (written on first start).
+/// With the memory backend nothing is written and an unset id is generated per run.
+pub fn resolve_node_id(config: &Config) -> Result<String, StartError> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    if config.storage_backend == StorageBackend::Memory {
+        return Ok(generate_node_id());
+    }
+    let dir = &config.data_dir;
+    let data_dir_error = |message: String| StartError::DataDir {
+        path: dir.clone(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+    let path = dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_owned();
+            crate::config::validate_node_id(&id)
+                .map_err(|m| data_dir_error(format!("{} holds a bad node id: {m}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = generate_node_id();
+            write_atomically(&path, id.as_bytes()).map_err(|e| data_dir_error(e.to_string()))?;
+            Ok(id)
+        }
+        Err(e) => Err(data_dir_error(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn generate_node_id() -> String {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    format!("node-{}", &uuid[..12])
+}
+
+/// Write-then-rename, so a crash mid-write never leaves a half-written id behind.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Runs the node until a signal stops it. Takes ownership of logging to finish it last.
+pub fn run(config: Config, logging: Logging, node_id: String) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let result = actix_rt::System::new().block_on(serve(config, &logging, node_id));
+    if let Err(e) = &result {
+        // The PORT line may never come; release held-back lines so the failure is explained.
+        logging.port_line_printed();
+        error!(logging.root, "node failed"; "err" => err_kv("start_failed", e));
+    }
+    logging.finish(Duration::from_secs(1));
+    result
+}
+
+async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Result<(), StartError> {
+    let log = logging.root.clone();
+    info!(log, "node starting";
+        "version" => env!("CARGO_PKG_VERSION"),
+        "port" => config.port, "host" => %config.host, "metricsPort" => config.metrics_port,
+        "clusterPort" => config.cluster_port, "seedNodes" => config.seed_nodes.join(","),
+        "storage" => %config.storage_backend, "dataDir" => %config.data_dir.display(),
+        "auth" => ?config.auth, "logLevel" => %config.log_level, "logDest" => %config.log_dest,
+        "workers" => config.workers, "reportIntervalMs" => config.report_interval.as_millis() as u64,
+        "actorTelemetry" => config.actor_telemetry,
+        "connectionRate" => config.connection_rate,
+        "maxPendingConnections" => config.max_pending_connections,
+        "maxFrameBytes" => config.max_frame_bytes);
+    raise_open_files_limit(&log);
+
+    let verifier = match &config.auth {
+        AuthMode::Jwt { secret } => Some(
+            Verifier::new(
+                secret,
+                config.jwt_issuer.as_deref(),
+                config.jwt_audience.as_deref(),
+            )
+            .map_err(StartError::Config)?,
+        ),
+        AuthMode::Off { explicit } => {
+            if !explicit {
+                warn!(log, "authentication is off: no JWT_SECRET is set, so the node only listens on loopback";
+                    "host" => %config.host);
+            }
+            None
+        }
+    };
+
+    let timed = config.actor_telemetry;
+    let metrics_arbiter = Arbiter::new();
+    let metrics_actor = MetricsActor::new(
+        Metrics::new(config.map_label_cap, config.summary_window)?,
+        &log,
+        logging.dropped.clone(),
+        config.report_interval,
+        timed,
+    );
+    let depth = metrics_actor.depth_counter();
+    let metrics = Mailbox::new(
+        MetricsActor::start_in_arbiter(&metrics_arbiter.handle(), move |_| metrics_actor),
+        depth,
+    );
+    {
+        let (m, every) = (metrics.clone(), config.report_interval);
+        LagProbe::start_in_arbiter(&metrics_arbiter.handle(), move |_| {
+            LagProbe::new("metrics", m, every)
+        });
+    }
+    LagProbe::new("main", metrics.clone(), config.report_interval).start();
+
+    let gate_actor = ConnectionGateActor::new(
+        config.connection_rate,
+        config.max_pending_connections,
+        &log,
+        metrics.clone(),
+        config.report_interval,
+        timed,
+    );
+    let depth = gate_actor.stats().depth_counter();
+    let gate = Mailbox::new(gate_actor.start(), depth);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let node = Arc::new(NodeContext {
+        config: config.clone(),
+        node_id: node_id.clone(),
+        verifier,
+        gate: gate.clone(),
+        metrics: metrics.clone(),
+        log: log.clone(),
+        ready: ready.clone(),
+    });
+
+    let with_metrics = config.metrics_port.is_none();
+    let data = web::Data::new(node.clone());
+    let worker_number = Arc::new(AtomicUsize::new(0));
+    let client_addr = SocketAddr::new(config.host, config.port);
+    let client_server = {
+        let (data, metrics, every) = (data.clone(), metrics.clone(), config.report_interval);
+        HttpServer::new(move || {
+            start_worker_probe(&worker_number, &metrics, every);
+            App::new()
+                .app_data(data.clone())
+                .configure(|c| http::client_routes(c, with_metrics))
+        })
+        .workers(config.workers)
+        .disable_signals()
+        .shutdown_timeout(3)
+        .bind(client_addr)
+        .map_err(|source| StartError::Bind {
+            addr: client_addr,
+            source,
+        })?
+    };
+    let port = client_server.addrs().first().map_or(config.port, |a| a.port());
+
+    let metrics_server = match config.metrics_port {
+        None => None,
+        Some(metrics_port) => {
+            let addr = SocketAddr::new(config.host, metrics_port);
+            let data = data.clone();
+            let server = HttpServer::new(move || {
+                App::new().app_data(data.clone()).configure(http::metrics_routes)
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .bind(addr)
+            .map_err(|source| StartError::Bind { addr, source })?;
+            Some(server)
+        }
+    };
+    let bound_metrics_port = metrics_server
+        .as_ref()
+        .and_then(|s| s.addrs().first().map(|a| a.port()));
+
+    // The contract with scripts: exactly `PORT=<n>`, flushed, before any log line on stdout.
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "PORT={port}");
+        if config.metrics_port == Some(0) {
+            if let Some(p) = bound_metrics_port {
+                let _ = writeln!(out, "METRICS_PORT={p}");
+            }
+        }
+        let _ = out.flush();
+    }
+    logging.port_line_printed();
+
+    let client_server = client_server.run();
+    let client_handle = client_server.handle();
+    actix_rt::spawn(client_server);
+    let metrics_handle = metrics_server.map(|s| {
+        let s = s.run();
+        let h = s.handle();
+        actix_rt::spawn(s);
+        h
+    });
+    ready.store(true, Ordering::Release);
+    info!(log, "listening"; "port" => port, "host" => %config.host,
+        "metricsPort" => bound_metrics_port.unwrap_or(port), "nodeId" => &node_id);
+
+    let signal = wait_for_signal().await?;
+    let started = Instant::now();
+    info!(log, "shutdown started"; "signal" => signal);
+    start_watchdog(config.shutdown_timeout, log.clone());
+    ready.store(false, Ordering::Release);
+
+    let told = gate.send(CloseAll).await.unwrap_or(0);
+    let deadline = Instant::now() + CLIENT_CLOSE_GRACE;
+    while Instant::now() < deadline {
+        match gate.send(OpenConnections).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let left = gate.send(OpenConnections).await.unwrap_or(0);
+    info!(log, "clients closed"; "told" => told, "stillOpen" => left);
+
+    client_handle.stop(true).await;
+    if let Some(h) = metrics_handle {
+        h.stop(true).await;
+    }
+    info!(log, "http server stopped");
+    info!(log, "shutdown complete"; "tookMs" => started.elapsed().as_millis() as u64);
+    Ok(())
+}
+
+/// Each HTTP worker thread is an arbiter hosting connection actors; give it a lag probe once.
+fn start_worker_probe(counter: &AtomicUsize, metrics: &Mailbox<MetricsActor>, every: Duration) {
+    thread_local! {
+        static PROBED: Cell<bool> = const { Cell::new(false) };
+    }
+    PROBED.with(|probed| {
+        if !probed.get() {
+            probed.set(true);
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            LagProbe::new(format!("http-{n}"), metrics.clone(), every).start();
+        }
+    });
+}
+
+async fn wait_for_signal() -> Result<&'static str, StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// If a shutdown step hangs, the process still ends: the operator was promised an exit.
+fn start_watchdog(limit: Duration, log: Logger) {
+    let _ = std::thread::Builder::new()
+        .name("topgun-shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            error!(log, "shutdown timed out; exiting"; "limitMs" => limit.as_millis() as u64);
+            std::thread::sleep(Duration::from_millis(200));
+            std::process::exit(1);
+        });
+}
+
+/// Many clients means many sockets: take the hard limit up front.
+fn raise_open_files_limit(log: &Logger) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(log, "open files limit raised"; "limit" => limit),
+        Err(e) => warn!(log, "cannot raise the open files limit"; "err" => err_kv("rlimit", e)),
+    }
+}

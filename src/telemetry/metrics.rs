@@ -1,0 +1,583 @@
+//! Every metric the node exports (name, type, HELP, labels) and the `MetricsActor` that owns
+//! the registry, applies the actors' reports and renders `/metrics`.
+//!
+//! This file is the one place a metric is defined: grep finds each full name here. Families
+//! with labels are declared even before their first series exists (the `prometheus` crate
+//! would omit them), so an operator sees every family, with HELP and TYPE, from the start.
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use slog::{warn, Logger};
+
+use super::logging::err_kv;
+use super::histogram::{HistogramFamily, HANDLE_SECONDS};
+use super::report::{ActorKind, ActorStats, Report, Reported};
+use super::summary::SlidingSummary;
+
+/// Label value that absorbs maps beyond the label cap.
+pub const OTHER_MAP: &str = "__other__";
+
+/// Reasons a connection is refused at authentication (`topgun_auth_failures_total{reason}`).
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "bad_signature",
+    "expired",
+    "malformed",
+    "missing_claim",
+    "bad_algorithm",
+    "bad_issuer",
+    "bad_audience",
+    "timeout",
+];
+
+/// Reasons a frame is dropped or refused (`topgun_invalid_messages_total{reason}`).
+pub const INVALID_MESSAGE_REASONS: &[&str] = &[
+    "not_a_map",
+    "truncated",
+    "trailing_bytes",
+    "too_deep",
+    "missing_type",
+    "unknown_type",
+    "malformed",
+    "fractional_integer",
+    "bad_node_id",
+    "bad_map_name",
+    "reserved_map_name",
+    "unknown_operator",
+    "text_frame",
+    "frame_too_large",
+    "batch_too_large",
+    "protocol_error",
+    "before_auth",
+];
+
+/// Why the node closed a connection, or saw it closed (`topgun_connections_closed_total`).
+pub const CLOSE_REASONS: &[&str] = &[
+    "client",
+    "auth_failed",
+    "auth_timeout",
+    "idle_timeout",
+    "frame_too_large",
+    "protocol_error",
+    "slow_consumer",
+    "shutdown",
+];
+
+/// All families, registered. Fields are public so a [`Report`] can apply itself.
+pub struct Metrics {
+    registry: Registry,
+    /// (name, help, type) of every family, for declaring the empty ones.
+    catalogue: Vec<(String, String, &'static str)>,
+    map_labels: HashSet<String>,
+    map_label_cap: usize,
+
+    // The seed's twenty (../shared/seed/observability.txt, ../shared/spec/metrics.md).
+    pub connected_clients: IntGauge,
+    pub map_size_items: IntGaugeVec,
+    pub ops_total: IntCounterVec,
+    pub memory_usage_bytes: IntGauge,
+    pub cluster_members: IntGauge,
+    pub events_routed_total: IntCounter,
+    pub events_filtered_by_subscription: IntCounter,
+    pub subscribers_per_event: Arc<SlidingSummary>,
+    pub event_queue_size: IntGauge,
+    pub event_queue_enqueued_total: IntCounter,
+    pub event_queue_dequeued_total: IntCounter,
+    pub event_queue_rejected_total: IntCounter,
+    pub backpressure_sync_forced_total: IntCounter,
+    pub backpressure_pending_ops: IntGauge,
+    pub backpressure_waits_total: IntCounter,
+    pub backpressure_timeouts_total: IntCounter,
+    pub connections_accepted_total: IntCounter,
+    pub connections_rejected_total: IntCounter,
+    pub connections_pending: IntGauge,
+    pub connection_rate_per_second: IntGauge,
+
+    // Beyond the seed.
+    pub map_tombstones: IntGaugeVec,
+    pub event_queue_capacity: IntGauge,
+    pub event_queue_stripe_size: IntGaugeVec,
+    pub outbound_dropped_total: IntCounter,
+    pub auth_failures_total: IntCounterVec,
+    pub invalid_messages_total: IntCounterVec,
+    pub client_rate_limited_total: IntCounter,
+    pub connections_closed_total: IntCounterVec,
+    pub log_records_dropped_total: IntCounter,
+    pub actor_messages_total: IntCounterVec,
+    pub actor_mailbox_depth: IntGaugeVec,
+    pub actor_handle_seconds: Arc<HistogramFamily>,
+    pub actor_restarts_total: IntCounterVec,
+    pub runtime_lag_seconds: GaugeVec,
+}
+
+impl Metrics {
+    pub fn new(map_label_cap: usize, summary_window: Duration) -> prometheus::Result<Metrics> {
+        let mut b = Builder {
+            registry: Registry::new(),
+            catalogue: Vec::new(),
+        };
+        let m = Metrics {
+            connected_clients: b.gauge(
+                "topgun_connected_clients",
+                "Open client WebSocket connections, authenticated or not.",
+            )?,
+            map_size_items: b.gauge_vec(
+                "topgun_map_size_items",
+                "Live entries of a map on this node (tombstones excluded).",
+                &["map"],
+            )?,
+            ops_total: b.counter_vec(
+                "topgun_ops_total",
+                "Client operations received by this node, one per op (each op of an OP_BATCH counts): PUT, DELETE, GET, SUBSCRIBE.",
+                &["type", "map"],
+            )?,
+            memory_usage_bytes: b.gauge(
+                "topgun_memory_usage_bytes",
+                "Bytes currently allocated on the process heap (allocator statistics).",
+            )?,
+            cluster_members: b.gauge(
+                "topgun_cluster_members",
+                "Active cluster members as this node sees them, itself included.",
+            )?,
+            events_routed_total: b.counter(
+                "topgun_events_routed_total",
+                "Change events that entered subscription routing (one per changed key).",
+            )?,
+            events_filtered_by_subscription: b.counter(
+                "topgun_events_filtered_by_subscription",
+                "Routed events not sent to anyone because no client was subscribed.",
+            )?,
+            subscribers_per_event: {
+                let s = Arc::new(SlidingSummary::new(
+                    "topgun_subscribers_per_event",
+                    "Subscribers of each routed event that had any (quantiles over a sliding window).",
+                    summary_window,
+                )?);
+                b.collector(s.clone(), "summary")?;
+                s
+            },
+            event_queue_size: b.gauge(
+                "topgun_event_queue_size",
+                "Events waiting in the bounded event queue, all stripes.",
+            )?,
+            event_queue_enqueued_total: b.counter(
+                "topgun_event_queue_enqueued_total",
+                "Events accepted into the event queue.",
+            )?,
+            event_queue_dequeued_total: b.counter(
+                "topgun_event_queue_dequeued_total",
+                "Events taken out of the event queue for routing.",
+            )?,
+            event_queue_rejected_total: b.counter(
+                "topgun_event_queue_rejected_total",
+                "Events refused because their stripe was full (the write itself is kept).",
+            )?,
+            backpressure_sync_forced_total: b.counter(
+                "topgun_backpressure_sync_forced_total",
+                "Times a connection was forced to wait until its in-flight writes were applied.",
+            )?,
+            backpressure_pending_ops: b.gauge(
+                "topgun_backpressure_pending_ops",
+                "Write batches accepted from clients and not yet applied, node-wide.",
+            )?,
+            backpressure_waits_total: b.counter(
+                "topgun_backpressure_waits_total",
+                "Times a connection stopped reading because pending writes were at the limit.",
+            )?,
+            backpressure_timeouts_total: b.counter(
+                "topgun_backpressure_timeouts_total",
+                "Backpressure waits that exceeded the backoff timeout (the client got an error).",
+            )?,
+            connections_accepted_total: b.counter(
+                "topgun_connections_accepted_total",
+                "Client connections let through by the connection rate limiter.",
+            )?,
+            connections_rejected_total: b.counter(
+                "topgun_connections_rejected_total",
+                "Client connections refused by the connection rate limiter.",
+            )?,
+            connections_pending: b.gauge(
+                "topgun_connections_pending",
+                "Accepted connections whose handshake/authentication has not finished.",
+            )?,
+            connection_rate_per_second: b.gauge(
+                "topgun_connection_rate_per_second",
+                "Connections accepted during the last full second.",
+            )?,
+
+            map_tombstones: b.gauge_vec(
+                "topgun_map_tombstones",
+                "Tombstones (deleted keys kept for sync) of a map on this node.",
+                &["map"],
+            )?,
+            event_queue_capacity: b.gauge(
+                "topgun_event_queue_capacity",
+                "Capacity of the event queue, all stripes.",
+            )?,
+            event_queue_stripe_size: b.gauge_vec(
+                "topgun_event_queue_stripe_size",
+                "Events waiting in one stripe of the event queue.",
+                &["stripe"],
+            )?,
+            outbound_dropped_total: b.counter(
+                "topgun_outbound_dropped_total",
+                "Live broadcasts dropped because a client's outbound queue was full.",
+            )?,
+            auth_failures_total: b.counter_vec(
+                "topgun_auth_failures_total",
+                "Authentication attempts refused, by reason.",
+                &["reason"],
+            )?,
+            invalid_messages_total: b.counter_vec(
+                "topgun_invalid_messages_total",
+                "Client frames dropped or refused as invalid, by reason.",
+                &["reason"],
+            )?,
+            client_rate_limited_total: b.counter(
+                "topgun_client_rate_limited_total",
+                "Client frames refused by the per-connection token bucket (ERROR 429).",
+            )?,
+            connections_closed_total: b.counter_vec(
+                "topgun_connections_closed_total",
+                "Client connections closed, by reason.",
+                &["reason"],
+            )?,
+            log_records_dropped_total: b.counter(
+                "topgun_log_records_dropped_total",
+                "Log lines dropped because the log writer could not keep up.",
+            )?,
+            actor_messages_total: b.counter_vec(
+                "topgun_actor_messages_total",
+                "Messages handled, by actor kind.",
+                &["actor"],
+            )?,
+            actor_mailbox_depth: b.gauge_vec(
+                "topgun_actor_mailbox_depth",
+                "Messages sent to actors of a kind and not yet handled.",
+                &["actor"],
+            )?,
+            actor_handle_seconds: {
+                let h = Arc::new(HistogramFamily::new(
+                    "topgun_actor_handle_seconds",
+                    "Time to handle one message, by actor kind.",
+                    &["actor"],
+                    HANDLE_SECONDS,
+                )?);
+                b.collector(h.clone(), "histogram")?;
+                h
+            },
+            actor_restarts_total: b.counter_vec(
+                "topgun_actor_restarts_total",
+                "Supervised actor restarts, by actor kind.",
+                &["actor"],
+            )?,
+            runtime_lag_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "topgun_runtime_lag_seconds",
+                        "How late a periodic tick ran on an arbiter thread (max over the last report interval).",
+                    ),
+                    &["arbiter"],
+                )?;
+                b.register(Box::new(g.clone()), "topgun_runtime_lag_seconds", "gauge", "How late a periodic tick ran on an arbiter thread (max over the last report interval).")?;
+                g
+            },
+            registry: Registry::new(),
+            catalogue: Vec::new(),
+            map_labels: HashSet::new(),
+            map_label_cap,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("topgun_build_info", "Version of the running node (value 1)."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        b.register(
+            Box::new(build_info),
+            "topgun_build_info",
+            "gauge",
+            "Version of the running node (value 1).",
+        )?;
+        #[cfg(target_os = "linux")]
+        b.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "topgun",
+            )))?;
+
+        // Bounded label sets start at 0 so rate() and alerts work from the first scrape.
+        for kind in ActorKind::ALL {
+            m.actor_messages_total.with_label_values(&[kind.label()]);
+            m.actor_mailbox_depth.with_label_values(&[kind.label()]);
+            m.actor_restarts_total.with_label_values(&[kind.label()]);
+        }
+        for reason in AUTH_FAILURE_REASONS {
+            m.auth_failures_total.with_label_values(&[reason]);
+        }
+        for reason in INVALID_MESSAGE_REASONS {
+            m.invalid_messages_total.with_label_values(&[reason]);
+        }
+        for reason in CLOSE_REASONS {
+            m.connections_closed_total.with_label_values(&[reason]);
+        }
+        Ok(Metrics {
+            registry: b.registry,
+            catalogue: b.catalogue,
+            ..m
+        })
+    }
+
+    /// The `map` label for a map name: itself while under the cap, `__other__` after.
+    pub fn map_label<'a>(&mut self, map: &'a str) -> &'a str {
+        if self.map_labels.contains(map) {
+            return map;
+        }
+        if self.map_labels.len() < self.map_label_cap {
+            self.map_labels.insert(map.to_owned());
+            return map;
+        }
+        OTHER_MAP
+    }
+
+    /// The text exposition: everything gathered, plus HELP/TYPE of families with no series.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let families = self.registry.gather();
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&families, &mut buf)?;
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        for (name, help, kind) in &self.catalogue {
+            if !families.iter().any(|f| f.name() == name) {
+                let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            }
+        }
+        Ok(text)
+    }
+}
+
+struct Builder {
+    registry: Registry,
+    catalogue: Vec<(String, String, &'static str)>,
+}
+
+impl Builder {
+    fn register(
+        &mut self,
+        c: Box<dyn prometheus::core::Collector>,
+        name: &str,
+        kind: &'static str,
+        help: &str,
+    ) -> prometheus::Result<()> {
+        self.registry.register(c)?;
+        self.catalogue.push((name.into(), help.into(), kind));
+        Ok(())
+    }
+
+    fn collector<C: prometheus::core::Collector + 'static>(
+        &mut self,
+        c: Arc<C>,
+        kind: &'static str,
+    ) -> prometheus::Result<()> {
+        let desc = c.desc()[0].clone();
+        self.registry.register(Box::new(ArcCollector(c)))?;
+        self.catalogue.push((desc.fq_name, desc.help, kind));
+        Ok(())
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        let c = IntCounter::new(name, help)?;
+        self.register(Box::new(c.clone()), name, "counter", help)?;
+        Ok(c)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        let g = IntGauge::new(name, help)?;
+        self.register(Box::new(g.clone()), name, "gauge", help)?;
+        Ok(g)
+    }
+
+    fn counter_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.register(Box::new(c.clone()), name, "counter", help)?;
+        Ok(c)
+    }
+
+    fn gauge_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.register(Box::new(g.clone()), name, "gauge", help)?;
+        Ok(g)
+    }
+}
+
+/// Lets the metrics actor keep a typed handle on a custom collector it also registered.
+struct ArcCollector<C>(Arc<C>);
+
+impl<C: prometheus::core::Collector> prometheus::core::Collector for ArcCollector<C> {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
+
+/// Reads `/metrics`.
+#[derive(Message)]
+#[rtype(result = "String")]
+pub struct Scrape;
+
+/// Counts a lag probe's measurement (see `telemetry::lag`).
+pub struct LagReport {
+    pub arbiter: String,
+    pub seconds: f64,
+}
+
+impl Report for LagReport {
+    fn apply(self: Box<Self>, m: &mut Metrics) {
+        m.runtime_lag_seconds
+            .with_label_values(&[&self.arbiter])
+            .set(self.seconds);
+    }
+}
+
+/// Owns the registry. Runs on its own arbiter so that a saturated worker never delays a scrape.
+pub struct MetricsActor {
+    metrics: Metrics,
+    stats: ActorStats,
+    log: Logger,
+    log_records_dropped: Arc<AtomicU64>,
+    log_records_seen: u64,
+    report_interval: Duration,
+}
+
+impl MetricsActor {
+    pub fn new(
+        metrics: Metrics,
+        log: &Logger,
+        log_records_dropped: Arc<AtomicU64>,
+        report_interval: Duration,
+        timed: bool,
+    ) -> Self {
+        MetricsActor {
+            metrics,
+            stats: ActorStats::new(ActorKind::Metrics, timed),
+            log: log.new(slog::o!("actor" => "metrics")),
+            log_records_dropped,
+            log_records_seen: 0,
+            report_interval,
+        }
+    }
+
+    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.stats.depth_counter()
+    }
+
+    fn refresh_sampled(&mut self) {
+        // jemalloc caches its statistics until the epoch advances.
+        if tikv_jemalloc_ctl::epoch::advance().is_ok() {
+            if let Ok(bytes) = tikv_jemalloc_ctl::stats::allocated::read() {
+                self.metrics.memory_usage_bytes.set(bytes as i64);
+            }
+        }
+        let dropped = self.log_records_dropped.load(Ordering::Relaxed);
+        if dropped > self.log_records_seen {
+            self.metrics
+                .log_records_dropped_total
+                .inc_by(dropped - self.log_records_seen);
+            self.log_records_seen = dropped;
+        }
+    }
+}
+
+impl Actor for MetricsActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Reports are never refused: they are what the scrape shows.
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(self.report_interval, |act, _| {
+            let delta = act.stats.take();
+            delta.apply(&act.metrics);
+        });
+    }
+}
+
+impl Handler<Reported> for MetricsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reported, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        msg.0.apply(&mut self.metrics);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<Scrape> for MetricsActor {
+    type Result = String;
+
+    fn handle(&mut self, _: Scrape, _: &mut Context<Self>) -> String {
+        let t0 = self.stats.begin();
+        self.refresh_sampled();
+        let text = self.metrics.render().unwrap_or_else(|e| {
+            warn!(self.log, "metrics exposition failed"; "err" => err_kv("encode_failed", e));
+            String::new()
+        });
+        self.stats.end(t0);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_seed_family_is_declared_from_the_start() {
+        let m = Metrics::new(10, Duration::from_secs(60)).unwrap();
+        let text = m.render().unwrap();
+        for (name, kind) in [
+            ("topgun_connected_clients", "gauge"),
+            ("topgun_map_size_items", "gauge"),
+            ("topgun_ops_total", "counter"),
+            ("topgun_subscribers_per_event", "summary"),
+            ("topgun_events_filtered_by_subscription", "counter"),
+            ("topgun_connection_rate_per_second", "gauge"),
+            ("topgun_actor_handle_seconds", "histogram"),
+            ("topgun_process_cpu_seconds_total", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} missing in\n{text}"
+            );
+        }
+        assert!(text.contains("topgun_event_queue_rejected_total 0\n"));
+    }
+
+    #[test]
+    fn map_labels_are_capped() {
+        let mut m = Metrics::new(2, Duration::from_secs(60)).unwrap();
+        assert_eq!(m.map_label("a"), "a");
+        assert_eq!(m.map_label("b"), "b");
+        assert_eq!(m.map_label("c"), OTHER_MAP);
+        assert_eq!(m.map_label("a"), "a");
+    }
+}

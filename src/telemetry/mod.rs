@@ -1,0 +1,9 @@
+//! Telemetry: Pino-shaped logs, the metrics actor and the path every number takes to it.
+pub mod events;
+pub mod histogram;
+pub mod lag;
+pub mod logging;
+pub mod metrics;
+pub mod report;
+pub mod summary;
+pub mod throttle;
