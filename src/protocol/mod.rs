@@ -1,3 +1,18 @@
 //! Client wire protocol (see ../shared/spec/protocol.md): types and MessagePack codec.
 //! Plain Rust, no actix: the connection actor calls into it.
+//!
+//! - [`types`]: shapes shared with the data model (timestamps, LWW and OR-Map records).
+//! - [`messages`]: one type per protocol message, both directions.
+//! - [`codec`]: bytes to [`ClientMessage`] and [`ServerMessage`] to bytes, the nesting limit,
+//!   the `BATCH` walk and the rate-limit cost of a frame.
+pub mod codec;
+pub mod messages;
 pub mod types;
+
+pub use codec::{
+    batch_item_count, batch_items, decode, decode_server, encode, encode_client, encode_into,
+    frame_cost, is_valid_topic, validate_map_name, BatchTooLarge, DecodeError, MAX_BATCH_ITEMS,
+    MAX_DEPTH, MAX_MAP_NAME_BYTES,
+};
+pub use messages::*;
+pub use types::{LwwRecord, OrMapRecord, Timestamp};

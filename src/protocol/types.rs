@@ -48,7 +48,7 @@ impl fmt::Display for Timestamp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LwwRecord {
-    #[serde(default)]
+    #[serde(default = "nil")]
     pub value: Value,
     pub timestamp: Timestamp,
     #[serde(default, deserialize_with = "opt_whole_u64")]
@@ -61,16 +61,33 @@ impl LwwRecord {
     }
 }
 
-/// One tagged entry of an OR-Map key.
+/// One tagged entry of an OR-Map key. Unlike [`LwwRecord`], an unset `ttlMs` is omitted: the
+/// client's schema has it as optional-number, and only LWW records get the reference's nil.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrMapRecord {
-    #[serde(default)]
+    #[serde(default = "nil")]
     pub value: Value,
     pub timestamp: Timestamp,
     pub tag: String,
-    #[serde(default, deserialize_with = "opt_whole_u64")]
+    #[serde(
+        default,
+        deserialize_with = "opt_whole_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_ms: Option<u64>,
+}
+
+/// The error text of [`whole_u64`] and friends for a number with a fractional part. The codec
+/// compares against it to report `fractional_integer` instead of a generic `malformed`; serde
+/// gives no other channel for a typed error out of a field deserializer.
+pub const FRACTIONAL_NUMBER: &str = "fractional number where an integer is expected";
+
+const OUT_OF_RANGE: &str = "number out of range";
+
+/// A missing `value` key decodes as nil (2.1); `rmpv::Value` has no `Default` to say so.
+pub(crate) fn nil() -> Value {
+    Value::Nil
 }
 
 /// Integer fields arrive as float64 from JS clients (`Date.now()` is not a MessagePack int):
@@ -81,7 +98,7 @@ pub fn whole_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 pub fn whole_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let v = d.deserialize_any(WholeU64)?;
-    u32::try_from(v).map_err(|_| de::Error::custom("integer out of u32 range"))
+    u32::try_from(v).map_err(|_| de::Error::custom(OUT_OF_RANGE))
 }
 
 pub fn opt_whole_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -93,7 +110,7 @@ pub fn opt_whole_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::
         None => Ok(None),
         Some(v) => u32::try_from(v)
             .map(Some)
-            .map_err(|_| de::Error::custom("integer out of u32 range")),
+            .map_err(|_| de::Error::custom(OUT_OF_RANGE)),
     }
 }
 
@@ -111,15 +128,19 @@ impl<'de> Visitor<'de> for WholeU64 {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-        u64::try_from(v).map_err(|_| E::custom("negative integer"))
+        u64::try_from(v).map_err(|_| E::custom(OUT_OF_RANGE))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
-        // 2^64 is exactly representable; anything at or above it does not fit.
-        if v.is_finite() && v.fract() == 0.0 && v >= 0.0 && v < 18_446_744_073_709_551_616.0 {
+        if v.is_finite() && v.fract() != 0.0 {
+            return Err(E::custom(FRACTIONAL_NUMBER));
+        }
+        // 2^64 is exactly representable; anything at or above it does not fit. NaN and the
+        // infinities fail both comparisons.
+        if (0.0..18_446_744_073_709_551_616.0).contains(&v) {
             Ok(v as u64)
         } else {
-            Err(E::custom("fractional or out-of-range number"))
+            Err(E::custom(OUT_OF_RANGE))
         }
     }
 
