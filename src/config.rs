@@ -59,7 +59,9 @@ impl FromStr for StorageBackend {
         match s.to_ascii_lowercase().as_str() {
             "redb" => Ok(StorageBackend::Redb),
             "memory" | "null" | "mem" => Ok(StorageBackend::Memory),
-            other => Err(format!("unknown storage backend {other:?} (expected redb or memory)")),
+            other => Err(format!(
+                "unknown storage backend {other:?} (expected redb or memory)"
+            )),
         }
     }
 }
@@ -185,7 +187,9 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        other => Err(format!("{other:?} is not a boolean (use 1/true/yes or 0/false/no)")),
+        other => Err(format!(
+            "{other:?} is not a boolean (use 1/true/yes or 0/false/no)"
+        )),
     }
 }
 
@@ -373,7 +377,9 @@ impl fmt::Debug for AuthMode {
     /// Never prints the secret: the effective config is logged at start.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AuthMode::Jwt { secret } if secret.starts_with("-----BEGIN") => f.write_str("jwt-rs256"),
+            AuthMode::Jwt { secret } if secret.starts_with("-----BEGIN") => {
+                f.write_str("jwt-rs256")
+            }
             AuthMode::Jwt { .. } => f.write_str("jwt-hs256"),
             AuthMode::Off { explicit: true } => f.write_str("off"),
             AuthMode::Off { explicit: false } => f.write_str("off (no JWT_SECRET)"),
@@ -468,9 +474,9 @@ impl Config {
         let host_text = cli.host.or(file.host);
         let host = match &host_text {
             Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
-            Some(h) => h.parse().map_err(|_| {
-                ConfigError::invalid("host", format!("{h:?} is not an IP address"))
-            })?,
+            Some(h) => h
+                .parse()
+                .map_err(|_| ConfigError::invalid("host", format!("{h:?} is not an IP address")))?,
             None if matches!(auth, AuthMode::Off { .. }) => IpAddr::from([127, 0, 0, 1]),
             None => d.host,
         };
@@ -547,11 +553,20 @@ impl Config {
         }
         let positive: [(&'static str, u64); 12] = [
             ("log_buffer", self.log_buffer as u64),
-            ("report_interval_ms", self.report_interval.as_millis() as u64),
+            (
+                "report_interval_ms",
+                self.report_interval.as_millis() as u64,
+            ),
             ("summary_window_secs", self.summary_window.as_secs()),
             ("auth_timeout_ms", self.auth_timeout.as_millis() as u64),
-            ("heartbeat_timeout_ms", self.heartbeat_timeout.as_millis() as u64),
-            ("heartbeat_check_ms", self.heartbeat_check.as_millis() as u64),
+            (
+                "heartbeat_timeout_ms",
+                self.heartbeat_timeout.as_millis() as u64,
+            ),
+            (
+                "heartbeat_check_ms",
+                self.heartbeat_check.as_millis() as u64,
+            ),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("client_rate", u64::from(self.client_rate)),
             ("client_burst", u64::from(self.client_burst)),
@@ -571,7 +586,10 @@ impl Config {
             ));
         }
         if self.map_label_cap == 0 {
-            return Err(ConfigError::invalid("map_label_cap", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "map_label_cap",
+                "must be greater than 0",
+            ));
         }
         if self.metrics_port.is_some() && self.metrics_port == Some(self.port) && self.port != 0 {
             return Err(ConfigError::invalid(
@@ -701,8 +719,8 @@ mod tests {
 
     #[test]
     fn seeds_are_split_and_trimmed() {
-        let c = Config::resolve(cli(&["--seed-nodes", " a:1, b:2 ,,"]), Overrides::default())
-            .unwrap();
+        let c =
+            Config::resolve(cli(&["--seed-nodes", " a:1, b:2 ,,"]), Overrides::default()).unwrap();
         assert_eq!(c.seed_nodes, vec!["a:1", "b:2"]);
     }
 

@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
 use crate::net::connection::ConnectionActor;
-use crate::net::gate::{Admit, AdmissionVoided};
+use crate::net::gate::{AdmissionVoided, Admit};
 use crate::net::NodeContext;
 use crate::telemetry::metrics::Scrape;
 

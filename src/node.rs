@@ -71,8 +71,9 @@ pub fn resolve_node_id(config: &Config) -> Result<String, StartError> {
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let id = text.trim().to_owned();
-            crate::config::validate_node_id(&id)
-                .map_err(|m| data_dir_error(format!("{} holds a bad node id: {m}", path.display())))?;
+            crate::config::validate_node_id(&id).map_err(|m| {
+                data_dir_error(format!("{} holds a bad node id: {m}", path.display()))
+            })?;
             Ok(id)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -80,7 +81,10 @@ pub fn resolve_node_id(config: &Config) -> Result<String, StartError> {
             write_atomically(&path, id.as_bytes()).map_err(|e| data_dir_error(e.to_string()))?;
             Ok(id)
         }
-        Err(e) => Err(data_dir_error(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(data_dir_error(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -209,7 +213,10 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             source,
         })?
     };
-    let port = client_server.addrs().first().map_or(config.port, |a| a.port());
+    let port = client_server
+        .addrs()
+        .first()
+        .map_or(config.port, |a| a.port());
 
     let metrics_server = match config.metrics_port {
         None => None,
@@ -217,7 +224,9 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             let addr = SocketAddr::new(config.host, metrics_port);
             let data = data.clone();
             let server = HttpServer::new(move || {
-                App::new().app_data(data.clone()).configure(http::metrics_routes)
+                App::new()
+                    .app_data(data.clone())
+                    .configure(http::metrics_routes)
             })
             .workers(1)
             .disable_signals()

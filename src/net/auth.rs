@@ -73,7 +73,10 @@ impl Verifier {
                 .map_err(|e| format!("JWT_SECRET looks like a PEM key but does not parse: {e}"))?;
             (key, Algorithm::RS256)
         } else {
-            (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            )
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 60;
@@ -178,7 +181,10 @@ mod tests {
     #[test]
     fn good_token_gives_sub_and_string_roles() {
         let v = Verifier::new("s3cret", None, None).unwrap();
-        let t = token("s3cret", json!({"sub": "u1", "exp": now() + 60, "roles": ["a", 1]}));
+        let t = token(
+            "s3cret",
+            json!({"sub": "u1", "exp": now() + 60, "roles": ["a", 1]}),
+        );
         assert_eq!(
             v.verify(&t),
             Ok(Principal {
@@ -210,11 +216,20 @@ mod tests {
     #[test]
     fn issuer_and_audience_when_configured() {
         let v = Verifier::new("s", Some("me"), Some("app")).unwrap();
-        let ok = token("s", json!({"sub": "u", "exp": now() + 60, "iss": "me", "aud": "app"}));
+        let ok = token(
+            "s",
+            json!({"sub": "u", "exp": now() + 60, "iss": "me", "aud": "app"}),
+        );
         assert!(v.verify(&ok).is_ok());
-        let bad_iss = token("s", json!({"sub": "u", "exp": now() + 60, "iss": "x", "aud": "app"}));
+        let bad_iss = token(
+            "s",
+            json!({"sub": "u", "exp": now() + 60, "iss": "x", "aud": "app"}),
+        );
         assert_eq!(v.verify(&bad_iss), Err(AuthError::BadIssuer));
-        let bad_aud = token("s", json!({"sub": "u", "exp": now() + 60, "iss": "me", "aud": "x"}));
+        let bad_aud = token(
+            "s",
+            json!({"sub": "u", "exp": now() + 60, "iss": "me", "aud": "x"}),
+        );
         assert_eq!(v.verify(&bad_aud), Err(AuthError::BadAudience));
     }
 }

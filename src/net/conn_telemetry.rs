@@ -94,7 +94,11 @@ impl ConnectionTelemetry {
             invalid: std::mem::take(&mut self.invalid),
             auth_failures: std::mem::take(&mut self.auth_failures),
             rate_limited: std::mem::take(&mut self.rate_limited),
-            closed: if last { self.closed.or(Some("client")) } else { None },
+            closed: if last {
+                self.closed.or(Some("client"))
+            } else {
+                None
+            },
             ops: std::mem::take(&mut self.ops),
             outbound_dropped: std::mem::take(&mut self.outbound_dropped),
         })
@@ -127,7 +131,9 @@ impl Report for ConnectionReport {
                 .inc_by(*n);
         }
         for (reason, n) in &self.auth_failures {
-            m.auth_failures_total.with_label_values(&[reason]).inc_by(*n);
+            m.auth_failures_total
+                .with_label_values(&[reason])
+                .inc_by(*n);
         }
         m.client_rate_limited_total.inc_by(self.rate_limited);
         m.outbound_dropped_total.inc_by(self.outbound_dropped);
@@ -138,7 +144,9 @@ impl Report for ConnectionReport {
         }
         for ((op_type, map), n) in &self.ops {
             let label = m.map_label(map).to_owned();
-            m.ops_total.with_label_values(&[op_type, &label]).inc_by(*n);
+            m.ops_total
+                .with_label_values(&[*op_type, label.as_str()])
+                .inc_by(*n);
         }
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use actix_web_actors::ws::{self, CloseCode, CloseReason, Item, ProtocolError};
+use actix_http::ws::Item;
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use slog::debug;
 
@@ -98,7 +99,9 @@ pub struct ConnectionActor {
 impl ConnectionActor {
     pub fn new(id: u64, peer: String, node: Arc<NodeContext>) -> Self {
         let client_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-        let log = node.log.new(slog::o!("actor" => "connection", "clientId" => client_id.clone()));
+        let log = node
+            .log
+            .new(slog::o!("actor" => "connection", "clientId" => client_id.clone()));
         let now = Instant::now();
         ConnectionActor {
             id,
@@ -191,7 +194,10 @@ impl ConnectionActor {
             return;
         }
         let cost = protocol::frame_cost(&msg);
-        if !self.bucket.try_take(cost.min(u64::from(u32::MAX)) as u32, Instant::now()) {
+        if !self
+            .bucket
+            .try_take(cost.min(u64::from(u32::MAX)) as u32, Instant::now())
+        {
             ClientRateLimited { cost }.emit(&mut self.tel);
             self.send(
                 ctx,
@@ -283,10 +289,7 @@ impl ConnectionActor {
                 // No-auth mode: a client that brings a token still gets its AUTH_ACK, otherwise
                 // it would wait for one forever.
                 if self.node.verifier.is_none() && !auth.token.is_empty() {
-                    self.send(
-                        ctx,
-                        &ServerMessage::AuthAck(protocol::AuthAck::default()),
-                    );
+                    self.send(ctx, &ServerMessage::AuthAck(protocol::AuthAck::default()));
                 }
             }
             ClientMessage::DeviceHello(_) => {
@@ -447,7 +450,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                     self.closing = true;
                     ClientDisconnected {
                         reason: "client",
-                        messages: 0,
+                        frames: self.frames,
                     }
                     .emit(&mut self.tel);
                 }

@@ -11,7 +11,9 @@ use slog::{info, warn, Logger};
 
 use super::connection::{ConnectionActor, Shutdown};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
-use crate::telemetry::report::{ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta};
+use crate::telemetry::report::{
+    ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta, UNBOUNDED_MAILBOX,
+};
 use crate::telemetry::throttle::Throttle;
 
 /// The limiter's window (metrics.md: 100 connections per second, window 1 s).
@@ -188,10 +190,11 @@ impl Actor for ConnectionGateActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Admission is decided here, so its mailbox must never refuse.
-        ctx.set_mailbox_capacity(usize::MAX);
-        ctx.run_interval(self.report_interval.min(Duration::from_millis(250)), |act, _| {
-            act.report()
-        });
+        ctx.set_mailbox_capacity(UNBOUNDED_MAILBOX);
+        ctx.run_interval(
+            self.report_interval.min(Duration::from_millis(250)),
+            |act, _| act.report(),
+        );
     }
 }
 

@@ -91,7 +91,12 @@ impl HistogramFamily {
     ) -> prometheus::Result<Self> {
         let label_names: Vec<String> = label_names.iter().map(|s| s.to_string()).collect();
         Ok(HistogramFamily {
-            desc: Desc::new(name.into(), help.into(), label_names.clone(), Default::default())?,
+            desc: Desc::new(
+                name.into(),
+                help.into(),
+                label_names.clone(),
+                Default::default(),
+            )?,
             bounds,
             label_names,
             series: Mutex::new(BTreeMap::new()),

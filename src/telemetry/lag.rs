@@ -21,7 +21,11 @@ pub struct LagProbe {
 }
 
 impl LagProbe {
-    pub fn new(arbiter: impl Into<String>, metrics: Mailbox<MetricsActor>, report_interval: Duration) -> Self {
+    pub fn new(
+        arbiter: impl Into<String>,
+        metrics: Mailbox<MetricsActor>,
+        report_interval: Duration,
+    ) -> Self {
         let now = Instant::now();
         LagProbe {
             arbiter: arbiter.into(),

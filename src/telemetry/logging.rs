@@ -282,13 +282,8 @@ mod tests {
     fn lines_are_pino_json_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.json");
-        let logging = Logging::init(
-            &LogDest::File(path.clone()),
-            LogLevel::Debug,
-            64,
-            "node-1",
-        )
-        .unwrap();
+        let logging =
+            Logging::init(&LogDest::File(path.clone()), LogLevel::Debug, 64, "node-1").unwrap();
         let child = logging.root.new(o!("actor" => "connection"));
         slog::info!(child, "client connected"; "clientId" => "c1", "err" => err_kv("x", "boom"));
         slog::trace!(child, "filtered out");
@@ -296,7 +291,11 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
-        assert!(lines[0].starts_with(r#"{"level":30,"time":"#), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with(r#"{"level":30,"time":"#),
+            "{}",
+            lines[0]
+        );
         let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(v["msg"], "client connected");
         assert_eq!(v["nodeId"], "node-1");

@@ -17,9 +17,9 @@ use prometheus::{
 };
 use slog::{warn, Logger};
 
-use super::logging::err_kv;
 use super::histogram::{HistogramFamily, HANDLE_SECONDS};
-use super::report::{ActorKind, ActorStats, Report, Reported};
+use super::logging::err_kv;
+use super::report::{ActorKind, ActorStats, Report, Reported, UNBOUNDED_MAILBOX};
 use super::summary::SlidingSummary;
 
 /// Label value that absorbs maps beyond the label cap.
@@ -295,7 +295,10 @@ impl Metrics {
             map_label_cap,
         };
         let build_info = IntGaugeVec::new(
-            Opts::new("topgun_build_info", "Version of the running node (value 1)."),
+            Opts::new(
+                "topgun_build_info",
+                "Version of the running node (value 1).",
+            ),
             &["version"],
         )?;
         build_info
@@ -308,11 +311,12 @@ impl Metrics {
             "Version of the running node (value 1).",
         )?;
         #[cfg(target_os = "linux")]
-        b.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::new(
+        b.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,
                 "topgun",
-            )))?;
+            ),
+        ))?;
 
         // Bounded label sets start at 0 so rate() and alerts work from the first scrape.
         for kind in ActorKind::ALL {
@@ -513,7 +517,7 @@ impl Actor for MetricsActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Reports are never refused: they are what the scrape shows.
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(UNBOUNDED_MAILBOX);
         ctx.run_interval(self.report_interval, |act, _| {
             let delta = act.stats.take();
             delta.apply(&act.metrics);

@@ -255,3 +255,8 @@ impl<A: Actor> Mailbox<A> {
         self.addr.send(msg)
     }
 }
+
+/// Mailbox capacity for actors whose senders must never be refused (reports, admissions).
+/// `do_send` ignores capacity anyway; this bounds only `send`, far above any real backlog.
+/// (`usize::MAX` overflows inside actix.)
+pub const UNBOUNDED_MAILBOX: usize = 1 << 16;

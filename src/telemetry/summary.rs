@@ -216,10 +216,19 @@ mod tests {
         let mut w = WindowedCounts::new(Duration::from_secs(10), t0);
         w.observe(7, 1, t0);
         w.observe(1, 1, t0 + Duration::from_secs(5));
-        assert_eq!(w.quantiles(&[0.99], t0 + Duration::from_secs(5)), vec![Some(7)]);
+        assert_eq!(
+            w.quantiles(&[0.99], t0 + Duration::from_secs(5)),
+            vec![Some(7)]
+        );
         // 7 was observed in slot 0; at t=10 s slot 0 is ten slots old and gone.
-        assert_eq!(w.quantiles(&[0.99], t0 + Duration::from_secs(10)), vec![Some(1)]);
-        assert_eq!(w.quantiles(&[0.5], t0 + Duration::from_secs(16)), vec![None]);
+        assert_eq!(
+            w.quantiles(&[0.99], t0 + Duration::from_secs(10)),
+            vec![Some(1)]
+        );
+        assert_eq!(
+            w.quantiles(&[0.5], t0 + Duration::from_secs(16)),
+            vec![None]
+        );
         assert_eq!((w.count(), w.sum()), (2, 8));
     }
 
@@ -228,10 +237,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = WindowedCounts::new(Duration::from_secs(600), t0);
         w.observe(3, 1, t0);
-        assert_eq!(
-            w.quantiles(&QUANTILES, t0),
-            vec![Some(3), Some(3), Some(3)]
-        );
+        assert_eq!(w.quantiles(&QUANTILES, t0), vec![Some(3), Some(3), Some(3)]);
     }
 
     #[test]
