@@ -1,0 +1,380 @@
+//! One stripe's view of who listens: query subscriptions (with their live membership for the
+//! keys of this stripe), map listeners (connections with a query on a map get `SERVER_EVENT`s)
+//! and topic subscribers. Plain logic: given a change, it decides which frames go to which
+//! connection (protocol.md 6.3, 6.4); the stripe actor sends them and counts.
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rmpv::Value;
+
+use super::{Change, ChangeEvent, ConnId};
+use crate::protocol::{self, ChangeType, EventType, QueryUpdate, ServerEvent, ServerMessage};
+use crate::shard::lww::is_visible;
+use crate::shard::query::CompiledQuery;
+
+/// (connection, client's query id): a subscription is keyed per connection, so two clients may
+/// reuse a query id.
+pub type SubKey = (ConnId, Arc<str>);
+
+struct Subscription {
+    map: Arc<str>,
+    query: Arc<CompiledQuery>,
+    /// Keys of this stripe currently in the subscriber's result set.
+    members: HashSet<Arc<str>>,
+    /// Until the snapshot is known: events that arrived meanwhile, replayed after it.
+    pending: Option<Vec<ChangeEvent>>,
+}
+
+/// Frames for one event, and how many distinct connections they go to.
+#[derive(Default, Debug)]
+pub struct Routed {
+    pub deliveries: Vec<(ConnId, Bytes)>,
+    pub recipients: usize,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    subs: HashMap<SubKey, Subscription>,
+    by_map: HashMap<Arc<str>, Vec<SubKey>>,
+    topics: HashMap<Arc<str>, Vec<ConnId>>,
+    topics_of: HashMap<ConnId, HashSet<Arc<str>>>,
+}
+
+impl Registry {
+    /// Registers (or replaces) a subscription whose snapshot is still being taken: its events
+    /// are buffered until [`Registry::snapshot_loaded`].
+    pub fn subscribe(&mut self, key: SubKey, map: Arc<str>, query: Arc<CompiledQuery>) {
+        self.unsubscribe(&key);
+        self.by_map.entry(map.clone()).or_default().push(key.clone());
+        self.subs.insert(
+            key,
+            Subscription {
+                map,
+                query,
+                members: HashSet::new(),
+                pending: Some(Vec::new()),
+            },
+        );
+    }
+
+    /// The snapshot is out: `members` are this stripe's keys of it, `seen[shard]` the apply
+    /// sequence each shard had reached when it answered. Buffered events the snapshot already
+    /// contains are skipped, the others are routed now (for this subscription only).
+    pub fn snapshot_loaded(
+        &mut self,
+        key: &SubKey,
+        members: Vec<Arc<str>>,
+        seen: &[u64],
+        now_ms: u64,
+    ) -> Routed {
+        let Some(sub) = self.subs.get_mut(key) else {
+            return Routed::default();
+        };
+        sub.members = members.into_iter().collect();
+        let buffered = sub.pending.take().unwrap_or_default();
+        let mut routed = Routed::default();
+        for ev in buffered {
+            let already_in_snapshot = seen
+                .get(usize::from(ev.shard))
+                .is_some_and(|s| ev.seq <= *s);
+            if already_in_snapshot {
+                continue;
+            }
+            if let Some(frame) = live_update(sub, key, &ev, now_ms) {
+                if ev.writer != key.0 {
+                    routed.deliveries.push((key.0, frame));
+                }
+            }
+        }
+        routed.recipients = usize::from(!routed.deliveries.is_empty());
+        routed
+    }
+
+    pub fn unsubscribe(&mut self, key: &SubKey) {
+        if let Some(sub) = self.subs.remove(key) {
+            if let Some(list) = self.by_map.get_mut(&sub.map) {
+                list.retain(|k| k != key);
+                if list.is_empty() {
+                    self.by_map.remove(&sub.map);
+                }
+            }
+        }
+    }
+
+    pub fn topic_subscribe(&mut self, conn: ConnId, topic: Arc<str>) {
+        if self.topics_of.entry(conn).or_default().insert(topic.clone()) {
+            self.topics.entry(topic).or_default().push(conn);
+        }
+    }
+
+    pub fn topic_unsubscribe(&mut self, conn: ConnId, topic: &str) {
+        if let Some(set) = self.topics_of.get_mut(&conn) {
+            if set.remove(topic) {
+                if let Some(list) = self.topics.get_mut(topic) {
+                    list.retain(|c| *c != conn);
+                    if list.is_empty() {
+                        self.topics.remove(topic);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything of a closed connection.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        let keys: Vec<SubKey> = self.subs.keys().filter(|k| k.0 == conn).cloned().collect();
+        for k in keys {
+            self.unsubscribe(&k);
+        }
+        if let Some(topics) = self.topics_of.remove(&conn) {
+            for t in topics {
+                if let Some(list) = self.topics.get_mut(&t) {
+                    list.retain(|c| *c != conn);
+                    if list.is_empty() {
+                        self.topics.remove(&t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribers of a topic other than the publisher.
+    pub fn topic_recipients(&self, topic: &str, publisher: ConnId) -> Vec<ConnId> {
+        self.topics
+            .get(topic)
+            .map(|l| l.iter().copied().filter(|c| *c != publisher).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Frames for one change: a `SERVER_EVENT` to each connection with a query on the map, a
+    /// `QUERY_UPDATE` per subscription whose result set it changes; never to the writer.
+    pub fn route(&mut self, ev: &ChangeEvent, now_ms: u64) -> Routed {
+        let Some(keys) = self.by_map.get(&ev.map) else {
+            return Routed::default();
+        };
+        let mut routed = Routed::default();
+        let mut listeners: Vec<ConnId> = Vec::new();
+        for key in keys {
+            let Some(sub) = self.subs.get_mut(key) else {
+                continue;
+            };
+            if key.0 != ev.writer && !listeners.contains(&key.0) {
+                listeners.push(key.0);
+            }
+            if let Some(pending) = &mut sub.pending {
+                pending.push(ev.clone());
+                continue;
+            }
+            // The writer's own subscriptions still track membership; they just get no echo.
+            if let Some(frame) = live_update(sub, key, ev, now_ms) {
+                if key.0 != ev.writer {
+                    routed.deliveries.push((key.0, frame));
+                }
+            }
+        }
+        if !listeners.is_empty() {
+            let event = protocol::encode(&ServerMessage::ServerEvent {
+                payload: server_event(ev),
+            });
+            let event = Bytes::from(event);
+            // SERVER_EVENT first, then the query updates, per connection (the client merges the
+            // record, then sees its query change).
+            let mut frames: Vec<(ConnId, Bytes)> =
+                listeners.iter().map(|c| (*c, event.clone())).collect();
+            frames.append(&mut routed.deliveries);
+            routed.deliveries = frames;
+        }
+        routed.recipients = {
+            let mut distinct: Vec<ConnId> = routed.deliveries.iter().map(|(c, _)| *c).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            distinct.len()
+        };
+        routed
+    }
+}
+
+fn server_event(ev: &ChangeEvent) -> ServerEvent {
+    let (event_type, record, or_record, or_tag) = match &ev.change {
+        Change::Lww(r) if r.is_tombstone() => (EventType::Remove, Some(r.clone()), None, None),
+        Change::Lww(r) => (EventType::Put, Some(r.clone()), None, None),
+        Change::OrAdd(r) => (EventType::OrAdd, None, Some(r.clone()), Some(r.tag.clone())),
+        Change::OrRemove { tag } => (EventType::OrRemove, None, None, Some(tag.clone())),
+    };
+    ServerEvent {
+        map_name: ev.map.to_string(),
+        event_type,
+        key: ev.key.to_string(),
+        record,
+        or_record,
+        or_tag,
+    }
+}
+
+/// The 6.3 table for one subscription and one LWW change; updates the membership.
+fn live_update(
+    sub: &mut Subscription,
+    key: &SubKey,
+    ev: &ChangeEvent,
+    now_ms: u64,
+) -> Option<Bytes> {
+    let Change::Lww(record) = &ev.change else {
+        return None; // queries run over LWW maps only
+    };
+    let was_in = sub.members.contains(&ev.key);
+    let now_in = is_visible(record, now_ms) && sub.query.matches(&record.value);
+    let (change_type, value) = match (was_in, now_in) {
+        (false, true) => {
+            sub.members.insert(ev.key.clone());
+            (ChangeType::Enter, sub.query.project(&record.value))
+        }
+        (true, true) => (ChangeType::Update, sub.query.project(&record.value)),
+        (true, false) => {
+            sub.members.remove(&ev.key);
+            (ChangeType::Leave, Value::Nil)
+        }
+        (false, false) => return None,
+    };
+    let msg = ServerMessage::QueryUpdate {
+        payload: QueryUpdate {
+            query_id: key.1.to_string(),
+            key: ev.key.to_string(),
+            value,
+            change_type,
+        },
+    };
+    Some(Bytes::from(protocol::encode(&msg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::types::{LwwRecord, Timestamp};
+    use crate::shard::query::{Filter, PredicateOp, QuerySpec};
+
+    fn put(key: &str, value: Value, writer: ConnId, seq: u64) -> ChangeEvent {
+        ChangeEvent {
+            map: "m".into(),
+            key: key.into(),
+            change: Change::Lww(LwwRecord {
+                value,
+                timestamp: Timestamp {
+                    millis: 1,
+                    counter: seq as u32,
+                    node_id: "n".into(),
+                },
+                ttl_ms: None,
+            }),
+            writer,
+            shard: 0,
+            seq,
+        }
+    }
+
+    fn decode(b: &Bytes) -> Value {
+        rmpv::decode::read_value(&mut &b[..]).unwrap()
+    }
+
+    fn field<'a>(v: &'a Value, k: &str) -> &'a Value {
+        v.as_map()
+            .unwrap()
+            .iter()
+            .find(|(key, _)| key.as_str() == Some(k))
+            .map(|(_, v)| v)
+            .unwrap()
+    }
+
+    fn change_types(r: &Routed) -> Vec<(ConnId, String)> {
+        r.deliveries
+            .iter()
+            .map(|(c, b)| {
+                let v = decode(b);
+                let t = field(&v, "type").as_str().unwrap().to_owned();
+                let p = field(&v, "payload");
+                let ct = if t == "QUERY_UPDATE" {
+                    field(p, "changeType").as_str().unwrap().to_owned()
+                } else {
+                    t
+                };
+                (*c, ct)
+            })
+            .collect()
+    }
+
+    fn active_query() -> Arc<CompiledQuery> {
+        let spec = QuerySpec {
+            filter: Filter::Predicate(crate::shard::query::Predicate::leaf(
+                PredicateOp::Eq,
+                "active",
+                true,
+            )),
+            ..Default::default()
+        };
+        Arc::new(CompiledQuery::new(&spec))
+    }
+
+    fn obj(active: bool) -> Value {
+        Value::Map(vec![("active".into(), active.into())])
+    }
+
+    #[test]
+    fn enter_update_leave_and_writer_exclusion() {
+        let mut r = Registry::default();
+        let k1: SubKey = (1, "q".into());
+        r.subscribe(k1.clone(), "m".into(), active_query());
+        r.snapshot_loaded(&k1, vec![], &[0], 0);
+
+        let routed = r.route(&put("a", obj(true), 2, 1), 0);
+        assert_eq!(
+            change_types(&routed),
+            vec![(1, "SERVER_EVENT".into()), (1, "ENTER".into())]
+        );
+        assert_eq!(routed.recipients, 1);
+        assert_eq!(change_types(&r.route(&put("a", obj(true), 2, 2), 0))[1].1, "UPDATE");
+        assert_eq!(change_types(&r.route(&put("a", obj(false), 2, 3), 0))[1].1, "LEAVE");
+        // Not in, not matching: only the SERVER_EVENT.
+        assert_eq!(change_types(&r.route(&put("a", obj(false), 2, 4), 0)).len(), 1);
+        // The subscriber's own write: nothing sent, but membership follows.
+        let own = r.route(&put("b", obj(true), 1, 5), 0);
+        assert_eq!(own.recipients, 0);
+        assert_eq!(change_types(&r.route(&put("b", Value::Nil, 2, 6), 0))[1].1, "LEAVE");
+    }
+
+    #[test]
+    fn no_listener_means_no_delivery() {
+        let mut r = Registry::default();
+        let routed = r.route(&put("a", obj(true), 2, 1), 0);
+        assert_eq!(routed.recipients, 0);
+        assert!(routed.deliveries.is_empty());
+    }
+
+    #[test]
+    fn events_during_the_snapshot_are_replayed_unless_contained() {
+        let mut r = Registry::default();
+        let k: SubKey = (1, "q".into());
+        r.subscribe(k.clone(), "m".into(), active_query());
+        // Seq 1 is in the snapshot (shard 0 had reached 1), seq 2 is not.
+        assert!(r.route(&put("a", obj(true), 2, 1), 0).deliveries.len() == 1);
+        assert!(r.route(&put("b", obj(true), 2, 2), 0).deliveries.len() == 1);
+        let replayed = r.snapshot_loaded(&k, vec!["a".into()], &[1], 0);
+        assert_eq!(change_types(&replayed), vec![(1, "ENTER".into())]);
+    }
+
+    #[test]
+    fn topics_exclude_the_publisher_and_close_cleans_up() {
+        let mut r = Registry::default();
+        r.topic_subscribe(1, "t".into());
+        r.topic_subscribe(2, "t".into());
+        r.topic_subscribe(2, "t".into());
+        assert_eq!(r.topic_recipients("t", 1), vec![2]);
+        r.connection_closed(2);
+        assert!(r.topic_recipients("t", 1).is_empty());
+        r.topic_unsubscribe(1, "t");
+        assert!(r.topics.is_empty());
+    }
+}
