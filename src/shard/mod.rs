@@ -4,3 +4,4 @@ pub mod hlc;
 pub mod lww;
 pub mod merkle;
 pub mod ormap;
+pub mod query;
