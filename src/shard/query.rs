@@ -782,21 +782,11 @@ impl CompiledQuery {
         }
     }
 
-    /// Merges the shares of several stores (disjoint keys) into the final page: k-way by
-    /// query order, cut to `min(limit, cap)`, projected, with `has_more` and the next cursor.
-    pub fn merge(&self, parts: impl IntoIterator<Item = PartialResult>, cap: usize) -> QueryPage {
-        let mut has_more = false;
-        let mut rows = Vec::new();
-        for p in parts {
-            has_more |= p.has_more;
-            rows.extend(p.rows);
-        }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let k = self.page_size(cap);
-        if rows.len() > k {
-            has_more = true;
-            rows.truncate(k);
-        }
+    /// Merges the shares of several stores (disjoint keys) into the final page: ordered, cut
+    /// to `min(limit, cap)`, projected, with `has_more` and the next cursor. Takes the shares by
+    /// reference so a live query can be seeded from the same ones ([`crate::shard::live`]).
+    pub fn merge(&self, parts: &[PartialResult], cap: usize) -> QueryPage {
+        let (rows, has_more) = self.merged_rows(parts, cap);
         let next_cursor = if has_more {
             rows.last()
                 .map(|(sk, _)| encode_cursor(sk, self.fingerprint))
@@ -817,6 +807,23 @@ impl CompiledQuery {
         }
     }
 
+    /// The rows `merge` returns, unprojected, in order, and whether rows were cut.
+    pub(crate) fn merged_rows<'p>(
+        &self,
+        parts: &'p [PartialResult],
+        cap: usize,
+    ) -> (Vec<&'p (SortKey, Value)>, bool) {
+        let mut has_more = parts.iter().any(|p| p.has_more);
+        let mut rows: Vec<&(SortKey, Value)> = parts.iter().flat_map(|p| &p.rows).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let k = self.page_size(cap);
+        if rows.len() > k {
+            has_more = true;
+            rows.truncate(k);
+        }
+        (rows, has_more)
+    }
+
     /// `select` + `merge` for a single store.
     pub fn run<'a>(
         &self,
@@ -824,7 +831,7 @@ impl CompiledQuery {
         cap: usize,
     ) -> QueryPage {
         let part = self.select(entries, cap);
-        self.merge([part], cap)
+        self.merge(&[part], cap)
     }
 }
 
@@ -1375,7 +1382,7 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(q.merge(parts, 10_000), single);
+        assert_eq!(q.merge(&parts, 10_000), single);
     }
 
     #[test]
