@@ -323,6 +323,37 @@ pub struct Overrides {
     /// HTTP worker threads [default: number of cores]
     #[arg(long, env = "TOPGUN_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Shard actors, each on its own thread, splitting the 271 partitions [default: number of cores]
+    #[arg(long, env = "TOPGUN_SHARDS")]
+    pub shards: Option<usize>,
+    /// Change events the event queue holds across all stripes [default: 10000]
+    #[arg(long, env = "TOPGUN_EVENT_QUEUE_CAPACITY")]
+    pub event_queue_capacity: Option<usize>,
+    /// Stripes of the event queue (a key always maps to the same one) [default: 4]
+    #[arg(long, env = "TOPGUN_EVENT_QUEUE_STRIPES")]
+    pub event_queue_stripes: Option<usize>,
+    /// A write stamped further ahead of the node's clock is rejected, ms [default: 60000]
+    #[arg(long, env = "TOPGUN_MAX_DRIFT_MS")]
+    pub max_drift_ms: Option<u64>,
+    /// Tombstones older than this are garbage-collected, seconds [default: 604800 (7 days)]
+    #[arg(long, env = "TOPGUN_TOMBSTONE_MAX_AGE_SECS")]
+    pub tombstone_max_age_secs: Option<u64>,
+    /// How often expired entries and old tombstones are swept, ms [default: 1000]
+    #[arg(long, env = "TOPGUN_SWEEP_INTERVAL_MS")]
+    pub sweep_interval_ms: Option<u64>,
+    /// Most rows of one query snapshot (more sets hasMore) [default: 10000]
+    #[arg(long, env = "TOPGUN_QUERY_MAX_RESULTS")]
+    pub query_max_results: Option<usize>,
+    /// Write batches accepted and not yet applied, node-wide, before connections wait [default: 1000]
+    #[arg(long, env = "TOPGUN_BACKPRESSURE_LIMIT")]
+    pub backpressure_limit: Option<usize>,
+    /// Every Nth batch of a connection waits for its in-flight writes [default: 100]
+    #[arg(long, env = "TOPGUN_BACKPRESSURE_SYNC_EVERY")]
+    pub backpressure_sync_every: Option<u64>,
+    /// A connection waiting for capacity longer than this gets an error for its batch, ms [default: 5000]
+    #[arg(long, env = "TOPGUN_BACKPRESSURE_TIMEOUT_MS")]
+    pub backpressure_timeout_ms: Option<u64>,
 }
 
 /// The resolved settings. `Default` is the documented defaults (config/topgun.toml).
@@ -358,6 +389,16 @@ pub struct Config {
     pub max_pending_connections: u32,
     pub shutdown_timeout: Duration,
     pub workers: usize,
+    pub shards: usize,
+    pub event_queue_capacity: usize,
+    pub event_queue_stripes: usize,
+    pub max_drift_ms: u64,
+    pub tombstone_max_age: Duration,
+    pub sweep_interval: Duration,
+    pub query_max_results: usize,
+    pub backpressure_limit: usize,
+    pub backpressure_sync_every: u64,
+    pub backpressure_timeout: Duration,
 }
 
 /// How clients prove who they are.
@@ -420,6 +461,16 @@ impl Default for Config {
             max_pending_connections: 1000,
             shutdown_timeout: Duration::from_secs(8),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            event_queue_capacity: 10_000,
+            event_queue_stripes: 4,
+            max_drift_ms: 60_000,
+            tombstone_max_age: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_millis(1000),
+            query_max_results: 10_000,
+            backpressure_limit: 1000,
+            backpressure_sync_every: 100,
+            backpressure_timeout: Duration::from_millis(5000),
         }
     }
 }
@@ -530,6 +581,25 @@ impl Config {
                 .or(file.shutdown_timeout_secs)
                 .map_or(d.shutdown_timeout, Duration::from_secs),
             workers: pick!(workers, d.workers),
+            shards: pick!(shards, d.shards),
+            event_queue_capacity: pick!(event_queue_capacity, d.event_queue_capacity),
+            event_queue_stripes: pick!(event_queue_stripes, d.event_queue_stripes),
+            max_drift_ms: pick!(max_drift_ms, d.max_drift_ms),
+            tombstone_max_age: cli
+                .tombstone_max_age_secs
+                .or(file.tombstone_max_age_secs)
+                .map_or(d.tombstone_max_age, Duration::from_secs),
+            sweep_interval: cli
+                .sweep_interval_ms
+                .or(file.sweep_interval_ms)
+                .map_or(d.sweep_interval, ms),
+            query_max_results: pick!(query_max_results, d.query_max_results),
+            backpressure_limit: pick!(backpressure_limit, d.backpressure_limit),
+            backpressure_sync_every: pick!(backpressure_sync_every, d.backpressure_sync_every),
+            backpressure_timeout: cli
+                .backpressure_timeout_ms
+                .or(file.backpressure_timeout_ms)
+                .map_or(d.backpressure_timeout, ms),
         };
         config.validate()?;
         Ok(config)
@@ -551,7 +621,18 @@ impl Config {
                 ));
             }
         }
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 20] = [
+            ("shards", self.shards as u64),
+            ("event_queue_capacity", self.event_queue_capacity as u64),
+            ("event_queue_stripes", self.event_queue_stripes as u64),
+            ("sweep_interval_ms", self.sweep_interval.as_millis() as u64),
+            ("query_max_results", self.query_max_results as u64),
+            ("backpressure_limit", self.backpressure_limit as u64),
+            ("backpressure_sync_every", self.backpressure_sync_every),
+            (
+                "backpressure_timeout_ms",
+                self.backpressure_timeout.as_millis() as u64,
+            ),
             ("log_buffer", self.log_buffer as u64),
             (
                 "report_interval_ms",
@@ -578,6 +659,18 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(setting, "must be greater than 0"));
             }
+        }
+        if self.shards > 271 {
+            return Err(ConfigError::invalid(
+                "shards",
+                "at most 271 (one partition each)",
+            ));
+        }
+        if self.event_queue_stripes > self.event_queue_capacity {
+            return Err(ConfigError::invalid(
+                "event_queue_stripes",
+                "must not exceed event_queue_capacity (each stripe needs room)",
+            ));
         }
         if self.max_pending_connections == 0 {
             return Err(ConfigError::invalid(

@@ -13,5 +13,6 @@ pub mod http;
 pub mod net;
 pub mod node;
 pub mod protocol;
+pub mod queue;
 pub mod shard;
 pub mod telemetry;

@@ -21,6 +21,10 @@ use crate::http;
 use crate::net::auth::Verifier;
 use crate::net::gate::{CloseAll, ConnectionGateActor, OpenConnections};
 use crate::net::NodeContext;
+use crate::queue::actor::StripeActor;
+use crate::queue::{EventQueue, StripeHandle};
+use crate::shard::actor::{ShardActor, ShardSettings};
+use crate::shard::router::{partitions_of, Shards};
 use crate::telemetry::lag::LagProbe;
 use crate::telemetry::logging::{err_kv, Logging};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
@@ -149,6 +153,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     };
 
     let timed = config.actor_telemetry;
+    let pending_batches = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let metrics_arbiter = Arbiter::new();
     let metrics_actor = MetricsActor::new(
         Metrics::new(config.map_label_cap, config.summary_window)?,
@@ -156,7 +161,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         logging.dropped.clone(),
         config.report_interval,
         timed,
-    );
+    )
+    .sample_pending_batches(pending_batches.clone());
     let depth = metrics_actor.depth_counter();
     let metrics = Mailbox::new(
         MetricsActor::start_in_arbiter(&metrics_arbiter.handle(), move |_| metrics_actor),
@@ -181,6 +187,12 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let depth = gate_actor.stats().depth_counter();
     let gate = Mailbox::new(gate_actor.start(), depth);
 
+    let queue = start_event_queue(&config, &log, &metrics);
+    let shards = start_shards(&config, &node_id, &queue, &log, &metrics);
+    info!(log, "data plane started";
+        "shards" => shards.len(), "stripes" => queue.stripes.len(),
+        "eventQueueCapacity" => queue.capacity());
+
     let ready = Arc::new(AtomicBool::new(false));
     let node = Arc::new(NodeContext {
         config: config.clone(),
@@ -190,6 +202,9 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         metrics: metrics.clone(),
         log: log.clone(),
         ready: ready.clone(),
+        shards,
+        queue,
+        pending_batches,
     });
 
     let with_metrics = config.metrics_port.is_none();
@@ -290,6 +305,79 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     info!(log, "http server stopped");
     info!(log, "shutdown complete"; "tookMs" => started.elapsed().as_millis() as u64);
     Ok(())
+}
+
+/// Stripes of the event queue, each on its own arbiter (thread) with its lag probe.
+fn start_event_queue(config: &Config, log: &Logger, metrics: &Mailbox<MetricsActor>) -> EventQueue {
+    let n = config.event_queue_stripes;
+    let per_stripe = config.event_queue_capacity / n;
+    let stripes: Vec<StripeHandle> = (0..n)
+        .map(|i| {
+            let arbiter = Arbiter::new();
+            let actor = StripeActor::new(
+                i,
+                n,
+                per_stripe,
+                log,
+                metrics.clone(),
+                config.report_interval,
+                config.actor_telemetry,
+            );
+            let queued = actor.queued_counter();
+            let depth = actor.depth_counter();
+            let addr = StripeActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+            let (m, every) = (metrics.clone(), config.report_interval);
+            LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
+                LagProbe::new(format!("queue-{i}"), m, every)
+            });
+            StripeHandle::new(Mailbox::new(addr, depth), queued, per_stripe)
+        })
+        .collect();
+    EventQueue {
+        stripes: stripes.into(),
+    }
+}
+
+/// Shards, each on its own arbiter (thread) with its lag probe.
+fn start_shards(
+    config: &Config,
+    node_id: &str,
+    queue: &EventQueue,
+    log: &Logger,
+    metrics: &Mailbox<MetricsActor>,
+) -> Shards {
+    let n = config.shards;
+    let settings = ShardSettings {
+        max_drift_ms: config.max_drift_ms,
+        tombstone_max_age_ms: config.tombstone_max_age.as_millis() as u64,
+        sweep_interval: config.sweep_interval,
+        report_interval: config.report_interval,
+        timed: config.actor_telemetry,
+    };
+    let mailboxes: Vec<Mailbox<ShardActor>> = (0..n)
+        .map(|i| {
+            let arbiter = Arbiter::new();
+            let actor = ShardActor::new(
+                i as u16,
+                partitions_of(i, n),
+                node_id,
+                queue.clone(),
+                settings.clone(),
+                log,
+                metrics.clone(),
+            );
+            let depth = actor.depth_counter();
+            let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+            let (m, every) = (metrics.clone(), config.report_interval);
+            LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
+                LagProbe::new(format!("shard-{i}"), m, every)
+            });
+            Mailbox::new(addr, depth)
+        })
+        .collect();
+    Shards {
+        mailboxes: mailboxes.into(),
+    }
 }
 
 /// Each HTTP worker thread is an arbiter hosting connection actors; give it a lag probe once.

@@ -17,13 +17,16 @@ pub struct ConnectionTelemetry {
     pub stats: ActorStats,
     pub rate_limit_log: Throttle,
     pub invalid_log: Throttle,
+    pub backpressure_log: Throttle,
+    sync_forced: u64,
+    backpressure_waits: u64,
+    backpressure_timeouts: u64,
     invalid: Vec<(&'static str, u64)>,
     auth_failures: Vec<(&'static str, u64)>,
     rate_limited: u64,
     closed: Option<&'static str>,
     /// (op type, map name) → ops; the map label cap is applied by the metrics actor.
     ops: HashMap<(&'static str, Box<str>), u64>,
-    outbound_dropped: u64,
 }
 
 impl ConnectionTelemetry {
@@ -33,12 +36,15 @@ impl ConnectionTelemetry {
             stats: ActorStats::new(ActorKind::Connection, timed),
             rate_limit_log: Throttle::new(WARN_INTERVAL),
             invalid_log: Throttle::new(WARN_INTERVAL),
+            backpressure_log: Throttle::new(WARN_INTERVAL),
+            sync_forced: 0,
+            backpressure_waits: 0,
+            backpressure_timeouts: 0,
             invalid: Vec::new(),
             auth_failures: Vec::new(),
             rate_limited: 0,
             closed: None,
             ops: HashMap::new(),
-            outbound_dropped: 0,
         }
     }
 
@@ -66,8 +72,16 @@ impl ConnectionTelemetry {
         }
     }
 
-    pub fn count_outbound_dropped(&mut self) {
-        self.outbound_dropped += 1;
+    pub fn count_sync_forced(&mut self) {
+        self.sync_forced += 1;
+    }
+
+    pub fn count_backpressure_wait(&mut self) {
+        self.backpressure_waits += 1;
+    }
+
+    pub fn count_backpressure_timeout(&mut self) {
+        self.backpressure_timeouts += 1;
     }
 
     fn is_dirty(&self) -> bool {
@@ -76,7 +90,9 @@ impl ConnectionTelemetry {
             || !self.auth_failures.is_empty()
             || self.rate_limited > 0
             || !self.ops.is_empty()
-            || self.outbound_dropped > 0
+            || self.sync_forced > 0
+            || self.backpressure_waits > 0
+            || self.backpressure_timeouts > 0
     }
 
     /// The deltas since the last report; `None` when nothing changed. The last report of a
@@ -100,7 +116,9 @@ impl ConnectionTelemetry {
                 None
             },
             ops: std::mem::take(&mut self.ops),
-            outbound_dropped: std::mem::take(&mut self.outbound_dropped),
+            sync_forced: std::mem::take(&mut self.sync_forced),
+            backpressure_waits: std::mem::take(&mut self.backpressure_waits),
+            backpressure_timeouts: std::mem::take(&mut self.backpressure_timeouts),
         })
     }
 }
@@ -119,7 +137,9 @@ pub struct ConnectionReport {
     rate_limited: u64,
     closed: Option<&'static str>,
     ops: HashMap<(&'static str, Box<str>), u64>,
-    outbound_dropped: u64,
+    sync_forced: u64,
+    backpressure_waits: u64,
+    backpressure_timeouts: u64,
 }
 
 impl Report for ConnectionReport {
@@ -136,7 +156,10 @@ impl Report for ConnectionReport {
                 .inc_by(*n);
         }
         m.client_rate_limited_total.inc_by(self.rate_limited);
-        m.outbound_dropped_total.inc_by(self.outbound_dropped);
+        m.backpressure_sync_forced_total.inc_by(self.sync_forced);
+        m.backpressure_waits_total.inc_by(self.backpressure_waits);
+        m.backpressure_timeouts_total
+            .inc_by(self.backpressure_timeouts);
         if let Some(reason) = self.closed {
             m.connections_closed_total
                 .with_label_values(&[reason])

@@ -5,6 +5,10 @@
 //! Every close the node initiates sends a Close frame with a code and a reason: 4001 after
 //! AUTH_FAIL, 1000 on timeouts, 1009 for an oversize message, 1002 for a protocol error, 1001
 //! on shutdown. Frames are processed strictly in order.
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,9 +20,12 @@ use slog::debug;
 
 use super::conn_telemetry::ConnectionTelemetry;
 use super::gate::{HandshakeFinished, Register, Unregister};
+use super::pipeline::Pipeline;
+use super::requests::Completion;
 use super::token_bucket::TokenBucket;
 use super::NodeContext;
 use crate::protocol::{self, ClientMessage, ServerMessage};
+use crate::queue::actor::ConnectionClosed;
 use crate::telemetry::events::{
     ClientAuthFailed, ClientAuthenticated, ClientConnected, ClientDisconnected, ClientEvicted,
     ClientRateLimited, InvalidFrame,
@@ -57,6 +64,11 @@ const CLOSE_PROTOCOL: Close = Close {
     text: "protocol error",
     label: "protocol_error",
 };
+const CLOSE_SLOW: Close = Close {
+    code: 1013,
+    text: "slow consumer: reconnect and resync",
+    label: "slow_consumer",
+};
 const CLOSE_SHUTDOWN: Close = Close {
     code: 1001,
     text: "server shutting down",
@@ -73,6 +85,42 @@ pub struct Shutdown;
 #[rtype(result = "()")]
 pub struct Deliver(pub Bytes);
 
+/// After this many live broadcasts in a row found the outbound queue full, the connection is
+/// closed so that the client reconnects and resyncs instead of silently missing events.
+const MAX_CONSECUTIVE_DROPS: u32 = 256;
+
+/// The connection's outbound queue as the event queue sees it: its mailbox (bounded at
+/// `outbound_queue` messages) and the slow-consumer bookkeeping shared by all stripes.
+pub struct Outbound {
+    mailbox: Mailbox<ConnectionActor>,
+    consecutive_drops: AtomicU32,
+    evict: AtomicBool,
+}
+
+impl Outbound {
+    /// A live broadcast: best effort. False when it was dropped (queue full or connection gone).
+    pub fn deliver(&self, frame: Bytes) -> bool {
+        match self.mailbox.try_send(Deliver(frame)) {
+            Ok(()) => {
+                self.consecutive_drops.store(0, Ordering::Relaxed);
+                true
+            }
+            Err(SendError::Full(_)) => {
+                let n = self.consecutive_drops.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= MAX_CONSECUTIVE_DROPS {
+                    self.evict.store(true, Ordering::Relaxed);
+                }
+                false
+            }
+            Err(SendError::Closed(_)) => false,
+        }
+    }
+
+    fn must_evict(&self) -> bool {
+        self.evict.load(Ordering::Relaxed)
+    }
+}
+
 enum AuthState {
     /// JWT mode, no valid AUTH yet.
     Pending,
@@ -80,10 +128,9 @@ enum AuthState {
 }
 
 pub struct ConnectionActor {
-    id: u64,
-    client_id: Arc<str>,
+    pub(super) id: u64,
+    pub(super) node: Arc<NodeContext>,
     peer: String,
-    node: Arc<NodeContext>,
     auth: AuthState,
     last_heartbeat: Instant,
     bucket: TokenBucket,
@@ -93,7 +140,17 @@ pub struct ConnectionActor {
     device_acked: bool,
     /// Frames received, for the disconnect log line.
     frames: u64,
-    tel: ConnectionTelemetry,
+    pub(super) tel: ConnectionTelemetry,
+    /// Replies leave in request order (see `pipeline`).
+    pub(super) pipeline: Pipeline<Completion>,
+    pub(super) completions: Option<tokio::sync::mpsc::UnboundedSender<(u64, Completion)>>,
+    /// Write batches sent to shards, and how many of them have been applied: the forced sync
+    /// waits for the two to meet, while the actor itself is paused.
+    pub(super) writes_submitted: u64,
+    pub(super) writes_applied: Rc<Cell<u64>>,
+    pub(super) batches: u64,
+    pub(super) outbound: Option<Arc<Outbound>>,
+    pub(super) subscriptions: HashSet<Arc<str>>,
 }
 
 impl ConnectionActor {
@@ -105,7 +162,6 @@ impl ConnectionActor {
         let now = Instant::now();
         ConnectionActor {
             id,
-            client_id,
             peer,
             auth: if node.verifier.is_some() {
                 AuthState::Pending
@@ -119,6 +175,13 @@ impl ConnectionActor {
             device_acked: false,
             frames: 0,
             tel: ConnectionTelemetry::new(log, node.config.actor_telemetry),
+            pipeline: Pipeline::default(),
+            completions: None,
+            writes_submitted: 0,
+            writes_applied: Rc::new(Cell::new(0)),
+            batches: 0,
+            outbound: None,
+            subscriptions: HashSet::new(),
             node,
         }
     }
@@ -127,7 +190,7 @@ impl ConnectionActor {
         self.tel.stats.depth_counter()
     }
 
-    fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
+    pub(super) fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
         ctx.binary(protocol::encode(msg));
     }
 
@@ -306,6 +369,16 @@ impl ConnectionActor {
             }
             ClientMessage::ClientApplyAck(_) => {}
             ClientMessage::Batch(_) => {}
+            ClientMessage::ClientOp(op) => self.on_writes(ctx, vec![op]),
+            ClientMessage::OpBatch(batch) => self.on_writes(ctx, batch.ops),
+            ClientMessage::SyncInit(m) => self.on_sync_init(m),
+            ClientMessage::MerkleReqBucket(m) => self.on_merkle_request(m),
+            ClientMessage::QuerySub(m) => self.on_query_sub(ctx, m),
+            ClientMessage::QueryUnsub(m) => self.on_query_unsub(m),
+            ClientMessage::QuerySyncInit(_) => {}
+            ClientMessage::TopicSub(m) => self.on_topic_sub(m.topic),
+            ClientMessage::TopicUnsub(m) => self.on_topic_unsub(m.topic),
+            ClientMessage::TopicPub(m) => self.on_topic_pub(m),
             other => {
                 debug!(self.tel.log, "operation not implemented"; "type" => other.tag());
                 self.send(
@@ -378,10 +451,21 @@ impl Actor for ConnectionActor {
         // The mailbox is the outbound queue (protocol.md 1.4): while the client does not read,
         // this actor is not polled, the mailbox fills and live broadcasts are refused.
         ctx.set_mailbox_capacity(self.node.config.outbound_queue);
+        let mailbox = Mailbox::new(ctx.address(), self.depth_counter());
+        self.outbound = Some(Arc::new(Outbound {
+            mailbox: mailbox.clone(),
+            consecutive_drops: AtomicU32::new(0),
+            evict: AtomicBool::new(false),
+        }));
         self.node.gate.do_send(Register {
             id: self.id,
-            mailbox: Mailbox::new(ctx.address(), self.depth_counter()),
+            mailbox,
         });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.completions = Some(tx);
+        ctx.add_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        }));
         let auth_required = self.node.verifier.is_some();
         ClientConnected {
             peer: &self.peer,
@@ -401,7 +485,9 @@ impl Actor for ConnectionActor {
         }
         let timeout = self.node.config.heartbeat_timeout;
         ctx.run_interval(self.node.config.heartbeat_check, move |act, ctx| {
-            if matches!(act.auth, AuthState::Authenticated)
+            if act.outbound.as_ref().is_some_and(|o| o.must_evict()) {
+                act.close(ctx, CLOSE_SLOW);
+            } else if matches!(act.auth, AuthState::Authenticated)
                 && act.last_heartbeat.elapsed() > timeout
             {
                 act.close(ctx, CLOSE_IDLE);
@@ -419,6 +505,9 @@ impl Actor for ConnectionActor {
             .emit(&mut self.tel);
         }
         self.node.gate.do_send(Unregister { id: self.id });
+        for stripe in self.node.queue.stripes.iter() {
+            stripe.mailbox.do_send(ConnectionClosed(self.id));
+        }
         self.report(true);
     }
 }
@@ -498,7 +587,25 @@ impl Handler<Deliver> for ConnectionActor {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         let t0 = self.tel.stats.begin();
-        ctx.binary(msg.0);
+        if self.outbound.as_ref().is_some_and(|o| o.must_evict()) {
+            self.close(ctx, CLOSE_SLOW);
+        } else if !self.closing {
+            ctx.binary(msg.0);
+        }
         self.tel.stats.end(t0);
+    }
+}
+
+impl StreamHandler<(u64, Completion)> for ConnectionActor {
+    fn handle(&mut self, (seq, completion): (u64, Completion), ctx: &mut Self::Context) {
+        let t0 = self.tel.stats.begin_item();
+        for due in self.pipeline.complete(seq, completion) {
+            self.finish(ctx, due);
+        }
+        self.tel.stats.end(t0);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // Our own sender lives as long as the actor; nothing to do.
     }
 }

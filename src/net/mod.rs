@@ -4,14 +4,19 @@ pub mod auth;
 pub mod conn_telemetry;
 pub mod connection;
 pub mod gate;
+pub mod ops;
+pub mod pipeline;
+pub mod requests;
 pub mod token_bucket;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::Arc;
 
 use slog::Logger;
 
 use crate::config::Config;
+use crate::queue::EventQueue;
+use crate::shard::router::Shards;
 use crate::telemetry::metrics::MetricsActor;
 use crate::telemetry::report::Mailbox;
 use auth::Verifier;
@@ -28,4 +33,8 @@ pub struct NodeContext {
     pub log: Logger,
     /// `/ready`: storage open and cluster joined; false again once shutdown starts.
     pub ready: Arc<AtomicBool>,
+    pub shards: Shards,
+    pub queue: EventQueue,
+    /// Write batches accepted from clients and not yet applied, node-wide (backpressure).
+    pub pending_batches: Arc<AtomicI64>,
 }

@@ -32,7 +32,9 @@ pub enum Change {
     /// An LWW write; a tombstone (nil value) is a REMOVE.
     Lww(LwwRecord),
     OrAdd(OrMapRecord),
-    OrRemove { tag: String },
+    OrRemove {
+        tag: String,
+    },
 }
 
 /// One changed key, as a shard hands it to the queue.
@@ -109,8 +111,12 @@ fn reserve_room(queued: &AtomicUsize, capacity: usize, n: usize) -> usize {
         if take == 0 {
             return 0;
         }
-        match queued.compare_exchange_weak(current, current + take, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match queued.compare_exchange_weak(
+            current,
+            current + take,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => return take,
             Err(actual) => current = actual,
         }
@@ -138,7 +144,9 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let q = queued.clone();
-                std::thread::spawn(move || (0..1000).map(|_| reserve_room(&q, 1500, 1)).sum::<usize>())
+                std::thread::spawn(move || {
+                    (0..1000).map(|_| reserve_room(&q, 1500, 1)).sum::<usize>()
+                })
             })
             .collect();
         let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();

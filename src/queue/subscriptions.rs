@@ -46,7 +46,10 @@ impl Registry {
     /// are buffered until [`Registry::snapshot_loaded`].
     pub fn subscribe(&mut self, key: SubKey, map: Arc<str>, query: Arc<CompiledQuery>) {
         self.unsubscribe(&key);
-        self.by_map.entry(map.clone()).or_default().push(key.clone());
+        self.by_map
+            .entry(map.clone())
+            .or_default()
+            .push(key.clone());
         self.subs.insert(
             key,
             Subscription {
@@ -103,7 +106,12 @@ impl Registry {
     }
 
     pub fn topic_subscribe(&mut self, conn: ConnId, topic: Arc<str>) {
-        if self.topics_of.entry(conn).or_default().insert(topic.clone()) {
+        if self
+            .topics_of
+            .entry(conn)
+            .or_default()
+            .insert(topic.clone())
+        {
             self.topics.entry(topic).or_default().push(conn);
         }
     }
@@ -335,14 +343,26 @@ mod tests {
             vec![(1, "SERVER_EVENT".into()), (1, "ENTER".into())]
         );
         assert_eq!(routed.recipients, 1);
-        assert_eq!(change_types(&r.route(&put("a", obj(true), 2, 2), 0))[1].1, "UPDATE");
-        assert_eq!(change_types(&r.route(&put("a", obj(false), 2, 3), 0))[1].1, "LEAVE");
+        assert_eq!(
+            change_types(&r.route(&put("a", obj(true), 2, 2), 0))[1].1,
+            "UPDATE"
+        );
+        assert_eq!(
+            change_types(&r.route(&put("a", obj(false), 2, 3), 0))[1].1,
+            "LEAVE"
+        );
         // Not in, not matching: only the SERVER_EVENT.
-        assert_eq!(change_types(&r.route(&put("a", obj(false), 2, 4), 0)).len(), 1);
+        assert_eq!(
+            change_types(&r.route(&put("a", obj(false), 2, 4), 0)).len(),
+            1
+        );
         // The subscriber's own write: nothing sent, but membership follows.
         let own = r.route(&put("b", obj(true), 1, 5), 0);
         assert_eq!(own.recipients, 0);
-        assert_eq!(change_types(&r.route(&put("b", Value::Nil, 2, 6), 0))[1].1, "LEAVE");
+        assert_eq!(
+            change_types(&r.route(&put("b", Value::Nil, 2, 6), 0))[1].1,
+            "LEAVE"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`query`]: filter, sort, limit, cursor, projection (6.1) over plain model types.
 //! - [`live`]: per-subscription ENTER / UPDATE / LEAVE decisions (6.3).
 //! - [`store`]: [`MapStore`], the maps of one set of partitions.
+pub mod actor;
 pub mod fnv;
 pub mod hlc;
 pub mod live;
@@ -16,6 +17,7 @@ pub mod lww;
 pub mod merkle;
 pub mod ormap;
 pub mod query;
+pub mod router;
 pub mod store;
 
 pub use fnv::{fnv1a, partition_of, PARTITION_COUNT};

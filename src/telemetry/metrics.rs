@@ -471,6 +471,8 @@ pub struct MetricsActor {
     log_records_dropped: Arc<AtomicU64>,
     log_records_seen: u64,
     report_interval: Duration,
+    /// Sampled at scrape time: exact, and no actor needs to report it.
+    pending_batches: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 impl MetricsActor {
@@ -488,7 +490,14 @@ impl MetricsActor {
             log_records_dropped,
             log_records_seen: 0,
             report_interval,
+            pending_batches: None,
         }
+    }
+
+    /// The node-wide count behind `topgun_backpressure_pending_ops`.
+    pub fn sample_pending_batches(mut self, pending: Arc<std::sync::atomic::AtomicI64>) -> Self {
+        self.pending_batches = Some(pending);
+        self
     }
 
     pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
@@ -501,6 +510,11 @@ impl MetricsActor {
             if let Ok(bytes) = tikv_jemalloc_ctl::stats::allocated::read() {
                 self.metrics.memory_usage_bytes.set(bytes as i64);
             }
+        }
+        if let Some(p) = &self.pending_batches {
+            self.metrics
+                .backpressure_pending_ops
+                .set(p.load(Ordering::Acquire));
         }
         let dropped = self.log_records_dropped.load(Ordering::Relaxed);
         if dropped > self.log_records_seen {

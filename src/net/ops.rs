@@ -1,0 +1,193 @@
+//! From wire messages to what shards and stripes understand: a client op becomes a
+//! [`ShardOp`] (or a reason to reject it), a wire query a [`QuerySpec`]. Plain functions, so the
+//! rules of protocol.md 4.3 and 6.1 are tested without a socket.
+use std::sync::Arc;
+
+use crate::protocol::{self, ClientOp, OpKind as WireOpKind};
+use crate::shard::actor::{OpKind, ShardOp};
+use crate::shard::query::{Filter, Predicate, PredicateOp, QuerySpec, SortDirection, SortField};
+
+/// The `type` label of `topgun_ops_total` for a client op.
+pub fn op_label(op: &ClientOp) -> &'static str {
+    match op.kind() {
+        WireOpKind::Remove | WireOpKind::OrRemove => "DELETE",
+        WireOpKind::OrAdd => "PUT",
+        WireOpKind::Put => match op.lww_record() {
+            Some(r) if r.value.is_nil() => "DELETE",
+            _ => "PUT",
+        },
+    }
+}
+
+/// The shard op for a client op: `Ok(None)` for a PUT without a record (stores nothing, still
+/// acknowledged, as the reference does).
+pub fn shard_op(op: &ClientOp) -> Result<Option<ShardOp>, String> {
+    let map: Arc<str> = Arc::from(op.map_name.as_str());
+    let key: Arc<str> = Arc::from(op.key.as_str());
+    let kind = match op.kind() {
+        WireOpKind::Remove => OpKind::Lww(op.lww_record().map(|r| {
+            // A REMOVE keeps the client's timestamp (so an older delete cannot erase a newer
+            // write) but always stores a tombstone, whatever value came along.
+            let mut tombstone = r.clone();
+            tombstone.value = rmpv::Value::Nil;
+            tombstone
+        })),
+        WireOpKind::OrAdd => match &op.or_record {
+            Some(r) => OpKind::OrAdd(r.clone()),
+            None => return Err("OR_ADD without orRecord".into()),
+        },
+        WireOpKind::OrRemove => match &op.or_tag {
+            Some(tag) => OpKind::OrRemove { tag: tag.clone() },
+            None => return Err("OR_REMOVE without orTag".into()),
+        },
+        WireOpKind::Put => match op.lww_record() {
+            Some(r) => OpKind::Lww(Some(r.clone())),
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(ShardOp { map, key, kind }))
+}
+
+/// The model query for a `QUERY_SUB`. Errors name what is not supported.
+pub fn query_spec(q: &protocol::Query, fields: Option<&Vec<String>>) -> Result<QuerySpec, String> {
+    if q.group_by.as_ref().is_some_and(|g| !g.is_empty())
+        || q.aggregations.as_ref().is_some_and(|a| !a.is_empty())
+    {
+        return Err("groupBy/aggregations are not supported".into());
+    }
+    // protocol.md 6.1: send one of them; the reference disagrees with itself when both are
+    // present. We honour `predicate` when present, as its live path does.
+    let filter = match (&q.predicate, &q.where_) {
+        (Some(p), _) => Filter::Predicate(predicate(p)?),
+        (None, Some(w)) => Filter::Where(w.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        (None, None) => Filter::All,
+    };
+    let sort = q
+        .sort
+        .iter()
+        .flatten()
+        .map(|s| SortField {
+            field: s.field.clone(),
+            direction: match s.direction {
+                protocol::SortDirection::Asc => SortDirection::Asc,
+                protocol::SortDirection::Desc => SortDirection::Desc,
+            },
+        })
+        .collect();
+    Ok(QuerySpec {
+        filter,
+        sort,
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+        fields: fields.cloned(),
+    })
+}
+
+/// Predicate trees nest as deep as the frame allowed (256), which the decoder bounded.
+fn predicate(p: &protocol::PredicateNode) -> Result<Predicate, String> {
+    use protocol::PredicateOp as W;
+    let op = match p.op {
+        W::Eq => PredicateOp::Eq,
+        W::Neq => PredicateOp::Neq,
+        W::Gt => PredicateOp::Gt,
+        W::Gte => PredicateOp::Gte,
+        W::Lt => PredicateOp::Lt,
+        W::Lte => PredicateOp::Lte,
+        W::Like => PredicateOp::Like,
+        W::Regex => PredicateOp::Regex,
+        W::And => PredicateOp::And,
+        W::Or => PredicateOp::Or,
+        W::Not => PredicateOp::Not,
+        W::In => PredicateOp::In,
+        W::Between => PredicateOp::Between,
+        W::IsNull => PredicateOp::IsNull,
+        W::IsNotNull => PredicateOp::IsNotNull,
+        W::ContainsAll => PredicateOp::ContainsAll,
+        W::ContainsAny => PredicateOp::ContainsAny,
+        W::StartsWith => PredicateOp::StartsWith,
+        W::EndsWith => PredicateOp::EndsWith,
+    };
+    let children = p
+        .children
+        .iter()
+        .flatten()
+        .map(predicate)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Predicate {
+        op,
+        attribute: p.attribute.clone(),
+        value: p.value.clone(),
+        value_ref: p.value_ref.clone(),
+        children,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::types::{LwwRecord, Timestamp};
+
+    fn op(op_type: Option<&str>, record: Option<Option<LwwRecord>>) -> ClientOp {
+        ClientOp {
+            id: Some("1".into()),
+            map_name: "m".into(),
+            key: "k".into(),
+            op_type: op_type.map(Into::into),
+            record,
+            or_record: None,
+            or_tag: None,
+            write_concern: None,
+            timeout: None,
+        }
+    }
+
+    fn rec(v: rmpv::Value) -> LwwRecord {
+        LwwRecord {
+            value: v,
+            timestamp: Timestamp {
+                millis: 5,
+                counter: 0,
+                node_id: "c".into(),
+            },
+            ttl_ms: None,
+        }
+    }
+
+    #[test]
+    fn remove_keeps_the_client_timestamp_as_a_tombstone() {
+        let o = shard_op(&op(Some("REMOVE"), Some(Some(rec(1.into())))))
+            .unwrap()
+            .unwrap();
+        match o.kind {
+            OpKind::Lww(Some(r)) => {
+                assert!(r.value.is_nil());
+                assert_eq!(r.timestamp.millis, 5);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            shard_op(&op(None, Some(None))).unwrap().unwrap().kind,
+            OpKind::Lww(None)
+        ));
+        assert_eq!(op_label(&op(Some("REMOVE"), None)), "DELETE");
+    }
+
+    #[test]
+    fn put_without_record_is_a_no_op_and_put_of_null_is_a_delete() {
+        assert!(shard_op(&op(None, None)).unwrap().is_none());
+        assert_eq!(
+            op_label(&op(None, Some(Some(rec(rmpv::Value::Nil))))),
+            "DELETE"
+        );
+        assert_eq!(op_label(&op(None, Some(Some(rec(1.into()))))), "PUT");
+    }
+
+    #[test]
+    fn aggregations_are_refused() {
+        let q = protocol::Query {
+            group_by: Some(vec!["a".into()]),
+            ..Default::default()
+        };
+        assert!(query_spec(&q, None).is_err());
+    }
+}

@@ -1,0 +1,500 @@
+//! What a `ConnectionActor` does with data messages: writes go to the shards owning their keys
+//! (one message per shard per client frame), reads and queries gather from every shard, topic
+//! messages go to their stripe. Requests run concurrently but their replies leave in request
+//! order ([`super::pipeline`]); write batches are subject to node-wide flow control.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use slog::{debug, warn};
+
+use super::connection::ConnectionActor;
+use super::ops::{op_label, query_spec, shard_op};
+use crate::protocol::{
+    self, ClientOp, LeafRecord, MerkleReqBucket, OpRejected, QueryResp, QueryResultItem, QuerySub,
+    QueryUnsub, ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
+};
+use crate::queue::actor::{
+    SnapshotLoaded, Subscribe, TopicPublish, TopicSubscribe, TopicUnsubscribe, Unsubscribe,
+};
+use crate::queue::subscriptions::SubKey;
+use crate::shard::actor::{ApplyOps, LeafRecords, MerkleLeaves, OpOutcome, RunQuery, ShardOp};
+use crate::shard::merkle::MerkleUnion;
+use crate::shard::query::CompiledQuery;
+
+/// How often a waiting connection looks at the node-wide pending count again.
+const FLOW_POLL: Duration = Duration::from_millis(1);
+
+/// A finished request: the frames to send, then what to do once they are out.
+pub struct Completion {
+    frames: Vec<Vec<u8>>,
+    after: Option<After>,
+}
+
+impl Completion {
+    fn frames(frames: Vec<Vec<u8>>) -> Self {
+        Completion {
+            frames,
+            after: None,
+        }
+    }
+}
+
+/// Follow-ups that must happen after the reply was written.
+pub enum After {
+    /// The QUERY_RESP is out: stripes may now route this subscription's live updates.
+    SnapshotLoaded {
+        key: SubKey,
+        members: Vec<Vec<Arc<str>>>,
+        seen: Arc<[u64]>,
+    },
+}
+
+/// Why a write batch did not go through flow control.
+enum Flow {
+    Go,
+    TimedOut,
+}
+
+impl ConnectionActor {
+    /// Runs `fut` off the actor; its result is released in request order by `finish`.
+    fn start_request(&mut self, fut: impl std::future::Future<Output = Completion> + 'static) {
+        let seq = self.pipeline.open();
+        let tx = self.completions.clone();
+        actix_rt::spawn(async move {
+            let done = fut.await;
+            if let Some(tx) = tx {
+                let _ = tx.send((seq, done));
+            }
+        });
+    }
+
+    /// Writes a due completion's frames, then runs its follow-up.
+    pub(super) fn finish(&mut self, ctx: &mut ws::WebsocketContext<Self>, done: Completion) {
+        for frame in done.frames {
+            ctx.binary(frame);
+        }
+        match done.after {
+            None => {}
+            Some(After::SnapshotLoaded { key, members, seen }) => {
+                for (stripe, members) in self.node.queue.stripes.iter().zip(members) {
+                    stripe.mailbox.do_send(SnapshotLoaded {
+                        key: key.clone(),
+                        members,
+                        seen: seen.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// CLIENT_OP and OP_BATCH: count, apply flow control, submit.
+    pub(super) fn on_writes(&mut self, ctx: &mut ws::WebsocketContext<Self>, ops: Vec<ClientOp>) {
+        for op in &ops {
+            self.tel.count_ops(op_label(op), &op.map_name, 1);
+        }
+        let cfg = &self.node.config;
+        let limit = cfg.backpressure_limit as i64;
+        let pending = self.node.pending_batches.load(Ordering::Acquire);
+        self.batches += 1;
+        let every_nth = self.batches % cfg.backpressure_sync_every == 0;
+        let crowded = pending * 5 > limit * 4 && rand::random::<f64>() < 0.1;
+        let force_sync = every_nth || crowded;
+        let at_limit = pending >= limit;
+        if !force_sync && !at_limit {
+            self.submit_writes(ops);
+            return;
+        }
+        if force_sync {
+            self.tel.count_sync_forced();
+        }
+        if at_limit {
+            self.tel.count_backpressure_wait();
+        }
+        // Stop reading the socket (ctx.wait pauses this actor's stream) until our in-flight
+        // writes are applied and/or the node is under its limit again.
+        let applied = self.writes_applied.clone();
+        let target = self.writes_submitted;
+        let pending = self.node.pending_batches.clone();
+        let timeout = cfg.backpressure_timeout;
+        let wait = async move {
+            if force_sync {
+                while applied.get() < target {
+                    tokio::time::sleep(FLOW_POLL).await;
+                }
+            }
+            let deadline = Instant::now() + timeout;
+            while pending.load(Ordering::Acquire) >= limit {
+                if Instant::now() >= deadline {
+                    return Flow::TimedOut;
+                }
+                tokio::time::sleep(FLOW_POLL).await;
+            }
+            Flow::Go
+        };
+        ctx.wait(wait.into_actor(self).map(move |flow, act, ctx| match flow {
+            Flow::Go => act.submit_writes(ops),
+            Flow::TimedOut => {
+                act.tel.count_backpressure_timeout();
+                if let Some(suppressed) = act.tel.backpressure_log.check(Instant::now()) {
+                    warn!(act.tel.log, "backpressure timeout";
+                        "ops" => ops.len(), "suppressed" => suppressed,
+                        "timeoutMs" => timeout.as_millis() as u64);
+                }
+                let reply = ServerMessage::error(
+                    429,
+                    format!(
+                        "server overloaded: batch of {} ops not applied, retry later",
+                        ops.len()
+                    ),
+                );
+                act.send(ctx, &reply);
+            }
+        }));
+    }
+
+    /// Splits a batch per shard (one message each), then acks once every shard answered.
+    fn submit_writes(&mut self, ops: Vec<ClientOp>) {
+        let last_id = ops.last().and_then(|o| o.id.clone());
+        let shards = self.node.shards.len();
+        let mut per_shard: Vec<(Vec<Option<String>>, Vec<ShardOp>)> =
+            (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut rejected = Vec::new();
+        for op in ops {
+            match shard_op(&op) {
+                Ok(Some(sop)) => {
+                    let s = self.node.shards.of_key(&op.key);
+                    per_shard[s].0.push(op.id);
+                    per_shard[s].1.push(sop);
+                }
+                Ok(None) => {}
+                Err(reason) => rejected.push((op.id, reason)),
+            }
+        }
+        let requests: Vec<_> = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, ops))| !ops.is_empty())
+            .map(|(s, (ids, ops))| {
+                let req = self.node.shards.mailboxes[s].send(ApplyOps {
+                    writer: self.id,
+                    ops,
+                });
+                (ids, req)
+            })
+            .collect();
+        self.writes_submitted += 1;
+        self.node.pending_batches.fetch_add(1, Ordering::AcqRel);
+        let pending = self.node.pending_batches.clone();
+        let applied = self.writes_applied.clone();
+        self.start_request(async move {
+            let mut frames = Vec::new();
+            let mut failed = false;
+            for (ids, req) in requests {
+                match req.await {
+                    Ok(outcomes) => {
+                        for (id, outcome) in ids.into_iter().zip(outcomes) {
+                            if let OpOutcome::Rejected { reason } = outcome {
+                                rejected.push((id, reason));
+                            }
+                        }
+                    }
+                    Err(_) => failed = true,
+                }
+            }
+            for (id, reason) in rejected {
+                frames.push(protocol::encode(&ServerMessage::OpRejected {
+                    payload: OpRejected {
+                        op_id: id.unwrap_or_else(|| "unknown".into()),
+                        reason,
+                        code: Some(400),
+                    },
+                }));
+            }
+            frames.push(protocol::encode(&if failed {
+                // A shard that cannot answer means some ops may not be applied: no ack, so the
+                // client keeps and resends them.
+                ServerMessage::error(500, "write not applied: shard unavailable")
+            } else {
+                ServerMessage::op_ack_applied(last_id.as_deref())
+            }));
+            pending.fetch_sub(1, Ordering::AcqRel);
+            applied.set(applied.get() + 1);
+            Completion::frames(frames)
+        });
+    }
+
+    /// SYNC_INIT: the root of the map's client-shaped tree over every shard.
+    pub(super) fn on_sync_init(&mut self, m: SyncInit) {
+        self.tel.count_ops("GET", &m.map_name, 1);
+        let map: Arc<str> = Arc::from(m.map_name.as_str());
+        let requests: Vec<_> = self
+            .node
+            .shards
+            .mailboxes
+            .iter()
+            .map(|s| s.send(MerkleLeaves { map: map.clone() }))
+            .collect();
+        self.start_request(async move {
+            let mut union = MerkleUnion::new();
+            let mut timestamp = None;
+            for req in requests {
+                if let Ok((leaves, ts)) = req.await {
+                    for (path, hash) in leaves {
+                        union.add_leaf(path, hash);
+                    }
+                    timestamp = timestamp.max(Some(ts));
+                }
+            }
+            let Some(timestamp) = timestamp else {
+                return Completion::frames(vec![protocol::encode(&ServerMessage::error(
+                    500,
+                    "sync unavailable",
+                ))]);
+            };
+            Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespRoot {
+                payload: SyncRespRoot {
+                    map_name: m.map_name,
+                    root_hash: union.root(),
+                    timestamp,
+                },
+            })])
+        });
+    }
+
+    /// MERKLE_REQ_BUCKET: buckets above depth 3, records at a leaf.
+    pub(super) fn on_merkle_request(&mut self, m: MerkleReqBucket) {
+        let valid = m.path.len() <= 3
+            && m.path
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            // The reference stays silent for paths that do not exist.
+            debug!(self.tel.log, "merkle path ignored"; "map" => &m.map_name, "path" => &m.path);
+            return;
+        }
+        let map: Arc<str> = Arc::from(m.map_name.as_str());
+        if m.path.len() == 3 {
+            let requests: Vec<_> = self
+                .node
+                .shards
+                .mailboxes
+                .iter()
+                .map(|s| {
+                    s.send(LeafRecords {
+                        map: map.clone(),
+                        path: m.path.clone(),
+                    })
+                })
+                .collect();
+            self.start_request(async move {
+                let mut records = Vec::new();
+                for req in requests {
+                    if let Ok(rs) = req.await {
+                        records.extend(
+                            rs.into_iter()
+                                .map(|(key, record)| LeafRecord { key, record }),
+                        );
+                    }
+                }
+                Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespLeaf {
+                    payload: SyncRespLeaf {
+                        map_name: m.map_name,
+                        path: m.path,
+                        records,
+                    },
+                })])
+            });
+        } else {
+            let requests: Vec<_> = self
+                .node
+                .shards
+                .mailboxes
+                .iter()
+                .map(|s| s.send(MerkleLeaves { map: map.clone() }))
+                .collect();
+            self.start_request(async move {
+                let mut union = MerkleUnion::new();
+                for req in requests {
+                    if let Ok((leaves, _)) = req.await {
+                        for (path, hash) in leaves {
+                            union.add_leaf(path, hash);
+                        }
+                    }
+                }
+                Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespBuckets {
+                    payload: SyncRespBuckets {
+                        map_name: m.map_name,
+                        buckets: union.buckets(&m.path).unwrap_or_default(),
+                        path: m.path,
+                    },
+                })])
+            });
+        }
+    }
+
+    /// QUERY_SUB: register with every stripe (events are buffered from then on), take the
+    /// snapshot from every shard, answer QUERY_RESP, then let the stripes go live.
+    pub(super) fn on_query_sub(&mut self, ctx: &mut ws::WebsocketContext<Self>, m: QuerySub) {
+        self.tel.count_ops("SUBSCRIBE", &m.map_name, 1);
+        debug!(self.tel.log, "query subscribed"; "requestId" => &m.query_id, "map" => &m.map_name);
+        let spec = match query_spec(&m.query, m.fields.as_ref()) {
+            Ok(spec) => spec,
+            Err(reason) => {
+                let reply = ServerMessage::QueryResp {
+                    payload: QueryResp {
+                        query_id: m.query_id,
+                        results: Vec::new(),
+                        next_cursor: None,
+                        has_more: None,
+                        cursor_status: None,
+                        merkle_root_hash: None,
+                        error: Some(reason),
+                        code: Some("unsupported_query".into()),
+                    },
+                };
+                self.send(ctx, &reply);
+                return;
+            }
+        };
+        let Some(outbound) = self.outbound.clone() else {
+            return;
+        };
+        let query = Arc::new(CompiledQuery::new(&spec));
+        let query_id: Arc<str> = Arc::from(m.query_id.as_str());
+        let map: Arc<str> = Arc::from(m.map_name.as_str());
+        let key: SubKey = (self.id, query_id.clone());
+        self.subscriptions.insert(query_id);
+        let registrations: Vec<_> = self
+            .node
+            .queue
+            .stripes
+            .iter()
+            .map(|s| {
+                s.mailbox.send(Subscribe {
+                    key: key.clone(),
+                    map: map.clone(),
+                    query: query.clone(),
+                    outbound: outbound.clone(),
+                })
+            })
+            .collect();
+        let shards = self.node.shards.clone();
+        let queue = self.node.queue.clone();
+        let cap = self.node.config.query_max_results;
+        self.start_request(async move {
+            for r in registrations {
+                let _ = r.await;
+            }
+            let requests: Vec<_> = shards
+                .mailboxes
+                .iter()
+                .map(|s| {
+                    s.send(RunQuery {
+                        map: map.clone(),
+                        query: query.clone(),
+                        cap,
+                    })
+                })
+                .collect();
+            let mut parts = Vec::with_capacity(requests.len());
+            let mut seen = Vec::with_capacity(requests.len());
+            for req in requests {
+                match req.await {
+                    Ok((part, seq)) => {
+                        parts.push(part);
+                        seen.push(seq);
+                    }
+                    Err(_) => seen.push(u64::MAX),
+                }
+            }
+            let page = query.merge(&parts, cap);
+            let mut members: Vec<Vec<Arc<str>>> = vec![Vec::new(); queue.stripes.len()];
+            let results = page
+                .rows
+                .into_iter()
+                .map(|row| {
+                    members[queue.stripe_of_key(&row.key)].push(Arc::from(row.key.as_str()));
+                    QueryResultItem {
+                        key: row.key,
+                        value: row.value,
+                    }
+                })
+                .collect();
+            let reply = ServerMessage::QueryResp {
+                payload: QueryResp {
+                    query_id: m.query_id,
+                    results,
+                    next_cursor: page.next_cursor,
+                    has_more: page.has_more.then_some(true),
+                    cursor_status: Some(match page.cursor_status {
+                        crate::shard::query::CursorStatus::Valid => protocol::CursorStatus::Valid,
+                        crate::shard::query::CursorStatus::Invalid => {
+                            protocol::CursorStatus::Invalid
+                        }
+                        crate::shard::query::CursorStatus::None => protocol::CursorStatus::None,
+                    }),
+                    merkle_root_hash: None,
+                    error: None,
+                    code: None,
+                },
+            };
+            Completion {
+                frames: vec![protocol::encode(&reply)],
+                after: Some(After::SnapshotLoaded {
+                    key,
+                    members,
+                    seen: seen.into(),
+                }),
+            }
+        });
+    }
+
+    pub(super) fn on_query_unsub(&mut self, m: QueryUnsub) {
+        debug!(self.tel.log, "query unsubscribed"; "requestId" => &m.query_id);
+        let query_id: Arc<str> = Arc::from(m.query_id.as_str());
+        self.subscriptions.remove(&query_id);
+        for s in self.node.queue.stripes.iter() {
+            s.mailbox.do_send(Unsubscribe((self.id, query_id.clone())));
+        }
+    }
+
+    pub(super) fn on_topic_sub(&mut self, topic: String) {
+        let Some(outbound) = self.outbound.clone() else {
+            return;
+        };
+        if !protocol::is_valid_topic(&topic) {
+            self.tel.count_invalid("malformed");
+            return;
+        }
+        let stripe = &self.node.queue.stripes[self.node.queue.stripe_of_topic(&topic)];
+        stripe.mailbox.do_send(TopicSubscribe {
+            conn: self.id,
+            topic: Arc::from(topic),
+            outbound,
+        });
+    }
+
+    pub(super) fn on_topic_unsub(&mut self, topic: String) {
+        let stripe = &self.node.queue.stripes[self.node.queue.stripe_of_topic(&topic)];
+        stripe.mailbox.do_send(TopicUnsubscribe {
+            conn: self.id,
+            topic: Arc::from(topic),
+        });
+    }
+
+    pub(super) fn on_topic_pub(&mut self, m: TopicPub) {
+        if !protocol::is_valid_topic(&m.topic) {
+            self.tel.count_invalid("malformed");
+            return;
+        }
+        let stripe = &self.node.queue.stripes[self.node.queue.stripe_of_topic(&m.topic)];
+        stripe.mailbox.do_send(TopicPublish {
+            topic: Arc::from(m.topic),
+            data: m.data,
+            publisher: self.id,
+        });
+    }
+}

@@ -1,0 +1,342 @@
+//! `StripeActor`: one stripe of the event queue, on its own arbiter. Takes batches of change
+//! events from the shards, routes each to the subscribed connections through their bounded
+//! outbound queues, and keeps the subscription registry of its keys and topics.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use rmpv::Value;
+use slog::{info, warn, Logger};
+
+use super::subscriptions::{Registry, Routed, SubKey};
+use super::{ChangeEvent, ConnId};
+use crate::net::connection::Outbound;
+use crate::protocol::{self, ServerMessage, TopicMessage};
+use crate::shard::hlc::system_millis;
+use crate::shard::query::CompiledQuery;
+use crate::telemetry::metrics::{Metrics, MetricsActor};
+use crate::telemetry::report::{ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta};
+
+/// Change events to route; room for them was reserved in this stripe's counter.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RouteEvents(pub Vec<ChangeEvent>);
+
+/// Registers a query subscription; answered once registered, so the caller can take the
+/// snapshot knowing every later event is buffered for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub key: SubKey,
+    pub map: Arc<str>,
+    pub query: Arc<CompiledQuery>,
+    pub outbound: Arc<Outbound>,
+}
+
+/// The snapshot of a subscription was sent; `members` are this stripe's keys of it and
+/// `seen[shard]` the apply sequence each shard had reached.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotLoaded {
+    pub key: SubKey,
+    pub members: Vec<Arc<str>>,
+    pub seen: Arc<[u64]>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe(pub SubKey);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TopicSubscribe {
+    pub conn: ConnId,
+    pub topic: Arc<str>,
+    pub outbound: Arc<Outbound>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TopicUnsubscribe {
+    pub conn: ConnId,
+    pub topic: Arc<str>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TopicPublish {
+    pub topic: Arc<str>,
+    pub data: Value,
+    pub publisher: ConnId,
+}
+
+/// A connection closed: drop its subscriptions and topics.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectionClosed(pub ConnId);
+
+pub struct StripeActor {
+    index: usize,
+    stripes: usize,
+    capacity: usize,
+    queued: Arc<AtomicUsize>,
+    near_full: bool,
+    registry: Registry,
+    outbound: HashMap<ConnId, Arc<Outbound>>,
+    tel: StripeCounters,
+    stats: ActorStats,
+    log: Logger,
+    metrics: Mailbox<MetricsActor>,
+    report_interval: Duration,
+}
+
+#[derive(Default)]
+struct StripeCounters {
+    dequeued: u64,
+    routed: u64,
+    filtered: u64,
+    /// Subscriber count → number of routed events that had it.
+    subscribers: HashMap<u64, u64>,
+    outbound_dropped: u64,
+}
+
+impl StripeActor {
+    pub fn new(
+        index: usize,
+        stripes: usize,
+        capacity: usize,
+        log: &Logger,
+        metrics: Mailbox<MetricsActor>,
+        report_interval: Duration,
+        timed: bool,
+    ) -> Self {
+        StripeActor {
+            index,
+            stripes,
+            capacity,
+            queued: Arc::new(AtomicUsize::new(0)),
+            near_full: false,
+            registry: Registry::default(),
+            outbound: HashMap::new(),
+            tel: StripeCounters::default(),
+            stats: ActorStats::new(ActorKind::EventQueue, timed),
+            log: log.new(slog::o!("actor" => "event_queue", "stripe" => index)),
+            metrics,
+            report_interval,
+        }
+    }
+
+    /// The counter shards reserve room in.
+    pub fn queued_counter(&self) -> Arc<AtomicUsize> {
+        self.queued.clone()
+    }
+
+    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.stats.depth_counter()
+    }
+
+    fn deliver(&mut self, routed: Routed) {
+        for (conn, frame) in routed.deliveries {
+            self.send_to(conn, frame);
+        }
+    }
+
+    fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        if let Some(out) = self.outbound.get(&conn) {
+            if !out.deliver(frame) {
+                self.tel.outbound_dropped += 1;
+            }
+        }
+    }
+
+    fn report(&mut self) {
+        let t = std::mem::take(&mut self.tel);
+        let report = StripeReport {
+            stats: self.stats.take(),
+            index: self.index,
+            stripes: self.stripes,
+            capacity: self.capacity,
+            queued: self.queued.load(Ordering::Acquire),
+            counters: t,
+        };
+        self.metrics.do_send(Reported(Box::new(report)));
+    }
+
+    fn watch_fill(&mut self) {
+        let queued = self.queued.load(Ordering::Acquire);
+        let threshold = self.capacity * 8 / 10;
+        if !self.near_full && queued >= threshold {
+            self.near_full = true;
+            warn!(self.log, "event queue stripe near full";
+                "queued" => queued, "capacity" => self.capacity);
+        } else if self.near_full && queued < threshold {
+            self.near_full = false;
+            info!(self.log, "event queue stripe below 80 %"; "queued" => queued);
+        }
+    }
+}
+
+struct StripeReport {
+    stats: StatsDelta,
+    index: usize,
+    stripes: usize,
+    capacity: usize,
+    queued: usize,
+    counters: StripeCounters,
+}
+
+impl Report for StripeReport {
+    fn apply(self: Box<Self>, m: &mut Metrics) {
+        self.stats.apply(m);
+        let c = self.counters;
+        m.event_queue_dequeued_total.inc_by(c.dequeued);
+        m.events_routed_total.inc_by(c.routed);
+        m.events_filtered_by_subscription.inc_by(c.filtered);
+        m.outbound_dropped_total.inc_by(c.outbound_dropped);
+        m.subscribers_per_event.observe_counts(c.subscribers);
+        m.event_queue_stripe_size
+            .with_label_values(&[&self.index.to_string()])
+            .set(self.queued as i64);
+        let total: i64 = (0..self.stripes)
+            .map(|i| {
+                m.event_queue_stripe_size
+                    .with_label_values(&[&i.to_string()])
+                    .get()
+            })
+            .sum();
+        m.event_queue_size.set(total);
+        m.event_queue_capacity
+            .set((self.capacity * self.stripes) as i64);
+    }
+}
+
+impl Actor for StripeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Bounded by the `queued` reservation, not by the mailbox.
+        ctx.set_mailbox_capacity(crate::telemetry::report::UNBOUNDED_MAILBOX);
+        ctx.run_interval(self.report_interval, |act, _| act.report());
+    }
+}
+
+impl Handler<RouteEvents> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouteEvents, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        self.watch_fill();
+        let now = system_millis();
+        let n = msg.0.len();
+        for ev in &msg.0 {
+            let routed = self.registry.route(ev, now);
+            self.tel.routed += 1;
+            if routed.recipients == 0 {
+                self.tel.filtered += 1;
+            } else {
+                *self
+                    .tel
+                    .subscribers
+                    .entry(routed.recipients as u64)
+                    .or_default() += 1;
+            }
+            self.deliver(routed);
+        }
+        self.tel.dequeued += n as u64;
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.watch_fill();
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<Subscribe> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        self.outbound.insert(msg.key.0, msg.outbound);
+        self.registry.subscribe(msg.key, msg.map, msg.query);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<SnapshotLoaded> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotLoaded, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        let routed =
+            self.registry
+                .snapshot_loaded(&msg.key, msg.members, &msg.seen, system_millis());
+        self.deliver(routed);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<Unsubscribe> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        self.registry.unsubscribe(&msg.0);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<TopicSubscribe> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TopicSubscribe, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        self.outbound.insert(msg.conn, msg.outbound);
+        self.registry.topic_subscribe(msg.conn, msg.topic);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<TopicUnsubscribe> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TopicUnsubscribe, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        self.registry.topic_unsubscribe(msg.conn, &msg.topic);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<TopicPublish> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TopicPublish, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        let recipients = self.registry.topic_recipients(&msg.topic, msg.publisher);
+        if !recipients.is_empty() {
+            let frame = Bytes::from(protocol::encode(&ServerMessage::TopicMessage {
+                payload: TopicMessage {
+                    topic: msg.topic.to_string(),
+                    data: msg.data,
+                    publisher_id: None,
+                    timestamp: system_millis(),
+                },
+            }));
+            for conn in recipients {
+                self.send_to(conn, frame.clone());
+            }
+        }
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<ConnectionClosed> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionClosed, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        self.registry.connection_closed(msg.0);
+        self.outbound.remove(&msg.0);
+        self.stats.end(t0);
+    }
+}

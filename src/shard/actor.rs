@@ -1,0 +1,378 @@
+//! `ShardActor`: owns a fixed set of the 271 partitions (their maps, Merkle trees) and an HLC,
+//! on its own arbiter. Applies the ops a connection sends it (one message per client batch and
+//! shard, never per key), hands the resulting change events to the event queue in one batch per
+//! stripe, answers the per-shard part of queries and Merkle sync, and sweeps expired entries
+//! and old tombstones.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use slog::{debug, warn, Logger};
+
+use super::hlc::{system_millis, Hlc};
+use super::lww::MergeOutcome;
+use super::merkle::LeafPath;
+use super::query::{CompiledQuery, PartialResult};
+use super::store::MapStore;
+use crate::protocol::types::{LwwRecord, OrMapRecord, Timestamp};
+use crate::queue::actor::RouteEvents;
+use crate::queue::{Change, ChangeEvent, ConnId, EventQueue};
+use crate::telemetry::metrics::{Metrics, MetricsActor};
+use crate::telemetry::report::{ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta};
+use crate::telemetry::throttle::Throttle;
+
+/// One op for this shard, already validated by the connection.
+#[derive(Debug)]
+pub struct ShardOp {
+    pub map: Arc<str>,
+    pub key: Arc<str>,
+    pub kind: OpKind,
+}
+
+#[derive(Debug)]
+pub enum OpKind {
+    /// An LWW write (a tombstone for REMOVE). `None`: REMOVE without a client record, stamped
+    /// by the shard's clock.
+    Lww(Option<LwwRecord>),
+    OrAdd(OrMapRecord),
+    OrRemove {
+        tag: String,
+    },
+}
+
+/// What happened to one op.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpOutcome {
+    Applied,
+    /// Older than what the map holds: merged away, which is success for the client.
+    Stale,
+    Rejected {
+        reason: String,
+    },
+}
+
+/// The ops of one client frame that belong to this shard, in the client's order.
+#[derive(Message)]
+#[rtype(result = "Vec<OpOutcome>")]
+pub struct ApplyOps {
+    pub writer: ConnId,
+    pub ops: Vec<ShardOp>,
+}
+
+/// This shard's share of a query, and how far it had applied (for the live-update replay).
+#[derive(Message)]
+#[rtype(result = "(PartialResult, u64)")]
+pub struct RunQuery {
+    pub map: Arc<str>,
+    pub query: Arc<CompiledQuery>,
+    pub cap: usize,
+}
+
+/// Merkle leaf hashes of a map (the connection unions them across shards), and a fresh HLC
+/// timestamp for `SYNC_RESP_ROOT`.
+#[derive(Message)]
+#[rtype(result = "(Vec<(LeafPath, u32)>, Timestamp)")]
+pub struct MerkleLeaves {
+    pub map: Arc<str>,
+}
+
+/// The records of one Merkle leaf path (tombstones included, expired entries not).
+#[derive(Message)]
+#[rtype(result = "Vec<(String, LwwRecord)>")]
+pub struct LeafRecords {
+    pub map: Arc<str>,
+    pub path: String,
+}
+
+/// Reads of the data-model knobs that matter to a shard.
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    pub max_drift_ms: u64,
+    pub tombstone_max_age_ms: u64,
+    pub sweep_interval: Duration,
+    pub report_interval: Duration,
+    pub timed: bool,
+}
+
+pub struct ShardActor {
+    index: u16,
+    store: MapStore,
+    hlc: Hlc,
+    /// Apply sequence: bumped per change event, so a snapshot can say what it contains.
+    seq: u64,
+    queue: EventQueue,
+    settings: ShardSettings,
+    /// (live, tombstones) last reported per map, so reports carry deltas of node-wide sums.
+    reported_sizes: HashMap<Arc<str>, (i64, i64)>,
+    dirty_maps: Vec<Arc<str>>,
+    enqueued: u64,
+    rejected: u64,
+    reject_log: Throttle,
+    stats: ActorStats,
+    log: Logger,
+    metrics: Mailbox<MetricsActor>,
+}
+
+impl ShardActor {
+    pub fn new(
+        index: u16,
+        partitions: Vec<u16>,
+        node_id: &str,
+        queue: EventQueue,
+        settings: ShardSettings,
+        log: &Logger,
+        metrics: Mailbox<MetricsActor>,
+    ) -> Self {
+        ShardActor {
+            index,
+            store: MapStore::new(partitions),
+            hlc: Hlc::new(node_id, settings.max_drift_ms),
+            seq: 0,
+            queue,
+            stats: ActorStats::new(ActorKind::Shard, settings.timed),
+            settings,
+            reported_sizes: HashMap::new(),
+            dirty_maps: Vec::new(),
+            enqueued: 0,
+            rejected: 0,
+            reject_log: Throttle::new(Duration::from_secs(10)),
+            log: log.new(slog::o!("actor" => "shard", "shard" => index)),
+            metrics,
+        }
+    }
+
+    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.stats.depth_counter()
+    }
+
+    fn apply_one(
+        &mut self,
+        op: ShardOp,
+        writer: ConnId,
+        now: u64,
+        events: &mut Vec<ChangeEvent>,
+    ) -> OpOutcome {
+        let change = match op.kind {
+            OpKind::Lww(record) => {
+                let record = match record {
+                    Some(r) => {
+                        if let Err(e) = self.hlc.update(&r.timestamp, now) {
+                            return OpOutcome::Rejected {
+                                reason: e.to_string(),
+                            };
+                        }
+                        r
+                    }
+                    None => LwwRecord {
+                        value: rmpv::Value::Nil,
+                        timestamp: self.hlc.now(now),
+                        ttl_ms: None,
+                    },
+                };
+                match self.store.apply_lww(&op.map, &op.key, record.clone()) {
+                    MergeOutcome::Applied { .. } => Change::Lww(record),
+                    MergeOutcome::Stale => return OpOutcome::Stale,
+                }
+            }
+            OpKind::OrAdd(record) => {
+                if let Err(e) = self.hlc.update(&record.timestamp, now) {
+                    return OpOutcome::Rejected {
+                        reason: e.to_string(),
+                    };
+                }
+                match self.store.apply_or_add(&op.map, &op.key, record.clone()) {
+                    super::ormap::OrAddOutcome::Applied { tag } => {
+                        Change::OrAdd(OrMapRecord { tag, ..record })
+                    }
+                    super::ormap::OrAddOutcome::Ignored { .. } => return OpOutcome::Stale,
+                }
+            }
+            OpKind::OrRemove { tag } => {
+                self.store.apply_or_remove(&op.map, &op.key, &tag);
+                Change::OrRemove { tag }
+            }
+        };
+        self.seq += 1;
+        if !self.dirty_maps.contains(&op.map) {
+            self.dirty_maps.push(op.map.clone());
+        }
+        events.push(ChangeEvent {
+            map: op.map,
+            key: op.key,
+            change,
+            writer,
+            shard: self.index,
+            seq: self.seq,
+        });
+        OpOutcome::Applied
+    }
+
+    /// Hands events to their stripes, one message per stripe; what does not fit is rejected
+    /// for routing (the writes stay applied).
+    fn enqueue(&mut self, events: Vec<ChangeEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let stripes = self.queue.stripes.len();
+        let mut per_stripe: Vec<Vec<ChangeEvent>> = (0..stripes).map(|_| Vec::new()).collect();
+        for ev in events {
+            let s = self.queue.stripe_of_key(&ev.key);
+            per_stripe[s].push(ev);
+        }
+        for (s, mut batch) in per_stripe.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let stripe = &self.queue.stripes[s];
+            let fits = stripe.reserve(batch.len());
+            let refused = batch.len() - fits;
+            if refused > 0 {
+                batch.truncate(fits);
+                self.rejected += refused as u64;
+                if let Some(suppressed) = self.reject_log.check(Instant::now()) {
+                    warn!(self.log, "event queue stripe rejecting events";
+                        "stripe" => s, "rejected" => refused, "suppressed" => suppressed,
+                        "capacity" => stripe.capacity());
+                }
+            }
+            if fits > 0 {
+                self.enqueued += fits as u64;
+                stripe.mailbox.do_send(RouteEvents(batch));
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = system_millis();
+        let swept = self.store.sweep(now, self.settings.tombstone_max_age_ms);
+        if !swept.is_empty() {
+            debug!(self.log, "swept expired entries and old tombstones"; "count" => swept.len());
+            for (map, _) in &swept {
+                let map: Arc<str> = Arc::from(map.as_str());
+                if !self.dirty_maps.contains(&map) {
+                    self.dirty_maps.push(map);
+                }
+            }
+        }
+    }
+
+    fn report(&mut self) {
+        let mut sizes = Vec::new();
+        for map in std::mem::take(&mut self.dirty_maps) {
+            let stats = self.store.stats(&map);
+            let now = (stats.live as i64, stats.tombstones as i64);
+            let before = self
+                .reported_sizes
+                .insert(map.clone(), now)
+                .unwrap_or((0, 0));
+            if now != before {
+                sizes.push((map, now.0 - before.0, now.1 - before.1));
+            }
+        }
+        let report = ShardReport {
+            stats: self.stats.take(),
+            sizes,
+            enqueued: std::mem::take(&mut self.enqueued),
+            rejected: std::mem::take(&mut self.rejected),
+        };
+        self.metrics.do_send(Reported(Box::new(report)));
+    }
+}
+
+struct ShardReport {
+    stats: StatsDelta,
+    /// (map, Δ live items, Δ tombstones)
+    sizes: Vec<(Arc<str>, i64, i64)>,
+    enqueued: u64,
+    rejected: u64,
+}
+
+impl Report for ShardReport {
+    fn apply(self: Box<Self>, m: &mut Metrics) {
+        self.stats.apply(m);
+        m.event_queue_enqueued_total.inc_by(self.enqueued);
+        m.event_queue_rejected_total.inc_by(self.rejected);
+        for (map, live, tombstones) in &self.sizes {
+            let label = m.map_label(map).to_owned();
+            m.map_size_items.with_label_values(&[&label]).add(*live);
+            m.map_tombstones
+                .with_label_values(&[&label])
+                .add(*tombstones);
+        }
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Connections send with `send`, which parks on a full mailbox and could then reorder
+        // two batches of one connection; client volume is bounded by backpressure instead.
+        ctx.set_mailbox_capacity(crate::telemetry::report::UNBOUNDED_MAILBOX);
+        ctx.run_interval(self.settings.report_interval, |act, _| act.report());
+        ctx.run_interval(self.settings.sweep_interval, |act, _| act.sweep());
+    }
+}
+
+impl Handler<ApplyOps> for ShardActor {
+    type Result = MessageResult<ApplyOps>;
+
+    fn handle(&mut self, msg: ApplyOps, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let now = system_millis();
+        let mut events = Vec::with_capacity(msg.ops.len());
+        let outcomes = msg
+            .ops
+            .into_iter()
+            .map(|op| self.apply_one(op, msg.writer, now, &mut events))
+            .collect();
+        self.enqueue(events);
+        self.stats.end(t0);
+        MessageResult(outcomes)
+    }
+}
+
+impl Handler<RunQuery> for ShardActor {
+    type Result = MessageResult<RunQuery>;
+
+    fn handle(&mut self, msg: RunQuery, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let part = self
+            .store
+            .query(&msg.map, &msg.query, system_millis(), msg.cap);
+        self.stats.end(t0);
+        MessageResult((part, self.seq))
+    }
+}
+
+impl Handler<MerkleLeaves> for ShardActor {
+    type Result = MessageResult<MerkleLeaves>;
+
+    fn handle(&mut self, msg: MerkleLeaves, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let leaves = self.store.merkle_leaf_hashes(&msg.map);
+        let ts = self.hlc.now(system_millis());
+        self.stats.end(t0);
+        MessageResult((leaves, ts))
+    }
+}
+
+impl Handler<LeafRecords> for ShardActor {
+    type Result = MessageResult<LeafRecords>;
+
+    fn handle(&mut self, msg: LeafRecords, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let records = self
+            .store
+            .leaf_records(&msg.map, &msg.path, system_millis())
+            .map(|rs| {
+                rs.into_iter()
+                    .map(|(k, r)| (k.to_owned(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.stats.end(t0);
+        MessageResult(records)
+    }
+}
