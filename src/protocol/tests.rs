@@ -2193,3 +2193,55 @@ fn encode_into_appends() {
     assert_eq!(buf[0], 0xaa);
     assert_eq!(&buf[1..], &encode(&ServerMessage::AuthRequired)[..]);
 }
+
+/// The deepest frames the limit lets through must decode on an ordinary 2 MiB thread (actix
+/// workers use the default size), including in debug builds where frames are fattest: the
+/// predicate tree and `any` values are the recursive shapes a client controls.
+#[test]
+fn deepest_allowed_frames_fit_a_default_stack() {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(|| {
+            // QUERY_SUB: outer map, payload, query, then nested `not` nodes, each a map plus
+            // its `children` array (2 levels per node).
+            let nodes = (MAX_DEPTH - 3) / 2;
+            let mut w = W::new();
+            for _ in 0..nodes - 1 {
+                w = w.map(2).s("op").s("not").s("children").arr(1);
+            }
+            w = w.map(1).s("op").s("isNull");
+            let q = W::new().map(1).s("predicate").raw(&w.done());
+            assert!(matches!(ok(&query_sub(q)), ClientMessage::QuerySub(_)));
+
+            // TOPIC_PUB data: outer map, payload, then arrays down to the limit.
+            let mut data = W::new();
+            for _ in 0..MAX_DEPTH - 2 {
+                data = data.arr(1);
+            }
+            let f = wrapped(
+                "TOPIC_PUB",
+                W::new()
+                    .map(2)
+                    .s("topic")
+                    .s("t")
+                    .s("data")
+                    .raw(&data.nil().done()),
+            );
+            let ClientMessage::TopicPub(p) = ok(&f) else {
+                panic!()
+            };
+            // Re-encoding the deep value for TOPIC_MESSAGE must fit too.
+            let out = encode(&ServerMessage::TopicMessage {
+                payload: TopicMessage {
+                    topic: p.topic,
+                    data: p.data,
+                    publisher_id: None,
+                    timestamp: 1,
+                },
+            });
+            assert!(out.len() > MAX_DEPTH);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
