@@ -16,3 +16,6 @@ pub use codec::{
 };
 pub use messages::*;
 pub use types::{LwwRecord, OrMapRecord, Timestamp};
+
+#[cfg(test)]
+mod tests;
