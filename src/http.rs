@@ -10,7 +10,9 @@ use actix_web_actors::ws;
 
 use crate::net::connection::ConnectionActor;
 use crate::net::gate::{AdmissionVoided, Admit};
+use crate::net::http_sync;
 use crate::net::NodeContext;
+use crate::protocol;
 use crate::telemetry::metrics::Scrape;
 
 /// Prometheus text format 0.0.4.
@@ -24,7 +26,8 @@ pub fn client_routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     cfg.route("/ws", web::get().to(upgrade))
         .route("/", web::get().to(upgrade))
         .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready));
+        .route("/ready", web::get().to(ready))
+        .route("/sync", web::post().to(sync));
     if with_metrics {
         cfg.route("/metrics", web::get().to(metrics));
     }
@@ -73,6 +76,27 @@ async fn upgrade(
             HttpResponse::from_error(e)
         }
     }
+}
+
+/// protocol.md 1.8: MessagePack in, MessagePack out; an undecodable or too deep body is a 400
+/// with a small JSON error.
+async fn sync(body: web::Bytes, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
+    if body.len() > node.config.max_frame_bytes {
+        return HttpResponse::PayloadTooLarge().json(serde_json::json!({
+            "error": "body too large", "limit": node.config.max_frame_bytes
+        }));
+    }
+    let req = match protocol::http_sync::decode_http_sync(&body) {
+        Ok(req) => req,
+        Err(e) => {
+            return HttpResponse::BadRequest()
+                .json(serde_json::json!({"error": e.to_string(), "code": e.code()}))
+        }
+    };
+    let resp = http_sync::handle(node.get_ref().clone(), req).await;
+    HttpResponse::Ok()
+        .content_type("application/msgpack")
+        .body(protocol::http_sync::encode_http_sync(&resp))
 }
 
 async fn metrics(node: web::Data<Arc<NodeContext>>) -> HttpResponse {

@@ -211,12 +211,15 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let data = web::Data::new(node.clone());
     let worker_number = Arc::new(AtomicUsize::new(0));
     let client_addr = SocketAddr::new(config.host, config.port);
+    let max_body = config.max_frame_bytes;
     let client_server = {
         let (data, metrics, every) = (data.clone(), metrics.clone(), config.report_interval);
         HttpServer::new(move || {
             start_worker_probe(&worker_number, &metrics, every);
             App::new()
                 .app_data(data.clone())
+                // POST /sync bodies may be as large as a frame (protocol.md 1.4).
+                .app_data(web::PayloadConfig::new(max_body))
                 .configure(|c| http::client_routes(c, with_metrics))
         })
         .workers(config.workers)

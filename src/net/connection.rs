@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use slog::debug;
 
 use super::conn_telemetry::ConnectionTelemetry;
@@ -26,6 +26,8 @@ use super::token_bucket::TokenBucket;
 use super::NodeContext;
 use crate::protocol::{self, ClientMessage, ServerMessage};
 use crate::queue::actor::ConnectionClosed;
+use crate::queue::subscriptions::Delivery;
+use crate::shard::live::LiveQuery;
 use crate::telemetry::events::{
     ClientAuthFailed, ClientAuthenticated, ClientConnected, ClientDisconnected, ClientEvicted,
     ClientRateLimited, InvalidFrame,
@@ -80,10 +82,10 @@ const CLOSE_SHUTDOWN: Close = Close {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-/// An encoded server message for this client (a live event or a late reply).
+/// A live event for this client, from the event queue.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Bytes);
+pub struct Deliver(pub Delivery);
 
 /// After this many live broadcasts in a row found the outbound queue full, the connection is
 /// closed so that the client reconnects and resyncs instead of silently missing events.
@@ -99,8 +101,8 @@ pub struct Outbound {
 
 impl Outbound {
     /// A live broadcast: best effort. False when it was dropped (queue full or connection gone).
-    pub fn deliver(&self, frame: Bytes) -> bool {
-        match self.mailbox.try_send(Deliver(frame)) {
+    pub fn deliver(&self, delivery: Delivery) -> bool {
+        match self.mailbox.try_send(Deliver(delivery)) {
             Ok(()) => {
                 self.consecutive_drops.store(0, Ordering::Relaxed);
                 true
@@ -151,6 +153,8 @@ pub struct ConnectionActor {
     pub(super) batches: u64,
     pub(super) outbound: Option<Arc<Outbound>>,
     pub(super) subscriptions: HashSet<Arc<str>>,
+    /// Live windows of this connection's `limit` queries, by query id.
+    pub(super) windows: std::collections::HashMap<Arc<str>, LiveQuery>,
 }
 
 impl ConnectionActor {
@@ -182,6 +186,7 @@ impl ConnectionActor {
             batches: 0,
             outbound: None,
             subscriptions: HashSet::new(),
+            windows: std::collections::HashMap::new(),
             node,
         }
     }
@@ -590,7 +595,15 @@ impl Handler<Deliver> for ConnectionActor {
         if self.outbound.as_ref().is_some_and(|o| o.must_evict()) {
             self.close(ctx, CLOSE_SLOW);
         } else if !self.closing {
-            ctx.binary(msg.0);
+            match msg.0 {
+                Delivery::Frame(frame) => ctx.binary(frame),
+                Delivery::WindowChange {
+                    query_id,
+                    key,
+                    value,
+                    own,
+                } => self.on_window_change(ctx, &query_id, &key, value.as_ref(), own),
+            }
         }
         self.tel.stats.end(t0);
     }

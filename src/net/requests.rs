@@ -20,9 +20,108 @@ use crate::queue::actor::{
     SnapshotLoaded, Subscribe, TopicPublish, TopicSubscribe, TopicUnsubscribe, Unsubscribe,
 };
 use crate::queue::subscriptions::SubKey;
+use crate::queue::ConnId;
 use crate::shard::actor::{ApplyOps, LeafRecords, MerkleLeaves, OpOutcome, RunQuery, ShardOp};
+use crate::shard::live::LiveQuery;
 use crate::shard::merkle::MerkleUnion;
-use crate::shard::query::CompiledQuery;
+use crate::shard::query::{CompiledQuery, PartialResult};
+use crate::shard::router::Shards;
+
+/// What became of a write batch.
+pub struct WriteOutcome {
+    pub rejected: Vec<OpRejected>,
+    /// A shard did not answer: some ops may not be applied, so the batch must not be acked.
+    pub failed: bool,
+}
+
+/// Splits a batch per shard and sends one `ApplyOps` to each (now, so that later requests of
+/// the same sender queue behind it); the future resolves once every shard answered.
+pub fn apply_writes(
+    shards: &Shards,
+    writer: ConnId,
+    ops: Vec<ClientOp>,
+) -> impl std::future::Future<Output = WriteOutcome> + 'static {
+    let mut per_shard: Vec<(Vec<Option<String>>, Vec<ShardOp>)> = (0..shards.len())
+        .map(|_| (Vec::new(), Vec::new()))
+        .collect();
+    let mut rejected = Vec::new();
+    for op in ops {
+        match shard_op(&op) {
+            Ok(Some(sop)) => {
+                let s = shards.of_key(&op.key);
+                per_shard[s].0.push(op.id);
+                per_shard[s].1.push(sop);
+            }
+            Ok(None) => {}
+            Err(reason) => rejected.push(rejection(op.id, reason)),
+        }
+    }
+    let requests: Vec<_> = per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, ops))| !ops.is_empty())
+        .map(|(s, (ids, ops))| (ids, shards.mailboxes[s].send(ApplyOps { writer, ops })))
+        .collect();
+    async move {
+        let mut failed = false;
+        for (ids, req) in requests {
+            match req.await {
+                Ok(outcomes) => {
+                    for (id, outcome) in ids.into_iter().zip(outcomes) {
+                        if let OpOutcome::Rejected { reason } = outcome {
+                            rejected.push(rejection(id, reason));
+                        }
+                    }
+                }
+                Err(_) => failed = true,
+            }
+        }
+        WriteOutcome { rejected, failed }
+    }
+}
+
+fn rejection(id: Option<String>, reason: String) -> OpRejected {
+    OpRejected {
+        op_id: id.unwrap_or_else(|| "unknown".into()),
+        reason,
+        code: Some(400),
+    }
+}
+
+/// One query over every shard: the merged page, and each shard's apply sequence at the time.
+pub async fn run_query(
+    shards: &Shards,
+    map: Arc<str>,
+    query: Arc<CompiledQuery>,
+    cap: usize,
+) -> (crate::shard::query::QueryPage, Vec<u64>, Vec<PartialResult>) {
+    let requests: Vec<_> = shards
+        .mailboxes
+        .iter()
+        .map(|s| {
+            s.send(RunQuery {
+                map: map.clone(),
+                query: query.clone(),
+                cap,
+            })
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(requests.len());
+    let mut seen = Vec::with_capacity(requests.len());
+    for req in requests {
+        match req.await {
+            Ok((part, seq)) => {
+                parts.push(part);
+                seen.push(seq);
+            }
+            Err(_) => seen.push(u64::MAX),
+        }
+    }
+    (query.merge(&parts, cap), seen, parts)
+}
+
+/// Rows outside a `limit` window remembered for refills, per subscription.
+const WINDOW_RESERVE: usize = 256;
 
 /// How often a waiting connection looks at the node-wide pending count again.
 const FLOW_POLL: Duration = Duration::from_millis(1);
@@ -49,6 +148,8 @@ pub enum After {
         key: SubKey,
         members: Vec<Vec<Arc<str>>>,
         seen: Arc<[u64]>,
+        /// A `limit` query's window, seeded with what the QUERY_RESP sent.
+        window: Option<LiveQuery>,
     },
 }
 
@@ -78,7 +179,20 @@ impl ConnectionActor {
         }
         match done.after {
             None => {}
-            Some(After::SnapshotLoaded { key, members, seen }) => {
+            Some(After::SnapshotLoaded {
+                key,
+                members,
+                seen,
+                window,
+            }) => {
+                match window {
+                    Some(w) => {
+                        self.windows.insert(key.1.clone(), w);
+                    }
+                    None => {
+                        self.windows.remove(&key.1);
+                    }
+                }
                 for (stripe, members) in self.node.queue.stripes.iter().zip(members) {
                     stripe.mailbox.do_send(SnapshotLoaded {
                         key: key.clone(),
@@ -155,65 +269,22 @@ impl ConnectionActor {
         }));
     }
 
-    /// Splits a batch per shard (one message each), then acks once every shard answered.
+    /// Submits a write batch; its ack (or rejections) leave in request order.
     fn submit_writes(&mut self, ops: Vec<ClientOp>) {
         let last_id = ops.last().and_then(|o| o.id.clone());
-        let shards = self.node.shards.len();
-        let mut per_shard: Vec<(Vec<Option<String>>, Vec<ShardOp>)> =
-            (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
-        let mut rejected = Vec::new();
-        for op in ops {
-            match shard_op(&op) {
-                Ok(Some(sop)) => {
-                    let s = self.node.shards.of_key(&op.key);
-                    per_shard[s].0.push(op.id);
-                    per_shard[s].1.push(sop);
-                }
-                Ok(None) => {}
-                Err(reason) => rejected.push((op.id, reason)),
-            }
-        }
-        let requests: Vec<_> = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, (_, ops))| !ops.is_empty())
-            .map(|(s, (ids, ops))| {
-                let req = self.node.shards.mailboxes[s].send(ApplyOps {
-                    writer: self.id,
-                    ops,
-                });
-                (ids, req)
-            })
-            .collect();
+        let applied_future = apply_writes(&self.node.shards, self.id, ops);
         self.writes_submitted += 1;
         self.node.pending_batches.fetch_add(1, Ordering::AcqRel);
         let pending = self.node.pending_batches.clone();
         let applied = self.writes_applied.clone();
         self.start_request(async move {
-            let mut frames = Vec::new();
-            let mut failed = false;
-            for (ids, req) in requests {
-                match req.await {
-                    Ok(outcomes) => {
-                        for (id, outcome) in ids.into_iter().zip(outcomes) {
-                            if let OpOutcome::Rejected { reason } = outcome {
-                                rejected.push((id, reason));
-                            }
-                        }
-                    }
-                    Err(_) => failed = true,
-                }
-            }
-            for (id, reason) in rejected {
-                frames.push(protocol::encode(&ServerMessage::OpRejected {
-                    payload: OpRejected {
-                        op_id: id.unwrap_or_else(|| "unknown".into()),
-                        reason,
-                        code: Some(400),
-                    },
-                }));
-            }
-            frames.push(protocol::encode(&if failed {
+            let outcome = applied_future.await;
+            let mut frames: Vec<Vec<u8>> = outcome
+                .rejected
+                .into_iter()
+                .map(|payload| protocol::encode(&ServerMessage::OpRejected { payload }))
+                .collect();
+            frames.push(protocol::encode(&if outcome.failed {
                 // A shard that cannot answer means some ops may not be applied: no ack, so the
                 // client keeps and resends them.
                 ServerMessage::error(500, "write not applied: shard unavailable")
@@ -388,29 +459,12 @@ impl ConnectionActor {
             for r in registrations {
                 let _ = r.await;
             }
-            let requests: Vec<_> = shards
-                .mailboxes
-                .iter()
-                .map(|s| {
-                    s.send(RunQuery {
-                        map: map.clone(),
-                        query: query.clone(),
-                        cap,
-                    })
-                })
-                .collect();
-            let mut parts = Vec::with_capacity(requests.len());
-            let mut seen = Vec::with_capacity(requests.len());
-            for req in requests {
-                match req.await {
-                    Ok((part, seq)) => {
-                        parts.push(part);
-                        seen.push(seq);
-                    }
-                    Err(_) => seen.push(u64::MAX),
-                }
-            }
-            let page = query.merge(&parts, cap);
+            let (page, seen, parts) = run_query(&shards, map, query.clone(), cap).await;
+            let window = query.limit().map(|_| {
+                let mut live = LiveQuery::new((*query).clone(), WINDOW_RESERVE);
+                live.seed(&parts, cap);
+                live
+            });
             let mut members: Vec<Vec<Arc<str>>> = vec![Vec::new(); queue.stripes.len()];
             let results = page
                 .rows
@@ -447,15 +501,49 @@ impl ConnectionActor {
                     key,
                     members,
                     seen: seen.into(),
+                    window,
                 }),
             }
         });
+    }
+
+    /// A change of a key of a windowed (`limit`) subscription: the window decides.
+    pub(super) fn on_window_change(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        query_id: &Arc<str>,
+        key: &str,
+        value: Option<&rmpv::Value>,
+        own: bool,
+    ) {
+        let Some(window) = self.windows.get_mut(query_id) else {
+            return;
+        };
+        for ev in window.on_change(key, value) {
+            if own {
+                continue;
+            }
+            let change_type = match ev.change {
+                crate::shard::live::ChangeType::Enter => protocol::ChangeType::Enter,
+                crate::shard::live::ChangeType::Update => protocol::ChangeType::Update,
+                crate::shard::live::ChangeType::Leave => protocol::ChangeType::Leave,
+            };
+            ctx.binary(protocol::encode(&ServerMessage::QueryUpdate {
+                payload: protocol::QueryUpdate {
+                    query_id: query_id.to_string(),
+                    key: ev.key,
+                    value: ev.value,
+                    change_type,
+                },
+            }));
+        }
     }
 
     pub(super) fn on_query_unsub(&mut self, m: QueryUnsub) {
         debug!(self.tel.log, "query unsubscribed"; "requestId" => &m.query_id);
         let query_id: Arc<str> = Arc::from(m.query_id.as_str());
         self.subscriptions.remove(&query_id);
+        self.windows.remove(&query_id);
         for s in self.node.queue.stripes.iter() {
             s.mailbox.do_send(Unsubscribe((self.id, query_id.clone())));
         }

@@ -93,7 +93,7 @@ impl DecodeError {
         }
     }
 
-    fn from_serde(e: rmp_serde::decode::Error) -> Self {
+    pub(crate) fn from_serde(e: rmp_serde::decode::Error) -> Self {
         use rmp_serde::decode::Error as E;
         match &e {
             // Our own field deserializers report through fixed texts (see their docs).
@@ -242,7 +242,7 @@ fn validate(msg: &ClientMessage) -> Result<(), DecodeError> {
     }
 }
 
-fn validate_op(op: &ClientOp) -> Result<(), DecodeError> {
+pub(crate) fn validate_op(op: &ClientOp) -> Result<(), DecodeError> {
     validate_map_name(&op.map_name)?;
     if let Some(Some(LwwRecord { timestamp, .. })) = &op.record {
         validate_timestamp(timestamp)?;
@@ -255,7 +255,7 @@ fn validate_op(op: &ClientOp) -> Result<(), DecodeError> {
 
 /// A `:` in a node id would make the `"<millis>:<counter>:<nodeId>"` form (Merkle item hash,
 /// OR tag) ambiguous.
-fn validate_timestamp(ts: &Timestamp) -> Result<(), DecodeError> {
+pub(crate) fn validate_timestamp(ts: &Timestamp) -> Result<(), DecodeError> {
     if ts.node_id.contains(':') {
         Err(DecodeError::BadNodeId)
     } else {
@@ -291,7 +291,7 @@ pub fn is_valid_topic(topic: &str) -> bool {
 /// complete value, that value is a map, and at most [`MAX_DEPTH`] non-empty containers are
 /// ever open at once. Returns the bytes of the top-level `type` string, if there is one
 /// (the first such key wins; serde ignores `type`, so a duplicate cannot disagree with us).
-fn scan(frame: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
+pub(crate) fn scan(frame: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
     match frame.first() {
         None => return Err(DecodeError::NotAMap),
         Some(&m) if !is_map_marker(m) => return Err(DecodeError::NotAMap),

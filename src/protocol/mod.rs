@@ -6,6 +6,7 @@
 //! - [`codec`]: bytes to [`ClientMessage`] and [`ServerMessage`] to bytes, the nesting limit,
 //!   the `BATCH` walk and the rate-limit cost of a frame.
 pub mod codec;
+pub mod http_sync;
 pub mod messages;
 pub mod types;
 

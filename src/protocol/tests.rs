@@ -685,7 +685,7 @@ fn batch_walk_is_big_endian_and_stops_at_truncation() {
         vec![&[0xaa][..]]
     );
     // Zero-length items count (and later fail to decode).
-    assert_eq!(batch_items(&[0, 0, 0, 0]).unwrap(), vec![&[][..]]);
+    assert_eq!(batch_items(&[0, 0, 0, 0]).unwrap(), vec![&[][..] as &[u8]]);
     assert!(batch_items(&[]).unwrap().is_empty());
     assert_eq!(batch_item_count(&[0, 0, 0, 1, 7, 0, 0, 0]), 1);
 }

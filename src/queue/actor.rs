@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rmpv::Value;
 use slog::{info, warn, Logger};
 
-use super::subscriptions::{Registry, Routed, SubKey};
+use super::subscriptions::{Delivery, Registry, Routed, SubKey};
 use super::{ChangeEvent, ConnId};
 use crate::net::connection::Outbound;
 use crate::protocol::{self, ServerMessage, TopicMessage};
@@ -139,14 +139,14 @@ impl StripeActor {
     }
 
     fn deliver(&mut self, routed: Routed) {
-        for (conn, frame) in routed.deliveries {
-            self.send_to(conn, frame);
+        for (conn, delivery) in routed.deliveries {
+            self.send_to(conn, delivery);
         }
     }
 
-    fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+    fn send_to(&mut self, conn: ConnId, delivery: Delivery) {
         if let Some(out) = self.outbound.get(&conn) {
-            if !out.deliver(frame) {
+            if !out.deliver(delivery) {
                 self.tel.outbound_dropped += 1;
             }
         }
@@ -323,7 +323,7 @@ impl Handler<TopicPublish> for StripeActor {
                 },
             }));
             for conn in recipients {
-                self.send_to(conn, frame.clone());
+                self.send_to(conn, Delivery::Frame(frame.clone()));
             }
         }
         self.stats.end(t0);

@@ -20,16 +20,35 @@ pub type SubKey = (ConnId, Arc<str>);
 struct Subscription {
     map: Arc<str>,
     query: Arc<CompiledQuery>,
+    /// A `limit` query: its window needs the global order, which only the connection has, so
+    /// this stripe forwards the key's change instead of deciding the update itself.
+    windowed: bool,
     /// Keys of this stripe currently in the subscriber's result set.
     members: HashSet<Arc<str>>,
     /// Until the snapshot is known: events that arrived meanwhile, replayed after it.
     pending: Option<Vec<ChangeEvent>>,
 }
 
-/// Frames for one event, and how many distinct connections they go to.
+/// What goes to one connection.
+#[derive(Debug)]
+pub enum Delivery {
+    /// An encoded frame for the client.
+    Frame(Bytes),
+    /// A change of a windowed subscription's key, for the connection's window to judge:
+    /// the key's value if it now matches, `None` if it no longer does.
+    WindowChange {
+        query_id: Arc<str>,
+        key: Arc<str>,
+        value: Option<Value>,
+        /// The subscriber wrote it: update the window, send nothing (writer exclusion).
+        own: bool,
+    },
+}
+
+/// Deliveries for one event, and how many distinct connections they go to.
 #[derive(Default, Debug)]
 pub struct Routed {
-    pub deliveries: Vec<(ConnId, Bytes)>,
+    pub deliveries: Vec<(ConnId, Delivery)>,
     pub recipients: usize,
 }
 
@@ -54,6 +73,7 @@ impl Registry {
             key,
             Subscription {
                 map,
+                windowed: query.limit().is_some(),
                 query,
                 members: HashSet::new(),
                 pending: Some(Vec::new()),
@@ -84,10 +104,8 @@ impl Registry {
             if already_in_snapshot {
                 continue;
             }
-            if let Some(frame) = live_update(sub, key, &ev, now_ms) {
-                if ev.writer != key.0 {
-                    routed.deliveries.push((key.0, frame));
-                }
+            if let Some(delivery) = live_update(sub, key, &ev, now_ms) {
+                routed.deliveries.push((key.0, delivery));
             }
         }
         routed.recipients = usize::from(!routed.deliveries.is_empty());
@@ -178,11 +196,8 @@ impl Registry {
                 pending.push(ev.clone());
                 continue;
             }
-            // The writer's own subscriptions still track membership; they just get no echo.
-            if let Some(frame) = live_update(sub, key, ev, now_ms) {
-                if key.0 != ev.writer {
-                    routed.deliveries.push((key.0, frame));
-                }
+            if let Some(delivery) = live_update(sub, key, ev, now_ms) {
+                routed.deliveries.push((key.0, delivery));
             }
         }
         if !listeners.is_empty() {
@@ -192,8 +207,10 @@ impl Registry {
             let event = Bytes::from(event);
             // SERVER_EVENT first, then the query updates, per connection (the client merges the
             // record, then sees its query change).
-            let mut frames: Vec<(ConnId, Bytes)> =
-                listeners.iter().map(|c| (*c, event.clone())).collect();
+            let mut frames: Vec<(ConnId, Delivery)> = listeners
+                .iter()
+                .map(|c| (*c, Delivery::Frame(event.clone())))
+                .collect();
             frames.append(&mut routed.deliveries);
             routed.deliveries = frames;
         }
@@ -224,18 +241,46 @@ fn server_event(ev: &ChangeEvent) -> ServerEvent {
     }
 }
 
-/// The 6.3 table for one subscription and one LWW change; updates the membership.
+/// The 6.3 table for one subscription and one LWW change; updates the membership. The
+/// writer's own subscriptions track membership too, they just get no echo (6.4); a windowed
+/// subscription gets every change of its map, since a write elsewhere can move its window.
 fn live_update(
     sub: &mut Subscription,
     key: &SubKey,
     ev: &ChangeEvent,
     now_ms: u64,
-) -> Option<Bytes> {
+) -> Option<Delivery> {
     let Change::Lww(record) = &ev.change else {
         return None; // queries run over LWW maps only
     };
     let was_in = sub.members.contains(&ev.key);
     let now_in = is_visible(record, now_ms) && sub.query.matches(&record.value);
+    if sub.windowed {
+        if now_in {
+            sub.members.insert(ev.key.clone());
+        } else {
+            sub.members.remove(&ev.key);
+        }
+        return Some(Delivery::WindowChange {
+            query_id: key.1.clone(),
+            key: ev.key.clone(),
+            value: now_in.then(|| record.value.clone()),
+            own: key.0 == ev.writer,
+        });
+    }
+    if key.0 == ev.writer {
+        // Membership follows below, but no frame for the writer.
+        match (was_in, now_in) {
+            (false, true) => {
+                sub.members.insert(ev.key.clone());
+            }
+            (true, false) => {
+                sub.members.remove(&ev.key);
+            }
+            _ => {}
+        }
+        return None;
+    }
     let (change_type, value) = match (was_in, now_in) {
         (false, true) => {
             sub.members.insert(ev.key.clone());
@@ -256,7 +301,7 @@ fn live_update(
             change_type,
         },
     };
-    Some(Bytes::from(protocol::encode(&msg)))
+    Some(Delivery::Frame(Bytes::from(protocol::encode(&msg))))
 }
 
 #[cfg(test)]
@@ -300,7 +345,10 @@ mod tests {
     fn change_types(r: &Routed) -> Vec<(ConnId, String)> {
         r.deliveries
             .iter()
-            .map(|(c, b)| {
+            .map(|(c, d)| {
+                let Delivery::Frame(b) = d else {
+                    return (*c, "WINDOW".to_owned());
+                };
                 let v = decode(b);
                 let t = field(&v, "type").as_str().unwrap().to_owned();
                 let p = field(&v, "payload");

@@ -43,6 +43,7 @@ pub const INVALID_MESSAGE_REASONS: &[&str] = &[
     "truncated",
     "trailing_bytes",
     "too_deep",
+    "invalid_msgpack",
     "missing_type",
     "unknown_type",
     "malformed",

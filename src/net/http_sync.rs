@@ -1,0 +1,111 @@
+//! `POST /sync`: a client without a WebSocket sends its pending ops and one-shot queries in
+//! one request. Writes go through the same shard path as `OP_BATCH` (and count toward the
+//! node-wide backpressure limit while in flight); queries are one-shot snapshots.
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::ops::{op_label, query_spec};
+use super::requests::{apply_writes, run_query};
+use super::NodeContext;
+use crate::protocol::http_sync::{
+    HttpQueryResult, HttpSyncError, HttpSyncRequest, HttpSyncResponse,
+};
+use crate::protocol::{OpAck, QueryResultItem, WriteConcern};
+use crate::shard::hlc::{system_millis, Hlc};
+use crate::shard::query::CompiledQuery;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::report::{Report, Reported};
+
+/// HTTP requests have no connection actor to count their ops; one report per request.
+struct HttpOpsReport(HashMap<(&'static str, String), u64>);
+
+impl Report for HttpOpsReport {
+    fn apply(self: Box<Self>, m: &mut Metrics) {
+        for ((op_type, map), n) in self.0 {
+            let label = m.map_label(&map).to_owned();
+            m.ops_total.with_label_values(&[op_type, &label]).inc_by(n);
+        }
+    }
+}
+
+pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncResponse {
+    let mut counted: HashMap<(&'static str, String), u64> = HashMap::new();
+    let mut errors = Vec::new();
+    let mut hlc = Hlc::new(node.node_id.as_str(), node.config.max_drift_ms);
+    if let Some(client) = &req.client_hlc {
+        // Feeding the client's clock in only raises ours; a far-ahead one is just not used.
+        let _ = hlc.update(client, system_millis());
+    }
+
+    let ack = match req.operations {
+        Some(ops) if !ops.is_empty() => {
+            for op in &ops {
+                *counted
+                    .entry((op_label(op), op.map_name.clone()))
+                    .or_default() += 1;
+            }
+            let last_id = ops.last().and_then(|o| o.id.clone());
+            node.pending_batches.fetch_add(1, Ordering::AcqRel);
+            let outcome = apply_writes(&node.shards, 0, ops).await;
+            node.pending_batches.fetch_sub(1, Ordering::AcqRel);
+            errors.extend(outcome.rejected.into_iter().map(HttpSyncError::from));
+            if outcome.failed {
+                errors.push(HttpSyncError {
+                    code: 500,
+                    message: "write not applied: shard unavailable".into(),
+                    context: None,
+                });
+                None
+            } else {
+                Some(OpAck {
+                    last_id: last_id.unwrap_or_else(|| "unknown".into()),
+                    achieved_level: Some(WriteConcern::Applied),
+                    results: None,
+                })
+            }
+        }
+        _ => None,
+    };
+
+    let mut query_results = Vec::new();
+    for q in req.queries.into_iter().flatten() {
+        *counted.entry(("GET", q.map_name.clone())).or_default() += 1;
+        let spec = match query_spec(&q.query, None) {
+            Ok(spec) => spec,
+            Err(message) => {
+                errors.push(HttpSyncError {
+                    code: 400,
+                    message,
+                    context: Some(q.query_id),
+                });
+                continue;
+            }
+        };
+        let query = Arc::new(CompiledQuery::new(&spec));
+        let map: Arc<str> = Arc::from(q.map_name.as_str());
+        let (page, _, _) = run_query(&node.shards, map, query, node.config.query_max_results).await;
+        query_results.push(HttpQueryResult {
+            query_id: q.query_id,
+            results: page
+                .rows
+                .into_iter()
+                .map(|r| QueryResultItem {
+                    key: r.key,
+                    value: r.value,
+                })
+                .collect(),
+            has_more: page.has_more.then_some(true),
+        });
+    }
+    if !counted.is_empty() {
+        node.metrics
+            .do_send(Reported(Box::new(HttpOpsReport(counted))));
+    }
+    HttpSyncResponse {
+        server_hlc: hlc.now(system_millis()),
+        ack,
+        query_results: (!query_results.is_empty()).then_some(query_results),
+        errors: (!errors.is_empty()).then_some(errors),
+    }
+}
