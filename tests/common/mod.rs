@@ -5,6 +5,8 @@
 //! proves wire compatibility instead of agreeing with itself.
 #![allow(dead_code)]
 
+pub mod proto;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
