@@ -351,6 +351,12 @@ pub struct Overrides {
     /// Every Nth batch of a connection waits for its in-flight writes [default: 100]
     #[arg(long, env = "TOPGUN_BACKPRESSURE_SYNC_EVERY")]
     pub backpressure_sync_every: Option<u64>,
+    /// Most records committed in one storage transaction [default: 1000]
+    #[arg(long, env = "TOPGUN_STORAGE_GROUP_MAX_RECORDS")]
+    pub storage_group_max_records: Option<usize>,
+    /// Longest a write waits for its group to commit, ms [default: 2]
+    #[arg(long, env = "TOPGUN_STORAGE_GROUP_MAX_DELAY_MS")]
+    pub storage_group_max_delay_ms: Option<u64>,
     /// A connection waiting for capacity longer than this gets an error for its batch, ms [default: 5000]
     #[arg(long, env = "TOPGUN_BACKPRESSURE_TIMEOUT_MS")]
     pub backpressure_timeout_ms: Option<u64>,
@@ -399,6 +405,8 @@ pub struct Config {
     pub backpressure_limit: usize,
     pub backpressure_sync_every: u64,
     pub backpressure_timeout: Duration,
+    pub storage_group_max_records: usize,
+    pub storage_group_max_delay: Duration,
 }
 
 /// How clients prove who they are.
@@ -471,6 +479,8 @@ impl Default for Config {
             backpressure_limit: 1000,
             backpressure_sync_every: 100,
             backpressure_timeout: Duration::from_millis(5000),
+            storage_group_max_records: 1000,
+            storage_group_max_delay: Duration::from_millis(2),
         }
     }
 }
@@ -600,6 +610,14 @@ impl Config {
                 .backpressure_timeout_ms
                 .or(file.backpressure_timeout_ms)
                 .map_or(d.backpressure_timeout, ms),
+            storage_group_max_records: pick!(
+                storage_group_max_records,
+                d.storage_group_max_records
+            ),
+            storage_group_max_delay: cli
+                .storage_group_max_delay_ms
+                .or(file.storage_group_max_delay_ms)
+                .map_or(d.storage_group_max_delay, ms),
         };
         config.validate()?;
         Ok(config)
@@ -621,7 +639,11 @@ impl Config {
                 ));
             }
         }
-        let positive: [(&'static str, u64); 20] = [
+        let positive: [(&'static str, u64); 21] = [
+            (
+                "storage_group_max_records",
+                self.storage_group_max_records as u64,
+            ),
             ("shards", self.shards as u64),
             ("event_queue_capacity", self.event_queue_capacity as u64),
             ("event_queue_stripes", self.event_queue_stripes as u64),

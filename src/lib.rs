@@ -7,6 +7,8 @@
 //! - [`protocol`]: the client wire types and their MessagePack codec; plain Rust, no actix.
 //! - [`net`]: the `ConnectionActor` (one per WebSocket), authentication, the connection gate.
 //! - [`shard`]: CRDT maps, HLC, Merkle trees, queries; the `ShardActor`s that own partitions.
+//! - [`queue`]: the bounded, striped event queue and subscription routing.
+//! - [`storage`]: durable group commit (redb) behind a small backend trait; recovery.
 //! - [`telemetry`]: Pino-shaped logging, the `MetricsActor`, the reporting path.
 pub mod config;
 pub mod http;
@@ -15,4 +17,5 @@ pub mod node;
 pub mod protocol;
 pub mod queue;
 pub mod shard;
+pub mod storage;
 pub mod telemetry;

@@ -23,8 +23,12 @@ use crate::net::gate::{CloseAll, ConnectionGateActor, OpenConnections};
 use crate::net::NodeContext;
 use crate::queue::actor::StripeActor;
 use crate::queue::{EventQueue, StripeHandle};
-use crate::shard::actor::{ShardActor, ShardSettings};
-use crate::shard::router::{partitions_of, Shards};
+use crate::shard::actor::{ShardActor, ShardLinks, ShardRecovery, ShardSettings};
+use crate::shard::fnv::partition_of;
+use crate::shard::router::{partitions_of, shard_of_partition, Shards};
+use crate::storage::actor::{Flush, StorageActor};
+use crate::storage::redb::RedbBackend;
+use crate::storage::{Mutation, Recovered};
 use crate::telemetry::lag::LagProbe;
 use crate::telemetry::logging::{err_kv, Logging};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
@@ -47,6 +51,8 @@ pub enum StartError {
         dest: String,
         source: std::io::Error,
     },
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::OpenError),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("runtime: {0}")]
@@ -152,11 +158,22 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         }
     };
 
+    // Everything that can fail happens before the first actor starts: a node either starts
+    // whole or exits with one line, never half-started.
+    let registry = Metrics::new(config.map_label_cap, config.summary_window)?;
+    let backend = open_backend(&config, &log)?;
+    let client_addr = SocketAddr::new(config.host, config.port);
+    let client_listener = bind(client_addr)?;
+    let metrics_listener = config
+        .metrics_port
+        .map(|p| bind(SocketAddr::new(config.host, p)))
+        .transpose()?;
+
     let timed = config.actor_telemetry;
     let pending_batches = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let metrics_arbiter = Arbiter::new();
     let metrics_actor = MetricsActor::new(
-        Metrics::new(config.map_label_cap, config.summary_window)?,
+        registry,
         &log,
         logging.dropped.clone(),
         config.report_interval,
@@ -187,8 +204,17 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let depth = gate_actor.stats().depth_counter();
     let gate = Mailbox::new(gate_actor.start(), depth);
 
+    let (storage, recovered) = start_storage(&config, &log, &metrics, backend);
     let queue = start_event_queue(&config, &log, &metrics);
-    let shards = start_shards(&config, &node_id, &queue, &log, &metrics);
+    let shards = start_shards(
+        &config,
+        &node_id,
+        &queue,
+        &log,
+        &metrics,
+        storage.clone(),
+        recovered,
+    );
     info!(log, "data plane started";
         "shards" => shards.len(), "stripes" => queue.stripes.len(),
         "eventQueueCapacity" => queue.capacity());
@@ -210,7 +236,6 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let with_metrics = config.metrics_port.is_none();
     let data = web::Data::new(node.clone());
     let worker_number = Arc::new(AtomicUsize::new(0));
-    let client_addr = SocketAddr::new(config.host, config.port);
     let max_body = config.max_frame_bytes;
     let client_server = {
         let (data, metrics, every) = (data.clone(), metrics.clone(), config.report_interval);
@@ -225,21 +250,16 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         .workers(config.workers)
         .disable_signals()
         .shutdown_timeout(3)
-        .bind(client_addr)
-        .map_err(|source| StartError::Bind {
-            addr: client_addr,
-            source,
-        })?
+        .listen(client_listener)?
     };
     let port = client_server
         .addrs()
         .first()
         .map_or(config.port, |a| a.port());
 
-    let metrics_server = match config.metrics_port {
+    let metrics_server = match metrics_listener {
         None => None,
-        Some(metrics_port) => {
-            let addr = SocketAddr::new(config.host, metrics_port);
+        Some(listener) => {
             let data = data.clone();
             let server = HttpServer::new(move || {
                 App::new()
@@ -249,8 +269,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             .workers(1)
             .disable_signals()
             .shutdown_timeout(1)
-            .bind(addr)
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .listen(listener)?;
             Some(server)
         }
     };
@@ -306,6 +325,10 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         h.stop(true).await;
     }
     info!(log, "http server stopped");
+    if let Some(storage) = &storage {
+        let _ = storage.send(Flush).await;
+        info!(log, "storage flushed");
+    }
     info!(log, "shutdown complete"; "tookMs" => started.elapsed().as_millis() as u64);
     Ok(())
 }
@@ -341,6 +364,96 @@ fn start_event_queue(config: &Config, log: &Logger, metrics: &Mailbox<MetricsAct
     }
 }
 
+/// A listening socket with SO_REUSEADDR (a restart right after a kill binds at once) and a
+/// backlog that absorbs a connection storm while the rate limiter decides.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| StartError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(2048).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// Opens the configured backend and reads it back (`None` for memory).
+fn open_backend(
+    config: &Config,
+    log: &Logger,
+) -> Result<Option<(RedbBackend, Recovered)>, StartError> {
+    if config.storage_backend == StorageBackend::Memory {
+        info!(log, "storage opened"; "backend" => "memory", "lwwRecords" => 0);
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    let (backend, recovered) = RedbBackend::open(&config.data_dir)?;
+    info!(log, "storage opened"; "backend" => "redb", "dataDir" => %config.data_dir.display(),
+        "lwwRecords" => recovered.lww.len(), "orRecords" => recovered.or_records.len(),
+        "orRemovedTags" => recovered.or_removed.len(),
+        "hlc" => recovered.hlc.as_ref().map(|t| t.to_string()),
+        "tookMs" => t0.elapsed().as_millis() as u64);
+    Ok(Some((backend, recovered)))
+}
+
+/// With redb, the storage actor on its own arbiter. Memory: no actor, shards acknowledge as
+/// soon as they applied.
+fn start_storage(
+    config: &Config,
+    log: &Logger,
+    metrics: &Mailbox<MetricsActor>,
+    backend: Option<(RedbBackend, Recovered)>,
+) -> (Option<Mailbox<StorageActor>>, Recovered) {
+    let Some((backend, recovered)) = backend else {
+        return (None, Recovered::default());
+    };
+    let actor = StorageActor::new(
+        Box::new(backend),
+        config.storage_group_max_records,
+        config.storage_group_max_delay,
+        log,
+        metrics.clone(),
+        config.report_interval,
+        config.actor_telemetry,
+    );
+    let depth = actor.depth_counter();
+    let arbiter = Arbiter::new();
+    let addr = StorageActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+    let (m, every) = (metrics.clone(), config.report_interval);
+    LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
+        LagProbe::new("storage", m, every)
+    });
+    (Some(Mailbox::new(addr, depth)), recovered)
+}
+
+/// Splits what storage held by the shard owning each key.
+fn recovery_per_shard(recovered: Recovered, shards: usize) -> Vec<ShardRecovery> {
+    let mut out: Vec<ShardRecovery> = (0..shards)
+        .map(|_| ShardRecovery {
+            mutations: Vec::new(),
+            hlc: recovered.hlc.clone(),
+        })
+        .collect();
+    let owner = |key: &str| shard_of_partition(partition_of(key), shards);
+    for (map, key, record) in recovered.lww {
+        out[owner(&key)]
+            .mutations
+            .push(Mutation::Lww { map, key, record });
+    }
+    for (map, key, record) in recovered.or_records {
+        out[owner(&key)]
+            .mutations
+            .push(Mutation::OrAdd { map, key, record });
+    }
+    for (map, key, tag) in recovered.or_removed {
+        out[owner(&key)]
+            .mutations
+            .push(Mutation::OrRemove { map, key, tag });
+    }
+    out
+}
+
 /// Shards, each on its own arbiter (thread) with its lag probe.
 fn start_shards(
     config: &Config,
@@ -348,8 +461,16 @@ fn start_shards(
     queue: &EventQueue,
     log: &Logger,
     metrics: &Mailbox<MetricsActor>,
+    storage: Option<Mailbox<StorageActor>>,
+    recovered: Recovered,
 ) -> Shards {
     let n = config.shards;
+    let mut recovery = recovery_per_shard(recovered, n).into_iter();
+    let links = ShardLinks {
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        storage,
+    };
     let settings = ShardSettings {
         max_drift_ms: config.max_drift_ms,
         tombstone_max_age_ms: config.tombstone_max_age.as_millis() as u64,
@@ -364,10 +485,10 @@ fn start_shards(
                 i as u16,
                 partitions_of(i, n),
                 node_id,
-                queue.clone(),
                 settings.clone(),
+                links.clone(),
                 log,
-                metrics.clone(),
+                recovery.next().unwrap_or_default(),
             );
             let depth = actor.depth_counter();
             let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| actor);

@@ -50,10 +50,10 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
             let outcome = apply_writes(&node.shards, 0, ops).await;
             node.pending_batches.fetch_sub(1, Ordering::AcqRel);
             errors.extend(outcome.rejected.into_iter().map(HttpSyncError::from));
-            if outcome.failed {
+            if let Some(reason) = outcome.failure {
                 errors.push(HttpSyncError {
                     code: 500,
-                    message: "write not applied: shard unavailable".into(),
+                    message: format!("write not acknowledged: {reason}"),
                     context: None,
                 });
                 None

@@ -30,8 +30,9 @@ use crate::shard::router::Shards;
 /// What became of a write batch.
 pub struct WriteOutcome {
     pub rejected: Vec<OpRejected>,
-    /// A shard did not answer: some ops may not be applied, so the batch must not be acked.
-    pub failed: bool,
+    /// Why the batch must not be acknowledged (a shard did not answer, or a storage commit
+    /// failed): the client keeps its ops and resends them, which LWW makes harmless.
+    pub failure: Option<String>,
 }
 
 /// Splits a batch per shard and sends one `ApplyOps` to each (now, so that later requests of
@@ -63,20 +64,22 @@ pub fn apply_writes(
         .map(|(s, (ids, ops))| (ids, shards.mailboxes[s].send(ApplyOps { writer, ops })))
         .collect();
     async move {
-        let mut failed = false;
+        let mut failure = None;
         for (ids, req) in requests {
             match req.await {
                 Ok(outcomes) => {
                     for (id, outcome) in ids.into_iter().zip(outcomes) {
-                        if let OpOutcome::Rejected { reason } = outcome {
-                            rejected.push(rejection(id, reason));
+                        match outcome {
+                            OpOutcome::Rejected { reason } => rejected.push(rejection(id, reason)),
+                            OpOutcome::NotDurable { reason } => failure = Some(reason),
+                            OpOutcome::Applied | OpOutcome::Stale => {}
                         }
                     }
                 }
-                Err(_) => failed = true,
+                Err(_) => failure = Some("shard unavailable".to_owned()),
             }
         }
-        WriteOutcome { rejected, failed }
+        WriteOutcome { rejected, failure }
     }
 }
 
@@ -284,10 +287,8 @@ impl ConnectionActor {
                 .into_iter()
                 .map(|payload| protocol::encode(&ServerMessage::OpRejected { payload }))
                 .collect();
-            frames.push(protocol::encode(&if outcome.failed {
-                // A shard that cannot answer means some ops may not be applied: no ack, so the
-                // client keeps and resends them.
-                ServerMessage::error(500, "write not applied: shard unavailable")
+            frames.push(protocol::encode(&if let Some(reason) = outcome.failure {
+                ServerMessage::error(500, format!("write not acknowledged: {reason}"))
             } else {
                 ServerMessage::op_ack_applied(last_id.as_deref())
             }));

@@ -18,6 +18,8 @@ use super::store::MapStore;
 use crate::protocol::types::{LwwRecord, OrMapRecord, Timestamp};
 use crate::queue::actor::RouteEvents;
 use crate::queue::{Change, ChangeEvent, ConnId, EventQueue};
+use crate::storage::actor::{Persist, StorageActor};
+use crate::storage::Mutation;
 use crate::telemetry::metrics::{Metrics, MetricsActor};
 use crate::telemetry::report::{ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta};
 use crate::telemetry::throttle::Throttle;
@@ -48,6 +50,10 @@ pub enum OpOutcome {
     /// Older than what the map holds: merged away, which is success for the client.
     Stale,
     Rejected {
+        reason: String,
+    },
+    /// Applied in memory but the storage commit failed: must not be acknowledged.
+    NotDurable {
         reason: String,
     },
 }
@@ -112,6 +118,24 @@ pub struct ShardActor {
     stats: ActorStats,
     log: Logger,
     metrics: Mailbox<MetricsActor>,
+    /// `None` with the memory backend: nothing to wait for before acknowledging.
+    storage: Option<Mailbox<StorageActor>>,
+}
+
+/// The actors a shard talks to.
+#[derive(Clone)]
+pub struct ShardLinks {
+    pub queue: EventQueue,
+    pub metrics: Mailbox<MetricsActor>,
+    /// `None` with the memory backend.
+    pub storage: Option<Mailbox<StorageActor>>,
+}
+
+/// What storage held for this shard's partitions at start.
+#[derive(Default)]
+pub struct ShardRecovery {
+    pub mutations: Vec<Mutation>,
+    pub hlc: Option<Timestamp>,
 }
 
 impl ShardActor {
@@ -119,26 +143,55 @@ impl ShardActor {
         index: u16,
         partitions: Vec<u16>,
         node_id: &str,
-        queue: EventQueue,
         settings: ShardSettings,
+        links: ShardLinks,
         log: &Logger,
-        metrics: Mailbox<MetricsActor>,
+        recovery: ShardRecovery,
     ) -> Self {
+        let mut store = MapStore::new(partitions);
+        let mut hlc = Hlc::new(node_id, settings.max_drift_ms);
+        let mut dirty_maps: Vec<Arc<str>> = Vec::new();
+        for m in recovery.mutations {
+            let map = match m {
+                Mutation::Lww { map, key, record } => {
+                    hlc.observe_stored(&record.timestamp);
+                    store.apply_lww(&map, &key, record);
+                    map
+                }
+                Mutation::OrAdd { map, key, record } => {
+                    hlc.observe_stored(&record.timestamp);
+                    store.apply_or_add(&map, &key, record);
+                    map
+                }
+                Mutation::OrRemove { map, key, tag } => {
+                    store.apply_or_remove(&map, &key, &tag);
+                    map
+                }
+                Mutation::Purge { map, .. } => map,
+            };
+            if !dirty_maps.iter().any(|d| **d == *map) {
+                dirty_maps.push(Arc::from(map.as_str()));
+            }
+        }
+        if let Some(ts) = &recovery.hlc {
+            hlc.observe_stored(ts);
+        }
         ShardActor {
             index,
-            store: MapStore::new(partitions),
-            hlc: Hlc::new(node_id, settings.max_drift_ms),
+            store,
+            hlc,
             seq: 0,
-            queue,
+            queue: links.queue,
             stats: ActorStats::new(ActorKind::Shard, settings.timed),
             settings,
             reported_sizes: HashMap::new(),
-            dirty_maps: Vec::new(),
+            dirty_maps,
             enqueued: 0,
             rejected: 0,
             reject_log: Throttle::new(Duration::from_secs(10)),
             log: log.new(slog::o!("actor" => "shard", "shard" => index)),
-            metrics,
+            metrics: links.metrics,
+            storage: links.storage,
         }
     }
 
@@ -248,11 +301,17 @@ impl ShardActor {
         let swept = self.store.sweep(now, self.settings.tombstone_max_age_ms);
         if !swept.is_empty() {
             debug!(self.log, "swept expired entries and old tombstones"; "count" => swept.len());
-            for (map, _) in &swept {
-                let map: Arc<str> = Arc::from(map.as_str());
-                if !self.dirty_maps.contains(&map) {
-                    self.dirty_maps.push(map);
+            let mut purges = Vec::with_capacity(swept.len());
+            for (map, s) in swept {
+                let map_arc: Arc<str> = Arc::from(map.as_str());
+                if !self.dirty_maps.contains(&map_arc) {
+                    self.dirty_maps.push(map_arc);
                 }
+                purges.push(Mutation::Purge { map, key: s.key });
+            }
+            if let Some(storage) = &self.storage {
+                // Best effort: a purge that does not commit is swept again after a restart.
+                storage.do_send(Persist(purges));
             }
         }
     }
@@ -316,20 +375,46 @@ impl Actor for ShardActor {
 }
 
 impl Handler<ApplyOps> for ShardActor {
-    type Result = MessageResult<ApplyOps>;
+    type Result = ResponseFuture<Vec<OpOutcome>>;
 
+    /// Applies now (later reads see it), routes the change events now, and answers once the
+    /// changes are durable: that answer is what releases the client's OP_ACK.
     fn handle(&mut self, msg: ApplyOps, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin();
         let now = system_millis();
         let mut events = Vec::with_capacity(msg.ops.len());
-        let outcomes = msg
+        let outcomes: Vec<OpOutcome> = msg
             .ops
             .into_iter()
             .map(|op| self.apply_one(op, msg.writer, now, &mut events))
             .collect();
+        let persist = match &self.storage {
+            Some(storage) if !events.is_empty() => {
+                Some(storage.send(Persist(events.iter().map(Mutation::from).collect())))
+            }
+            _ => None,
+        };
         self.enqueue(events);
         self.stats.end(t0);
-        MessageResult(outcomes)
+        Box::pin(async move {
+            let Some(persist) = persist else {
+                return outcomes;
+            };
+            let failure = match persist.await {
+                Ok(Ok(())) => return outcomes,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "storage unavailable".to_owned(),
+            };
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    OpOutcome::Applied => OpOutcome::NotDurable {
+                        reason: failure.clone(),
+                    },
+                    other => other,
+                })
+                .collect()
+        })
     }
 }
 

@@ -78,6 +78,15 @@ impl Hlc {
     }
 
     /// A fresh timestamp strictly greater than every timestamp this clock handed out or absorbed.
+    /// Raises the clock to at least `ts` without the drift check: for recovery, where `ts` was
+    /// already accepted once and the node must never hand out a lower timestamp again.
+    pub fn observe_stored(&mut self, ts: &Timestamp) {
+        if (ts.millis, ts.counter) > (self.last_millis, self.counter) {
+            self.last_millis = ts.millis;
+            self.counter = ts.counter;
+        }
+    }
+
     pub fn now(&mut self, wall_ms: u64) -> Timestamp {
         if wall_ms > self.last_millis {
             self.last_millis = wall_ms;

@@ -15,6 +15,16 @@ pub const HANDLE_SECONDS: &[f64] = &[
     1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// Duration of one durable commit (fsync included): 50 µs … 2.5 s.
+pub const COMMIT_SECONDS: &[f64] = &[
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Records in one commit group.
+pub const COMMIT_RECORDS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+
 /// Bucket counts since the last report; `counts` has one extra slot for +Inf.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalHistogram {

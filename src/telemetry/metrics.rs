@@ -17,7 +17,7 @@ use prometheus::{
 };
 use slog::{warn, Logger};
 
-use super::histogram::{HistogramFamily, HANDLE_SECONDS};
+use super::histogram::{HistogramFamily, COMMIT_RECORDS, COMMIT_SECONDS, HANDLE_SECONDS};
 use super::logging::err_kv;
 use super::report::{ActorKind, ActorStats, Report, Reported, UNBOUNDED_MAILBOX};
 use super::summary::SlidingSummary;
@@ -116,6 +116,10 @@ pub struct Metrics {
     pub actor_handle_seconds: Arc<HistogramFamily>,
     pub actor_restarts_total: IntCounterVec,
     pub runtime_lag_seconds: GaugeVec,
+    pub storage_commit_seconds: Arc<HistogramFamily>,
+    pub storage_commit_records: Arc<HistogramFamily>,
+    pub storage_errors_total: IntCounterVec,
+    pub storage_size_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -290,6 +294,35 @@ impl Metrics {
                 b.register(Box::new(g.clone()), "topgun_runtime_lag_seconds", "gauge", "How late a periodic tick ran on an arbiter thread (max over the last report interval).")?;
                 g
             },
+            storage_commit_seconds: {
+                let h = Arc::new(HistogramFamily::new(
+                    "topgun_storage_commit_seconds",
+                    "Duration of one durable storage commit (a group of writes), fsync included.",
+                    &[],
+                    COMMIT_SECONDS,
+                )?);
+                b.collector(h.clone(), "histogram")?;
+                h
+            },
+            storage_commit_records: {
+                let h = Arc::new(HistogramFamily::new(
+                    "topgun_storage_commit_records",
+                    "Records per storage commit group.",
+                    &[],
+                    COMMIT_RECORDS,
+                )?);
+                b.collector(h.clone(), "histogram")?;
+                h
+            },
+            storage_errors_total: b.counter_vec(
+                "topgun_storage_errors_total",
+                "Failed storage operations, by operation.",
+                &["op"],
+            )?,
+            storage_size_bytes: b.gauge(
+                "topgun_storage_size_bytes",
+                "Size of the storage files on disk (0 for the memory backend).",
+            )?,
             registry: Registry::new(),
             catalogue: Vec::new(),
             map_labels: HashSet::new(),
@@ -331,6 +364,7 @@ impl Metrics {
         for reason in INVALID_MESSAGE_REASONS {
             m.invalid_messages_total.with_label_values(&[reason]);
         }
+        m.storage_errors_total.with_label_values(&["commit"]);
         for reason in CLOSE_REASONS {
             m.connections_closed_total.with_label_values(&[reason]);
         }

@@ -34,6 +34,8 @@ pub struct NodeOptions {
     /// Log to stdout after the PORT line instead of to a file.
     pub log_to_stdout: bool,
     pub memory_storage: bool,
+    /// A fixed client port (a restart on the port of a killed node); `None` = OS chooses.
+    pub port: Option<u16>,
 }
 
 impl Default for NodeOptions {
@@ -44,6 +46,7 @@ impl Default for NodeOptions {
             jwt_secret: None,
             log_to_stdout: false,
             memory_storage: true,
+            port: None,
         }
     }
 }
@@ -108,7 +111,7 @@ impl Node {
     pub fn start_in(dir: tempfile::TempDir, options: NodeOptions) -> Node {
         let log_path = dir.path().join("node.log");
         let mut cmd = command(dir.path());
-        cmd.arg("--port").arg("0");
+        cmd.arg("--port").arg(options.port.unwrap_or(0).to_string());
         if !options.log_to_stdout {
             cmd.arg("--log-dest").arg(&log_path);
         }
