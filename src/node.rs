@@ -168,8 +168,6 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             LagProbe::new("metrics", m, every)
         });
     }
-    LagProbe::new("main", metrics.clone(), config.report_interval).start();
-
     let gate_actor = ConnectionGateActor::new(
         config.connection_rate,
         config.max_pending_connections,
@@ -179,7 +177,11 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         timed,
     );
     let depth = gate_actor.stats().depth_counter();
-    let gate = Mailbox::new(gate_actor.start(), depth);
+    // The gate's address is needed by the HTTP factories, but the actor itself starts only
+    // once both ports are bound: an actor started on this arbiter and then dropped unpolled by
+    // an early return (a busy port) would run `started` during runtime teardown and panic.
+    let gate_ctx = Context::<ConnectionGateActor>::new();
+    let gate = Mailbox::new(gate_ctx.address(), depth);
 
     let ready = Arc::new(AtomicBool::new(false));
     let node = Arc::new(NodeContext {
@@ -239,6 +241,10 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let bound_metrics_port = metrics_server
         .as_ref()
         .and_then(|s| s.addrs().first().map(|a| a.port()));
+
+    // Both ports are bound: nothing can fail half-started any more.
+    gate_ctx.run(gate_actor);
+    LagProbe::new("main", metrics.clone(), config.report_interval).start();
 
     // The contract with scripts: exactly `PORT=<n>`, flushed, before any log line on stdout.
     {
