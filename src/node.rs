@@ -54,12 +54,11 @@ const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The node id: the configured one, or the one kept in the data dir (written on first start).
 /// With the memory backend nothing is written and an unset id is generated per run.
+/// With the durable backend the data dir is checked (created, writable) even when the id is
+/// configured: an unusable data dir must stop the node at start, not at its first write.
 pub fn resolve_node_id(config: &Config) -> Result<String, StartError> {
-    if let Some(id) = &config.node_id {
-        return Ok(id.clone());
-    }
     if config.storage_backend == StorageBackend::Memory {
-        return Ok(generate_node_id());
+        return Ok(config.node_id.clone().unwrap_or_else(generate_node_id));
     }
     let dir = &config.data_dir;
     let data_dir_error = |message: String| StartError::DataDir {
@@ -67,6 +66,13 @@ pub fn resolve_node_id(config: &Config) -> Result<String, StartError> {
         message,
     };
     std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+    let probe = dir.join(".write-probe");
+    write_atomically(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| data_dir_error(format!("not writable: {e}")))?;
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
     let path = dir.join("node_id");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
