@@ -81,7 +81,6 @@ enum AuthState {
 
 pub struct ConnectionActor {
     id: u64,
-    client_id: Arc<str>,
     peer: String,
     node: Arc<NodeContext>,
     auth: AuthState,
@@ -101,11 +100,10 @@ impl ConnectionActor {
         let client_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let log = node
             .log
-            .new(slog::o!("actor" => "connection", "clientId" => client_id.clone()));
+            .new(slog::o!("actor" => "connection", "clientId" => client_id));
         let now = Instant::now();
         ConnectionActor {
             id,
-            client_id,
             peer,
             auth: if node.verifier.is_some() {
                 AuthState::Pending
