@@ -14,13 +14,13 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use common::*;
 
 enum Outcome {
-    Open(Client),
+    Open(Box<Client>),
     Refused,
 }
 
 async fn try_open(url: String) -> Outcome {
     match Client::try_connect(&url).await {
-        Ok(c) => Outcome::Open(c),
+        Ok(c) => Outcome::Open(Box::new(c)),
         Err(WsError::Http(resp)) if resp.status().as_u16() == 429 => Outcome::Refused,
         Err(e) => panic!("connection failed other than by a 429: {e}"),
     }
