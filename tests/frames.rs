@@ -412,3 +412,54 @@ async fn client_close_is_answered_with_close() {
     );
     node.wait_metric("topgun_connected_clients", &[], 0.0);
 }
+
+/// A client whose TCP connection just ends (no Close frame: a closed laptop lid, a killed
+/// tab) has disconnected; it did not send an invalid frame and was not evicted.
+#[tokio::test]
+async fn client_vanishing_without_close_is_a_plain_disconnect() {
+    let node = Node::start();
+    let mut c = node.client().await;
+    assert_alive(&mut c, 1.0).await;
+    drop(c);
+    let s = node.wait_metric(
+        "topgun_connections_closed_total",
+        &[("reason", "client")],
+        1.0,
+    );
+    assert_eq!(
+        invalid_total(&s),
+        0.0,
+        "a vanished client is not an invalid frame"
+    );
+    assert_eq!(
+        s.value_or_zero(
+            "topgun_connections_closed_total",
+            &[("reason", "protocol_error")]
+        ),
+        0.0
+    );
+    let line = node.wait_log("client disconnected", |_| true);
+    assert_eq!(line["reason"], "client", "{line}");
+    assert!(
+        !node.logs().iter().any(|l| l["msg"] == "client evicted"),
+        "a vanished client is not evicted"
+    );
+}
+
+/// Text frames are ignored, whatever they hold, even bytes that are not UTF-8.
+#[tokio::test]
+async fn text_frame_with_invalid_utf8_is_ignored_like_any_text_frame() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let node = Node::start();
+    let mut c = node.client().await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.expect("send");
+    assert_alive(&mut c, 1.0).await;
+    node.wait_metric(
+        "topgun_invalid_messages_total",
+        &[("reason", "text_frame")],
+        1.0,
+    );
+    assert!(c.closed.is_none());
+}
