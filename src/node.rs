@@ -276,7 +276,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     });
     ready.store(true, Ordering::Release);
     info!(log, "listening"; "port" => port, "host" => %config.host,
-        "metricsPort" => bound_metrics_port.unwrap_or(port), "nodeId" => &node_id);
+        "metricsPort" => bound_metrics_port.unwrap_or(port));
 
     let signal = wait_for_signal().await?;
     let started = Instant::now();
