@@ -312,6 +312,24 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    http_request_full(port, method, path, headers, body).map(|(s, _, b)| (s, b))
+}
+
+/// A GET that also returns the response headers (names lower-cased).
+pub fn http_get_full(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+    http_request_full(port, "GET", path, &[], b"")
+}
+
+/// (status, headers with lower-cased names, body).
+pub type HttpResponse = (u16, Vec<(String, String)>, String);
+
+pub fn http_request_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
@@ -332,6 +350,14 @@ pub fn http_request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
+    let response_headers = text
+        .split_once("\r\n\r\n")
+        .map_or(text.as_str(), |(head, _)| head)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     let body = match text.split_once("\r\n\r\n") {
         Some((head, rest))
             if head
@@ -343,7 +369,7 @@ pub fn http_request(
         Some((_, rest)) => rest.to_owned(),
         None => String::new(),
     };
-    Ok((status, body))
+    Ok((status, response_headers, body))
 }
 
 fn dechunk(mut s: &str) -> String {
