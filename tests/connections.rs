@@ -219,3 +219,21 @@ async fn sigint_is_a_graceful_shutdown_too() {
         .expect("exits within 10 s of SIGINT");
     assert!(status.success(), "{status:?}");
 }
+
+/// `/` is the same WebSocket endpoint as `/ws`; a plain GET there (a browser, a probe) is
+/// answered without counting against the connection limiter.
+#[tokio::test]
+async fn root_path_upgrades_and_plain_get_is_not_counted() {
+    let node = Node::start();
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{}/", node.port)).await;
+    c.send(&ping(1.0)).await;
+    assert_eq!(msg_type(&c.recv().await.expect("PONG")), "PONG");
+    node.wait_metric("topgun_connections_accepted_total", &[], 1.0);
+    for path in ["/", "/ws"] {
+        let (status, _) = node.get(path);
+        assert_eq!(status, 400, "plain GET {path}");
+    }
+    let s = node.scrape();
+    assert_eq!(s.value("topgun_connections_accepted_total", &[]), Some(1.0));
+    assert_eq!(s.value("topgun_connections_rejected_total", &[]), Some(0.0));
+}

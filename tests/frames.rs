@@ -69,9 +69,10 @@ async fn ping_pong_echoes_float64_timestamp() {
 
 #[tokio::test]
 async fn heartbeat_eviction_closes_idle_clients() {
+    // A 1 s timeout leaves the PINGing client a wide margin on a loaded machine.
     let node = Node::start_with(NodeOptions::default().args(&[
         "--heartbeat-timeout-ms",
-        "300",
+        "1000",
         "--heartbeat-check-ms",
         "100",
     ]));
@@ -82,7 +83,7 @@ async fn heartbeat_eviction_closes_idle_clients() {
     let mut n = 0.0;
     let (code, reason) = loop {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(10),
             "idle client not evicted"
         );
         n += 1.0;
@@ -98,7 +99,7 @@ async fn heartbeat_eviction_closes_idle_clients() {
         1.0,
     );
     // The PINGing client outlived the timeout several times over.
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() >= Duration::from_millis(1000));
     assert_alive(&mut busy, 1000.0).await;
     node.wait_metric("topgun_connected_clients", &[], 1.0);
 }

@@ -80,6 +80,20 @@ fn assert_keys(raw: &str) {
     }
 }
 
+/// (soft, hard) "Max open files" of a process, from /proc.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
 fn node_id(node: &Node) -> String {
     let (_, body) = node.get("/ready");
     let v: serde_json::Value = serde_json::from_str(&body).expect("/ready JSON");
@@ -110,6 +124,7 @@ async fn every_line_is_pino_json_with_node_id_and_context() {
     let mut node = Node::start_with(NodeOptions::jwt().arg("--log-level").arg("debug"));
     let id = node_id(&node);
     let pid = node.pid();
+    let nofile = nofile_limits(pid);
 
     // Activity that logs at several levels and from several actors.
     let mut ok = node.authed_client().await;
@@ -174,11 +189,13 @@ async fn every_line_is_pino_json_with_node_id_and_context() {
         start["port"].is_number(),
         "effective config logged: {start}"
     );
-    assert!(
-        logs.iter()
-            .any(|l| l["msg"] == "open files limit raised" && l["limit"].is_number()),
-        "the raised open-files limit is logged"
-    );
+    let raised = logs
+        .iter()
+        .find(|l| l["msg"] == "open files limit raised")
+        .expect("the raised open-files limit is logged");
+    let (soft, hard) = nofile;
+    assert_eq!(soft, hard, "soft open-files limit raised to the hard limit");
+    assert_eq!(raised["limit"].as_u64(), Some(soft), "{raised}");
     for msg in ["listening", "shutdown started", "shutdown complete"] {
         assert!(logs.iter().any(|l| l["msg"] == msg), "no {msg:?} line");
     }
