@@ -64,12 +64,11 @@ const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The node id: the configured one, or the one kept in the data dir (written on first start).
 /// With the memory backend nothing is written and an unset id is generated per run.
+/// With the durable backend the data dir is checked (created, writable) even when the id is
+/// configured: an unusable data dir must stop the node at start, not at its first write.
 pub fn resolve_node_id(config: &Config) -> Result<String, StartError> {
-    if let Some(id) = &config.node_id {
-        return Ok(id.clone());
-    }
     if config.storage_backend == StorageBackend::Memory {
-        return Ok(generate_node_id());
+        return Ok(config.node_id.clone().unwrap_or_else(generate_node_id));
     }
     let dir = &config.data_dir;
     let data_dir_error = |message: String| StartError::DataDir {
@@ -77,6 +76,13 @@ pub fn resolve_node_id(config: &Config) -> Result<String, StartError> {
         message,
     };
     std::fs::create_dir_all(dir).map_err(|e| data_dir_error(e.to_string()))?;
+    let probe = dir.join(".write-probe");
+    write_atomically(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| data_dir_error(format!("not writable: {e}")))?;
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
     let path = dir.join("node_id");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -191,8 +197,6 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             LagProbe::new("metrics", m, every)
         });
     }
-    LagProbe::new("main", metrics.clone(), config.report_interval).start();
-
     let gate_actor = ConnectionGateActor::new(
         config.connection_rate,
         config.max_pending_connections,
@@ -202,7 +206,11 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         timed,
     );
     let depth = gate_actor.stats().depth_counter();
-    let gate = Mailbox::new(gate_actor.start(), depth);
+    // The gate's address is needed by the HTTP factories, but the actor itself starts only
+    // once both ports are bound: an actor started on this arbiter and then dropped unpolled by
+    // an early return (a busy port) would run `started` during runtime teardown and panic.
+    let gate_ctx = Context::<ConnectionGateActor>::new();
+    let gate = Mailbox::new(gate_ctx.address(), depth);
 
     let (storage, recovered) = start_storage(&config, &log, &metrics, backend);
     let queue = start_event_queue(&config, &log, &metrics);
@@ -277,6 +285,10 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         .as_ref()
         .and_then(|s| s.addrs().first().map(|a| a.port()));
 
+    // Both ports are bound: nothing can fail half-started any more.
+    gate_ctx.run(gate_actor);
+    LagProbe::new("main", metrics.clone(), config.report_interval).start();
+
     // The contract with scripts: exactly `PORT=<n>`, flushed, before any log line on stdout.
     {
         let mut out = std::io::stdout().lock();
@@ -301,7 +313,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     });
     ready.store(true, Ordering::Release);
     info!(log, "listening"; "port" => port, "host" => %config.host,
-        "metricsPort" => bound_metrics_port.unwrap_or(port), "nodeId" => &node_id);
+        "metricsPort" => bound_metrics_port.unwrap_or(port));
 
     let signal = wait_for_signal().await?;
     let started = Instant::now();

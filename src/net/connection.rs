@@ -162,7 +162,7 @@ impl ConnectionActor {
         let client_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let log = node
             .log
-            .new(slog::o!("actor" => "connection", "clientId" => client_id.clone()));
+            .new(slog::o!("actor" => "connection", "clientId" => client_id));
         let now = Instant::now();
         ConnectionActor {
             id,
@@ -558,6 +558,26 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                 }
                 .emit(&mut self.tel);
                 self.close(ctx, CLOSE_TOO_BIG);
+            }
+            // actix-web-actors reports two different things as `Io`: a text frame that is not
+            // UTF-8 (a text frame like any other: ignored, protocol.md 1.2) and the transport
+            // failing under the stream (the client vanished without a Close: a disconnect,
+            // not a bad frame, and there is no one left to send a Close to).
+            Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => InvalidFrame {
+                reason: "text_frame",
+                detail: &"text frame that is not UTF-8",
+            }
+            .emit(&mut self.tel),
+            Err(ProtocolError::Io(_)) => {
+                if !self.closing {
+                    self.closing = true;
+                    ClientDisconnected {
+                        reason: "client",
+                        frames: self.frames,
+                    }
+                    .emit(&mut self.tel);
+                }
+                ctx.stop();
             }
             Err(e) => {
                 InvalidFrame {

@@ -42,6 +42,7 @@ pub const INVALID_MESSAGE_REASONS: &[&str] = &[
     "not_a_map",
     "truncated",
     "trailing_bytes",
+    "invalid_msgpack",
     "too_deep",
     "invalid_msgpack",
     "missing_type",

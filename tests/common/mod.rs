@@ -317,6 +317,24 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    http_request_full(port, method, path, headers, body).map(|(s, _, b)| (s, b))
+}
+
+/// A GET that also returns the response headers (names lower-cased).
+pub fn http_get_full(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+    http_request_full(port, "GET", path, &[], b"")
+}
+
+/// (status, headers with lower-cased names, body).
+pub type HttpResponse = (u16, Vec<(String, String)>, String);
+
+pub fn http_request_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
@@ -337,6 +355,14 @@ pub fn http_request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
+    let response_headers = text
+        .split_once("\r\n\r\n")
+        .map_or(text.as_str(), |(head, _)| head)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     let body = match text.split_once("\r\n\r\n") {
         Some((head, rest))
             if head
@@ -348,7 +374,7 @@ pub fn http_request(
         Some((_, rest)) => rest.to_owned(),
         None => String::new(),
     };
-    Ok((status, body))
+    Ok((status, response_headers, body))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -584,4 +610,123 @@ pub fn token(secret: &str, sub: &str, ttl_secs: i64) -> String {
 
 pub fn labels<'a>(pairs: &'a [(&'a str, &'a str)]) -> HashMap<&'a str, &'a str> {
     pairs.iter().copied().collect()
+}
+
+// ---- Processes that are not a `Node` (start-up failures, fixed ports) ------------------------
+
+/// What a node that was expected to refuse to start left behind.
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Exited {
+    /// The non-empty lines of stderr.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+}
+
+/// Runs `cmd` until it exits, at most `limit`; panics (after killing it) if it is still running
+/// then. stdout and stderr go to files, so a chatty child can never block on a full pipe.
+pub fn run_to_exit(cmd: &mut Command, limit: Duration) -> Exited {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let out = std::fs::File::create(&out_path).expect("stdout file");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let mut child = cmd
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn topgun-node");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "node still running after {limit:?}; stderr: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Exited {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+/// A node started from a hand-built command (fixed port, own flags); killed on drop.
+pub struct Spawned {
+    pub child: Child,
+    pub stdout: BufReader<ChildStdout>,
+    pub port: u16,
+}
+
+impl Spawned {
+    /// Spawns `cmd` with stdout piped and reads `PORT=`; `None` if the node exited first.
+    pub fn start(cmd: &mut Command) -> Option<Spawned> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn topgun-node");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
+        match read_port(&mut stdout, "PORT") {
+            Some(port) => Some(Spawned {
+                child,
+                stdout,
+                port,
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+
+    /// The JSON body of `/ready` once it answers 200.
+    pub fn ready(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok((200, body)) = http_get(self.port, "/ready") {
+                return serde_json::from_str(&body).expect("/ready answers JSON");
+            }
+            assert!(Instant::now() < deadline, "node not ready within 15 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A port on 127.0.0.1 held busy by the test for as long as the listener lives.
+pub fn busy_port() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = l.local_addr().expect("local addr").port();
+    (l, port)
+}
+
+/// A port that was free a moment ago (bound and released).
+pub fn free_port() -> u16 {
+    busy_port().1
 }

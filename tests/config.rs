@@ -1,0 +1,448 @@
+//! Guards the process contract of configuration: a setting given twice resolves flag > env >
+//! file > default (a swapped `or` chain silently runs the node with the wrong port, id or log
+//! level); the spellings other TopGun tooling uses (`STORAGE_BACKEND=null`,
+//! `TOPGUN_NO_AUTH=true|yes|1`) are accepted; a bad flag, a bad value, an unknown or
+//! unreadable config file, a busy port or an unusable data dir stop the node with exactly one
+//! line on stderr naming the problem and a non-zero exit, before it prints `PORT=`; and a node
+//! restarted on its fixed port right after `kill -9` binds at once.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A node command with no auth, memory storage and its log in `dir/node.log`.
+fn base(dir: &Path) -> Command {
+    let mut cmd = command(dir);
+    cmd.env("TOPGUN_NO_AUTH", "1")
+        .env("STORAGE_BACKEND", "memory")
+        .arg("--log-dest")
+        .arg(dir.join("node.log"));
+    cmd
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
+
+fn start(cmd: &mut Command) -> Spawned {
+    Spawned::start(cmd).expect("node starts and prints PORT=")
+}
+
+fn node_id_of(cmd: &mut Command) -> String {
+    let node = start(cmd);
+    node.ready()["nodeId"]
+        .as_str()
+        .expect("/ready carries nodeId")
+        .to_owned()
+}
+
+#[test]
+fn node_id_precedence_flag_env_file_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "c.toml", "node_id = \"from-file\"\n");
+
+    let id = node_id_of(
+        base(dir.path())
+            .env("NODE_ID", "from-env")
+            .args(["--port", "0", "--node-id", "from-flag", "--config"])
+            .arg(&file),
+    );
+    assert_eq!(id, "from-flag");
+
+    let id = node_id_of(
+        base(dir.path())
+            .env("NODE_ID", "from-env")
+            .args(["--port", "0", "--config"])
+            .arg(&file),
+    );
+    assert_eq!(id, "from-env");
+
+    let id = node_id_of(
+        base(dir.path())
+            .args(["--port", "0", "--config"])
+            .arg(&file),
+    );
+    assert_eq!(id, "from-file");
+
+    let id = node_id_of(base(dir.path()).args(["--port", "0"]));
+    assert!(
+        id.starts_with("node-") && id.len() > "node-".len(),
+        "generated default id, got {id:?}"
+    );
+}
+
+/// The losers of each comparison are ports this test holds busy: had the node picked one of
+/// them it could not have started.
+#[test]
+fn port_precedence_flag_env_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_env_l, env_busy) = busy_port();
+    let (_file_l, file_busy) = busy_port();
+    let file = write_file(dir.path(), "c.toml", &format!("port = {file_busy}\n"));
+
+    let want = free_port();
+    let node = start(
+        base(dir.path())
+            .env("PORT", env_busy.to_string())
+            .args(["--port", &want.to_string(), "--config"])
+            .arg(&file),
+    );
+    assert_eq!(node.port, want, "flag beats env and file");
+    drop(node);
+
+    let want = free_port();
+    let file2 = write_file(dir.path(), "c2.toml", &format!("port = {file_busy}\n"));
+    let node = start(
+        base(dir.path())
+            .env("PORT", want.to_string())
+            .arg("--config")
+            .arg(&file2),
+    );
+    assert_eq!(node.port, want, "env beats file");
+    drop(node);
+
+    let want = free_port();
+    let file3 = write_file(dir.path(), "c3.toml", &format!("port = {want}\n"));
+    let node = start(base(dir.path()).arg("--config").arg(&file3));
+    assert_eq!(node.port, want, "file beats the default 8080");
+}
+
+/// `--config` (flag) beats `TOPGUN_CONFIG` (env).
+#[test]
+fn config_flag_beats_config_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_file(dir.path(), "a.toml", "node_id = \"from-flag-file\"\n");
+    let b = write_file(dir.path(), "b.toml", "node_id = \"from-env-file\"\n");
+    let id = node_id_of(
+        base(dir.path())
+            .env("TOPGUN_CONFIG", &b)
+            .args(["--port", "0", "--config"])
+            .arg(&a),
+    );
+    assert_eq!(id, "from-flag-file");
+    let id = node_id_of(
+        base(dir.path())
+            .env("TOPGUN_CONFIG", &b)
+            .args(["--port", "0"]),
+    );
+    assert_eq!(id, "from-env-file");
+}
+
+/// Runs a node at the given log level settings, makes it log one debug line (an invalid frame)
+/// and then one warning (an oversize frame evicts the client), waits for the warning, and
+/// returns the levels of all lines written.
+async fn levels_logged(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Vec<u64> {
+    let log = dir.join("node.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = base(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(["--port", "0", "--max-frame-bytes", "1000"])
+        .args(args);
+    let node = start(&mut cmd);
+    node.ready();
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws", node.port)).await;
+    c.send_raw(vec![0x93, 1, 2, 3]).await; // an array: dropped, logged at debug
+    c.send_raw(vec![0u8; 2000]).await; // over the limit: close 1009, logged at warn
+    let (code, _) = c.expect_close(Duration::from_secs(5)).await;
+    assert_eq!(code, 1009);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("log line is JSON"))
+            .collect();
+        if lines.iter().any(|l| l["msg"] == "client evicted") {
+            return lines.iter().map(|l| l["level"].as_u64().unwrap()).collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 'client evicted' line; log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn log_level_precedence_flag_env_file_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let debug_file = write_file(dir.path(), "c.toml", "log_level = \"debug\"\n");
+    let cfg = debug_file.to_str().unwrap();
+
+    // Default info: info lines, no debug lines.
+    let levels = levels_logged(dir.path(), &[], &[]).await;
+    assert!(levels.contains(&30), "{levels:?}");
+    assert!(!levels.iter().any(|l| *l < 30), "{levels:?}");
+
+    // File debug beats the default.
+    let levels = levels_logged(dir.path(), &[], &["--config", cfg]).await;
+    assert!(levels.contains(&20), "{levels:?}");
+
+    // Env warn beats file debug: nothing under warn.
+    let levels = levels_logged(dir.path(), &[("LOG_LEVEL", "warn")], &["--config", cfg]).await;
+    assert!(levels.contains(&40), "{levels:?}");
+    assert!(!levels.iter().any(|l| *l < 40), "{levels:?}");
+
+    // Flag debug beats env warn.
+    let levels = levels_logged(
+        dir.path(),
+        &[("LOG_LEVEL", "warn")],
+        &["--config", cfg, "--log-level", "debug"],
+    )
+    .await;
+    assert!(levels.contains(&20), "{levels:?}");
+}
+
+#[test]
+fn storage_backend_null_is_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        base(dir.path())
+            .env("STORAGE_BACKEND", "null")
+            .args(["--port", "0"]),
+    );
+    node.ready();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+            .find(|l| l["msg"] == "node starting")
+        {
+            assert_eq!(line["storage"], "memory", "{line}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no start line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing durable was created: no node id file in the data dir.
+    assert!(!dir.path().join("data").join("node_id").exists());
+}
+
+/// `TOPGUN_NO_AUTH` beats `JWT_SECRET` when it is on, in every spelling: a PING is answered
+/// without any AUTH (in JWT mode it would be dropped) and no AUTH_REQUIRED comes first.
+#[tokio::test]
+async fn no_auth_accepts_true_yes_1() {
+    for spelling in ["true", "yes", "1", "TRUE"] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(
+            base(dir.path())
+                .env("TOPGUN_NO_AUTH", spelling)
+                .env("JWT_SECRET", SECRET)
+                .args(["--port", "0"]),
+        );
+        node.ready();
+        let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws", node.port)).await;
+        c.send(&ping(1.0)).await;
+        let first = c.recv().await.expect("a reply");
+        assert_eq!(
+            msg_type(&first),
+            "PONG",
+            "TOPGUN_NO_AUTH={spelling}: {first:?}"
+        );
+    }
+    for spelling in ["0", "false", "no"] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(
+            base(dir.path())
+                .env("TOPGUN_NO_AUTH", spelling)
+                .env("JWT_SECRET", SECRET)
+                .args(["--port", "0", "--host", "127.0.0.1"]),
+        );
+        node.ready();
+        let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws", node.port)).await;
+        let first = c.recv().await.expect("a first message");
+        assert_eq!(
+            msg_type(&first),
+            "AUTH_REQUIRED",
+            "TOPGUN_NO_AUTH={spelling}"
+        );
+    }
+}
+
+/// Asserts the node refused to start: non-zero exit, no `PORT=`, exactly one stderr line that
+/// contains every one of `names`.
+fn assert_refused(cmd: &mut Command, names: &[&str]) {
+    let out = run_to_exit(cmd, Duration::from_secs(10));
+    assert!(
+        !out.status.success(),
+        "exit {:?}, stderr {}",
+        out.status,
+        out.stderr
+    );
+    assert!(
+        !out.stdout.lines().any(|l| l.starts_with("PORT=")),
+        "printed PORT= before failing: {}",
+        out.stdout
+    );
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "want one stderr line, got {lines:#?}");
+    for name in names {
+        assert!(
+            lines[0].to_lowercase().contains(&name.to_lowercase()),
+            "stderr line {:?} does not name {name:?}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn bad_flags_and_values_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_refused(
+        base(d).args(["--port", "0", "--bogus-flag"]),
+        &["--bogus-flag"],
+    );
+    assert_refused(base(d).args(["--port", "eighty"]), &["eighty", "port"]);
+    assert_refused(base(d).args(["--port", "70000"]), &["70000", "port"]);
+    assert_refused(base(d).env("PORT", "abc"), &["abc"]);
+    assert_refused(
+        base(d).env("LOG_LEVEL", "loud").args(["--port", "0"]),
+        &["loud"],
+    );
+    assert_refused(
+        base(d)
+            .env("STORAGE_BACKEND", "postgres")
+            .args(["--port", "0"]),
+        &["postgres"],
+    );
+    assert_refused(
+        base(d).env("TOPGUN_NO_AUTH", "maybe").args(["--port", "0"]),
+        &["maybe"],
+    );
+    assert_refused(
+        base(d).args(["--port", "0", "--node-id", "a:b"]),
+        &["node_id"],
+    );
+    assert_refused(
+        base(d).args(["--port", "0", "--connection-rate", "0"]),
+        &["connection_rate"],
+    );
+}
+
+#[test]
+fn bad_config_files_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let unknown = write_file(d, "unknown.toml", "prot = 8080\n");
+    assert_refused(
+        base(d).args(["--port", "0", "--config"]).arg(&unknown),
+        &["prot", "unknown.toml"],
+    );
+    let bad_value = write_file(d, "bad_value.toml", "port = \"x\"\n");
+    assert_refused(
+        base(d).args(["--port", "0", "--config"]).arg(&bad_value),
+        &["bad_value.toml"],
+    );
+    let bad_level = write_file(d, "bad_level.toml", "log_level = \"loud\"\n");
+    assert_refused(
+        base(d).args(["--port", "0", "--config"]).arg(&bad_level),
+        &["loud", "bad_level.toml"],
+    );
+    let syntax = write_file(d, "syntax.toml", "port = = 1\n[[[\n");
+    assert_refused(
+        base(d).args(["--port", "0", "--config"]).arg(&syntax),
+        &["syntax.toml"],
+    );
+    assert_refused(
+        base(d)
+            .args(["--port", "0", "--config"])
+            .arg(d.join("missing.toml")),
+        &["missing.toml"],
+    );
+    // A directory is not a readable file either.
+    assert_refused(
+        base(d).args(["--port", "0", "--config"]).arg(d),
+        &[d.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn busy_port_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, busy) = busy_port();
+    assert_refused(
+        base(dir.path()).args(["--port", &busy.to_string()]),
+        &[&busy.to_string()],
+    );
+    let (_m, busy_metrics) = busy_port();
+    assert_refused(
+        base(dir.path()).args(["--port", "0", "--metrics-port", &busy_metrics.to_string()]),
+        &[&busy_metrics.to_string()],
+    );
+}
+
+/// A data dir that is a regular file cannot hold the redb database nor the node id.
+#[test]
+fn unusable_data_dir_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "not-a-dir", "x");
+    let path = file.to_str().unwrap();
+    assert_refused(
+        base(dir.path())
+            .env("STORAGE_BACKEND", "redb")
+            .env("TOPGUN_DATA_DIR", &file)
+            .args(["--port", "0"]),
+        &[path],
+    );
+    // Also when the node id is given, so nothing needs to be written for it.
+    assert_refused(
+        base(dir.path())
+            .env("STORAGE_BACKEND", "redb")
+            .env("TOPGUN_DATA_DIR", &file)
+            .args(["--port", "0", "--node-id", "n1"]),
+        &[path],
+    );
+    // A data dir below a regular file cannot be created.
+    let below = file.join("data");
+    assert_refused(
+        base(dir.path())
+            .env("STORAGE_BACKEND", "redb")
+            .env("TOPGUN_DATA_DIR", &below)
+            .args(["--port", "0"]),
+        &[below.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn unopenable_log_destination_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("no-such-dir").join("node.log");
+    let mut cmd = command(dir.path());
+    cmd.env("TOPGUN_NO_AUTH", "1")
+        .env("STORAGE_BACKEND", "memory")
+        .args(["--port", "0", "--log-dest"])
+        .arg(&bad);
+    assert_refused(&mut cmd, &[bad.to_str().unwrap()]);
+}
+
+/// A restart on the same fixed port right after `kill -9`, while a client was connected (its
+/// socket lingers in the kernel), binds at once.
+#[tokio::test]
+async fn restart_on_same_port_after_kill9_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(base(dir.path()).args(["--port", "0"]));
+    first.ready();
+    let port = first.port;
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    c.send(&ping(1.0)).await;
+    assert_eq!(msg_type(&c.recv().await.expect("PONG")), "PONG");
+    first.kill9();
+
+    let second = Spawned::start(base(dir.path()).args(["--port", &port.to_string()]))
+        .expect("restart on the same port binds at once");
+    assert_eq!(second.port, port);
+    second.ready();
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    c.send(&ping(2.0)).await;
+    assert_eq!(msg_type(&c.recv().await.expect("PONG")), "PONG");
+}
