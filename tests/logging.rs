@@ -103,10 +103,9 @@ fn node_id(node: &Node) -> String {
 /// 8,192 SYNC_INIT items in one BATCH: each is answered ERROR 501 and logged at debug
 /// ("operation not implemented"), one line per item, as fast as one actor can go.
 fn flood_batch() -> Value {
-    let item = encode(&map(&[
-        ("type", "SYNC_INIT".into()),
-        ("mapName", "m".into()),
-    ]));
+    // A real TopGun message this node does not implement: each one is answered ERROR 501 and
+    // logged at debug, so the flood is 8,192 log lines.
+    let item = encode(&map(&[("type", "LOCK_REQUEST".into()), ("name", "l".into())]));
     let mut data = Vec::new();
     for _ in 0..8192 {
         data.extend_from_slice(&(item.len() as u32).to_be_bytes());
