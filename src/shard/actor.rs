@@ -182,7 +182,7 @@ impl ShardActor {
             hlc,
             seq: 0,
             queue: links.queue,
-            stats: ActorStats::new(ActorKind::Shard, settings.timed),
+            stats: ActorStats::new(ActorKind::Shard, settings.timed).member(usize::from(index)),
             settings,
             reported_sizes: HashMap::new(),
             dirty_maps,
@@ -299,20 +299,40 @@ impl ShardActor {
     fn sweep(&mut self) {
         let now = system_millis();
         let swept = self.store.sweep(now, self.settings.tombstone_max_age_ms);
-        if !swept.is_empty() {
-            debug!(self.log, "swept expired entries and old tombstones"; "count" => swept.len());
-            let mut purges = Vec::with_capacity(swept.len());
-            for (map, s) in swept {
-                let map_arc: Arc<str> = Arc::from(map.as_str());
-                if !self.dirty_maps.contains(&map_arc) {
-                    self.dirty_maps.push(map_arc);
-                }
-                purges.push(Mutation::Purge { map, key: s.key });
+        if swept.is_empty() {
+            return;
+        }
+        debug!(self.log, "swept expired entries and old tombstones"; "count" => swept.len());
+        let mut purges = Vec::with_capacity(swept.len());
+        let mut expired = Vec::new();
+        for (map, s) in swept {
+            let map_arc: Arc<str> = Arc::from(map.as_str());
+            if !self.dirty_maps.contains(&map_arc) {
+                self.dirty_maps.push(map_arc.clone());
             }
-            if let Some(storage) = &self.storage {
-                // Best effort: a purge that does not commit is swept again after a restart.
-                storage.do_send(Persist(purges));
+            if s.kind == super::lww::SweptKind::Expired {
+                // Live queries holding the key must see it LEAVE; a nil record with the old
+                // timestamp does that without ever beating a real write at a client.
+                self.seq += 1;
+                expired.push(ChangeEvent {
+                    map: map_arc,
+                    key: Arc::from(s.key.as_str()),
+                    change: Change::Lww(LwwRecord {
+                        value: rmpv::Value::Nil,
+                        timestamp: s.timestamp,
+                        ttl_ms: None,
+                    }),
+                    writer: 0,
+                    shard: self.index,
+                    seq: self.seq,
+                });
             }
+            purges.push(Mutation::Purge { map, key: s.key });
+        }
+        self.enqueue(expired);
+        if let Some(storage) = &self.storage {
+            // Best effort: a purge that does not commit is swept again after a restart.
+            storage.do_send(Persist(purges));
         }
     }
 

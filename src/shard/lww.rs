@@ -74,6 +74,9 @@ pub enum SweptKind {
 pub struct Swept {
     pub key: String,
     pub kind: SweptKind,
+    /// The removed record's timestamp: an expiry is announced to live subscribers with it,
+    /// so clients that merge the announcement never take it for a newer write.
+    pub timestamp: crate::protocol::types::Timestamp,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -195,6 +198,7 @@ impl LwwMap {
                     swept.push(Swept {
                         key: key.to_string(),
                         kind,
+                        timestamp: r.timestamp.clone(),
                     });
                     false
                 }
@@ -321,7 +325,8 @@ mod tests {
             swept,
             vec![Swept {
                 key: "a".into(),
-                kind: SweptKind::Tombstone
+                kind: SweptKind::Tombstone,
+                timestamp: tomb(1_000).timestamp,
             }]
         );
         assert_eq!((m.len(), m.tombstone_len()), (1, 0));
@@ -355,7 +360,8 @@ mod tests {
             swept,
             vec![Swept {
                 key: "t".into(),
-                kind: SweptKind::Expired
+                kind: SweptKind::Expired,
+                timestamp: rec("v", 1_000, 0, "n").timestamp,
             }]
         );
         assert_eq!((m.len(), m.merkle().len()), (1, 1));
