@@ -1,6 +1,7 @@
 //! `topgun-node`: one node of the TopGun real-time, local-first data grid.
 //!
 //! # Layout
+//! - [`cluster`]: the cluster as clients see it (a cluster of one until membership lands).
 //! - [`config`]: flags, environment, TOML file; precedence and validation.
 //! - [`node`]: wiring of the actors in dependency order, the HTTP server, the shutdown sequence.
 //! - [`http`]: the routes (`/ws`, `/`, `/metrics`, `/health`, `/ready`), kept thin.
@@ -10,6 +11,7 @@
 //! - [`queue`]: the bounded, striped event queue and subscription routing.
 //! - [`storage`]: durable group commit (redb) behind a small backend trait; recovery.
 //! - [`telemetry`]: Pino-shaped logging, the `MetricsActor`, the reporting path.
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod net;

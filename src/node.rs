@@ -239,6 +239,11 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         shards,
         queue,
         pending_batches,
+        public_url: crate::cluster::advertised_url(
+            config.advertise_host.as_deref(),
+            config.host,
+            client_listener.local_addr().map_or(config.port, |a| a.port()),
+        ),
     });
 
     let with_metrics = config.metrics_port.is_none();

@@ -112,3 +112,21 @@ async fn write_ack_query_and_live_updates() {
     );
     node.wait_metric("topgun_map_size_items", &[("map", "todos")], 2.0);
 }
+
+#[tokio::test]
+async fn a_single_node_is_a_cluster_of_one() {
+    let node = Node::start();
+    node.wait_metric("topgun_cluster_members", &[], 1.0);
+    let mut c = node.authed_client().await;
+    c.send(&map(&[("type", "PARTITION_MAP_REQUEST".into())])).await;
+    let reply = c.recv_type("PARTITION_MAP").await.expect("PARTITION_MAP");
+    let p = payload(&reply);
+    assert_eq!(get(p, "partitionCount").and_then(Value::as_u64), Some(271));
+    let partitions = get(p, "partitions").and_then(Value::as_array).unwrap();
+    assert_eq!(partitions.len(), 271);
+    let nodes = get(p, "nodes").and_then(Value::as_array).unwrap();
+    let url = get(get(&nodes[0], "endpoints").unwrap(), "websocket")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert_eq!(url, format!("ws://127.0.0.1:{}/ws", node.port));
+}

@@ -9,6 +9,9 @@ use crate::telemetry::metrics::Metrics;
 use crate::telemetry::report::{ActorKind, ActorStats, Report, StatsDelta};
 use crate::telemetry::throttle::Throttle;
 
+/// The `type` label values of `topgun_ops_total`.
+pub const OP_TYPES: [&str; 4] = ["PUT", "DELETE", "GET", "SUBSCRIBE"];
+
 /// Per-connection warnings: one line per interval at most.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -25,8 +28,9 @@ pub struct ConnectionTelemetry {
     auth_failures: Vec<(&'static str, u64)>,
     rate_limited: u64,
     closed: Option<&'static str>,
-    /// (op type, map name) → ops; the map label cap is applied by the metrics actor.
-    ops: HashMap<(&'static str, Box<str>), u64>,
+    /// map name → ops per type (index in [`OP_TYPES`]); keyed by map so the per-op lookup
+    /// borrows the name instead of allocating one. The label cap is the metrics actor's.
+    ops: HashMap<Box<str>, [u64; OP_TYPES.len()]>,
 }
 
 impl ConnectionTelemetry {
@@ -65,10 +69,13 @@ impl ConnectionTelemetry {
     }
 
     pub fn count_ops(&mut self, op_type: &'static str, map: &str, n: u64) {
-        if let Some(c) = self.ops.get_mut(&(op_type, Box::from(map))) {
-            *c += n;
+        let slot = OP_TYPES.iter().position(|t| *t == op_type).unwrap_or(0);
+        if let Some(counts) = self.ops.get_mut(map) {
+            counts[slot] += n;
         } else {
-            self.ops.insert((op_type, Box::from(map)), n);
+            let mut counts = [0; OP_TYPES.len()];
+            counts[slot] = n;
+            self.ops.insert(Box::from(map), counts);
         }
     }
 
@@ -136,7 +143,7 @@ pub struct ConnectionReport {
     auth_failures: Vec<(&'static str, u64)>,
     rate_limited: u64,
     closed: Option<&'static str>,
-    ops: HashMap<(&'static str, Box<str>), u64>,
+    ops: HashMap<Box<str>, [u64; OP_TYPES.len()]>,
     sync_forced: u64,
     backpressure_waits: u64,
     backpressure_timeouts: u64,
@@ -165,11 +172,15 @@ impl Report for ConnectionReport {
                 .with_label_values(&[reason])
                 .inc();
         }
-        for ((op_type, map), n) in &self.ops {
+        for (map, counts) in &self.ops {
             let label = m.map_label(map).to_owned();
-            m.ops_total
-                .with_label_values(&[*op_type, label.as_str()])
-                .inc_by(*n);
+            for (op_type, n) in OP_TYPES.iter().zip(counts) {
+                if *n > 0 {
+                    m.ops_total
+                        .with_label_values(&[*op_type, label.as_str()])
+                        .inc_by(*n);
+                }
+            }
         }
     }
 }

@@ -381,6 +381,14 @@ impl ConnectionActor {
             ClientMessage::QuerySub(m) => self.on_query_sub(ctx, m),
             ClientMessage::QueryUnsub(m) => self.on_query_unsub(m),
             ClientMessage::QuerySyncInit(_) => {}
+            ClientMessage::PartitionMapRequest(_) => {
+                let map = crate::cluster::single_node_map(
+                    &self.node.node_id,
+                    &self.node.public_url,
+                    wall_millis(),
+                );
+                self.send(ctx, &ServerMessage::PartitionMap { payload: map });
+            }
             ClientMessage::TopicSub(m) => self.on_topic_sub(m.topic),
             ClientMessage::TopicUnsub(m) => self.on_topic_unsub(m.topic),
             ClientMessage::TopicPub(m) => self.on_topic_pub(m),

@@ -38,4 +38,6 @@ pub struct NodeContext {
     pub queue: EventQueue,
     /// Write batches accepted from clients and not yet applied, node-wide (backpressure).
     pub pending_batches: Arc<AtomicI64>,
+    /// `ws://host:port/ws` as peers and clients should reach this node.
+    pub public_url: String,
 }

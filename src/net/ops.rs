@@ -19,33 +19,43 @@ pub fn op_label(op: &ClientOp) -> &'static str {
     }
 }
 
-/// The shard op for a client op: `Ok(None)` for a PUT without a record (stores nothing, still
-/// acknowledged, as the reference does).
-pub fn shard_op(op: &ClientOp) -> Result<Option<ShardOp>, String> {
-    let map: Arc<str> = Arc::from(op.map_name.as_str());
-    let key: Arc<str> = Arc::from(op.key.as_str());
-    let kind = match op.kind() {
-        WireOpKind::Remove => OpKind::Lww(op.lww_record().map(|r| {
+/// The shard op for a client op, taking it apart (no record is copied): `Ok(None)` for a PUT
+/// without a record (stores nothing, still acknowledged, as the reference does).
+pub fn shard_op(op: ClientOp) -> Result<Option<ShardOp>, String> {
+    let kind_of = op.kind();
+    let ClientOp {
+        map_name,
+        key,
+        record,
+        or_record,
+        or_tag,
+        ..
+    } = op;
+    let kind = match kind_of {
+        WireOpKind::Remove => OpKind::Lww(record.flatten().map(|mut tombstone| {
             // A REMOVE keeps the client's timestamp (so an older delete cannot erase a newer
             // write) but always stores a tombstone, whatever value came along.
-            let mut tombstone = r.clone();
             tombstone.value = rmpv::Value::Nil;
             tombstone
         })),
-        WireOpKind::OrAdd => match &op.or_record {
-            Some(r) => OpKind::OrAdd(r.clone()),
+        WireOpKind::OrAdd => match or_record {
+            Some(r) => OpKind::OrAdd(r),
             None => return Err("OR_ADD without orRecord".into()),
         },
-        WireOpKind::OrRemove => match &op.or_tag {
-            Some(tag) => OpKind::OrRemove { tag: tag.clone() },
+        WireOpKind::OrRemove => match or_tag {
+            Some(tag) => OpKind::OrRemove { tag },
             None => return Err("OR_REMOVE without orTag".into()),
         },
-        WireOpKind::Put => match op.lww_record() {
-            Some(r) => OpKind::Lww(Some(r.clone())),
+        WireOpKind::Put => match record.flatten() {
+            Some(r) => OpKind::Lww(Some(r)),
             None => return Ok(None),
         },
     };
-    Ok(Some(ShardOp { map, key, kind }))
+    Ok(Some(ShardOp {
+        map: Arc::from(map_name),
+        key: Arc::from(key),
+        kind,
+    }))
 }
 
 /// The model query for a `QUERY_SUB`. Errors name what is not supported.
@@ -166,7 +176,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            shard_op(&op(None, Some(None))).unwrap().unwrap().kind,
+            shard_op(op(None, Some(None))).unwrap().unwrap().kind,
             OpKind::Lww(None)
         ));
         assert_eq!(op_label(&op(Some("REMOVE"), None)), "DELETE");
@@ -174,7 +184,7 @@ mod tests {
 
     #[test]
     fn put_without_record_is_a_no_op_and_put_of_null_is_a_delete() {
-        assert!(shard_op(&op(None, None)).unwrap().is_none());
+        assert!(shard_op(op(None, None)).unwrap().is_none());
         assert_eq!(
             op_label(&op(None, Some(Some(rec(rmpv::Value::Nil))))),
             "DELETE"

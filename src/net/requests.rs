@@ -46,15 +46,16 @@ pub fn apply_writes(
         .map(|_| (Vec::new(), Vec::new()))
         .collect();
     let mut rejected = Vec::new();
-    for op in ops {
-        match shard_op(&op) {
+    for mut op in ops {
+        let id = op.id.take();
+        let s = shards.of_key(&op.key);
+        match shard_op(op) {
             Ok(Some(sop)) => {
-                let s = shards.of_key(&op.key);
-                per_shard[s].0.push(op.id);
+                per_shard[s].0.push(id);
                 per_shard[s].1.push(sop);
             }
             Ok(None) => {}
-            Err(reason) => rejected.push(rejection(op.id, reason)),
+            Err(reason) => rejected.push(rejection(id, reason)),
         }
     }
     let requests: Vec<_> = per_shard

@@ -366,6 +366,8 @@ impl Metrics {
             m.invalid_messages_total.with_label_values(&[reason]);
         }
         m.storage_errors_total.with_label_values(&["commit"]);
+        // A standalone node is a cluster of one (metrics.md: itself included).
+        m.cluster_members.set(1);
         for reason in CLOSE_REASONS {
             m.connections_closed_total.with_label_values(&[reason]);
         }
