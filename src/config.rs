@@ -360,6 +360,10 @@ pub struct Overrides {
     /// A connection waiting for capacity longer than this gets an error for its batch, ms [default: 5000]
     #[arg(long, env = "TOPGUN_BACKPRESSURE_TIMEOUT_MS")]
     pub backpressure_timeout_ms: Option<u64>,
+
+    /// Bearer token for /debug/actors and /debug/log-level; unset: those answer 404
+    #[arg(long, env = "TOPGUN_DEBUG_TOKEN", hide_env_values = true)]
+    pub debug_token: Option<String>,
 }
 
 /// The resolved settings. `Default` is the documented defaults (config/topgun.toml).
@@ -407,6 +411,26 @@ pub struct Config {
     pub backpressure_timeout: Duration,
     pub storage_group_max_records: usize,
     pub storage_group_max_delay: Duration,
+    /// `None`: the `/debug/*` endpoints do not exist (404).
+    pub debug_token: Option<DebugToken>,
+}
+
+/// The bearer token of the `/debug/*` endpoints. Its `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DebugToken(String);
+
+impl DebugToken {
+    /// Compares in time independent of where the first difference is.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for DebugToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DebugToken(***)")
+    }
 }
 
 /// How clients prove who they are.
@@ -481,6 +505,7 @@ impl Default for Config {
             backpressure_timeout: Duration::from_millis(5000),
             storage_group_max_records: 1000,
             storage_group_max_delay: Duration::from_millis(2),
+            debug_token: None,
         }
     }
 }
@@ -618,6 +643,12 @@ impl Config {
                 .storage_group_max_delay_ms
                 .or(file.storage_group_max_delay_ms)
                 .map_or(d.storage_group_max_delay, ms),
+            // An empty token would make "Bearer " a password: treat it as unset.
+            debug_token: cli
+                .debug_token
+                .or(file.debug_token)
+                .filter(|t| !t.is_empty())
+                .map(DebugToken),
         };
         config.validate()?;
         Ok(config)
@@ -825,6 +856,18 @@ mod tests {
         assert!(err.is_err());
         let c = Config::resolve(cli(&["--jwt-secret", "s"]), Overrides::default()).unwrap();
         assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn debug_token_is_optional_compared_whole_and_never_printed() {
+        let c = Config::resolve(cli(&[]), file("debug_token = \"\"")).unwrap();
+        assert!(c.debug_token.is_none());
+        let c = Config::resolve(cli(&["--debug-token", "s3cret"]), Overrides::default()).unwrap();
+        let token = c.debug_token.expect("token set");
+        assert!(token.matches("s3cret"));
+        assert!(!token.matches("s3cre"));
+        assert!(!token.matches("s3cret "));
+        assert!(!format!("{token:?}").contains("s3cret"));
     }
 
     #[test]

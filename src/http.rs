@@ -1,5 +1,6 @@
 //! The HTTP surface, kept thin: WebSocket upgrade (`/ws` and `/`), `/metrics`, `/health`,
-//! `/ready`. Each handler asks an actor and formats the answer.
+//! `/ready`, and beside `/metrics` the token-guarded `/debug/actors` and `/debug/log-level`.
+//! Each handler asks an actor and formats the answer.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +8,15 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
+use slog::info;
 
+use crate::config::LogLevel;
 use crate::net::connection::ConnectionActor;
 use crate::net::gate::{AdmissionVoided, Admit};
 use crate::net::http_sync;
 use crate::net::NodeContext;
 use crate::protocol;
-use crate::telemetry::metrics::Scrape;
+use crate::telemetry::metrics::{DebugActors, Scrape};
 
 /// Prometheus text format 0.0.4.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -30,6 +33,7 @@ pub fn client_routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .route("/sync", web::post().to(sync));
     if with_metrics {
         cfg.route("/metrics", web::get().to(metrics));
+        debug_routes(cfg);
     }
 }
 
@@ -38,6 +42,14 @@ pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics))
         .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready));
+    debug_routes(cfg);
+}
+
+/// Live introspection for people, served where `/metrics` is. 404 unless `debug_token` is set.
+fn debug_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/debug/actors", web::get().to(debug_actors))
+        .route("/debug/log-level", web::get().to(get_log_level))
+        .route("/debug/log-level", web::put().to(put_log_level));
 }
 
 async fn upgrade(
@@ -120,4 +132,96 @@ async fn ready(node: web::Data<Arc<NodeContext>>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not ready"}))
     }
+}
+
+/// The refusal, if any: 404 while no token is configured (the endpoints do not exist), 401
+/// without the right `Authorization: Bearer <token>`.
+fn refuse(req: &HttpRequest, node: &NodeContext) -> Option<HttpResponse> {
+    let Some(token) = &node.config.debug_token else {
+        return Some(HttpResponse::NotFound().finish());
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if token.matches(p.trim()) => None,
+        _ => Some(
+            HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"topgun-debug\""))
+                .json(serde_json::json!({"error": "bearer token required"})),
+        ),
+    }
+}
+
+fn wants_text(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain"))
+}
+
+/// Every actor kind and bounded-family member: mailbox depth, messages/s, mean and max handle
+/// time, busy share, restarts; plus runtime lag per arbiter. JSON, or a table for `text/plain`.
+async fn debug_actors(req: HttpRequest, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
+    if let Some(refused) = refuse(&req, &node) {
+        return refused;
+    }
+    let snapshot = match tokio::time::timeout(SCRAPE_TIMEOUT, node.metrics.send(DebugActors)).await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            return HttpResponse::ServiceUnavailable()
+                .content_type("text/plain; charset=utf-8")
+                .body("metrics actor did not answer in time\n")
+        }
+    };
+    if wants_text(&req) {
+        return HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(snapshot.to_table());
+    }
+    let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("nodeId".into(), node.node_id.clone().into());
+    }
+    HttpResponse::Ok().json(body)
+}
+
+async fn get_log_level(req: HttpRequest, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
+    if let Some(refused) = refuse(&req, &node) {
+        return refused;
+    }
+    HttpResponse::Ok().json(serde_json::json!({"level": node.log_level.get().to_string()}))
+}
+
+/// Body: a level name (`debug`, `info`, ...), as `LOG_LEVEL` takes it. Not persisted: a restart
+/// goes back to the configured level.
+async fn put_log_level(
+    req: HttpRequest,
+    body: web::Bytes,
+    node: web::Data<Arc<NodeContext>>,
+) -> HttpResponse {
+    if let Some(refused) = refuse(&req, &node) {
+        return refused;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let level: LogLevel = match text.trim().trim_matches('"').parse() {
+        Ok(l) => l,
+        Err(e) => return HttpResponse::BadRequest().json(serde_json::json!({"error": e})),
+    };
+    let previous = node.log_level.get();
+    // Logged under the more verbose of the two levels, so the line survives the change.
+    let note = || info!(node.log, "log level changed"; "from" => %previous, "to" => %level);
+    if level < previous {
+        node.log_level.set(level);
+        note();
+    } else {
+        note();
+        node.log_level.set(level);
+    }
+    HttpResponse::Ok().json(serde_json::json!({
+        "level": level.to_string(), "previous": previous.to_string()
+    }))
 }

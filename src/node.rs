@@ -235,6 +235,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         gate: gate.clone(),
         metrics: metrics.clone(),
         log: log.clone(),
+        log_level: logging.level_handle(),
         ready: ready.clone(),
         shards,
         queue,

@@ -18,6 +18,7 @@ use slog::Logger;
 use crate::config::Config;
 use crate::queue::EventQueue;
 use crate::shard::router::Shards;
+use crate::telemetry::logging::LevelHandle;
 use crate::telemetry::metrics::MetricsActor;
 use crate::telemetry::report::Mailbox;
 use auth::Verifier;
@@ -32,6 +33,8 @@ pub struct NodeContext {
     pub gate: Mailbox<ConnectionGateActor>,
     pub metrics: Mailbox<MetricsActor>,
     pub log: Logger,
+    /// The runtime log level (`PUT /debug/log-level`).
+    pub log_level: LevelHandle,
     /// `/ready`: storage open and cluster joined; false again once shutdown starts.
     pub ready: Arc<AtomicBool>,
     pub shards: Shards,

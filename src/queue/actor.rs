@@ -122,7 +122,7 @@ impl StripeActor {
             registry: Registry::default(),
             outbound: HashMap::new(),
             tel: StripeCounters::default(),
-            stats: ActorStats::new(ActorKind::EventQueue, timed),
+            stats: ActorStats::new(ActorKind::EventQueue, timed).member(index),
             log: log.new(slog::o!("actor" => "event_queue", "stripe" => index)),
             metrics,
             report_interval,

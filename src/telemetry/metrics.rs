@@ -17,6 +17,7 @@ use prometheus::{
 };
 use slog::{warn, Logger};
 
+use super::debug::{ActorTable, ActorsSnapshot};
 use super::histogram::{HistogramFamily, COMMIT_RECORDS, COMMIT_SECONDS, HANDLE_SECONDS};
 use super::logging::err_kv;
 use super::report::{ActorKind, ActorStats, Report, Reported, UNBOUNDED_MAILBOX};
@@ -121,6 +122,9 @@ pub struct Metrics {
     pub storage_commit_records: Arc<HistogramFamily>,
     pub storage_errors_total: IntCounterVec,
     pub storage_size_bytes: IntGauge,
+
+    /// Not exported: the rows of `/debug/actors`, fed by the same reports.
+    pub actors: ActorTable,
 }
 
 impl Metrics {
@@ -328,6 +332,7 @@ impl Metrics {
             catalogue: Vec::new(),
             map_labels: HashSet::new(),
             map_label_cap,
+            actors: ActorTable::new(Duration::from_secs(1)),
         };
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -487,6 +492,11 @@ impl<C: prometheus::core::Collector> prometheus::core::Collector for ArcCollecto
 #[rtype(result = "String")]
 pub struct Scrape;
 
+/// Reads the `/debug/actors` rows.
+#[derive(Message)]
+#[rtype(result = "ActorsSnapshot")]
+pub struct DebugActors;
+
 /// Counts a lag probe's measurement (see `telemetry::lag`).
 pub struct LagReport {
     pub arbiter: String,
@@ -498,6 +508,7 @@ impl Report for LagReport {
         m.runtime_lag_seconds
             .with_label_values(&[&self.arbiter])
             .set(self.seconds);
+        m.actors.record_lag(&self.arbiter, self.seconds);
     }
 }
 
@@ -521,6 +532,8 @@ impl MetricsActor {
         report_interval: Duration,
         timed: bool,
     ) -> Self {
+        let mut metrics = metrics;
+        metrics.actors = ActorTable::new(report_interval);
         MetricsActor {
             metrics,
             stats: ActorStats::new(ActorKind::Metrics, timed),
@@ -572,7 +585,7 @@ impl Actor for MetricsActor {
         ctx.set_mailbox_capacity(UNBOUNDED_MAILBOX);
         ctx.run_interval(self.report_interval, |act, _| {
             let delta = act.stats.take();
-            delta.apply(&act.metrics);
+            delta.apply(&mut act.metrics);
         });
     }
 }
@@ -599,6 +612,17 @@ impl Handler<Scrape> for MetricsActor {
         });
         self.stats.end(t0);
         text
+    }
+}
+
+impl Handler<DebugActors> for MetricsActor {
+    type Result = MessageResult<DebugActors>;
+
+    fn handle(&mut self, _: DebugActors, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let snapshot = self.metrics.actors.snapshot(std::time::Instant::now());
+        self.stats.end(t0);
+        MessageResult(snapshot)
     }
 }
 

@@ -58,12 +58,16 @@ impl ActorKind {
 #[derive(Debug)]
 pub struct ActorStats {
     kind: ActorKind,
+    /// Index within a bounded family (shard 0, stripe 1), for the `/debug/actors` rows.
+    member: Option<u32>,
     timed: bool,
     messages: u64,
     handle: LocalHistogram,
     depth: Arc<AtomicI64>,
     reported_depth: i64,
     restarts: u64,
+    /// Longest handle time since the last take (the histogram keeps buckets, not the max).
+    max_handle: f64,
 }
 
 impl ActorStats {
@@ -71,13 +75,22 @@ impl ActorStats {
     pub fn new(kind: ActorKind, timed: bool) -> Self {
         ActorStats {
             kind,
+            member: None,
             timed,
             messages: 0,
             handle: LocalHistogram::new(HANDLE_SECONDS),
             depth: Arc::new(AtomicI64::new(0)),
             reported_depth: 0,
             restarts: 0,
+            max_handle: 0.0,
         }
+    }
+
+    /// Marks the actor as member `index` of a bounded family (shards, stripes), so
+    /// `/debug/actors` lists it on its own row. Metrics labels stay per kind.
+    pub fn member(mut self, index: usize) -> Self {
+        self.member = u32::try_from(index).ok();
+        self
     }
 
     pub fn kind(&self) -> ActorKind {
@@ -106,7 +119,9 @@ impl ActorStats {
     pub fn end(&mut self, started: Option<Instant>) {
         self.messages += 1;
         if let Some(t0) = started {
-            self.handle.observe(t0.elapsed().as_secs_f64());
+            let seconds = t0.elapsed().as_secs_f64();
+            self.handle.observe(seconds);
+            self.max_handle = self.max_handle.max(seconds);
         }
     }
 
@@ -125,8 +140,10 @@ impl ActorStats {
         let depth = self.depth.load(Ordering::Relaxed);
         let delta = StatsDelta {
             kind: self.kind,
+            member: self.member,
             messages: std::mem::take(&mut self.messages),
             handle: self.handle.take(),
+            max_handle: std::mem::take(&mut self.max_handle),
             depth_delta: depth - self.reported_depth,
             restarts: std::mem::take(&mut self.restarts),
         };
@@ -146,15 +163,18 @@ impl ActorStats {
 /// Per-actor deltas inside a report.
 #[derive(Debug)]
 pub struct StatsDelta {
-    kind: ActorKind,
-    messages: u64,
-    handle: LocalHistogram,
-    depth_delta: i64,
-    restarts: u64,
+    pub(super) kind: ActorKind,
+    pub(super) member: Option<u32>,
+    pub(super) messages: u64,
+    pub(super) handle: LocalHistogram,
+    pub(super) max_handle: f64,
+    pub(super) depth_delta: i64,
+    pub(super) restarts: u64,
 }
 
 impl StatsDelta {
-    pub fn apply(&self, m: &Metrics) {
+    pub fn apply(&self, m: &mut Metrics) {
+        m.actors.record(self, std::time::Instant::now());
         let label = [self.kind.label()];
         if self.messages > 0 {
             m.actor_messages_total
