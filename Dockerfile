@@ -1,0 +1,43 @@
+# topgun-node container image: multi-stage, runs as a non-root user, health-checked on /health.
+#
+#   docker build -t topgun-node .
+#   docker run -p 8080:8080 -e JWT_SECRET=change-me topgun-node
+#
+# config/docker-compose.yml runs three of these with Prometheus, Grafana and Loki.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first, so a source change does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo "fn main() {}" > src/main.rs \
+    && echo "" > src/lib.rs \
+    && echo "fn main() {}" > benches/codec.rs \
+    && cargo build --release --locked \
+    && rm -rf src benches
+COPY src ./src
+COPY benches ./benches
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin topgun-node
+
+FROM debian:bookworm-slim
+# curl for the HEALTHCHECK; ca-certificates for an RS256 key fetched by an entrypoint, if any.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/topgun --create-home topgun
+COPY --from=build /src/target/release/topgun-node /usr/local/bin/topgun-node
+COPY config/topgun.toml /etc/topgun/topgun.toml
+USER topgun
+WORKDIR /var/lib/topgun
+# Listen on every interface inside the container (the node only binds loopback while
+# authentication is off unless told otherwise: set JWT_SECRET, or TOPGUN_NO_AUTH=1 for a demo).
+ENV PORT=8080 \
+    TOPGUN_BIND_ADDR=0.0.0.0 \
+    TOPGUN_DATA_DIR=/var/lib/topgun/data \
+    LOG_LEVEL=info
+VOLUME ["/var/lib/topgun/data"]
+EXPOSE 8080 9080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/topgun-node"]

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Writes config/grafana/topgun-node.json, the Grafana dashboard of topgun-node.
+
+The JSON is what operators import; this file is where it is edited (panels as data, one line
+each, instead of 2,000 lines of JSON). After a change: `python3 config/grafana/build_dashboard.py`
+and commit both. `scripts/check-operator-kit` fails when the JSON is not what this produces, and
+`tests/operator_kit.rs` checks that every expression parses and names only metric families the
+node exports, and that every family has a panel.
+
+Every query filters on `job=~"$job", instance=~"$node"` (the `S` selector below).
+"""
+import json
+import pathlib
+import sys
+
+# The selector every query carries: the dashboard's job and node variables.
+S = 'job=~"$job", instance=~"$node"'
+R = "$__rate_interval"
+
+# (row title, [panels]); a panel is (title, kind, unit, [(expr, legend)], description).
+# kind: "ts" time series, "stat" single value, "text" a note (exprs = markdown).
+ROWS = [
+    ("Overview", [
+        ("Nodes up", "stat", "none",
+         [(f'sum(up{{{S}}})', "up"), (f'count(up{{{S}}})', "scraped")],
+         "Nodes answering scrapes, of the nodes Prometheus scrapes."),
+        ("Cluster members (min seen by a node)", "stat", "none",
+         [(f'min(topgun_cluster_members{{{S}}})', "members")],
+         "Active members as the most pessimistic node sees them, itself included."),
+        ("Connected clients", "stat", "none",
+         [(f'sum(topgun_connected_clients{{{S}}})', "clients")], ""),
+        ("Ops per second", "stat", "ops",
+         [(f'sum(rate(topgun_ops_total{{{S}}}[{R}]))', "ops/s")], ""),
+        ("Event queue fill (max)", "stat", "percentunit",
+         [(f'max(topgun_event_queue_size{{{S}}} / topgun_event_queue_capacity{{{S}}})', "fill")],
+         "Alert TopGunEventQueueNearCapacity fires above 80 % for 2 minutes."),
+        ("Version", "stat", "none",
+         [(f'count by (version) (topgun_build_info{{{S}}})', "{{version}}")],
+         "Nodes per running version."),
+        ("Uptime", "stat", "s",
+         [(f'time() - topgun_process_start_time_seconds{{{S}}}', "{{instance}}")], ""),
+    ]),
+    ("Connections and rate limiter", [
+        ("Connected clients", "ts", "none",
+         [(f'topgun_connected_clients{{{S}}}', "{{instance}}")], "Open client WebSockets."),
+        ("Connections accepted / rejected", "ts", "cps",
+         [(f'sum by (instance) (rate(topgun_connections_accepted_total{{{S}}}[{R}]))', "accepted {{instance}}"),
+          (f'sum by (instance) (rate(topgun_connections_rejected_total{{{S}}}[{R}]))', "rejected {{instance}}")],
+         "Rejected = refused by the connection rate limiter (HTTP 429 or close 1013)."),
+        ("Pending handshakes and connection rate", "ts", "none",
+         [(f'topgun_connections_pending{{{S}}}', "pending {{instance}}"),
+          (f'topgun_connection_rate_per_second{{{S}}}', "accepted last second {{instance}}")], ""),
+        ("Connections closed by reason", "ts", "cps",
+         [(f'sum by (reason) (rate(topgun_connections_closed_total{{{S}}}[{R}]))', "{{reason}}")], ""),
+        ("Auth failures by reason", "ts", "cps",
+         [(f'sum by (reason) (rate(topgun_auth_failures_total{{{S}}}[{R}]))', "{{reason}}")],
+         "Alert TopGunAuthFailureSpike: more than 50 in 5 minutes."),
+        ("Invalid frames by reason, client rate limiting", "ts", "cps",
+         [(f'sum by (reason) (rate(topgun_invalid_messages_total{{{S}}}[{R}]))', "{{reason}}"),
+          (f'sum(rate(topgun_client_rate_limited_total{{{S}}}[{R}]))', "rate-limited frames (429)")], ""),
+    ]),
+    ("Operations and maps", [
+        ("Ops by type", "ts", "ops",
+         [(f'sum by (type) (rate(topgun_ops_total{{{S}}}[{R}]))', "{{type}}")],
+         "One per op, each op of an OP_BATCH counted."),
+        ("Ops by map (top 10)", "ts", "ops",
+         [(f'topk(10, sum by (map) (rate(topgun_ops_total{{{S}}}[{R}])))', "{{map}}")],
+         "Maps beyond the label cap are folded into __other__."),
+        ("Map size (top 10)", "ts", "none",
+         [(f'topk(10, sum by (map) (topgun_map_size_items{{{S}}}))', "{{map}}")],
+         "Live entries, summed over the selected nodes."),
+        ("Tombstones (top 10)", "ts", "none",
+         [(f'topk(10, sum by (map) (topgun_map_tombstones{{{S}}}))', "{{map}}")], ""),
+    ]),
+    ("Event queue and routing", [
+        ("Event queue fill", "ts", "percentunit",
+         [(f'topgun_event_queue_size{{{S}}} / topgun_event_queue_capacity{{{S}}}', "{{instance}}")],
+         "Size over capacity, all stripes."),
+        ("Events per stripe", "ts", "none",
+         [(f'topgun_event_queue_stripe_size{{{S}}}', "{{instance}} stripe {{stripe}}")],
+         "One hot stripe rejects while the queue as a whole looks fine."),
+        ("Enqueued / dequeued / rejected", "ts", "ops",
+         [(f'sum by (instance) (rate(topgun_event_queue_enqueued_total{{{S}}}[{R}]))', "enqueued {{instance}}"),
+          (f'sum by (instance) (rate(topgun_event_queue_dequeued_total{{{S}}}[{R}]))', "dequeued {{instance}}"),
+          (f'sum by (instance) (rate(topgun_event_queue_rejected_total{{{S}}}[{R}]))', "rejected {{instance}}")], ""),
+        ("Events routed / filtered", "ts", "ops",
+         [(f'sum by (instance) (rate(topgun_events_routed_total{{{S}}}[{R}]))', "routed {{instance}}"),
+          (f'sum by (instance) (rate(topgun_events_filtered_by_subscription{{{S}}}[{R}]))', "no subscriber {{instance}}")], ""),
+        ("Subscribers per event", "ts", "none",
+         [(f'max by (quantile) (topgun_subscribers_per_event{{{S}}})', "p{{quantile}}"),
+          (f'sum(rate(topgun_subscribers_per_event_sum{{{S}}}[{R}])) / sum(rate(topgun_subscribers_per_event_count{{{S}}}[{R}]))', "mean")],
+         "Quantiles over the node's sliding window (10 min by default)."),
+        ("Outbound drops (slow clients)", "ts", "ops",
+         [(f'sum by (instance) (rate(topgun_outbound_dropped_total{{{S}}}[{R}]))', "{{instance}}")], ""),
+    ]),
+    ("Backpressure", [
+        ("Pending write batches", "ts", "none",
+         [(f'topgun_backpressure_pending_ops{{{S}}}', "{{instance}}")],
+         "Accepted and not yet applied; connections wait at the limit (1,000 by default)."),
+        ("Waits, forced syncs, timeouts", "ts", "ops",
+         [(f'sum by (instance) (rate(topgun_backpressure_waits_total{{{S}}}[{R}]))', "waits {{instance}}"),
+          (f'sum by (instance) (rate(topgun_backpressure_sync_forced_total{{{S}}}[{R}]))', "sync forced {{instance}}"),
+          (f'sum by (instance) (rate(topgun_backpressure_timeouts_total{{{S}}}[{R}]))', "timeouts {{instance}}")], ""),
+    ]),
+    ("Actors", [
+        ("Mailbox depth by actor kind", "ts", "none",
+         [(f'sum by (actor) (topgun_actor_mailbox_depth{{{S}}})', "{{actor}}")],
+         "Messages sent and not yet handled. A kind whose depth keeps rising is the bottleneck."),
+        ("Messages per second by actor kind", "ts", "ops",
+         [(f'sum by (actor) (rate(topgun_actor_messages_total{{{S}}}[{R}]))', "{{actor}}")], ""),
+        ("Handle time p99 by actor kind", "ts", "s",
+         [(f'histogram_quantile(0.99, sum by (actor, le) (rate(topgun_actor_handle_seconds_bucket{{{S}}}[{R}])))', "{{actor}}")], ""),
+        ("Busy time by actor kind", "ts", "percentunit",
+         [(f'sum by (instance, actor) (rate(topgun_actor_handle_seconds_sum{{{S}}}[{R}]))', "{{instance}} {{actor}}")],
+         "Seconds spent handling per second: 1 = one thread fully busy. Per member: GET /debug/actors."),
+        ("Mean handle time by actor kind", "ts", "s",
+         [(f'sum by (actor) (rate(topgun_actor_handle_seconds_sum{{{S}}}[{R}])) / sum by (actor) (rate(topgun_actor_handle_seconds_count{{{S}}}[{R}]))', "{{actor}}")], ""),
+        ("Restarts by actor kind", "ts", "none",
+         [(f'sum by (actor) (increase(topgun_actor_restarts_total{{{S}}}[1h]))', "{{actor}}")],
+         "Supervised restarts in the last hour."),
+    ]),
+    ("Runtime and process", [
+        ("Runtime lag by arbiter", "ts", "s",
+         [(f'max by (arbiter) (topgun_runtime_lag_seconds{{{S}}})', "{{arbiter}}")],
+         "How late a periodic tick ran on each thread. Alert TopGunRuntimeLag: above 100 ms for 5 minutes."),
+        ("CPU", "ts", "percentunit",
+         [(f'rate(topgun_process_cpu_seconds_total{{{S}}}[{R}])', "{{instance}}")], "Cores used."),
+        ("Threads and file descriptors", "ts", "none",
+         [(f'topgun_process_threads{{{S}}}', "threads {{instance}}"),
+          (f'topgun_process_open_fds{{{S}}}', "open fds {{instance}}"),
+          (f'topgun_process_max_fds{{{S}}}', "max fds {{instance}}")], ""),
+        ("Log lines dropped", "ts", "ops",
+         [(f'rate(topgun_log_records_dropped_total{{{S}}}[{R}])', "{{instance}}")],
+         "Lines the log writer could not keep up with (logging never blocks the node)."),
+    ]),
+    ("Storage", [
+        ("Commit duration", "ts", "s",
+         [(f'histogram_quantile(0.5, sum by (instance, le) (rate(topgun_storage_commit_seconds_bucket{{{S}}}[{R}])))', "p50 {{instance}}"),
+          (f'histogram_quantile(0.99, sum by (instance, le) (rate(topgun_storage_commit_seconds_bucket{{{S}}}[{R}])))', "p99 {{instance}}")],
+         "One durable group commit, fsync included. Alert TopGunStorageCommitSlow: p99 above 250 ms."),
+        ("Commits per second and records per commit", "ts", "none",
+         [(f'sum by (instance) (rate(topgun_storage_commit_seconds_count{{{S}}}[{R}]))', "commits/s {{instance}}"),
+          (f'sum by (instance) (rate(topgun_storage_commit_records_sum{{{S}}}[{R}])) / sum by (instance) (rate(topgun_storage_commit_records_count{{{S}}}[{R}]))', "records/commit {{instance}}"),
+          (f'histogram_quantile(0.99, sum by (instance, le) (rate(topgun_storage_commit_records_bucket{{{S}}}[{R}])))', "p99 records/commit {{instance}}")], ""),
+        ("Storage errors by operation", "ts", "ops",
+         [(f'sum by (instance, op) (rate(topgun_storage_errors_total{{{S}}}[{R}]))', "{{op}} {{instance}}")], ""),
+        ("Storage size on disk", "ts", "bytes",
+         [(f'topgun_storage_size_bytes{{{S}}}', "{{instance}}")], "0 with the memory backend."),
+    ]),
+    ("Memory", [
+        ("Heap and resident memory", "ts", "bytes",
+         [(f'topgun_memory_usage_bytes{{{S}}}', "heap {{instance}}"),
+          (f'topgun_process_resident_memory_bytes{{{S}}}', "resident {{instance}}"),
+          (f'topgun_process_virtual_memory_bytes{{{S}}}', "virtual {{instance}}")],
+         "Heap = bytes allocated (allocator statistics). Alert TopGunHeapGrowth: 1.5x in an hour."),
+    ]),
+    ("Cluster", [
+        ("Cluster members seen by each node", "ts", "none",
+         [(f'topgun_cluster_members{{{S}}}', "{{instance}}"),
+          (f'count(up{{{S}}})', "scraped nodes (expected)")],
+         "Itself included. Every node should see as many members as Prometheus scrapes."),
+        ("Not exported yet", "text", "none",
+         ["Partition ownership, rebalancing and replication lag are not exported by the node yet; "
+          "cluster health here rests on `topgun_cluster_members` and `up`. See docs/operations.md."],
+         ""),
+    ]),
+]
+
+
+def panel(pid, title, kind, unit, exprs, desc, x, y, w, h):
+    ds = {"type": "prometheus", "uid": "${datasource}"}
+    p = {"id": pid, "title": title, "description": desc,
+         "gridPos": {"h": h, "w": w, "x": x, "y": y}}
+    if kind == "text":
+        p.update({"type": "text", "options": {"mode": "markdown", "content": exprs[0]}})
+        return p
+    p.update({
+        "type": "stat" if kind == "stat" else "timeseries",
+        "datasource": ds,
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [{"refId": chr(ord("A") + i), "datasource": ds, "expr": e,
+                     "legendFormat": legend}
+                    for i, (e, legend) in enumerate(exprs)],
+    })
+    if kind == "stat":
+        p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "colorMode": "value", "graphMode": "area", "textMode": "auto"}
+    else:
+        p["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                        "tooltip": {"mode": "multi", "sort": "desc"}}
+        p["fieldConfig"]["defaults"]["custom"] = {"lineWidth": 1, "fillOpacity": 10}
+    return p
+
+
+def build():
+    panels, pid, y = [], 1, 0
+    for title, items in ROWS:
+        panels.append({"id": pid, "type": "row", "title": title, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        pid, y = pid + 1, y + 1
+        stats = all(k == "stat" for _, k, *_ in items)
+        w, h = (24 // len(items) if stats else 8), (4 if stats else 8)
+        x = 0
+        for (ptitle, kind, unit, exprs, desc) in items:
+            if x + w > 24:
+                x, y = 0, y + h
+            panels.append(panel(pid, ptitle, kind, unit, exprs, desc, x, y, w, h))
+            pid, x = pid + 1, x + w
+        y += h
+    ds = {"type": "prometheus", "uid": "${datasource}"}
+    return {
+        "title": "topgun-node",
+        "uid": "topgun-node",
+        "description": "TopGun cluster nodes: connections, ops, event queue, backpressure, actors, runtime, storage, memory, cluster. Generated by config/grafana/build_dashboard.py.",
+        "tags": ["topgun"],
+        "editable": True,
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "timezone": "",
+        "graphTooltip": 1,
+        "links": [],
+        "annotations": {"list": []},
+        "templating": {"list": [
+            {"name": "datasource", "label": "Data source", "type": "datasource",
+             "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "regex": ""},
+            {"name": "job", "label": "Job", "type": "query", "datasource": ds,
+             "definition": "label_values(topgun_build_info, job)",
+             "query": {"query": "label_values(topgun_build_info, job)", "refId": "job"},
+             "refresh": 1, "includeAll": False, "multi": False, "current": {}, "hide": 0,
+             "sort": 1},
+            {"name": "node", "label": "Node", "type": "query", "datasource": ds,
+             "definition": 'label_values(topgun_build_info{job=~"$job"}, instance)',
+             "query": {"query": 'label_values(topgun_build_info{job=~"$job"}, instance)',
+                       "refId": "node"},
+             "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+             "current": {}, "hide": 0, "sort": 1},
+        ]},
+        "panels": panels,
+    }
+
+
+if __name__ == "__main__":
+    out = json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+    target = pathlib.Path(__file__).with_name("topgun-node.json")
+    if sys.argv[1:] == ["--check"]:
+        if target.read_text() != out:
+            sys.exit(f"{target} is stale: run python3 {__file__}")
+        sys.exit(0)
+    target.write_text(out)
