@@ -22,8 +22,8 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// them must not grow a row's history.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// Totals of a row as they stood at `at`, plus the longest handle time reported after `at`
-/// and before the next checkpoint.
+/// Totals of a row as they stood at `at` (every report up to `at` included), plus the longest
+/// handle time among the reports since the previous checkpoint.
 #[derive(Clone, Copy, Debug)]
 struct Checkpoint {
     at: Instant,
@@ -41,8 +41,9 @@ struct Row {
     handled: u64,
     handle_sum: f64,
     restarts: u64,
-    /// Oldest first; `[0]` is the newest checkpoint at or before `now - WINDOW` once the row is
-    /// older than the window.
+    /// Oldest first, at least [`CHECKPOINT_EVERY`] apart (the newest one moves forward until
+    /// then); `[0]` is the newest checkpoint at or before `now - WINDOW` once the row is older
+    /// than the window.
     history: VecDeque<Checkpoint>,
 }
 
@@ -100,24 +101,27 @@ impl ActorTable {
             .rows
             .entry((d.kind, d.member))
             .or_insert_with(|| Row::new(since));
-        let last = row.history.back().map_or(since, |c| c.at);
-        if now.duration_since(last) >= CHECKPOINT_EVERY {
-            row.history.push_back(Checkpoint {
-                at: now,
-                messages: row.messages,
-                handled: row.handled,
-                handle_sum: row.handle_sum,
-                max_handle: 0.0,
-            });
-        }
-        if let Some(c) = row.history.back_mut() {
-            c.max_handle = c.max_handle.max(d.max_handle);
-        }
         row.depth += d.depth_delta;
         row.messages += d.messages;
         row.handled += d.handle.count();
         row.handle_sum += d.handle.sum();
         row.restarts += d.restarts;
+        let mut checkpoint = Checkpoint {
+            at: now,
+            messages: row.messages,
+            handled: row.handled,
+            handle_sum: row.handle_sum,
+            max_handle: d.max_handle,
+        };
+        let n = row.history.len();
+        let coalesce = n >= 2 && now.duration_since(row.history[n - 2].at) < CHECKPOINT_EVERY;
+        match row.history.back_mut() {
+            Some(last) if coalesce => {
+                checkpoint.max_handle = checkpoint.max_handle.max(last.max_handle);
+                *last = checkpoint;
+            }
+            _ => row.history.push_back(checkpoint),
+        }
         row.prune(now);
     }
 
@@ -139,7 +143,13 @@ impl ActorTable {
             let elapsed = now.duration_since(base.at).as_secs_f64().max(1e-3);
             let handled = row.handled - base.handled;
             let handle_sum = row.handle_sum - base.handle_sum;
-            let max = row.history.iter().map(|c| c.max_handle).fold(0.0, f64::max);
+            // [0] covers reports before the window (or is the empty start of the row).
+            let max = row
+                .history
+                .iter()
+                .skip(1)
+                .map(|c| c.max_handle)
+                .fold(0.0, f64::max);
             actors.push(ActorRow {
                 actor: kind.label(),
                 member: member.map(|i| member_name(*kind, i)),
@@ -308,6 +318,24 @@ mod tests {
     }
 
     #[test]
+    fn steady_reports_give_the_steady_rate_and_max() {
+        let mut t = ActorTable::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        for i in 1..=300u32 {
+            let at = t0 + Duration::from_millis(100 * u64::from(i));
+            let each = if i == 290 { 0.25 } else { 0.001 };
+            t.record(&delta(ActorKind::Storage, None, 10, each), at);
+        }
+        let s = t.snapshot(t0 + Duration::from_secs(30));
+        let row = &s.actors[0];
+        assert!((row.messages_per_second - 100.0).abs() < 2.0, "{row:?}");
+        assert_eq!(row.handle_max_seconds, Some(0.25));
+        // 100 msg/s × ~1 ms each ≈ 10 % of the time, one 250 ms batch on top.
+        let busy = row.busy_percent.unwrap();
+        assert!(busy > 10.0 && busy < 40.0, "{busy}");
+    }
+
+    #[test]
     fn history_stays_bounded_under_many_reporters() {
         let mut t = ActorTable::new(Duration::from_millis(100));
         let t0 = Instant::now();
@@ -330,6 +358,6 @@ mod tests {
         assert!(text.starts_with("ACTOR "), "{text}");
         assert!(text.contains("event_queue  stripe-2"), "{text}");
         assert!(text.contains("2.0ms"), "{text}");
-        assert!(text.contains("shard-0           12.0ms"), "{text}");
+        assert!(text.contains("\nshard-0         12.0ms\n"), "{text}");
     }
 }
