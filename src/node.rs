@@ -243,7 +243,9 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         public_url: crate::cluster::advertised_url(
             config.advertise_host.as_deref(),
             config.host,
-            client_listener.local_addr().map_or(config.port, |a| a.port()),
+            client_listener
+                .local_addr()
+                .map_or(config.port, |a| a.port()),
         ),
     });
 

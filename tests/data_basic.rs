@@ -118,7 +118,8 @@ async fn a_single_node_is_a_cluster_of_one() {
     let node = Node::start();
     node.wait_metric("topgun_cluster_members", &[], 1.0);
     let mut c = node.authed_client().await;
-    c.send(&map(&[("type", "PARTITION_MAP_REQUEST".into())])).await;
+    c.send(&map(&[("type", "PARTITION_MAP_REQUEST".into())]))
+        .await;
     let reply = c.recv_type("PARTITION_MAP").await.expect("PARTITION_MAP");
     let p = payload(&reply);
     assert_eq!(get(p, "partitionCount").and_then(Value::as_u64), Some(271));

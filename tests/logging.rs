@@ -105,7 +105,10 @@ fn node_id(node: &Node) -> String {
 fn flood_batch() -> Value {
     // A real TopGun message this node does not implement: each one is answered ERROR 501 and
     // logged at debug, so the flood is 8,192 log lines.
-    let item = encode(&map(&[("type", "LOCK_REQUEST".into()), ("name", "l".into())]));
+    let item = encode(&map(&[
+        ("type", "LOCK_REQUEST".into()),
+        ("name", "l".into()),
+    ]));
     let mut data = Vec::new();
     for _ in 0..8192 {
         data.extend_from_slice(&(item.len() as u32).to_be_bytes());

@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn remove_keeps_the_client_timestamp_as_a_tombstone() {
-        let o = shard_op(&op(Some("REMOVE"), Some(Some(rec(1.into())))))
+        let o = shard_op(op(Some("REMOVE"), Some(Some(rec(1.into())))))
             .unwrap()
             .unwrap();
         match o.kind {
