@@ -332,7 +332,8 @@ fn random_frames_never_take_the_node_down() {
         .build()
         .unwrap();
     let node = Node::start();
-    let client = RefCell::new(rt.block_on(node.authed_client()));
+    // Taken out for a case and put back after it (a failed case just connects anew).
+    let client = RefCell::new(None::<Client>);
     let valid = valid_frames();
     let mut runner = TestRunner::new(Config {
         cases: 32,
@@ -340,11 +341,12 @@ fn random_frames_never_take_the_node_down() {
         ..Config::default()
     });
     let result = runner.run(&prop::collection::vec(arb_frame(), 1..8), |frames| {
+        let taken = client.borrow_mut().take();
         rt.block_on(async {
-            let mut c = client.borrow_mut();
-            if c.closed.is_some() {
-                *c = node.authed_client().await;
-            }
+            let mut c = match taken {
+                Some(c) if c.closed.is_none() => c,
+                _ => node.authed_client().await,
+            };
             for f in &frames {
                 c.send_raw(frame_bytes(f, &valid)).await;
             }
@@ -363,6 +365,7 @@ fn random_frames_never_take_the_node_down() {
             let (status, _) = http_get(node.port, "/health")
                 .map_err(|e| TestCaseError::fail(format!("/health: {e}")))?;
             prop_assert_eq!(status, 200);
+            *client.borrow_mut() = Some(c);
             Ok(())
         })
     });
@@ -383,7 +386,7 @@ fn every_undecodable_random_frame_is_counted_once() {
         .build()
         .unwrap();
     let node = Node::start();
-    let client = RefCell::new(rt.block_on(node.authed_client()));
+    let client = RefCell::new(None::<Client>);
     let sent = RefCell::new(0u64);
     let mut runner = TestRunner::new(Config {
         cases: 24,
@@ -400,13 +403,18 @@ fn every_undecodable_random_frame_is_counted_once() {
         ".{0,20}".prop_map(|s| encode(&Value::from(s))),
     ];
     let result = runner.run(&prop::collection::vec(garbage, 1..5), |frames| {
+        let taken = client.borrow_mut().take();
         rt.block_on(async {
-            let mut c = client.borrow_mut();
+            let mut c = match taken {
+                Some(c) => c,
+                None => node.authed_client().await,
+            };
             for f in &frames {
                 c.send_raw(f.clone()).await;
             }
             prop_assert!(c.ping_pong().await.is_empty());
             *sent.borrow_mut() += frames.len() as u64;
+            *client.borrow_mut() = Some(c);
             Ok(())
         })
     });
@@ -453,11 +461,7 @@ fn concurrent_writers_converge_on_the_lww_state() {
         .build()
         .unwrap();
     let node = Node::start_with(NodeOptions::default().args(&["--shards", "3"]));
-    let clients = RefCell::new(
-        (0..3)
-            .map(|_| rt.block_on(node.authed_client()))
-            .collect::<Vec<_>>(),
-    );
+    let clients = RefCell::new(None::<Vec<Client>>);
     let case = RefCell::new(0u32);
     let base = now_millis() - 60_000;
     let mut runner = TestRunner::new(Config {
@@ -468,8 +472,18 @@ fn concurrent_writers_converge_on_the_lww_state() {
     let result = runner.run(&arb_ops(), |ops| {
         *case.borrow_mut() += 1;
         let map_name = format!("conv-{}", case.borrow());
+        let taken = clients.borrow_mut().take();
         rt.block_on(async {
-            let mut clients = clients.borrow_mut();
+            let mut conns = match taken {
+                Some(c) => c,
+                None => {
+                    let mut v = Vec::new();
+                    for _ in 0..3 {
+                        v.push(node.authed_client().await);
+                    }
+                    v
+                }
+            };
             // Expected state: per key the greatest (millis, counter, nodeId); equal stamps
             // come from one client, whose first write wins.
             let mut expected: BTreeMap<String, (Ts, Value)> = BTreeMap::new();
@@ -506,12 +520,12 @@ fn concurrent_writers_converge_on_the_lww_state() {
             }
             // Every client sends all its ops without waiting: arrival order across
             // connections is up to the scheduler.
-            for (c, ops) in clients.iter_mut().zip(&per_client) {
+            for (c, ops) in conns.iter_mut().zip(&per_client) {
                 for op in ops {
                     c.send(&client_op(op.clone())).await;
                 }
             }
-            for (c, ops) in clients.iter_mut().zip(&per_client) {
+            for (c, ops) in conns.iter_mut().zip(&per_client) {
                 for _ in ops {
                     let v = c
                         .recv_type_within("OP_ACK", Duration::from_secs(10))
@@ -529,13 +543,14 @@ fn concurrent_writers_converge_on_the_lww_state() {
                 .filter(|(_, (_, v))| !v.is_nil())
                 .map(|(k, (_, v))| (k.clone(), v.clone()))
                 .collect();
-            for c in clients.iter_mut() {
+            for c in conns.iter_mut() {
                 prop_assert_eq!(c.sync_root(&map_name).await, tree.root());
             }
-            let resp = clients[0].subscribe("conv", &map_name, map(&[])).await;
-            clients[0].send(&query_unsub("conv")).await;
+            let resp = conns[0].subscribe("conv", &map_name, map(&[])).await;
+            conns[0].send(&query_unsub("conv")).await;
             let got: BTreeMap<String, Value> = results(&resp).into_iter().collect();
             prop_assert_eq!(got, want_live);
+            *clients.borrow_mut() = Some(conns);
             Ok(())
         })
     });
