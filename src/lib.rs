@@ -10,6 +10,7 @@
 //! - [`telemetry`]: Pino-shaped logging, the `MetricsActor`, the reporting path.
 pub mod config;
 pub mod http;
+pub mod load;
 pub mod net;
 pub mod node;
 pub mod protocol;
