@@ -46,11 +46,13 @@ start_node() {
   local name="$1" backend="$2"; shift 2
   local dir="$WORK/$name"
   mkdir -p "$dir"
+  local gate=(--connection-rate 100000 --max-pending-connections 100000)
+  [[ " $* " == *" --connection-rate "* ]] && gate=()
   env -i PATH="$PATH" HOME="${HOME:-/root}" \
     JWT_SECRET="$BENCH_SECRET" STORAGE_BACKEND="$backend" TOPGUN_DATA_DIR="$dir/data" \
     TOPGUN_CLUSTER_PORT=0 \
     "$NODE_BIN" --port 0 --host 127.0.0.1 --log-dest "$dir/node.log" \
-    --connection-rate 100000 --max-pending-connections 100000 "$@" \
+    "${gate[@]}" "$@" \
     >"$dir/stdout" 2>"$dir/stderr" </dev/null &
   NODE_PID=$!
   NODE_PIDS+=("$NODE_PID")
