@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod load;
 pub mod net;
 pub mod node;
 pub mod protocol;

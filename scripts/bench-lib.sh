@@ -1,0 +1,109 @@
+# Shared helpers of scripts/bench, scripts/bench-connections and scripts/bench-fanout. Sourced,
+# not run. Starts release nodes on loopback with port 0, reads `PORT=` from their stdout, and
+# stops every node it started when the calling script exits (trap set by bench_init).
+#
+# Variables the caller may set before bench_init: BENCH_NO_BUILD=1 (reuse the binaries).
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+NODE_BIN="$TARGET_DIR/release/topgun-node"
+LOAD_BIN="$TARGET_DIR/release/topgun-load"
+# JWT mode: the benchmark measures authenticated connections, as clients use them.
+BENCH_SECRET="bench-secret-$$"
+NODE_PIDS=()
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+bench_init() {
+  WORK="$(mktemp -d /tmp/topgun-bench.XXXXXX)"
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+  if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
+    log "building release binaries (cargo build --release --bins)"
+    (cd "$ROOT" && cargo build --release --bins --quiet)
+  fi
+  [[ -x "$NODE_BIN" && -x "$LOAD_BIN" ]] || { log "missing $NODE_BIN or $LOAD_BIN"; exit 1; }
+}
+
+bench_cleanup() {
+  local pid
+  for pid in "${NODE_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${NODE_PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  [[ -n "${WORK:-}" && "${BENCH_KEEP:-0}" != 1 ]] && rm -rf "$WORK"
+  return 0
+}
+
+# start_node NAME BACKEND [node flags...]: sets NODE_PID and PORT. Connection gate limits are
+# raised (thousands of bench connections); pass --connection-rate again to override.
+start_node() {
+  local name="$1" backend="$2"; shift 2
+  local dir="$WORK/$name"
+  mkdir -p "$dir"
+  local gate=(--connection-rate 100000 --max-pending-connections 100000)
+  [[ " $* " == *" --connection-rate "* ]] && gate=()
+  env -i PATH="$PATH" HOME="${HOME:-/root}" \
+    JWT_SECRET="$BENCH_SECRET" STORAGE_BACKEND="$backend" TOPGUN_DATA_DIR="$dir/data" \
+    TOPGUN_CLUSTER_PORT=0 \
+    "$NODE_BIN" --port 0 --host 127.0.0.1 --log-dest "$dir/node.log" \
+    "${gate[@]}" "$@" \
+    >"$dir/stdout" 2>"$dir/stderr" </dev/null &
+  NODE_PID=$!
+  NODE_PIDS+=("$NODE_PID")
+  PORT=""
+  for _ in $(seq 150); do
+    PORT="$(sed -n 's/^PORT=\([0-9]*\)$/\1/p' "$dir/stdout" | head -n1)"
+    [[ -n "$PORT" ]] && break
+    kill -0 "$NODE_PID" 2>/dev/null || { log "node $name exited: $(cat "$dir/stderr")"; exit 1; }
+    sleep 0.1
+  done
+  [[ -n "$PORT" ]] || { log "node $name printed no PORT= within 15 s"; exit 1; }
+  for _ in $(seq 150); do
+    curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  log "node $name ($backend $*) pid $NODE_PID port $PORT"
+}
+
+stop_node() {
+  local pid="$1"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# load OUT_JSON SCENARIO [flags...]: runs topgun-load against the current node, keeps its JSON
+# in OUT_JSON, and logs a one-line digest.
+load() {
+  local out="$1"; shift
+  log "topgun-load $*"
+  "$LOAD_BIN" --url "ws://127.0.0.1:$PORT/ws" --secret "$BENCH_SECRET" --json "$@" >"$out" \
+    || log "topgun-load exited non-zero (see $out)"
+  [[ -s "$out" ]] || echo '{"error":"no output"}' >"$out"
+  jq -c '{scenario, connected, ops_per_sec, ack: .ack_latency.p99_ms, rejected_pct,
+          delivered_within_5s_pct, delivery_p99: .delivery_latency.p99_ms,
+          rss_kib: .rss_per_connection_kib, accepted, rejected_429} | with_entries(select(.value != null))' \
+    "$out" >&2 || true
+}
+
+# The median of a jq path over JSON files: median PATH FILE...
+median() {
+  local path="$1"; shift
+  jq -s "[.[] | $path | select(. != null)] | sort | if length == 0 then null else .[(length / 2 | floor)] end" "$@"
+}
+
+machine_json() {
+  jq -n --arg cpu "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)" \
+    --arg cores "$(nproc)" \
+    --arg mem "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
+    --arg kernel "$(uname -r)" \
+    --arg commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    '{cpu: $cpu, cores: ($cores | tonumber), memory: $mem, kernel: $kernel, commit: $commit,
+      note: "load generator and node share the same cores"}'
+}
