@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 use actix_web::{web, App, HttpServer};
 use slog::{error, info, warn, Logger};
 
@@ -213,7 +214,11 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let gate = Mailbox::new(gate_ctx.address(), depth);
 
     let (storage, recovered) = start_storage(&config, &log, &metrics, backend);
-    let queue = start_event_queue(&config, &log, &metrics);
+    // One data thread per shard; the event-queue stripes live on them too.
+    let data_threads: Vec<ArbiterHandle> = (0..config.shards)
+        .map(|_| Arbiter::new().handle())
+        .collect();
+    let queue = start_event_queue(&config, &log, &metrics, &data_threads);
     let shards = start_shards(
         &config,
         &node_id,
@@ -222,6 +227,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         &metrics,
         storage.clone(),
         recovered,
+        &data_threads,
     );
     info!(log, "data plane started";
         "shards" => shards.len(), "stripes" => queue.stripes.len(),
@@ -353,13 +359,20 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     Ok(())
 }
 
-/// Stripes of the event queue, each on its own arbiter (thread) with its lag probe.
-fn start_event_queue(config: &Config, log: &Logger, metrics: &Mailbox<MetricsActor>) -> EventQueue {
+/// Stripes of the event queue, on the shards' threads (stripe i on data thread i % shards): a
+/// shard hands its events to a stripe without waking another thread, and a 2-core machine is
+/// not asked to juggle a thread per stripe.
+fn start_event_queue(
+    config: &Config,
+    log: &Logger,
+    metrics: &Mailbox<MetricsActor>,
+    data_threads: &[ArbiterHandle],
+) -> EventQueue {
     let n = config.event_queue_stripes;
     let per_stripe = config.event_queue_capacity / n;
     let stripes: Vec<StripeHandle> = (0..n)
         .map(|i| {
-            let arbiter = Arbiter::new();
+            let arbiter = &data_threads[i % data_threads.len()];
             let actor = StripeActor::new(
                 i,
                 n,
@@ -371,11 +384,7 @@ fn start_event_queue(config: &Config, log: &Logger, metrics: &Mailbox<MetricsAct
             );
             let queued = actor.queued_counter();
             let depth = actor.depth_counter();
-            let addr = StripeActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
-            let (m, every) = (metrics.clone(), config.report_interval);
-            LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
-                LagProbe::new(format!("queue-{i}"), m, every)
-            });
+            let addr = StripeActor::start_in_arbiter(arbiter, move |_| actor);
             StripeHandle::new(Mailbox::new(addr, depth), queued, per_stripe)
         })
         .collect();
@@ -483,8 +492,9 @@ fn start_shards(
     metrics: &Mailbox<MetricsActor>,
     storage: Option<Mailbox<StorageActor>>,
     recovered: Recovered,
+    data_threads: &[ArbiterHandle],
 ) -> Shards {
-    let n = config.shards;
+    let n = data_threads.len();
     let mut recovery = recovery_per_shard(recovered, n).into_iter();
     let links = ShardLinks {
         queue: queue.clone(),
@@ -500,7 +510,7 @@ fn start_shards(
     };
     let mailboxes: Vec<Mailbox<ShardActor>> = (0..n)
         .map(|i| {
-            let arbiter = Arbiter::new();
+            let arbiter = &data_threads[i];
             let actor = ShardActor::new(
                 i as u16,
                 partitions_of(i, n),
@@ -511,9 +521,10 @@ fn start_shards(
                 recovery.next().unwrap_or_default(),
             );
             let depth = actor.depth_counter();
-            let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+            let addr = ShardActor::start_in_arbiter(arbiter, move |_| actor);
             let (m, every) = (metrics.clone(), config.report_interval);
-            LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
+            // `shard-i` is the data thread: shard i and the stripes placed on it.
+            LagProbe::start_in_arbiter(arbiter, move |_| {
                 LagProbe::new(format!("shard-{i}"), m, every)
             });
             Mailbox::new(addr, depth)

@@ -124,6 +124,15 @@ pub async fn run_query(
     (query.merge(&parts, cap), seen, parts)
 }
 
+/// Takes one of the node-wide pending-batch slots if one is free (the limit is a hard cap).
+fn try_reserve(pending: &std::sync::atomic::AtomicI64, limit: i64) -> bool {
+    pending
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 /// Rows outside a `limit` window remembered for refills, per subscription.
 const WINDOW_RESERVE: usize = 256;
 
@@ -220,11 +229,11 @@ impl ConnectionActor {
         let every_nth = self.batches % cfg.backpressure_sync_every == 0;
         let crowded = pending * 5 > limit * 4 && rand::random::<f64>() < 0.1;
         let force_sync = every_nth || crowded;
-        let at_limit = pending >= limit;
-        if !force_sync && !at_limit {
+        if !force_sync && try_reserve(&self.node.pending_batches, limit) {
             self.submit_writes(ops);
             return;
         }
+        let at_limit = self.node.pending_batches.load(Ordering::Acquire) >= limit;
         if force_sync {
             self.tel.count_sync_forced();
         }
@@ -243,8 +252,10 @@ impl ConnectionActor {
                     tokio::time::sleep(FLOW_POLL).await;
                 }
             }
+            // Reserve the slot atomically: when the count dips, only as many waiting
+            // connections go on as there is room for, never all of them at once.
             let deadline = Instant::now() + timeout;
-            while pending.load(Ordering::Acquire) >= limit {
+            while !try_reserve(&pending, limit) {
                 if Instant::now() >= deadline {
                     return Flow::TimedOut;
                 }
@@ -273,12 +284,12 @@ impl ConnectionActor {
         }));
     }
 
-    /// Submits a write batch; its ack (or rejections) leave in request order.
+    /// Submits a write batch whose pending slot is already reserved; its ack (or rejections)
+    /// leave in request order, and the slot is released when the shards answered.
     fn submit_writes(&mut self, ops: Vec<ClientOp>) {
         let last_id = ops.last().and_then(|o| o.id.clone());
         let applied_future = apply_writes(&self.node.shards, self.id, ops);
         self.writes_submitted += 1;
-        self.node.pending_batches.fetch_add(1, Ordering::AcqRel);
         let pending = self.node.pending_batches.clone();
         let applied = self.writes_applied.clone();
         self.start_request(async move {

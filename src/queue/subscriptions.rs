@@ -104,7 +104,9 @@ impl Registry {
             if already_in_snapshot {
                 continue;
             }
-            if let Some(delivery) = live_update(sub, key, &ev, now_ms) {
+            if let Some(delivery) =
+                live_update(sub, key, &ev, now_ms, &mut UpdateEncoder::default())
+            {
                 routed.deliveries.push((key.0, delivery));
             }
         }
@@ -184,19 +186,23 @@ impl Registry {
             return Routed::default();
         };
         let mut routed = Routed::default();
+        // A set, not a scan of the list: with M subscriptions a scan per subscription made
+        // each write cost O(M²).
+        let mut seen: HashSet<ConnId> = HashSet::with_capacity(keys.len());
         let mut listeners: Vec<ConnId> = Vec::new();
+        let mut encoder = UpdateEncoder::default();
         for key in keys {
             let Some(sub) = self.subs.get_mut(key) else {
                 continue;
             };
-            if key.0 != ev.writer && !listeners.contains(&key.0) {
+            if key.0 != ev.writer && seen.insert(key.0) {
                 listeners.push(key.0);
             }
             if let Some(pending) = &mut sub.pending {
                 pending.push(ev.clone());
                 continue;
             }
-            if let Some(delivery) = live_update(sub, key, ev, now_ms) {
+            if let Some(delivery) = live_update(sub, key, ev, now_ms, &mut encoder) {
                 routed.deliveries.push((key.0, delivery));
             }
         }
@@ -249,6 +255,7 @@ fn live_update(
     key: &SubKey,
     ev: &ChangeEvent,
     now_ms: u64,
+    encoder: &mut UpdateEncoder,
 ) -> Option<Delivery> {
     let Change::Lww(record) = &ev.change else {
         return None; // queries run over LWW maps only
@@ -293,15 +300,82 @@ fn live_update(
         }
         (false, false) => return None,
     };
-    let msg = ServerMessage::QueryUpdate {
-        payload: QueryUpdate {
-            query_id: key.1.to_string(),
-            key: ev.key.to_string(),
-            value,
-            change_type,
-        },
-    };
-    Some(Delivery::Frame(Bytes::from(protocol::encode(&msg))))
+    Some(Delivery::Frame(encoder.frame(
+        &key.1,
+        &ev.key,
+        value,
+        change_type,
+    )))
+}
+
+/// Encodes one event's `QUERY_UPDATE`s. Subscriptions of a fan-out mostly send the same
+/// change with the same (projected) value and differ only in `queryId`, so the frame is encoded
+/// once around an empty query id and each subscription's id is spliced in.
+#[derive(Default)]
+struct UpdateEncoder {
+    last: Option<(ChangeType, Value, Vec<u8>, Vec<u8>)>,
+}
+
+impl UpdateEncoder {
+    fn frame(&mut self, query_id: &str, key: &str, value: Value, change_type: ChangeType) -> Bytes {
+        let reusable =
+            matches!(&self.last, Some((ct, v, _, _)) if *ct == change_type && *v == value);
+        if !reusable {
+            let template = protocol::encode(&ServerMessage::QueryUpdate {
+                payload: QueryUpdate {
+                    query_id: String::new(),
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    change_type,
+                },
+            });
+            // `queryId` as a fixstr key followed by the empty string 0xa0.
+            let marker: &[u8] = b"\xa7queryId\xa0";
+            match template.windows(marker.len()).position(|w| w == marker) {
+                Some(at) => {
+                    let split = at + marker.len() - 1;
+                    let (prefix, rest) = template.split_at(split);
+                    self.last = Some((change_type, value, prefix.to_vec(), rest[1..].to_vec()));
+                }
+                None => {
+                    self.last = None;
+                    return Bytes::from(protocol::encode(&ServerMessage::QueryUpdate {
+                        payload: QueryUpdate {
+                            query_id: query_id.to_owned(),
+                            key: key.to_owned(),
+                            value,
+                            change_type,
+                        },
+                    }));
+                }
+            }
+        }
+        let Some((_, _, prefix, suffix)) = &self.last else {
+            return Bytes::new();
+        };
+        let mut out = Vec::with_capacity(prefix.len() + query_id.len() + 5 + suffix.len());
+        out.extend_from_slice(prefix);
+        write_str_header(&mut out, query_id.len());
+        out.extend_from_slice(query_id.as_bytes());
+        out.extend_from_slice(suffix);
+        Bytes::from(out)
+    }
+}
+
+/// The MessagePack string header for `len` bytes (smallest form, as rmp does).
+fn write_str_header(out: &mut Vec<u8>, len: usize) {
+    match len {
+        0..=31 => out.push(0xa0 | len as u8),
+        32..=255 => out.extend_from_slice(&[0xd9, len as u8]),
+        256..=65_535 => {
+            out.push(0xda);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -411,6 +485,29 @@ mod tests {
             change_types(&r.route(&put("b", Value::Nil, 2, 6), 0))[1].1,
             "LEAVE"
         );
+    }
+
+    #[test]
+    fn spliced_query_updates_equal_direct_encoding() {
+        let mut enc = UpdateEncoder::default();
+        for id in [
+            "q",
+            "a-much-longer-query-id-over-31-bytes",
+            &"x".repeat(300),
+        ] {
+            for value in [obj(true), obj(true), Value::Nil] {
+                let got = enc.frame(id, "k", value.clone(), ChangeType::Update);
+                let want = protocol::encode(&ServerMessage::QueryUpdate {
+                    payload: QueryUpdate {
+                        query_id: id.to_owned(),
+                        key: "k".into(),
+                        value,
+                        change_type: ChangeType::Update,
+                    },
+                });
+                assert_eq!(&got[..], &want[..]);
+            }
+        }
     }
 
     #[test]
