@@ -83,12 +83,14 @@ stop_node() {
 load() {
   local out="$1"; shift
   log "topgun-load $*"
-  "$LOAD_BIN" --url "ws://127.0.0.1:$PORT/ws" --secret "$BENCH_SECRET" --json "$@" >"$out" \
+  "$LOAD_BIN" --url "ws://127.0.0.1:$PORT/ws" --secret "$BENCH_SECRET" --pid "$NODE_PID" --json "$@" >"$out" \
     || log "topgun-load exited non-zero (see $out)"
   [[ -s "$out" ]] || echo '{"error":"no output"}' >"$out"
   jq -c '{scenario, connected, ops_per_sec, ack: .ack_latency.p99_ms, rejected_pct,
           delivered_within_5s_pct, delivery_p99: .delivery_latency.p99_ms,
-          rss_kib: .rss_per_connection_kib, accepted, rejected_429} | with_entries(select(.value != null))' \
+          rss_kib: .rss_per_connection_kib, accepted, rejected_429,
+          cpu_load: .cpu.load_generator_cpu_secs, cpu_node: .cpu.server_cpu_secs}
+         | with_entries(select(.value != null))' \
     "$out" >&2 || true
 }
 

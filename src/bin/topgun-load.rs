@@ -60,6 +60,10 @@ struct Global {
     /// Scrape /metrics this often during the measured phase and report the scrape time.
     #[arg(long, global = true, value_parser = parse_duration)]
     scrape_every: Option<Duration>,
+    /// The server's pid (same machine): its CPU time during the measured phase, and for
+    /// `idle` its VmRSS from /proc/<pid>/status.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
     /// Runtime worker threads [default: one per core].
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -97,12 +101,8 @@ enum Scenario {
     },
     /// K connections at once: accepted, rejected (HTTP 429), time.
     ConnectStorm,
-    /// N idle authenticated connections sending PING every 5 s; RSS per connection.
-    Idle {
-        /// The server's pid, to read VmRSS from /proc/<pid>/status.
-        #[arg(long)]
-        pid: Option<u32>,
-    },
+    /// N idle authenticated connections sending PING every 5 s; RSS per connection (--pid).
+    Idle,
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +148,7 @@ fn main() -> ExitCode {
         connect_timeout: g.connect_timeout,
         metrics_url: g.metrics_url.clone(),
         scrape_every: g.scrape_every,
+        server_pid: g.pid,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
@@ -184,7 +185,7 @@ fn main() -> ExitCode {
                 .await
             }
             Scenario::ConnectStorm => storm::run(common).await,
-            Scenario::Idle { pid } => idle::run(idle::IdleOpts { common, pid: *pid }).await,
+            Scenario::Idle => idle::run(common).await,
         }
     });
     // Connection tasks still closing are not waited for.

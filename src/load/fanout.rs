@@ -154,6 +154,7 @@ pub async fn run(opts: FanoutOpts) -> Value {
         .map(|(_, ws)| tokio::spawn(listen(ws, shared.clone())))
         .collect();
     let scraper = spawn_scraper(c, start, end);
+    let cpu = tokio::spawn(super::fire::cpu_over(c.server_pid, start, end));
 
     // The writer: a reader half counting acks, a paced sender.
     let (mut tx, mut rx) = writer.split();
@@ -246,6 +247,7 @@ pub async fn run(opts: FanoutOpts) -> Value {
         Some(h) => h.await.unwrap_or(Value::Null),
         None => Value::Null,
     };
+    let cpu = cpu.await.unwrap_or(Value::Null);
     let expected = seq * subscribed as u64;
     // Events routed per second over the time they took to arrive: from the first write to
     // the last delivery (at least the write phase).
@@ -276,5 +278,6 @@ pub async fn run(opts: FanoutOpts) -> Value {
         "bad_frames": total.bad_frames + writer_bad,
         "subscribers_closed_by_server": closed,
         "metrics_scrape": scrape,
+        "cpu": cpu,
     })
 }

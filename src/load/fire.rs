@@ -224,6 +224,7 @@ pub async fn run(opts: FireOpts) -> Value {
         ops_left: AtomicU64::new(c.max_ops),
     });
     let scraper = spawn_scraper(c, phase.measure_from, phase.end);
+    let cpu = tokio::spawn(cpu_over(c.server_pid, phase.measure_from, phase.end));
     let tasks: Vec<_> = opened
         .conns
         .into_iter()
@@ -264,6 +265,7 @@ pub async fn run(opts: FireOpts) -> Value {
         Some(h) => h.await.unwrap_or(Value::Null),
         None => Value::Null,
     };
+    let cpu = cpu.await.unwrap_or(Value::Null);
     let scenario = if opts.window == 1 {
         "fire-and-wait"
     } else {
@@ -293,7 +295,16 @@ pub async fn run(opts: FireOpts) -> Value {
         "closed_by_server": closed,
         "tasks_panicked": panicked,
         "metrics_scrape": scrape,
+        "cpu": cpu,
     })
+}
+
+/// CPU used by this process and the server between `from` and `until`.
+pub async fn cpu_over(server: Option<u32>, from: Instant, until: Instant) -> Value {
+    tokio::time::sleep_until(from.into()).await;
+    let meter = probe::CpuMeter::start(server);
+    tokio::time::sleep_until(until.into()).await;
+    meter.json()
 }
 
 /// Scrapes `/metrics` every `--scrape-every` between `from` and `until` (after the warm-up:
@@ -350,6 +361,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 metrics_url: None,
                 scrape_every: None,
+                server_pid: None,
             },
             batch,
             window: 1,

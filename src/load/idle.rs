@@ -18,13 +18,6 @@ use super::{probe, stats, Common};
 /// buffers freed, telemetry reported), so the figure is what a connection costs at rest.
 const SETTLE: Duration = Duration::from_secs(3);
 
-#[derive(Clone, Debug)]
-pub struct IdleOpts {
-    pub common: Common,
-    /// The server's pid, for `/proc/<pid>/status`.
-    pub pid: Option<u32>,
-}
-
 #[derive(Default)]
 struct IdleResult {
     pongs: u64,
@@ -59,10 +52,10 @@ async fn hold(mut ws: Ws, ix: usize, stop: Arc<Notify>, until: Instant) -> IdleR
     r
 }
 
-pub async fn run(opts: IdleOpts) -> Value {
-    let c = &opts.common;
+pub async fn run(c: Common) -> Value {
+    let pid = c.server_pid;
     conn::raise_nofile_limit();
-    let rss_before = opts.pid.and_then(probe::rss_bytes);
+    let rss_before = pid.and_then(probe::rss_bytes);
     let opened = conn::open_all(
         &c.target,
         c.connections,
@@ -82,7 +75,7 @@ pub async fn run(opts: IdleOpts) -> Value {
         .map(|(ix, ws)| tokio::spawn(hold(ws, ix, stop.clone(), until)))
         .collect();
     tokio::time::sleep(SETTLE).await;
-    let rss_after = opts.pid.and_then(probe::rss_bytes);
+    let rss_after = pid.and_then(probe::rss_bytes);
     let url = c
         .metrics_url
         .clone()
@@ -103,7 +96,7 @@ pub async fn run(opts: IdleOpts) -> Value {
     }
     tokio::time::sleep(c.duration).await;
     // Counted before the close: a connection the server dropped while idle is a finding.
-    let rss_end = opts.pid.and_then(probe::rss_bytes);
+    let rss_end = pid.and_then(probe::rss_bytes);
     stop.notify_waiters();
     let mut pongs = 0;
     let mut closed = 0u64;
@@ -126,7 +119,7 @@ pub async fn run(opts: IdleOpts) -> Value {
         "connect_retries": opened.retries,
         "connect_secs": round3(opened.took.as_secs_f64()),
         "held_secs": round3(c.duration.as_secs_f64()),
-        "pid": opts.pid,
+        "pid": pid,
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
         "rss_end_bytes": rss_end,

@@ -53,6 +53,9 @@ pub struct Common {
     pub metrics_url: Option<String>,
     /// Scrape `/metrics` this often during the measured phase (None: never).
     pub scrape_every: Option<Duration>,
+    /// The server's pid when it runs on this machine: its CPU time and RSS are read from
+    /// `/proc`.
+    pub server_pid: Option<u32>,
 }
 
 /// A [`Duration`] from `10s`, `500ms`, `2m` or a plain number of seconds (`1.5`).

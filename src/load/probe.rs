@@ -101,6 +101,53 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system) of process `pid` so far, all threads: fields 14 and 15 of
+/// `/proc/<pid>/stat`, in USER_HZ ticks, which the kernel ABI fixes at 100 per second.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields are counted after its ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU used by the load generator and (with its pid) the server over a phase: on a shared
+/// machine it shows whether the generator starved the server.
+pub struct CpuMeter {
+    server: Option<u32>,
+    start: std::time::Instant,
+    own0: Option<f64>,
+    server0: Option<f64>,
+}
+
+impl CpuMeter {
+    pub fn start(server: Option<u32>) -> Self {
+        CpuMeter {
+            server,
+            start: std::time::Instant::now(),
+            own0: cpu_secs(std::process::id()),
+            server0: server.and_then(cpu_secs),
+        }
+    }
+
+    /// `{wall_secs, load_generator_cpu_secs, server_cpu_secs}` since [`CpuMeter::start`].
+    pub fn json(&self) -> Value {
+        let r = |x: f64| (x * 100.0).round() / 100.0;
+        let own = cpu_secs(std::process::id())
+            .zip(self.own0)
+            .map(|(a, b)| r(a - b));
+        let server = self
+            .server
+            .and_then(cpu_secs)
+            .zip(self.server0)
+            .map(|(a, b)| r(a - b));
+        json!({"wall_secs": r(self.start.elapsed().as_secs_f64()),
+               "load_generator_cpu_secs": own, "server_cpu_secs": server})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +162,8 @@ mod tests {
     }
 
     #[test]
-    fn own_rss() {
+    fn own_rss_and_cpu() {
         assert!(rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+        assert!(cpu_secs(std::process::id()).is_some_and(|s| s >= 0.0));
     }
 }
