@@ -219,16 +219,12 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         .map(|_| Arbiter::new().handle())
         .collect();
     let queue = start_event_queue(&config, &log, &metrics, &data_threads);
-    let shards = start_shards(
-        &config,
-        &node_id,
-        &queue,
-        &log,
-        &metrics,
-        storage.clone(),
-        recovered,
-        &data_threads,
-    );
+    let links = ShardLinks {
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        storage: storage.clone(),
+    };
+    let shards = start_shards(&config, &node_id, links, &log, recovered, &data_threads);
     info!(log, "data plane started";
         "shards" => shards.len(), "stripes" => queue.stripes.len(),
         "eventQueueCapacity" => queue.capacity());
@@ -487,20 +483,14 @@ fn recovery_per_shard(recovered: Recovered, shards: usize) -> Vec<ShardRecovery>
 fn start_shards(
     config: &Config,
     node_id: &str,
-    queue: &EventQueue,
+    links: ShardLinks,
     log: &Logger,
-    metrics: &Mailbox<MetricsActor>,
-    storage: Option<Mailbox<StorageActor>>,
     recovered: Recovered,
     data_threads: &[ArbiterHandle],
 ) -> Shards {
     let n = data_threads.len();
     let mut recovery = recovery_per_shard(recovered, n).into_iter();
-    let links = ShardLinks {
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-        storage,
-    };
+    let metrics = &links.metrics;
     let settings = ShardSettings {
         max_drift_ms: config.max_drift_ms,
         tombstone_max_age_ms: config.tombstone_max_age.as_millis() as u64,
