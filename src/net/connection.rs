@@ -381,6 +381,10 @@ impl ConnectionActor {
             ClientMessage::QuerySub(m) => self.on_query_sub(ctx, m),
             ClientMessage::QueryUnsub(m) => self.on_query_unsub(m),
             ClientMessage::QuerySyncInit(_) => {}
+            ClientMessage::OrmapSyncInit(m) => self.on_ormap_sync_init(m),
+            ClientMessage::OrmapMerkleReqBucket(m) => self.on_ormap_merkle_request(m),
+            ClientMessage::OrmapDiffRequest(m) => self.on_ormap_diff_request(m),
+            ClientMessage::OrmapPushDiff(m) => self.on_ormap_push_diff(m),
             ClientMessage::PartitionMapRequest(_) => {
                 let map = crate::cluster::single_node_map(
                     &self.node.node_id,

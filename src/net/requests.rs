@@ -16,12 +16,19 @@ use crate::protocol::{
     self, ClientOp, LeafRecord, MerkleReqBucket, OpRejected, QueryResp, QueryResultItem, QuerySub,
     QueryUnsub, ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
 };
+use crate::protocol::{
+    OrMapRecord, OrmapDiffRequest, OrmapDiffResponse, OrmapPushDiff, OrmapSyncInit,
+    OrmapSyncRespLeaf, OrmapSyncRespRoot,
+};
 use crate::queue::actor::{
     SnapshotLoaded, Subscribe, TopicPublish, TopicSubscribe, TopicUnsubscribe, Unsubscribe,
 };
 use crate::queue::subscriptions::SubKey;
 use crate::queue::ConnId;
-use crate::shard::actor::{ApplyOps, LeafRecords, MerkleLeaves, OpOutcome, RunQuery, ShardOp};
+use crate::shard::actor::{
+    ApplyOps, LeafRecords, MerkleLeaves, OpOutcome, OrEntries, OrLeaves, OrSelect, RunQuery,
+    ShardOp,
+};
 use crate::shard::live::LiveQuery;
 use crate::shard::merkle::MerkleUnion;
 use crate::shard::query::{CompiledQuery, PartialResult};
@@ -122,6 +129,44 @@ pub async fn run_query(
         }
     }
     (query.merge(&parts, cap), seen, parts)
+}
+
+async fn gather_or_leaves(
+    requests: Vec<actix::dev::Request<crate::shard::actor::ShardActor, OrLeaves>>,
+) -> (MerkleUnion, Option<crate::protocol::Timestamp>) {
+    let mut union = MerkleUnion::new();
+    let mut timestamp = None;
+    for req in requests {
+        if let Ok((leaves, ts)) = req.await {
+            for (path, hash) in leaves {
+                union.add_leaf(path, hash);
+            }
+            timestamp = timestamp.max(Some(ts));
+        }
+    }
+    (union, timestamp)
+}
+
+fn or_op(map: &str, key: &str, record: Option<OrMapRecord>, tag: Option<String>) -> ClientOp {
+    ClientOp {
+        id: None,
+        map_name: map.to_owned(),
+        key: key.to_owned(),
+        op_type: None,
+        record: None,
+        or_record: record,
+        or_tag: tag,
+        write_concern: None,
+        timeout: None,
+    }
+}
+
+/// A Merkle path the node can answer: up to 3 lowercase hex characters.
+fn valid_merkle_path(path: &str) -> bool {
+    path.len() <= 3
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Takes one of the node-wide pending-batch slots if one is free (the limit is a hard cap).
@@ -350,11 +395,7 @@ impl ConnectionActor {
 
     /// MERKLE_REQ_BUCKET: buckets above depth 3, records at a leaf.
     pub(super) fn on_merkle_request(&mut self, m: MerkleReqBucket) {
-        let valid = m.path.len() <= 3
-            && m.path
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
+        if !valid_merkle_path(&m.path) {
             // The reference stays silent for paths that do not exist.
             debug!(self.tel.log, "merkle path ignored"; "map" => &m.map_name, "path" => &m.path);
             return;
@@ -560,6 +601,153 @@ impl ConnectionActor {
         for s in self.node.queue.stripes.iter() {
             s.mailbox.do_send(Unsubscribe((self.id, query_id.clone())));
         }
+    }
+
+    /// ORMAP_SYNC_INIT: the root of the node's OR tree for the map over every shard.
+    pub(super) fn on_ormap_sync_init(&mut self, m: OrmapSyncInit) {
+        self.tel.count_ops("GET", &m.map_name, 1);
+        let requests = self.or_leaves(&m.map_name);
+        self.start_request(async move {
+            let (union, timestamp) = gather_or_leaves(requests).await;
+            let Some(timestamp) = timestamp else {
+                return Completion::frames(vec![protocol::encode(&ServerMessage::error(
+                    500,
+                    "sync unavailable",
+                ))]);
+            };
+            Completion::frames(vec![protocol::encode(&ServerMessage::OrmapSyncRespRoot {
+                payload: OrmapSyncRespRoot {
+                    map_name: m.map_name,
+                    root_hash: union.root(),
+                    timestamp,
+                    covering_epoch: None,
+                    full_resync: None,
+                },
+            })])
+        });
+    }
+
+    /// ORMAP_MERKLE_REQ_BUCKET: buckets above depth 3, entries (records and removed tags) at a
+    /// leaf.
+    pub(super) fn on_ormap_merkle_request(&mut self, m: MerkleReqBucket) {
+        if !valid_merkle_path(&m.path) {
+            return;
+        }
+        if m.path.len() == 3 {
+            let map: Arc<str> = Arc::from(m.map_name.as_str());
+            let requests: Vec<_> = self
+                .node
+                .shards
+                .mailboxes
+                .iter()
+                .map(|s| {
+                    s.send(OrEntries {
+                        map: map.clone(),
+                        select: OrSelect::Path(m.path.clone()),
+                    })
+                })
+                .collect();
+            self.start_request(async move {
+                let mut entries = Vec::new();
+                for req in requests {
+                    if let Ok(e) = req.await {
+                        entries.extend(e);
+                    }
+                }
+                Completion::frames(vec![protocol::encode(&ServerMessage::OrmapSyncRespLeaf {
+                    payload: OrmapSyncRespLeaf {
+                        map_name: m.map_name,
+                        path: m.path,
+                        entries,
+                        covering_epoch: None,
+                    },
+                })])
+            });
+        } else {
+            let requests = self.or_leaves(&m.map_name);
+            self.start_request(async move {
+                let (union, _) = gather_or_leaves(requests).await;
+                Completion::frames(vec![protocol::encode(
+                    &ServerMessage::OrmapSyncRespBuckets {
+                        payload: SyncRespBuckets {
+                            map_name: m.map_name,
+                            buckets: union.buckets(&m.path).unwrap_or_default(),
+                            path: m.path,
+                        },
+                    },
+                )])
+            });
+        }
+    }
+
+    /// ORMAP_DIFF_REQUEST: the entries of the named keys, each from the shard owning it.
+    pub(super) fn on_ormap_diff_request(&mut self, m: OrmapDiffRequest) {
+        let map: Arc<str> = Arc::from(m.map_name.as_str());
+        let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); self.node.shards.len()];
+        for key in m.keys {
+            per_shard[self.node.shards.of_key(&key)].push(key);
+        }
+        let requests: Vec<_> = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(s, keys)| {
+                self.node.shards.mailboxes[s].send(OrEntries {
+                    map: map.clone(),
+                    select: OrSelect::Keys(keys),
+                })
+            })
+            .collect();
+        self.start_request(async move {
+            let mut entries = Vec::new();
+            for req in requests {
+                if let Ok(e) = req.await {
+                    entries.extend(e);
+                }
+            }
+            Completion::frames(vec![protocol::encode(&ServerMessage::OrmapDiffResponse {
+                payload: OrmapDiffResponse {
+                    map_name: m.map_name,
+                    entries,
+                },
+            })])
+        });
+    }
+
+    /// ORMAP_PUSH_DIFF: the client's records and removed tags are writes like OR_ADD /
+    /// OR_REMOVE ops (same shards, storage and events); the protocol has no reply for it.
+    pub(super) fn on_ormap_push_diff(&mut self, m: OrmapPushDiff) {
+        let mut ops = Vec::new();
+        for entry in m.entries {
+            for record in entry.records {
+                ops.push(or_op(&m.map_name, &entry.key, Some(record), None));
+            }
+            for tag in entry.tombstones {
+                ops.push(or_op(&m.map_name, &entry.key, None, Some(tag)));
+            }
+        }
+        for op in &ops {
+            self.tel.count_ops(op_label(op), &op.map_name, 1);
+        }
+        if !ops.is_empty() {
+            let applied = apply_writes(&self.node.shards, self.id, ops);
+            actix_rt::spawn(async move {
+                applied.await;
+            });
+        }
+    }
+
+    fn or_leaves(
+        &self,
+        map_name: &str,
+    ) -> Vec<actix::dev::Request<crate::shard::actor::ShardActor, OrLeaves>> {
+        let map: Arc<str> = Arc::from(map_name);
+        self.node
+            .shards
+            .mailboxes
+            .iter()
+            .map(|s| s.send(OrLeaves { map: map.clone() }))
+            .collect()
     }
 
     pub(super) fn on_topic_sub(&mut self, topic: String) {

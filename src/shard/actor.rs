@@ -91,6 +91,28 @@ pub struct LeafRecords {
     pub path: String,
 }
 
+/// OR-Map sync: this shard's leaf hashes of a map's OR keys, and a fresh HLC timestamp.
+#[derive(Message)]
+#[rtype(result = "(Vec<(LeafPath, u32)>, Timestamp)")]
+pub struct OrLeaves {
+    pub map: Arc<str>,
+}
+
+/// Which OR-Map entries to read.
+pub enum OrSelect {
+    /// Every key under a Merkle leaf path.
+    Path(String),
+    Keys(Vec<String>),
+}
+
+/// OR-Map entries (live records and removed tags per key).
+#[derive(Message)]
+#[rtype(result = "Vec<crate::protocol::OrMapEntry>")]
+pub struct OrEntries {
+    pub map: Arc<str>,
+    pub select: OrSelect,
+}
+
 /// Reads of the data-model knobs that matter to a shard.
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
@@ -460,6 +482,88 @@ impl Handler<MerkleLeaves> for ShardActor {
         let ts = self.hlc.now(system_millis());
         self.stats.end(t0);
         MessageResult((leaves, ts))
+    }
+}
+
+/// The item hash of an OR-Map key in the node's OR tree: its live tags and removed tags,
+/// sorted. Clients hash OR leaves differently (protocol.md 4.4), so roots never match and a
+/// client always walks to the leaves; the tree only has to change whenever the key does.
+fn or_item_hash(or: &super::ormap::OrMap, key: &str, now: u64) -> u32 {
+    let mut live: Vec<&str> = or
+        .get(key, now)
+        .into_iter()
+        .map(|r| r.tag.as_str())
+        .collect();
+    let mut removed: Vec<&str> = or.removed_tags(key).collect();
+    live.sort_unstable();
+    removed.sort_unstable();
+    let mut h = super::fnv::Fnv1a::new();
+    h.write_str(key);
+    for t in live {
+        h.write_str(":");
+        h.write_str(t);
+    }
+    for t in removed {
+        h.write_str(":!");
+        h.write_str(t);
+    }
+    h.finish()
+}
+
+fn or_entry(or: &super::ormap::OrMap, key: &str, now: u64) -> crate::protocol::OrMapEntry {
+    crate::protocol::OrMapEntry {
+        key: key.to_owned(),
+        records: or.get(key, now).into_iter().cloned().collect(),
+        tombstones: or.removed_tags(key).map(str::to_owned).collect(),
+    }
+}
+
+impl Handler<OrLeaves> for ShardActor {
+    type Result = MessageResult<OrLeaves>;
+
+    fn handle(&mut self, msg: OrLeaves, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let now = system_millis();
+        // Built per request: OR-Map sync is rare next to LWW traffic, and this keeps writes
+        // free of a second tree.
+        let mut tree = super::merkle::MerkleTree::new();
+        if let Some(or) = self.store.or_map(&msg.map) {
+            for key in or.keys() {
+                tree.update_item(key, or_item_hash(or, key, now));
+            }
+        }
+        let ts = self.hlc.now(now);
+        self.stats.end(t0);
+        MessageResult((tree.leaf_hashes(), ts))
+    }
+}
+
+impl Handler<OrEntries> for ShardActor {
+    type Result = MessageResult<OrEntries>;
+
+    fn handle(&mut self, msg: OrEntries, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let now = system_millis();
+        let entries = match self.store.or_map(&msg.map) {
+            None => Vec::new(),
+            Some(or) => match msg.select {
+                OrSelect::Path(path) => or
+                    .keys()
+                    .filter(|k| {
+                        super::merkle::path_string(&super::merkle::leaf_path_of(k))
+                            .starts_with(&path)
+                    })
+                    .map(|k| or_entry(or, k, now))
+                    .collect(),
+                OrSelect::Keys(keys) => keys
+                    .iter()
+                    .filter(|k| or.keys().any(|have| have == k.as_str()))
+                    .map(|k| or_entry(or, k, now))
+                    .collect(),
+            },
+        };
+        self.stats.end(t0);
+        MessageResult(entries)
     }
 }
 

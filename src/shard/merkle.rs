@@ -210,7 +210,12 @@ impl MerkleTree {
     /// Inserts or re-hashes `key` with its record's timestamp. O(depth + log(leaf size)); the
     /// key is copied only when new.
     pub fn update(&mut self, key: &str, ts: &Timestamp) {
-        let item = item_hash(key, ts);
+        self.update_item(key, item_hash(key, ts));
+    }
+
+    /// Inserts or re-hashes `key` with an item hash computed by the caller (OR-Map keys, whose
+    /// item is a set of tags rather than one timestamp).
+    pub fn update_item(&mut self, key: &str, item: u32) {
         let inserted = with_leaf(&mut self.root, leaf_path_of(key), true, |leaf| {
             let (old, inserted) = match leaf.items.get_mut(key) {
                 Some(h) => (Some(std::mem::replace(h, item)), false),
