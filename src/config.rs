@@ -351,7 +351,7 @@ pub struct Overrides {
     /// Every Nth batch of a connection waits for its in-flight writes [default: 100]
     #[arg(long, env = "TOPGUN_BACKPRESSURE_SYNC_EVERY")]
     pub backpressure_sync_every: Option<u64>,
-    /// Most records committed in one storage transaction [default: 1000]
+    /// Most records committed in one storage transaction [default: 10000]
     #[arg(long, env = "TOPGUN_STORAGE_GROUP_MAX_RECORDS")]
     pub storage_group_max_records: Option<usize>,
     /// Longest a write waits for its group to commit, ms [default: 2]
@@ -503,7 +503,7 @@ impl Default for Config {
             backpressure_limit: 1000,
             backpressure_sync_every: 100,
             backpressure_timeout: Duration::from_millis(5000),
-            storage_group_max_records: 1000,
+            storage_group_max_records: 10_000,
             storage_group_max_delay: Duration::from_millis(2),
             debug_token: None,
         }

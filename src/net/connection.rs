@@ -629,6 +629,11 @@ impl Handler<Deliver> for ConnectionActor {
         } else if !self.closing {
             match msg.0 {
                 Delivery::Frame(frame) => ctx.binary(frame),
+                Delivery::Frames(frames) => {
+                    for frame in frames {
+                        ctx.binary(frame);
+                    }
+                }
                 Delivery::WindowChange {
                     query_id,
                     key,

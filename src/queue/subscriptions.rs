@@ -34,6 +34,9 @@ struct Subscription {
 pub enum Delivery {
     /// An encoded frame for the client.
     Frame(Bytes),
+    /// Several frames of one event for the same client (its `SERVER_EVENT`, then its
+    /// `QUERY_UPDATE`s): one mailbox message and one socket write instead of several.
+    Frames(Vec<Bytes>),
     /// A change of a windowed subscription's key, for the connection's window to judge:
     /// the key's value if it now matches, `None` if it no longer does.
     WindowChange {
@@ -213,12 +216,23 @@ impl Registry {
             let event = Bytes::from(event);
             // SERVER_EVENT first, then the query updates, per connection (the client merges the
             // record, then sees its query change).
-            let mut frames: Vec<(ConnId, Delivery)> = listeners
-                .iter()
-                .map(|c| (*c, Delivery::Frame(event.clone())))
-                .collect();
-            frames.append(&mut routed.deliveries);
-            routed.deliveries = frames;
+            let mut grouped: Vec<(ConnId, Delivery)> = Vec::with_capacity(listeners.len());
+            let mut slot: HashMap<ConnId, usize> = HashMap::with_capacity(listeners.len());
+            for c in &listeners {
+                slot.insert(*c, grouped.len());
+                grouped.push((*c, Delivery::Frames(vec![event.clone()])));
+            }
+            for (c, d) in std::mem::take(&mut routed.deliveries) {
+                match (d, slot.get(&c)) {
+                    (Delivery::Frame(frame), Some(&i)) => {
+                        if let Delivery::Frames(frames) = &mut grouped[i].1 {
+                            frames.push(frame);
+                        }
+                    }
+                    (other, _) => grouped.push((c, other)),
+                }
+            }
+            routed.deliveries = grouped;
         }
         routed.recipients = {
             let mut distinct: Vec<ConnId> = routed.deliveries.iter().map(|(c, _)| *c).collect();
@@ -419,11 +433,13 @@ mod tests {
     fn change_types(r: &Routed) -> Vec<(ConnId, String)> {
         r.deliveries
             .iter()
-            .map(|(c, d)| {
-                let Delivery::Frame(b) = d else {
-                    return (*c, "WINDOW".to_owned());
-                };
-                let v = decode(b);
+            .flat_map(|(c, d)| match d {
+                Delivery::Frame(b) => vec![(*c, b.clone())],
+                Delivery::Frames(bs) => bs.iter().map(|b| (*c, b.clone())).collect(),
+                Delivery::WindowChange { .. } => Vec::new(),
+            })
+            .map(|(c, b)| {
+                let v = decode(&b);
                 let t = field(&v, "type").as_str().unwrap().to_owned();
                 let p = field(&v, "payload");
                 let ct = if t == "QUERY_UPDATE" {
@@ -431,7 +447,7 @@ mod tests {
                 } else {
                     t
                 };
-                (*c, ct)
+                (c, ct)
             })
             .collect()
     }
