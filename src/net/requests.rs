@@ -27,7 +27,7 @@ use crate::queue::subscriptions::SubKey;
 use crate::queue::ConnId;
 use crate::shard::actor::{
     ApplyOps, LeafRecords, MerkleLeaves, OpOutcome, OrEntries, OrLeaves, OrSelect, RunQuery,
-    ShardOp,
+    ShardActor, ShardOp,
 };
 use crate::shard::live::LiveQuery;
 use crate::shard::merkle::MerkleUnion;
@@ -131,9 +131,23 @@ pub async fn run_query(
     (query.merge(&parts, cap), seen, parts)
 }
 
-async fn gather_or_leaves(
-    requests: Vec<actix::dev::Request<crate::shard::actor::ShardActor, OrLeaves>>,
-) -> (MerkleUnion, Option<crate::protocol::Timestamp>) {
+type ShardRequest<M> = actix::dev::Request<ShardActor, M>;
+
+/// The node-wide tree of a map from every shard's leaf hashes (LWW `MerkleLeaves` or OR
+/// `OrLeaves`), and the newest HLC timestamp the shards handed out.
+async fn gather_leaves<M>(
+    requests: Vec<ShardRequest<M>>,
+) -> (MerkleUnion, Option<crate::protocol::Timestamp>)
+where
+    M: Message<
+            Result = (
+                Vec<(crate::shard::merkle::LeafPath, u32)>,
+                crate::protocol::Timestamp,
+            ),
+        > + Send
+        + 'static,
+    ShardActor: Handler<M>,
+{
     let mut union = MerkleUnion::new();
     let mut timestamp = None;
     for req in requests {
@@ -145,6 +159,23 @@ async fn gather_or_leaves(
         }
     }
     (union, timestamp)
+}
+
+/// Every shard's answer concatenated (leaf records, OR entries); a shard that cannot answer
+/// contributes nothing.
+async fn gather_all<M, T>(requests: Vec<ShardRequest<M>>) -> Vec<T>
+where
+    M: Message<Result = Vec<T>> + Send + 'static,
+    T: Send + 'static,
+    ShardActor: Handler<M>,
+{
+    let mut all = Vec::new();
+    for req in requests {
+        if let Ok(part) = req.await {
+            all.extend(part);
+        }
+    }
+    all
 }
 
 fn or_op(map: &str, key: &str, record: Option<OrMapRecord>, tag: Option<String>) -> ClientOp {
@@ -359,24 +390,9 @@ impl ConnectionActor {
     pub(super) fn on_sync_init(&mut self, m: SyncInit) {
         self.tel.count_ops("GET", &m.map_name, 1);
         let map: Arc<str> = Arc::from(m.map_name.as_str());
-        let requests: Vec<_> = self
-            .node
-            .shards
-            .mailboxes
-            .iter()
-            .map(|s| s.send(MerkleLeaves { map: map.clone() }))
-            .collect();
+        let requests = self.to_all_shards(|| MerkleLeaves { map: map.clone() });
         self.start_request(async move {
-            let mut union = MerkleUnion::new();
-            let mut timestamp = None;
-            for req in requests {
-                if let Ok((leaves, ts)) = req.await {
-                    for (path, hash) in leaves {
-                        union.add_leaf(path, hash);
-                    }
-                    timestamp = timestamp.max(Some(ts));
-                }
-            }
+            let (union, timestamp) = gather_leaves(requests).await;
             let Some(timestamp) = timestamp else {
                 return Completion::frames(vec![protocol::encode(&ServerMessage::error(
                     500,
@@ -402,28 +418,16 @@ impl ConnectionActor {
         }
         let map: Arc<str> = Arc::from(m.map_name.as_str());
         if m.path.len() == 3 {
-            let requests: Vec<_> = self
-                .node
-                .shards
-                .mailboxes
-                .iter()
-                .map(|s| {
-                    s.send(LeafRecords {
-                        map: map.clone(),
-                        path: m.path.clone(),
-                    })
-                })
-                .collect();
+            let requests = self.to_all_shards(|| LeafRecords {
+                map: map.clone(),
+                path: m.path.clone(),
+            });
             self.start_request(async move {
-                let mut records = Vec::new();
-                for req in requests {
-                    if let Ok(rs) = req.await {
-                        records.extend(
-                            rs.into_iter()
-                                .map(|(key, record)| LeafRecord { key, record }),
-                        );
-                    }
-                }
+                let records = gather_all(requests)
+                    .await
+                    .into_iter()
+                    .map(|(key, record)| LeafRecord { key, record })
+                    .collect();
                 Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespLeaf {
                     payload: SyncRespLeaf {
                         map_name: m.map_name,
@@ -433,22 +437,9 @@ impl ConnectionActor {
                 })])
             });
         } else {
-            let requests: Vec<_> = self
-                .node
-                .shards
-                .mailboxes
-                .iter()
-                .map(|s| s.send(MerkleLeaves { map: map.clone() }))
-                .collect();
+            let requests = self.to_all_shards(|| MerkleLeaves { map: map.clone() });
             self.start_request(async move {
-                let mut union = MerkleUnion::new();
-                for req in requests {
-                    if let Ok((leaves, _)) = req.await {
-                        for (path, hash) in leaves {
-                            union.add_leaf(path, hash);
-                        }
-                    }
-                }
+                let (union, _) = gather_leaves(requests).await;
                 Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespBuckets {
                     payload: SyncRespBuckets {
                         map_name: m.map_name,
@@ -608,7 +599,7 @@ impl ConnectionActor {
         self.tel.count_ops("GET", &m.map_name, 1);
         let requests = self.or_leaves(&m.map_name);
         self.start_request(async move {
-            let (union, timestamp) = gather_or_leaves(requests).await;
+            let (union, timestamp) = gather_leaves(requests).await;
             let Some(timestamp) = timestamp else {
                 return Completion::frames(vec![protocol::encode(&ServerMessage::error(
                     500,
@@ -635,25 +626,12 @@ impl ConnectionActor {
         }
         if m.path.len() == 3 {
             let map: Arc<str> = Arc::from(m.map_name.as_str());
-            let requests: Vec<_> = self
-                .node
-                .shards
-                .mailboxes
-                .iter()
-                .map(|s| {
-                    s.send(OrEntries {
-                        map: map.clone(),
-                        select: OrSelect::Path(m.path.clone()),
-                    })
-                })
-                .collect();
+            let requests = self.to_all_shards(|| OrEntries {
+                map: map.clone(),
+                select: OrSelect::Path(m.path.clone()),
+            });
             self.start_request(async move {
-                let mut entries = Vec::new();
-                for req in requests {
-                    if let Ok(e) = req.await {
-                        entries.extend(e);
-                    }
-                }
+                let entries = gather_all(requests).await;
                 Completion::frames(vec![protocol::encode(&ServerMessage::OrmapSyncRespLeaf {
                     payload: OrmapSyncRespLeaf {
                         map_name: m.map_name,
@@ -666,7 +644,7 @@ impl ConnectionActor {
         } else {
             let requests = self.or_leaves(&m.map_name);
             self.start_request(async move {
-                let (union, _) = gather_or_leaves(requests).await;
+                let (union, _) = gather_leaves(requests).await;
                 Completion::frames(vec![protocol::encode(
                     &ServerMessage::OrmapSyncRespBuckets {
                         payload: SyncRespBuckets {
@@ -699,12 +677,7 @@ impl ConnectionActor {
             })
             .collect();
         self.start_request(async move {
-            let mut entries = Vec::new();
-            for req in requests {
-                if let Ok(e) = req.await {
-                    entries.extend(e);
-                }
-            }
+            let entries = gather_all(requests).await;
             Completion::frames(vec![protocol::encode(&ServerMessage::OrmapDiffResponse {
                 payload: OrmapDiffResponse {
                     map_name: m.map_name,
@@ -737,16 +710,23 @@ impl ConnectionActor {
         }
     }
 
-    fn or_leaves(
-        &self,
-        map_name: &str,
-    ) -> Vec<actix::dev::Request<crate::shard::actor::ShardActor, OrLeaves>> {
+    fn or_leaves(&self, map_name: &str) -> Vec<ShardRequest<OrLeaves>> {
         let map: Arc<str> = Arc::from(map_name);
+        self.to_all_shards(|| OrLeaves { map: map.clone() })
+    }
+
+    /// One request per shard (scatter); the caller gathers.
+    fn to_all_shards<M>(&self, make: impl Fn() -> M) -> Vec<ShardRequest<M>>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        ShardActor: Handler<M>,
+    {
         self.node
             .shards
             .mailboxes
             .iter()
-            .map(|s| s.send(OrLeaves { map: map.clone() }))
+            .map(|s| s.send(make()))
             .collect()
     }
 
