@@ -51,8 +51,39 @@ fn redb_node(dir: tempfile::TempDir, port: Option<u16>, extra: &[(&str, &str)]) 
     Node::start_in(dir, opts)
 }
 
+/// The root a client computes from its acked writes (protocol.md 5.2), with the suite's own
+/// hashing (tests/common/proto.rs), grouped level by level so 10,000 keys stay cheap.
+fn client_root(acked: &HashMap<String, (i64, u64, u32)>) -> u32 {
+    let mut level: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (key, (_, millis, counter)) in acked {
+        let t = proto::Ts::new(*millis, *counter, "writer");
+        level
+            .entry(proto::route(key)[..3].to_owned())
+            .or_default()
+            .push(proto::item_hash(key, &t));
+    }
+    for depth in (0..3).rev() {
+        let mut up: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (path, hashes) in level {
+            up.entry(path[..depth].to_owned())
+                .or_default()
+                .push(proto::combine(hashes));
+        }
+        level = up;
+    }
+    level.remove("").map_or(0, proto::combine)
+}
+
 /// Every record of a map, with its stored timestamp, through a full Merkle walk.
 async fn walk(c: &mut Client, map_name: &str) -> BTreeMap<String, (Value, u64, u64)> {
+    walk_with_root(c, map_name).await.1
+}
+
+/// The SYNC_INIT root and every record through a full Merkle walk.
+async fn walk_with_root(
+    c: &mut Client,
+    map_name: &str,
+) -> (u32, BTreeMap<String, (Value, u64, u64)>) {
     let mut out = BTreeMap::new();
     c.send(&map(&[
         ("type", "SYNC_INIT".into()),
@@ -60,8 +91,11 @@ async fn walk(c: &mut Client, map_name: &str) -> BTreeMap<String, (Value, u64, u
     ]))
     .await;
     let root = c.recv_type("SYNC_RESP_ROOT").await.expect("root");
-    if get(payload(&root), "rootHash").and_then(Value::as_u64) == Some(0) {
-        return out;
+    let root_hash = get(payload(&root), "rootHash")
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as u32;
+    if root_hash == 0 {
+        return (0, out);
     }
     let mut paths = vec![String::new()];
     while let Some(path) = paths.pop() {
@@ -112,7 +146,7 @@ async fn walk(c: &mut Client, map_name: &str) -> BTreeMap<String, (Value, u64, u
             other => panic!("unexpected {other}"),
         }
     }
-    out
+    (root_hash, out)
 }
 
 /// Writes batches from `writers` connections until told to stop; returns every acked op as
@@ -211,8 +245,11 @@ async fn acked_writes_survive_kill_9() {
         "{line}"
     );
     let mut c = node.authed_client().await;
-    let found = walk(&mut c, "durable").await;
+    let (root, found) = walk_with_root(&mut c, "durable").await;
     check_all_present(&acked, &found);
+    // Every write was acked before the kill, so the node's root after recovery is exactly
+    // the root a client computes from its acked writes.
+    assert_eq!(root, client_root(&acked));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
