@@ -1,5 +1,7 @@
 //! The cluster as clients see it. Until membership lands (issue 8) a node is a cluster of one:
 //! it owns all 271 partitions, and `PARTITION_MAP_REQUEST` is answered truthfully with that.
+pub mod membership;
+
 use crate::protocol::{NodeEndpoints, PartitionMap, PartitionMapNode, PartitionOwner};
 use crate::shard::fnv::PARTITION_COUNT;
 
