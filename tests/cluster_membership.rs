@@ -171,3 +171,35 @@ fn garbage_on_the_cluster_port_is_counted_and_the_node_keeps_serving() {
     assert_eq!(members(&a), Some(2.0), "membership unharmed");
     assert_eq!(members(&b), Some(2.0));
 }
+
+#[test]
+fn a_seed_that_does_not_answer_leaves_a_working_cluster_of_one() {
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port();
+    let options = NodeOptions::default().args(&[
+        "--cluster-probe-ms",
+        PROBE_MS,
+        "--seed-nodes",
+        &format!("127.0.0.1:{dead},no-such-host.invalid:9080"),
+    ]);
+    let node = Node::start_with(options);
+    node.wait_log(
+        "no cluster member known yet; announcing to seeds again",
+        |l| l["actor"] == "cluster",
+    );
+    node.wait_log("seed does not resolve", |l| {
+        l["seed"] == "no-such-host.invalid:9080"
+    });
+    assert_eq!(members(&node), Some(1.0));
+    assert_eq!(http_get(node.port, "/ready").expect("ready").0, 200);
+}
+
+#[test]
+fn a_node_id_clash_is_logged() {
+    let (a, a_port) = start("node-x", None, 0);
+    let (b, _) = start("node-x", Some(a_port), 0);
+    wait_members(&[&a, &b], 2.0, Duration::from_secs(10));
+    a.wait_log("node id clash", |l| l["peer"] == "node-x");
+}

@@ -5,11 +5,12 @@
 //! send, and turns its notifications into log lines and `topgun_cluster_members`. The socket
 //! is bound by `node.rs` before any actor starts, so a busy cluster port stops the node whole.
 //!
-//! Seeds (`--seed-nodes`) are announced to at start and again every two probe periods until a
-//! member is known; an entry resolving to this node is ignored. Garbage on the port is counted
+//! Seeds (`--seed-nodes`) are resolved off the actor (`tokio::net::lookup_host`) and announced
+//! to at start and again every two probe periods until a member is known; an entry resolving
+//! to this node is ignored, one that does not resolve is logged (at most every 10 s). Garbage on the port is counted
 //! (`topgun_cluster_invalid_datagrams_total`) and logged at most once per 10 s.
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,9 +55,12 @@ pub struct ClusterActor {
     /// Last known state of each member, to log suspicions and tell a leave from a failure.
     states: HashMap<NodeIdentity, State>,
     leaving: bool,
+    /// A seed resolution is in flight.
+    resolving: bool,
     invalid: u64,
     invalid_log: Throttle,
     seed_log: Throttle,
+    retry_log: Throttle,
     stats: ActorStats,
     log: Logger,
     metrics: Mailbox<MetricsActor>,
@@ -86,9 +90,11 @@ impl ClusterActor {
             probe,
             states: HashMap::new(),
             leaving: false,
+            resolving: false,
             invalid: 0,
             invalid_log: Throttle::new(WARN_EVERY),
             seed_log: Throttle::new(WARN_EVERY),
+            retry_log: Throttle::new(WARN_EVERY),
             stats: ActorStats::new(ActorKind::Cluster, timed),
             log: log.new(slog::o!("actor" => "cluster")),
             metrics,
@@ -105,26 +111,62 @@ impl ClusterActor {
         self.foca.num_members() + 1
     }
 
-    /// The seeds' addresses, without any that is this node.
-    fn seed_addrs(&mut self) -> Vec<SocketAddr> {
-        let mut out = Vec::new();
-        for seed in &self.seeds {
-            match seed.to_socket_addrs() {
+    /// Resolves the seeds off the actor (host names may take a while) and announces to them.
+    /// One resolution at a time; an entry that is this node is skipped.
+    fn announce_to_seeds(&mut self, ctx: &mut Context<Self>) {
+        if self.resolving {
+            return;
+        }
+        self.resolving = true;
+        let seeds = self.seeds.clone();
+        let resolve = async move {
+            let mut out = Vec::with_capacity(seeds.len());
+            for seed in seeds {
+                let addrs = tokio::net::lookup_host(seed.as_str())
+                    .await
+                    .map(|a| a.collect::<Vec<SocketAddr>>());
+                out.push((seed, addrs));
+            }
+            out
+        };
+        ctx.spawn(resolve.into_actor(self).map(|resolved, act, ctx| {
+            act.resolving = false;
+            act.announce_resolved(resolved, ctx);
+        }));
+    }
+
+    fn announce_resolved(
+        &mut self,
+        resolved: Vec<(String, std::io::Result<Vec<SocketAddr>>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.leaving {
+            return;
+        }
+        for (seed, addrs) in resolved {
+            match addrs {
+                // One address per seed: the first that is not this node.
                 Ok(addrs) => {
-                    // One address per seed: the first that is not ourselves.
-                    if let Some(a) = addrs.into_iter().find(|a| !self.is_self(*a)) {
-                        out.push(a);
+                    if let Some(addr) = addrs.into_iter().find(|a| !self.is_self(*a)) {
+                        debug!(self.log, "announcing to seed"; "seed" => &seed, "addr" => %addr);
+                        if let Err(e) = self
+                            .foca
+                            .announce(NodeIdentity::seed(addr), &mut self.runtime)
+                        {
+                            warn!(self.log, "announce failed"; "seed" => &seed,
+                                "addr" => %addr, "err" => err_kv("foca", e));
+                        }
                     }
                 }
                 Err(e) => {
                     if let Some(suppressed) = self.seed_log.check(Instant::now()) {
-                        warn!(self.log, "seed does not resolve"; "seed" => seed,
+                        warn!(self.log, "seed does not resolve"; "seed" => &seed,
                             "suppressed" => suppressed, "err" => err_kv("resolve", e));
                     }
                 }
             }
         }
-        out
+        self.drain(ctx);
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {
@@ -135,19 +177,6 @@ impl ClusterActor {
             || (addr.port() == me.port()
                 && (addr.ip().is_loopback() || addr.ip().is_unspecified())
                 && local.is_some_and(|l| l.ip().is_unspecified() || l.ip().is_loopback()))
-    }
-
-    fn announce_to_seeds(&mut self, ctx: &mut Context<Self>) {
-        for addr in self.seed_addrs() {
-            debug!(self.log, "announcing to seed"; "addr" => %addr);
-            if let Err(e) = self
-                .foca
-                .announce(NodeIdentity::seed(addr), &mut self.runtime)
-            {
-                warn!(self.log, "announce failed"; "addr" => %addr, "err" => err_kv("foca", e));
-            }
-        }
-        self.drain(ctx);
     }
 
     /// Carries out what foca asked for: datagrams, timers, notifications.
@@ -195,6 +224,10 @@ impl ClusterActor {
     fn notified(&mut self, n: OwnedNotification<NodeIdentity>) {
         match n {
             OwnedNotification::MemberUp(id) => {
+                if id.node_id == self.identity.node_id {
+                    warn!(self.log, "node id clash"; "peer" => &id.node_id, "addr" => %id.addr,
+                        "ownAddr" => %self.identity.addr);
+                }
                 info!(self.log, "member joined"; "peer" => &id.node_id, "addr" => %id.addr,
                     "generation" => id.generation, "members" => self.members());
             }
@@ -307,7 +340,7 @@ impl Actor for ClusterActor {
                 if act.leaving || act.foca.num_members() > 0 {
                     return;
                 }
-                if let Some(suppressed) = act.seed_log.check(Instant::now()) {
+                if let Some(suppressed) = act.retry_log.check(Instant::now()) {
                     info!(act.log, "no cluster member known yet; announcing to seeds again";
                         "seeds" => act.seeds.join(","), "suppressed" => suppressed);
                 }
