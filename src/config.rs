@@ -240,6 +240,9 @@ pub struct Overrides {
     /// Address peers use to reach this node [default: the bind address, or the host name]
     #[arg(long, env = "TOPGUN_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
+    /// Membership probe period, ms: a dead peer is declared down about 4 periods later [default: 1000]
+    #[arg(long, env = "TOPGUN_CLUSTER_PROBE_MS")]
+    pub cluster_probe_ms: Option<u64>,
     /// Serve /metrics on this port instead of the client port
     #[arg(long, env = "TOPGUN_METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -375,6 +378,8 @@ pub struct Config {
     pub cluster_port: u16,
     pub seed_nodes: Vec<String>,
     pub advertise_host: Option<String>,
+    /// SWIM probe period of the membership (foca); the other timings derive from it.
+    pub cluster_probe: Duration,
     pub metrics_port: Option<u16>,
     pub storage_backend: StorageBackend,
     pub data_dir: PathBuf,
@@ -469,6 +474,7 @@ impl Default for Config {
             cluster_port: 9080,
             seed_nodes: Vec::new(),
             advertise_host: None,
+            cluster_probe: Duration::from_millis(1000),
             metrics_port: None,
             storage_backend: StorageBackend::Redb,
             data_dir: PathBuf::from("./data"),
@@ -574,6 +580,10 @@ impl Config {
             cluster_port: pick!(cluster_port, d.cluster_port),
             seed_nodes: cli.seed_nodes.or(file.seed_nodes).unwrap_or_default().0,
             advertise_host: cli.advertise_host.or(file.advertise_host),
+            cluster_probe: cli
+                .cluster_probe_ms
+                .or(file.cluster_probe_ms)
+                .map_or(d.cluster_probe, ms),
             metrics_port: cli.metrics_port.or(file.metrics_port),
             storage_backend: pick!(storage_backend, d.storage_backend),
             data_dir: pick!(data_dir, d.data_dir),
@@ -670,7 +680,7 @@ impl Config {
                 ));
             }
         }
-        let positive: [(&'static str, u64); 21] = [
+        let positive: [(&'static str, u64); 22] = [
             (
                 "storage_group_max_records",
                 self.storage_group_max_records as u64,
@@ -701,6 +711,7 @@ impl Config {
                 "heartbeat_check_ms",
                 self.heartbeat_check.as_millis() as u64,
             ),
+            ("cluster_probe_ms", self.cluster_probe.as_millis() as u64),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("client_rate", u64::from(self.client_rate)),
             ("client_burst", u64::from(self.client_burst)),

@@ -1,7 +1,7 @@
 //! `topgun-node`: one node of the TopGun real-time, local-first data grid.
 //!
 //! # Layout
-//! - [`cluster`]: the cluster as clients see it (a cluster of one until membership lands).
+//! - [`cluster`]: membership (ClusterActor, foca SWIM over UDP); partitions are still per node.
 //! - [`config`]: flags, environment, TOML file; precedence and validation.
 //! - [`node`]: wiring of the actors in dependency order, the HTTP server, the shutdown sequence.
 //! - [`http`]: the routes (`/ws`, `/`, `/metrics`, `/health`, `/ready`), kept thin.

@@ -17,6 +17,8 @@ use actix_rt::ArbiterHandle;
 use actix_web::{web, App, HttpServer};
 use slog::{error, info, warn, Logger};
 
+use crate::cluster::actor::{ClusterActor, Leave};
+use crate::cluster::membership::NodeIdentity;
 use crate::config::{AuthMode, Config, StorageBackend};
 use crate::http;
 use crate::net::auth::Verifier;
@@ -175,6 +177,17 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         .metrics_port
         .map(|p| bind(SocketAddr::new(config.host, p)))
         .transpose()?;
+    let cluster_socket = bind_cluster(SocketAddr::new(config.host, config.cluster_port))?;
+    let cluster_port = cluster_socket
+        .local_addr()
+        .map_or(config.cluster_port, |a| a.port());
+    let cluster_identity = NodeIdentity {
+        node_id: node_id.clone(),
+        addr: advertised_cluster_addr(&config, cluster_port)?,
+        generation: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
 
     let timed = config.actor_telemetry;
     let pending_batches = Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -297,12 +310,29 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
 
     // Both ports are bound: nothing can fail half-started any more.
     gate_ctx.run(gate_actor);
+    let cluster = {
+        let actor = ClusterActor::new(
+            cluster_identity,
+            cluster_socket,
+            config.seed_nodes.clone(),
+            config.cluster_probe,
+            &log,
+            metrics.clone(),
+            config.report_interval,
+            timed,
+        );
+        let depth = actor.depth_counter();
+        Mailbox::new(actor.start(), depth)
+    };
     LagProbe::new("main", metrics.clone(), config.report_interval).start();
 
     // The contract with scripts: exactly `PORT=<n>`, flushed, before any log line on stdout.
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "PORT={port}");
+        if config.cluster_port == 0 {
+            let _ = writeln!(out, "CLUSTER_PORT={cluster_port}");
+        }
         if config.metrics_port == Some(0) {
             if let Some(p) = bound_metrics_port {
                 let _ = writeln!(out, "METRICS_PORT={p}");
@@ -351,6 +381,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         let _ = storage.send(Flush).await;
         info!(log, "storage flushed");
     }
+    // Tell the cluster last: peers keep counting this node while it still finishes its work.
+    let _ = tokio::time::timeout(Duration::from_secs(1), cluster.send(Leave)).await;
     info!(log, "shutdown complete"; "tookMs" => started.elapsed().as_millis() as u64);
     Ok(())
 }
@@ -401,6 +433,39 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
     socket.listen(2048).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     Ok(socket.into())
+}
+
+/// The cluster's UDP socket, bound before any actor starts (a busy port stops the node whole).
+fn bind_cluster(addr: SocketAddr) -> Result<tokio::net::UdpSocket, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    tokio::net::UdpSocket::from_std(socket).map_err(err)
+}
+
+/// Where peers reach this node's cluster port: `--advertise-host` (an IP or a name resolved
+/// now), else the bind address when it is specific, else the host name resolved.
+fn advertised_cluster_addr(config: &Config, port: u16) -> Result<SocketAddr, StartError> {
+    use std::net::ToSocketAddrs;
+    let host = match &config.advertise_host {
+        Some(h) => h.clone(),
+        None if !config.host.is_unspecified() => return Ok(SocketAddr::new(config.host, port)),
+        None => hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .map_err(|e| StartError::Config(format!("cannot read the host name: {e}")))?,
+    };
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            StartError::Config(format!(
+                "advertise host {host:?} does not resolve (set --advertise-host)"
+            ))
+        })
 }
 
 /// Opens the configured backend and reads it back (`None` for memory).

@@ -379,6 +379,13 @@ fn busy_port_fails_with_one_line() {
         base(dir.path()).args(["--port", "0", "--metrics-port", &busy_metrics.to_string()]),
         &[&busy_metrics.to_string()],
     );
+    // The UDP cluster port too, before any actor starts.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let busy_cluster = udp.local_addr().unwrap().port();
+    assert_refused(
+        base(dir.path()).args(["--port", "0", "--cluster-port", &busy_cluster.to_string()]),
+        &[&busy_cluster.to_string()],
+    );
 }
 
 /// A data dir that is a regular file cannot hold the redb database nor the node id.

@@ -159,6 +159,9 @@ ROWS = [
          [(f'topgun_cluster_members{{{S}}}', "{{instance}}"),
           (f'count(up{{{S}}})', "scraped nodes (expected)")],
          "Itself included. Every node should see as many members as Prometheus scrapes."),
+        ("Invalid datagrams on the cluster port", "ts", "pps",
+         [(f'rate(topgun_cluster_invalid_datagrams_total{{{S}}}[{R}])', "{{instance}}")],
+         "Garbage, truncated or other-version datagrams dropped by the membership (logged once per 10 s)."),
         ("Not exported yet", "text", "none",
          ["Partition ownership, rebalancing and replication lag are not exported by the node yet; "
           "cluster health here rests on `topgun_cluster_members` and `up`. See docs/operations.md."],

@@ -1,5 +1,9 @@
-//! The cluster as clients see it. Until membership lands (issue 8) a node is a cluster of one:
-//! it owns all 271 partitions, and `PARTITION_MAP_REQUEST` is answered truthfully with that.
+//! The cluster: membership ([`actor::ClusterActor`] over foca, [`membership`]) and the
+//! cluster as clients see it. Partition ownership across nodes is not built yet (issue 8): each
+//! node still owns all 271 partitions itself, and `PARTITION_MAP_REQUEST` says exactly that.
+pub mod actor;
+pub mod membership;
+
 use crate::protocol::{NodeEndpoints, PartitionMap, PartitionMapNode, PartitionOwner};
 use crate::shard::fnv::PARTITION_COUNT;
 

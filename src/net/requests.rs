@@ -302,7 +302,7 @@ impl ConnectionActor {
         let limit = cfg.backpressure_limit as i64;
         let pending = self.node.pending_batches.load(Ordering::Acquire);
         self.batches += 1;
-        let every_nth = self.batches % cfg.backpressure_sync_every == 0;
+        let every_nth = self.batches.is_multiple_of(cfg.backpressure_sync_every);
         let crowded = pending * 5 > limit * 4 && rand::random::<f64>() < 0.1;
         let force_sync = every_nth || crowded;
         if !force_sync && try_reserve(&self.node.pending_batches, limit) {

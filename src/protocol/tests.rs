@@ -1346,7 +1346,7 @@ fn random_and_mutated_input_never_panics() {
         let len = (rng.next() % 64) as usize;
         let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         // Bias towards maps so the deserializers get exercised, not just the scan.
-        if !f.is_empty() && rng.next() % 2 == 0 {
+        if !f.is_empty() && rng.next().is_multiple_of(2) {
             f[0] = 0x80 | (f[0] & 0x0f);
         }
         let _ = decode(&f);
@@ -1381,7 +1381,7 @@ fn random_and_mutated_input_never_panics() {
                 let i = (rng.next() as usize) % f.len();
                 f[i] = rng.next() as u8;
             }
-            if rng.next() % 4 == 0 {
+            if rng.next().is_multiple_of(4) {
                 f.truncate((rng.next() as usize) % f.len());
             }
             let _ = decode(&f);

@@ -895,7 +895,7 @@ impl<'a> Reader<'a> {
 }
 
 fn decode_cursor(c: &str, fingerprint: u32, sort: &[(Vec<String>, bool)]) -> Option<SortKey> {
-    if c.len() > MAX_CURSOR_LEN || c.len() % 2 != 0 {
+    if c.len() > MAX_CURSOR_LEN || !c.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Vec<u8> = c

@@ -113,6 +113,7 @@ pub struct Metrics {
     pub client_rate_limited_total: IntCounter,
     pub connections_closed_total: IntCounterVec,
     pub log_records_dropped_total: IntCounter,
+    pub cluster_invalid_datagrams_total: IntCounter,
     pub actor_messages_total: IntCounterVec,
     pub actor_mailbox_depth: IntGaugeVec,
     pub actor_handle_seconds: Arc<HistogramFamily>,
@@ -258,6 +259,10 @@ impl Metrics {
                 "topgun_connections_closed_total",
                 "Client connections closed, by reason.",
                 &["reason"],
+            )?,
+            cluster_invalid_datagrams_total: b.counter(
+                "topgun_cluster_invalid_datagrams_total",
+                "Datagrams on the cluster port that were not valid membership messages (garbage, another protocol version, truncated); each is dropped.",
             )?,
             log_records_dropped_total: b.counter(
                 "topgun_log_records_dropped_total",

@@ -1,0 +1,446 @@
+//! Membership as plain data for foca (SWIM): the node identity, the datagram codec and the
+//! foca configuration. No actix and no I/O here; `actor.rs` owns the socket and the timers.
+//!
+//! Wire format of one datagram (big-endian), version [`WIRE_VERSION`]:
+//! `"TG"`, version `u8`, then foca's header: source identity, source incarnation `u16`,
+//! destination identity, message tag `u8` and its fields; then foca's own member updates, each
+//! an identity, incarnation `u16` and state `u8` (0 alive, 1 suspect, 2 down).
+//! An identity is `len u8`, node id (UTF-8), address family `u8` (4 or 6), the IP, port `u16`,
+//! generation `u64`.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
+use foca::{Codec, Header, Identity, Member, Message, State};
+
+/// Magic bytes opening every cluster datagram: anything else on the port is garbage.
+const MAGIC: [u8; 2] = *b"TG";
+/// Version of the membership datagram format; a peer speaking another one is refused.
+pub const WIRE_VERSION: u8 = 1;
+/// Longest node id carried on the wire (`len` is one byte).
+const MAX_ID_LEN: usize = 255;
+
+/// Who a member is: its node id, where peers reach it, and which run of it this is.
+/// `generation` is the start time in ms, so a node restarted on the same address joins as a
+/// newer incarnation and wins the address over its dead predecessor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub addr: SocketAddr,
+    pub generation: u64,
+}
+
+impl NodeIdentity {
+    /// A placeholder for a seed we only know by address: foca accepts an announce addressed to
+    /// any identity with the receiver's address.
+    pub fn seed(addr: SocketAddr) -> Self {
+        NodeIdentity {
+            node_id: String::new(),
+            addr,
+            generation: 0,
+        }
+    }
+}
+
+impl Identity for NodeIdentity {
+    type Addr = SocketAddr;
+
+    /// Declared down by the others while alive: come back as a newer generation.
+    fn renew(&self) -> Option<Self> {
+        Some(NodeIdentity {
+            generation: self.generation.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+/// Why a datagram could not be read. `code()` is the log's `reason`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("datagram ends early")]
+    Truncated,
+    #[error("not a TopGun cluster datagram")]
+    BadMagic,
+    #[error("cluster protocol version {0} (this node speaks {WIRE_VERSION})")]
+    Version(u8),
+    #[error("unknown message tag {0}")]
+    BadTag(u8),
+    #[error("unknown address family {0}")]
+    BadFamily(u8),
+    #[error("unknown member state {0}")]
+    BadState(u8),
+    #[error("node id is not UTF-8")]
+    BadNodeId,
+}
+
+impl DecodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Truncated => "truncated",
+            DecodeError::BadMagic => "bad_magic",
+            DecodeError::Version(_) => "version",
+            DecodeError::BadTag(_) => "bad_tag",
+            DecodeError::BadFamily(_) => "bad_family",
+            DecodeError::BadState(_) => "bad_state",
+            DecodeError::BadNodeId => "bad_node_id",
+        }
+    }
+}
+
+/// Encoding cannot fail for identities this node builds (ids are validated at start), but a
+/// too-long id is reported rather than truncated.
+#[derive(Debug, thiserror::Error)]
+#[error("node id longer than {MAX_ID_LEN} bytes")]
+pub struct EncodeError;
+
+/// foca's codec for [`NodeIdentity`]: small, hand-written, every read bounds-checked.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WireCodec;
+
+fn need(buf: &impl Buf, n: usize) -> Result<(), DecodeError> {
+    if buf.remaining() < n {
+        Err(DecodeError::Truncated)
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(buf: &mut impl Buf) -> Result<u8, DecodeError> {
+    need(buf, 1)?;
+    Ok(buf.get_u8())
+}
+
+fn get_u16(buf: &mut impl Buf) -> Result<u16, DecodeError> {
+    need(buf, 2)?;
+    Ok(buf.get_u16())
+}
+
+fn get_u64(buf: &mut impl Buf) -> Result<u64, DecodeError> {
+    need(buf, 8)?;
+    Ok(buf.get_u64())
+}
+
+fn put_identity(id: &NodeIdentity, buf: &mut impl BufMut) -> Result<(), EncodeError> {
+    let bytes = id.node_id.as_bytes();
+    let len = u8::try_from(bytes.len()).map_err(|_| EncodeError)?;
+    buf.put_u8(len);
+    buf.put_slice(bytes);
+    match id.addr.ip() {
+        IpAddr::V4(ip) => {
+            buf.put_u8(4);
+            buf.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            buf.put_u8(6);
+            buf.put_slice(&ip.octets());
+        }
+    }
+    buf.put_u16(id.addr.port());
+    buf.put_u64(id.generation);
+    Ok(())
+}
+
+fn get_identity(buf: &mut impl Buf) -> Result<NodeIdentity, DecodeError> {
+    let len = usize::from(get_u8(buf)?);
+    need(buf, len)?;
+    let mut raw = vec![0; len];
+    buf.copy_to_slice(&mut raw);
+    let node_id = String::from_utf8(raw).map_err(|_| DecodeError::BadNodeId)?;
+    let ip = match get_u8(buf)? {
+        4 => {
+            need(buf, 4)?;
+            let mut o = [0; 4];
+            buf.copy_to_slice(&mut o);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        6 => {
+            need(buf, 16)?;
+            let mut o = [0; 16];
+            buf.copy_to_slice(&mut o);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        other => return Err(DecodeError::BadFamily(other)),
+    };
+    let port = get_u16(buf)?;
+    let generation = get_u64(buf)?;
+    Ok(NodeIdentity {
+        node_id,
+        addr: SocketAddr::new(ip, port),
+        generation,
+    })
+}
+
+impl Codec<NodeIdentity> for WireCodec {
+    type Error = CodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &Header<NodeIdentity>,
+        mut buf: impl BufMut,
+    ) -> Result<(), CodecError> {
+        buf.put_slice(&MAGIC);
+        buf.put_u8(WIRE_VERSION);
+        put_identity(&header.src, &mut buf)?;
+        buf.put_u16(header.src_incarnation);
+        put_identity(&header.dst, &mut buf)?;
+        let (tag, peer, probe) = match &header.message {
+            Message::Ping(n) => (0, None, Some(*n)),
+            Message::Ack(n) => (1, None, Some(*n)),
+            Message::PingReq {
+                target,
+                probe_number,
+            } => (2, Some(target), Some(*probe_number)),
+            Message::IndirectPing {
+                origin,
+                probe_number,
+            } => (3, Some(origin), Some(*probe_number)),
+            Message::IndirectAck {
+                target,
+                probe_number,
+            } => (4, Some(target), Some(*probe_number)),
+            Message::ForwardedAck {
+                origin,
+                probe_number,
+            } => (5, Some(origin), Some(*probe_number)),
+            Message::Announce => (6, None, None),
+            Message::Feed => (7, None, None),
+            Message::Gossip => (8, None, None),
+            Message::Broadcast => (9, None, None),
+            Message::TurnUndead => (10, None, None),
+        };
+        buf.put_u8(tag);
+        if let Some(peer) = peer {
+            put_identity(peer, &mut buf)?;
+        }
+        if let Some(n) = probe {
+            buf.put_u8(n);
+        }
+        Ok(())
+    }
+
+    fn decode_header(&mut self, mut buf: impl Buf) -> Result<Header<NodeIdentity>, CodecError> {
+        need(&buf, 3)?;
+        let mut magic = [0; 2];
+        buf.copy_to_slice(&mut magic);
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic.into());
+        }
+        let version = buf.get_u8();
+        if version != WIRE_VERSION {
+            return Err(DecodeError::Version(version).into());
+        }
+        let src = get_identity(&mut buf)?;
+        let src_incarnation = get_u16(&mut buf)?;
+        let dst = get_identity(&mut buf)?;
+        let message = match get_u8(&mut buf)? {
+            0 => Message::Ping(get_u8(&mut buf)?),
+            1 => Message::Ack(get_u8(&mut buf)?),
+            2 => Message::PingReq {
+                target: get_identity(&mut buf)?,
+                probe_number: get_u8(&mut buf)?,
+            },
+            3 => Message::IndirectPing {
+                origin: get_identity(&mut buf)?,
+                probe_number: get_u8(&mut buf)?,
+            },
+            4 => Message::IndirectAck {
+                target: get_identity(&mut buf)?,
+                probe_number: get_u8(&mut buf)?,
+            },
+            5 => Message::ForwardedAck {
+                origin: get_identity(&mut buf)?,
+                probe_number: get_u8(&mut buf)?,
+            },
+            6 => Message::Announce,
+            7 => Message::Feed,
+            8 => Message::Gossip,
+            9 => Message::Broadcast,
+            10 => Message::TurnUndead,
+            other => return Err(DecodeError::BadTag(other).into()),
+        };
+        Ok(Header {
+            src,
+            src_incarnation,
+            dst,
+            message,
+        })
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &Member<NodeIdentity>,
+        mut buf: impl BufMut,
+    ) -> Result<(), CodecError> {
+        put_identity(member.id(), &mut buf)?;
+        buf.put_u16(member.incarnation());
+        buf.put_u8(match member.state() {
+            State::Alive => 0,
+            State::Suspect => 1,
+            State::Down => 2,
+        });
+        Ok(())
+    }
+
+    fn decode_member(&mut self, mut buf: impl Buf) -> Result<Member<NodeIdentity>, CodecError> {
+        let id = get_identity(&mut buf)?;
+        let incarnation = get_u16(&mut buf)?;
+        let state = match get_u8(&mut buf)? {
+            0 => State::Alive,
+            1 => State::Suspect,
+            2 => State::Down,
+            other => return Err(DecodeError::BadState(other).into()),
+        };
+        Ok(Member::new(id, incarnation, state))
+    }
+}
+
+/// The codec's error: foca wraps it in `Error::Encode`/`Error::Decode`.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// The bounded `reason` of a datagram foca refused.
+pub fn refusal_code(e: &foca::Error) -> &'static str {
+    match e {
+        foca::Error::Decode(inner) => match inner.downcast_ref::<CodecError>() {
+            Some(CodecError::Decode(d)) => d.code(),
+            _ => "decode",
+        },
+        foca::Error::DataTooBig => "too_big",
+        foca::Error::MalformedPacket => "malformed",
+        foca::Error::DataFromOurselves => "from_ourselves",
+        foca::Error::IndirectForOurselves => "indirect_for_ourselves",
+        _ => "refused",
+    }
+}
+
+/// foca's settings from one knob, the probe period (`--cluster-probe-ms`): a member that
+/// stops answering is suspected after a probe or two and declared down about three periods
+/// later; gossip spreads news every fifth of a period; a node alone re-announces itself to
+/// the members it knows so partitions heal.
+pub fn foca_config(probe: Duration) -> foca::Config {
+    let probe = probe.max(Duration::from_millis(50));
+    let mut c = foca::Config::simple();
+    c.probe_period = probe;
+    c.probe_rtt = probe / 3;
+    c.suspect_to_down_after = probe * 3;
+    // Forget dead members (and their identities) after a while; a restart comes back as a new
+    // generation anyway.
+    c.remove_down_after = Some((probe * 30).max(Duration::from_secs(15)));
+    c.max_transmissions = NonZeroU8::new(10).unwrap_or(NonZeroU8::MIN);
+    c.notify_down_members = true;
+    c.max_packet_size = NonZeroUsize::new(1400).unwrap_or(NonZeroUsize::MIN);
+    let three = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
+    c.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: (probe / 5).max(Duration::from_millis(20)),
+        num_members: three,
+    });
+    c.periodic_announce = Some(foca::PeriodicParams {
+        frequency: probe * 10,
+        num_members: NonZeroUsize::MIN,
+    });
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: probe * 10,
+        num_members: NonZeroUsize::MIN,
+    });
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str, port: u16, generation: u64) -> NodeIdentity {
+        NodeIdentity {
+            node_id: name.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            generation,
+        }
+    }
+
+    #[test]
+    fn header_and_member_round_trip() {
+        let mut codec = WireCodec;
+        let header = Header {
+            src: id("a", 1, 10),
+            src_incarnation: 3,
+            dst: id("b", 2, 20),
+            message: Message::PingReq {
+                target: id("c", 3, 30),
+                probe_number: 7,
+            },
+        };
+        let mut buf = Vec::new();
+        codec.encode_header(&header, &mut buf).unwrap();
+        let back = codec.decode_header(&buf[..]).unwrap();
+        assert_eq!(back, header);
+
+        let member = Member::new(id("n-é", 9, u64::MAX), 5, State::Suspect);
+        let mut buf = Vec::new();
+        codec.encode_member(&member, &mut buf).unwrap();
+        assert_eq!(codec.decode_member(&buf[..]).unwrap(), member);
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        let mut codec = WireCodec;
+        let header = Header {
+            src: id("a", 1, 10),
+            src_incarnation: 3,
+            dst: id("b", 2, 20),
+            message: Message::Ping(1),
+        };
+        let mut good = Vec::new();
+        codec.encode_header(&header, &mut good).unwrap();
+        for cut in 0..good.len() {
+            assert!(codec.decode_header(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut other_version = good.clone();
+        other_version[2] = 99;
+        assert!(matches!(
+            codec.decode_header(&other_version[..]),
+            Err(CodecError::Decode(DecodeError::Version(99)))
+        ));
+        assert!(matches!(
+            codec.decode_header(&b"hello world"[..]),
+            Err(CodecError::Decode(DecodeError::BadMagic))
+        ));
+    }
+
+    #[test]
+    fn a_newer_generation_wins_the_address() {
+        let old = id("a", 1, 10);
+        let new = old.renew().unwrap();
+        assert!(new.win_addr_conflict(&old));
+        assert!(!old.win_addr_conflict(&new));
+        assert_eq!(new.addr(), old.addr());
+    }
+
+    #[test]
+    fn config_is_accepted_by_foca() {
+        let rng = <rand_foca::rngs::StdRng as rand_foca::SeedableRng>::seed_from_u64(1);
+        let mut foca = foca::Foca::new(
+            id("a", 1, 1),
+            foca_config(Duration::from_millis(200)),
+            rng,
+            WireCodec,
+        );
+        assert!(foca
+            .set_config(foca_config(Duration::from_millis(200)))
+            .is_ok());
+        assert_eq!(foca.num_members(), 0);
+    }
+}
