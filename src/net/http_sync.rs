@@ -1,12 +1,13 @@
 //! `POST /sync`: a client without a WebSocket sends its pending ops and one-shot queries in
-//! one request. Writes go through the same shard path as `OP_BATCH` (and count toward the
-//! node-wide backpressure limit while in flight); queries are one-shot snapshots.
+//! one request. Writes go through the same shard path as `OP_BATCH` and wait for a slot under
+//! the same node-wide backpressure limit (up to the backoff timeout, then a 429 in `errors`);
+//! queries are one-shot snapshots.
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::ops::{op_label, query_spec};
-use super::requests::{apply_writes, run_query};
+use super::requests::{apply_writes, reserve_within, run_query};
 use super::NodeContext;
 use crate::protocol::http_sync::{
     HttpQueryResult, HttpSyncError, HttpSyncRequest, HttpSyncResponse,
@@ -17,12 +18,20 @@ use crate::shard::query::CompiledQuery;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::report::{Report, Reported};
 
-/// HTTP requests have no connection actor to count their ops; one report per request.
-struct HttpOpsReport(HashMap<(&'static str, String), u64>);
+/// HTTP requests have no connection actor to count their ops and flow control; one report per
+/// request.
+struct HttpOpsReport {
+    ops: HashMap<(&'static str, String), u64>,
+    waited: bool,
+    timed_out: bool,
+}
 
 impl Report for HttpOpsReport {
     fn apply(self: Box<Self>, m: &mut Metrics) {
-        for ((op_type, map), n) in self.0 {
+        m.backpressure_waits_total.inc_by(u64::from(self.waited));
+        m.backpressure_timeouts_total
+            .inc_by(u64::from(self.timed_out));
+        for ((op_type, map), n) in self.ops {
             let label = m.map_label(&map).to_owned();
             m.ops_total.with_label_values(&[op_type, &label]).inc_by(n);
         }
@@ -32,6 +41,8 @@ impl Report for HttpOpsReport {
 pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncResponse {
     let mut counted: HashMap<(&'static str, String), u64> = HashMap::new();
     let mut errors = Vec::new();
+    let mut waited = false;
+    let mut timed_out = false;
     let mut hlc = Hlc::new(node.node_id.as_str(), node.config.max_drift_ms);
     if let Some(client) = &req.client_hlc {
         // Feeding the client's clock in only raises ours; a far-ahead one is just not used.
@@ -46,23 +57,45 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
                     .or_default() += 1;
             }
             let last_id = ops.last().and_then(|o| o.id.clone());
-            node.pending_batches.fetch_add(1, Ordering::AcqRel);
-            let outcome = apply_writes(&node.shards, 0, ops).await;
-            node.pending_batches.fetch_sub(1, Ordering::AcqRel);
-            errors.extend(outcome.rejected.into_iter().map(HttpSyncError::from));
-            if let Some(reason) = outcome.failure {
+            // The same node-wide cap as WebSocket writes; an HTTP client has no socket to stop
+            // reading, so the request itself waits, up to the backoff timeout.
+            let (reserved, had_to_wait) = reserve_within(
+                &node.pending_batches,
+                node.config.backpressure_limit as i64,
+                node.config.backpressure_timeout,
+            )
+            .await;
+            waited = had_to_wait;
+            if reserved {
+                let outcome = apply_writes(&node.shards, 0, ops).await;
+                node.pending_batches.fetch_sub(1, Ordering::AcqRel);
+                errors.extend(outcome.rejected.into_iter().map(HttpSyncError::from));
+                match outcome.failure {
+                    Some(reason) => {
+                        errors.push(HttpSyncError {
+                            code: 500,
+                            message: format!("write not acknowledged: {reason}"),
+                            context: None,
+                        });
+                        None
+                    }
+                    None => Some(OpAck {
+                        last_id: last_id.unwrap_or_else(|| "unknown".into()),
+                        achieved_level: Some(WriteConcern::Applied),
+                        results: None,
+                    }),
+                }
+            } else {
+                timed_out = true;
                 errors.push(HttpSyncError {
-                    code: 500,
-                    message: format!("write not acknowledged: {reason}"),
+                    code: 429,
+                    message: format!(
+                        "server overloaded: {} ops not applied, retry later",
+                        ops.len()
+                    ),
                     context: None,
                 });
                 None
-            } else {
-                Some(OpAck {
-                    last_id: last_id.unwrap_or_else(|| "unknown".into()),
-                    achieved_level: Some(WriteConcern::Applied),
-                    results: None,
-                })
             }
         }
         _ => None,
@@ -98,9 +131,12 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
             has_more: page.has_more.then_some(true),
         });
     }
-    if !counted.is_empty() {
-        node.metrics
-            .do_send(Reported(Box::new(HttpOpsReport(counted))));
+    if !counted.is_empty() || waited {
+        node.metrics.do_send(Reported(Box::new(HttpOpsReport {
+            ops: counted,
+            waited,
+            timed_out,
+        })));
     }
     HttpSyncResponse {
         server_hlc: hlc.now(system_millis()),

@@ -200,6 +200,26 @@ fn valid_merkle_path(path: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Waits (without blocking the thread) for a pending-batch slot, up to `timeout`; for writes
+/// that have no socket to stop reading, such as `POST /sync`. Returns (got a slot, had to wait).
+pub(crate) async fn reserve_within(
+    pending: &std::sync::atomic::AtomicI64,
+    limit: i64,
+    timeout: Duration,
+) -> (bool, bool) {
+    if try_reserve(pending, limit) {
+        return (true, false);
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        tokio::time::sleep(FLOW_POLL).await;
+        if try_reserve(pending, limit) {
+            return (true, true);
+        }
+    }
+    (false, true)
+}
+
 /// Takes one of the node-wide pending-batch slots if one is free (the limit is a hard cap).
 fn try_reserve(pending: &std::sync::atomic::AtomicI64, limit: i64) -> bool {
     pending
@@ -765,5 +785,44 @@ impl ConnectionActor {
             data: m.data,
             publisher: self.id,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicI64;
+
+    #[test]
+    fn the_limit_is_a_hard_cap() {
+        let pending = AtomicI64::new(0);
+        assert!(try_reserve(&pending, 2));
+        assert!(try_reserve(&pending, 2));
+        assert!(!try_reserve(&pending, 2));
+        assert_eq!(pending.load(Ordering::Acquire), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_a_freed_slot_or_times_out() {
+        let pending = Arc::new(AtomicI64::new(1));
+        assert_eq!(
+            reserve_within(&pending, 1, Duration::from_millis(20)).await,
+            (false, true)
+        );
+        let freer = pending.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            freer.fetch_sub(1, Ordering::AcqRel);
+        });
+        assert_eq!(
+            reserve_within(&pending, 1, Duration::from_secs(5)).await,
+            (true, true)
+        );
+        assert_eq!(pending.load(Ordering::Acquire), 1);
+        pending.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(
+            reserve_within(&pending, 1, Duration::from_millis(1)).await,
+            (true, false)
+        );
     }
 }
