@@ -74,79 +74,27 @@ fn client_root(acked: &HashMap<String, (i64, u64, u32)>) -> u32 {
     level.remove("").map_or(0, proto::combine)
 }
 
-/// Every record of a map, with its stored timestamp, through a full Merkle walk.
+/// Every record of a map, with its stored timestamp, through the suite's client walk.
 async fn walk(c: &mut Client, map_name: &str) -> BTreeMap<String, (Value, u64, u64)> {
-    walk_with_root(c, map_name).await.1
+    c.walk(map_name)
+        .await
+        .records
+        .into_iter()
+        .map(|(key, rec)| {
+            let t = proto::Ts::from_wire(get(&rec, "timestamp").expect("timestamp"));
+            let value = get(&rec, "value").cloned().unwrap_or(Value::Nil);
+            (key, (value, t.millis, u64::from(t.counter)))
+        })
+        .collect()
 }
 
-/// The SYNC_INIT root and every record through a full Merkle walk.
+/// The SYNC_INIT root and every record.
 async fn walk_with_root(
     c: &mut Client,
     map_name: &str,
 ) -> (u32, BTreeMap<String, (Value, u64, u64)>) {
-    let mut out = BTreeMap::new();
-    c.send(&map(&[
-        ("type", "SYNC_INIT".into()),
-        ("mapName", map_name.into()),
-    ]))
-    .await;
-    let root = c.recv_type("SYNC_RESP_ROOT").await.expect("root");
-    let root_hash = get(payload(&root), "rootHash")
-        .and_then(Value::as_u64)
-        .unwrap_or(0) as u32;
-    if root_hash == 0 {
-        return (0, out);
-    }
-    let mut paths = vec![String::new()];
-    while let Some(path) = paths.pop() {
-        c.send(&map(&[
-            ("type", "MERKLE_REQ_BUCKET".into()),
-            (
-                "payload",
-                map(&[("mapName", map_name.into()), ("path", path.clone().into())]),
-            ),
-        ]))
-        .await;
-        let reply = c.recv().await.expect("merkle reply");
-        let p = payload(&reply);
-        match msg_type(&reply) {
-            "SYNC_RESP_BUCKETS" => {
-                for (k, h) in get(p, "buckets")
-                    .and_then(Value::as_map)
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    if h.as_u64() != Some(0) {
-                        paths.push(format!("{path}{}", k.as_str().unwrap_or_default()));
-                    }
-                }
-            }
-            "SYNC_RESP_LEAF" => {
-                for r in get(p, "records")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    let key = get(&r, "key")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    let rec = get(&r, "record").expect("record");
-                    let t = get(rec, "timestamp").expect("timestamp");
-                    out.insert(
-                        key,
-                        (
-                            get(rec, "value").cloned().unwrap_or(Value::Nil),
-                            get(t, "millis").and_then(Value::as_u64).unwrap_or(0),
-                            get(t, "counter").and_then(Value::as_u64).unwrap_or(0),
-                        ),
-                    );
-                }
-            }
-            other => panic!("unexpected {other}"),
-        }
-    }
-    (root_hash, out)
+    let root = c.sync_root(map_name).await;
+    (root, walk(c, map_name).await)
 }
 
 /// Writes batches from `writers` connections until told to stop; returns every acked op as

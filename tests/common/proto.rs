@@ -4,8 +4,6 @@
 //! Nothing here uses the node's own code: the hashing is written again from the spec text so
 //! that a root equality proves the node agrees with the client, not with itself.
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use rmpv::Value;
@@ -528,20 +526,7 @@ pub fn http_bytes(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let raw = super::http_exchange(port, method, path, headers, body)?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
