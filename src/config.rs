@@ -75,6 +75,44 @@ impl fmt::Display for StorageBackend {
     }
 }
 
+/// When a write is acknowledged in a cluster: once the owner has it durably, or once the
+/// owner and every backup have it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum WriteAck {
+    Owner,
+    OwnerAndBackup,
+}
+
+impl FromStr for WriteAck {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "owner" => Ok(WriteAck::Owner),
+            "owner+backup" | "owner-backup" | "backup" => Ok(WriteAck::OwnerAndBackup),
+            other => Err(format!(
+                "unknown write ack {other:?} (expected owner or owner+backup)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for WriteAck {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for WriteAck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WriteAck::Owner => "owner",
+            WriteAck::OwnerAndBackup => "owner+backup",
+        })
+    }
+}
+
 /// Pino's level names; the numbers are Pino's too (see `telemetry::logging`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -243,6 +281,18 @@ pub struct Overrides {
     /// Membership probe period, ms: a dead peer is declared down about 4 periods later [default: 1000]
     #[arg(long, env = "TOPGUN_CLUSTER_PROBE_MS")]
     pub cluster_probe_ms: Option<u64>,
+    /// Backups per partition besides its owner (capped at members - 1) [default: 1]
+    #[arg(long, env = "TOPGUN_BACKUP_COUNT")]
+    pub backup_count: Option<u8>,
+    /// When a cluster write is acknowledged: owner, or owner+backup [default: owner+backup]
+    #[arg(long, env = "TOPGUN_WRITE_ACK")]
+    pub write_ack: Option<WriteAck>,
+    /// How long a forwarded or replicated write may wait for its peer, ms [default: 5000]
+    #[arg(long, env = "TOPGUN_CLUSTER_TIMEOUT_MS")]
+    pub cluster_timeout_ms: Option<u64>,
+    /// How long /ready waits for the seeds before the node serves alone, ms [default: 10000]
+    #[arg(long, env = "TOPGUN_CLUSTER_JOIN_TIMEOUT_MS")]
+    pub cluster_join_timeout_ms: Option<u64>,
     /// Serve /metrics on this port instead of the client port
     #[arg(long, env = "TOPGUN_METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -380,6 +430,12 @@ pub struct Config {
     pub advertise_host: Option<String>,
     /// SWIM probe period of the membership (foca); the other timings derive from it.
     pub cluster_probe: Duration,
+    pub backup_count: u8,
+    pub write_ack: WriteAck,
+    /// Longest wait for a peer's answer to a forwarded or replicated write.
+    pub cluster_timeout: Duration,
+    /// Longest wait for the seeds (and the first data pull) before serving alone.
+    pub cluster_join_timeout: Duration,
     pub metrics_port: Option<u16>,
     pub storage_backend: StorageBackend,
     pub data_dir: PathBuf,
@@ -475,6 +531,10 @@ impl Default for Config {
             seed_nodes: Vec::new(),
             advertise_host: None,
             cluster_probe: Duration::from_millis(1000),
+            backup_count: 1,
+            write_ack: WriteAck::OwnerAndBackup,
+            cluster_timeout: Duration::from_millis(5000),
+            cluster_join_timeout: Duration::from_millis(10_000),
             metrics_port: None,
             storage_backend: StorageBackend::Redb,
             data_dir: PathBuf::from("./data"),
@@ -584,6 +644,16 @@ impl Config {
                 .cluster_probe_ms
                 .or(file.cluster_probe_ms)
                 .map_or(d.cluster_probe, ms),
+            backup_count: pick!(backup_count, d.backup_count),
+            write_ack: pick!(write_ack, d.write_ack),
+            cluster_timeout: cli
+                .cluster_timeout_ms
+                .or(file.cluster_timeout_ms)
+                .map_or(d.cluster_timeout, ms),
+            cluster_join_timeout: cli
+                .cluster_join_timeout_ms
+                .or(file.cluster_join_timeout_ms)
+                .map_or(d.cluster_join_timeout, ms),
             metrics_port: cli.metrics_port.or(file.metrics_port),
             storage_backend: pick!(storage_backend, d.storage_backend),
             data_dir: pick!(data_dir, d.data_dir),
@@ -680,7 +750,17 @@ impl Config {
                 ));
             }
         }
-        let positive: [(&'static str, u64); 22] = [
+        if usize::from(self.backup_count) > crate::cluster::table::MAX_BACKUPS {
+            return Err(ConfigError::invalid(
+                "backup_count",
+                format!(
+                    "{} backups per partition; at most {} are supported",
+                    self.backup_count,
+                    crate::cluster::table::MAX_BACKUPS
+                ),
+            ));
+        }
+        let positive: [(&'static str, u64); 23] = [
             (
                 "storage_group_max_records",
                 self.storage_group_max_records as u64,
@@ -712,6 +792,10 @@ impl Config {
                 self.heartbeat_check.as_millis() as u64,
             ),
             ("cluster_probe_ms", self.cluster_probe.as_millis() as u64),
+            (
+                "cluster_timeout_ms",
+                self.cluster_timeout.as_millis() as u64,
+            ),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("client_rate", u64::from(self.client_rate)),
             ("client_burst", u64::from(self.client_burst)),

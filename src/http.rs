@@ -127,10 +127,15 @@ async fn health() -> HttpResponse {
 }
 
 async fn ready(node: web::Data<Arc<NodeContext>>) -> HttpResponse {
-    if node.ready.load(Ordering::Acquire) {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ready", "nodeId": node.node_id}))
-    } else {
+    if !node.ready.load(Ordering::Acquire) {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not ready"}))
+    } else if !node.cluster.data_ready() {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "not ready",
+            "reason": "joining the cluster: waiting for a seed and the first data pull",
+        }))
+    } else {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready", "nodeId": node.node_id}))
     }
 }
 

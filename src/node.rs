@@ -19,6 +19,8 @@ use slog::{error, info, warn, Logger};
 
 use crate::cluster::actor::{ClusterActor, Leave};
 use crate::cluster::membership::NodeIdentity;
+use crate::cluster::state::ClusterState;
+use crate::cluster::table::TableMember;
 use crate::config::{AuthMode, Config, StorageBackend};
 use crate::http;
 use crate::net::auth::Verifier;
@@ -177,17 +179,37 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         .metrics_port
         .map(|p| bind(SocketAddr::new(config.host, p)))
         .transpose()?;
-    let cluster_socket = bind_cluster(SocketAddr::new(config.host, config.cluster_port))?;
+    let (cluster_socket, peer_listener) =
+        bind_cluster(SocketAddr::new(config.host, config.cluster_port))?;
     let cluster_port = cluster_socket
         .local_addr()
         .map_or(config.cluster_port, |a| a.port());
+    let public_url = crate::cluster::advertised_url(
+        config.advertise_host.as_deref(),
+        config.host,
+        client_listener
+            .local_addr()
+            .map_or(config.port, |a| a.port()),
+    );
     let cluster_identity = NodeIdentity {
         node_id: node_id.clone(),
         addr: advertised_cluster_addr(&config, cluster_port)?,
         generation: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        ws_url: public_url.clone(),
     };
+    let cluster_state = Arc::new(ClusterState::new(
+        TableMember {
+            node_id: node_id.clone(),
+            peer_addr: cluster_identity.addr,
+            generation: cluster_identity.generation,
+            ws_url: public_url.clone(),
+        },
+        config.write_ack,
+        config.cluster_timeout,
+        usize::from(config.backup_count),
+    ));
 
     let timed = config.actor_telemetry;
     let pending_batches = Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -255,13 +277,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         shards,
         queue,
         pending_batches,
-        public_url: crate::cluster::advertised_url(
-            config.advertise_host.as_deref(),
-            config.host,
-            client_listener
-                .local_addr()
-                .map_or(config.port, |a| a.port()),
-        ),
+        public_url,
+        cluster: cluster_state,
     });
 
     let with_metrics = config.metrics_port.is_none();
@@ -320,10 +337,22 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             metrics.clone(),
             config.report_interval,
             timed,
+            node.clone(),
         );
         let depth = actor.depth_counter();
         Mailbox::new(actor.start(), depth)
     };
+    match tokio::net::TcpListener::from_std(peer_listener) {
+        Ok(listener) => {
+            actix_rt::spawn(crate::cluster::peer::accept_peers(listener, node.clone()));
+        }
+        Err(e) => {
+            return Err(StartError::Bind {
+                addr: SocketAddr::new(config.host, cluster_port),
+                source: e,
+            })
+        }
+    }
     LagProbe::new("main", metrics.clone(), config.report_interval).start();
 
     // The contract with scripts: exactly `PORT=<n>`, flushed, before any log line on stdout.
@@ -435,12 +464,31 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
     Ok(socket.into())
 }
 
-/// The cluster's UDP socket, bound before any actor starts (a busy port stops the node whole).
-fn bind_cluster(addr: SocketAddr) -> Result<tokio::net::UdpSocket, StartError> {
-    let err = |source| StartError::Bind { addr, source };
-    let socket = std::net::UdpSocket::bind(addr).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    tokio::net::UdpSocket::from_std(socket).map_err(err)
+/// The cluster port, bound before any actor starts (a busy port stops the node whole): UDP
+/// for membership and TCP, on the same number, for the node-to-node transport. With port 0
+/// the OS picks the UDP port, and a few picks are tried until TCP is free on it too.
+fn bind_cluster(
+    addr: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, std::net::TcpListener), StartError> {
+    let udp = |addr: SocketAddr| -> Result<tokio::net::UdpSocket, StartError> {
+        let err = |source| StartError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(err)?;
+        socket.set_nonblocking(true).map_err(err)?;
+        tokio::net::UdpSocket::from_std(socket).map_err(err)
+    };
+    if addr.port() != 0 {
+        return Ok((udp(addr)?, bind(addr)?));
+    }
+    let mut last = None;
+    for _ in 0..20 {
+        let socket = udp(addr)?;
+        let port = socket.local_addr().map_or(0, |a| a.port());
+        match bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(listener) => return Ok((socket, listener)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| StartError::Config("no free cluster port".into())))
 }
 
 /// Where peers reach this node's cluster port: `--advertise-host` (an IP or a name resolved

@@ -9,7 +9,7 @@
 //! to at start and again every two probe periods until a member is known; an entry resolving
 //! to this node is ignored, one that does not resolve is logged (at most every 10 s). Garbage on the port is counted
 //! (`topgun_cluster_invalid_datagrams_total`) and logged at most once per 10 s.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,11 @@ use slog::{debug, info, warn, Logger};
 use tokio::net::UdpSocket;
 
 use super::membership::{foca_config, refusal_code, NodeIdentity, WireCodec};
+use super::migration;
+use super::peer::{Direction, PeerConn};
+use super::table::{PartitionTable, Role, TableMember};
+use crate::net::NodeContext;
+use crate::shard::fnv::PARTITION_COUNT;
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::metrics::{Metrics, MetricsActor};
 use crate::telemetry::report::{
@@ -39,6 +44,51 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Leave;
+
+/// An outbound peer connection finished its handshake: writes may use it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkUp {
+    pub node_id: String,
+    pub generation: u64,
+    pub link: Addr<PeerConn>,
+}
+
+/// An outbound peer connection closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkDown {
+    pub node_id: String,
+    pub generation: u64,
+    pub link: Addr<PeerConn>,
+}
+
+/// A pull of partitions from one peer ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PullEnded {
+    round: u64,
+    source: String,
+    partitions: Vec<u16>,
+    result: Result<u64, String>,
+    attempt: u32,
+}
+
+/// How long after a failed dial the link is tried again.
+const REDIAL_AFTER: Duration = Duration::from_millis(300);
+/// A pull that failed is retried this many times (after the link is back).
+const PULL_ATTEMPTS: u32 = 5;
+
+/// A migration round: the pulls started by one rebalance.
+struct Round {
+    started: Instant,
+    pending: usize,
+    partitions: usize,
+    records: u64,
+    failed: usize,
+    /// The first pull after joining: `/ready` waits for it.
+    initial: bool,
+}
 
 /// A datagram read from the cluster socket (a stream item, never in the mailbox).
 pub struct Datagram(std::io::Result<(Vec<u8>, SocketAddr)>);
@@ -65,6 +115,15 @@ pub struct ClusterActor {
     log: Logger,
     metrics: Mailbox<MetricsActor>,
     report_interval: Duration,
+    node: Arc<NodeContext>,
+    /// Outbound links by node id: the generation dialled, and the connection once it is up.
+    dialled: HashMap<String, (u64, Option<Addr<PeerConn>>)>,
+    rebalances: u64,
+    /// Every partition was pulled from peers once since start: later rounds only pull the
+    /// partitions this node gains a role for.
+    synced: bool,
+    rounds: HashMap<u64, Round>,
+    next_round: u64,
 }
 
 impl ClusterActor {
@@ -78,6 +137,7 @@ impl ClusterActor {
         metrics: Mailbox<MetricsActor>,
         report_interval: Duration,
         timed: bool,
+        node: Arc<NodeContext>,
     ) -> Self {
         let rng = StdRng::seed_from_u64(rand::random());
         let foca = Foca::new(identity.clone(), foca_config(probe), rng, WireCodec);
@@ -99,6 +159,12 @@ impl ClusterActor {
             log: log.new(slog::o!("actor" => "cluster")),
             metrics,
             report_interval,
+            node,
+            dialled: HashMap::new(),
+            rebalances: 0,
+            synced: false,
+            rounds: HashMap::new(),
+            next_round: 1,
         }
     }
 
@@ -191,6 +257,230 @@ impl ClusterActor {
             self.notified(n);
         }
         self.watch_states();
+        self.refresh_table(ctx);
+    }
+
+    /// Recomputes the partition table when the member list changed (by id or generation):
+    /// publishes it, dials new members, drops links to gone ones, and starts the migration.
+    fn refresh_table(&mut self, ctx: &mut Context<Self>) {
+        if self.leaving {
+            return;
+        }
+        let me = TableMember {
+            node_id: self.identity.node_id.clone(),
+            peer_addr: self.identity.addr,
+            generation: self.identity.generation,
+            ws_url: self.identity.ws_url.clone(),
+        };
+        let mut members = vec![me];
+        members.extend(self.foca.iter_members().map(|m| {
+            let id = m.id();
+            TableMember {
+                node_id: id.node_id.clone(),
+                peer_addr: id.addr,
+                generation: id.generation,
+                ws_url: id.ws_url.clone(),
+            }
+        }));
+        let cluster = self.node.cluster.clone();
+        let old = cluster.table();
+        let candidate = PartitionTable::compute(members, cluster.backups, old.version + 1);
+        if candidate.same_placement(&old) {
+            return;
+        }
+        let moved = candidate.moved_owners(&old);
+        let (owned, backup) = candidate.counts(&cluster.node_id);
+        self.rebalances += 1;
+        info!(self.log, "partitions rebalanced";
+            "version" => candidate.version, "previousVersion" => old.version,
+            "members" => candidate.members().len(), "owned" => owned, "backup" => backup,
+            "movedOwners" => moved,
+            "memberIds" => candidate.members().iter().map(|m| m.node_id.as_str())
+                .collect::<Vec<_>>().join(","));
+        cluster.set_table(candidate.clone());
+        self.sync_links(&candidate, ctx);
+        self.start_migration(&old, &candidate, ctx);
+    }
+
+    /// One outbound link per other member (its current generation).
+    fn sync_links(&mut self, table: &PartitionTable, ctx: &mut Context<Self>) {
+        let me = self.identity.node_id.clone();
+        let wanted: HashMap<&str, &TableMember> = table
+            .members()
+            .iter()
+            .filter(|m| m.node_id != me)
+            .map(|m| (m.node_id.as_str(), m))
+            .collect();
+        let gone: Vec<String> = self
+            .dialled
+            .iter()
+            .filter(|(id, (generation, _))| {
+                wanted
+                    .get(id.as_str())
+                    .is_none_or(|m| m.generation != *generation)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some((_, Some(link))) = self.dialled.remove(&id) {
+                self.node.cluster.with_links(|l| {
+                    if l.get(&id) == Some(&link) {
+                        l.remove(&id);
+                    }
+                });
+                // Stopping it fails its waiting requests now rather than at the timeout.
+                link.do_send(StopLink);
+            }
+        }
+        for (id, m) in wanted {
+            if !self.dialled.contains_key(id) {
+                self.dialled.insert(id.to_owned(), (m.generation, None));
+                self.dial(m.clone(), ctx);
+            }
+        }
+    }
+
+    fn dial(&mut self, member: TableMember, ctx: &mut Context<Self>) {
+        let connect = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(member.peer_addr),
+        );
+        ctx.spawn(connect.into_actor(self).map(move |res, act, ctx| {
+            let still_wanted = act
+                .dialled
+                .get(&member.node_id)
+                .is_some_and(|(g, link)| *g == member.generation && link.is_none());
+            if !still_wanted || act.leaving {
+                return;
+            }
+            match res {
+                Ok(Ok(stream)) => {
+                    PeerConn::start(
+                        act.node.clone(),
+                        stream,
+                        Direction::Outbound {
+                            node_id: member.node_id.clone(),
+                            generation: member.generation,
+                            manager: ctx.address(),
+                        },
+                    );
+                }
+                Ok(Err(e)) => {
+                    act.node.cluster.counters.peer_error("connect");
+                    debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
+                        "addr" => %member.peer_addr, "err" => err_kv("connect", e));
+                    ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&member, ctx));
+                }
+                Err(_) => {
+                    act.node.cluster.counters.peer_error("connect");
+                    ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&member, ctx));
+                }
+            }
+        }));
+    }
+
+    /// Dials `member` again if it is still a member and has no link.
+    fn redial(&mut self, member: &TableMember, ctx: &mut Context<Self>) {
+        let wanted = self
+            .dialled
+            .get(&member.node_id)
+            .is_some_and(|(g, link)| *g == member.generation && link.is_none());
+        if wanted && !self.leaving {
+            self.dial(member.clone(), ctx);
+        }
+    }
+
+    /// Pulls, from the peers that had them, the partitions this node newly holds a role for
+    /// (after joining: every partition). Runs in the background; the node serves meanwhile.
+    fn start_migration(
+        &mut self,
+        old: &PartitionTable,
+        new: &PartitionTable,
+        ctx: &mut Context<Self>,
+    ) {
+        let me = self.identity.node_id.as_str();
+        let initial = !self.synced && new.members().len() > 1;
+        let mut plan: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for p in 0..PARTITION_COUNT {
+            let before = old.role(p, me);
+            let after = new.role(p, me);
+            let gained = (after != Role::Replica && before == Role::Replica)
+                || (after == Role::Owner && before != Role::Owner);
+            if !(initial || gained) {
+                continue;
+            }
+            let source = old
+                .owner(p)
+                .into_iter()
+                .chain(old.backups(p))
+                .chain(new.owner(p))
+                .chain(new.backups(p))
+                .find(|m| m.node_id != me && new.member(&m.node_id).is_some());
+            if let Some(source) = source {
+                plan.entry(source.node_id.clone()).or_default().push(p);
+            }
+        }
+        if plan.is_empty() {
+            if initial {
+                self.synced = true;
+            }
+            self.ready_if_synced();
+            return;
+        }
+        let round = self.next_round;
+        self.next_round += 1;
+        let partitions: usize = plan.values().map(Vec::len).sum();
+        self.node
+            .cluster
+            .counters
+            .migration_pending
+            .fetch_add(partitions as i64, std::sync::atomic::Ordering::Relaxed);
+        info!(self.log, "migration started"; "round" => round, "partitions" => partitions,
+            "sources" => plan.keys().cloned().collect::<Vec<_>>().join(","), "initial" => initial);
+        self.rounds.insert(
+            round,
+            Round {
+                started: Instant::now(),
+                pending: plan.len(),
+                partitions,
+                records: 0,
+                failed: 0,
+                initial,
+            },
+        );
+        for (source, parts) in plan {
+            self.pull(round, source, parts, 1, ctx);
+        }
+    }
+
+    fn pull(
+        &mut self,
+        round: u64,
+        source: String,
+        partitions: Vec<u16>,
+        attempt: u32,
+        ctx: &mut Context<Self>,
+    ) {
+        let node = self.node.clone();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let result = migration::pull(&node, &source, &partitions).await;
+            me.do_send(PullEnded {
+                round,
+                source,
+                partitions,
+                result,
+                attempt,
+            });
+        });
+    }
+
+    fn ready_if_synced(&self) {
+        if self.synced && !self.node.cluster.data_ready() {
+            self.node.cluster.set_data_ready();
+            info!(self.log, "cluster joined and data pulled: ready";
+                "members" => self.node.cluster.table().members().len());
+        }
     }
 
     fn send(&self, to: SocketAddr, data: Bytes) {
@@ -295,8 +585,75 @@ impl ClusterActor {
             stats: self.stats.take(),
             members: self.members() as i64,
             invalid: std::mem::take(&mut self.invalid),
+            data: self.data_report(),
         };
         self.metrics.do_send(Reported(Box::new(report)));
+    }
+
+    fn data_report(&mut self) -> DataReport {
+        let cluster = &self.node.cluster;
+        let table = cluster.table();
+        let (owned, backup) = table.counts(&cluster.node_id);
+        let c = &cluster.counters;
+        let take =
+            |a: &std::sync::atomic::AtomicU64| a.swap(0, std::sync::atomic::Ordering::Relaxed);
+        DataReport {
+            owned: owned as i64,
+            backup: backup as i64,
+            version: i64::from(table.version),
+            rebalances: std::mem::take(&mut self.rebalances),
+            migration_pending: c
+                .migration_pending
+                .load(std::sync::atomic::Ordering::Relaxed),
+            migration_records: take(&c.migration_records),
+            forwarded: take(&c.forwarded),
+            applied: [
+                take(&c.applied_owner),
+                take(&c.applied_backup),
+                take(&c.applied_replica),
+            ],
+            lag: c.take_lag().as_secs_f64(),
+            peer_errors: c.take_peer_errors(),
+            links: self.dialled.values().filter(|(_, l)| l.is_some()).count() as i64,
+        }
+    }
+}
+
+/// The data side of the cluster: partition counts, migration, routing counters.
+struct DataReport {
+    owned: i64,
+    backup: i64,
+    version: i64,
+    rebalances: u64,
+    migration_pending: i64,
+    migration_records: u64,
+    forwarded: u64,
+    /// owner, backup, replica.
+    applied: [u64; 3],
+    lag: f64,
+    peer_errors: Vec<(&'static str, u64)>,
+    links: i64,
+}
+
+impl DataReport {
+    fn apply(self, m: &mut Metrics) {
+        m.partitions_owned.set(self.owned);
+        m.partitions_backup.set(self.backup);
+        m.partition_table_version.set(self.version);
+        m.rebalance_total.inc_by(self.rebalances);
+        m.migration_partitions_pending.set(self.migration_pending);
+        m.migration_records_total.inc_by(self.migration_records);
+        m.cluster_forwarded_total.inc_by(self.forwarded);
+        for (role, n) in ["owner", "backup", "replica"].iter().zip(self.applied) {
+            m.cluster_applied_total.with_label_values(&[role]).inc_by(n);
+        }
+        m.replication_lag_seconds.set(self.lag);
+        for (reason, n) in self.peer_errors {
+            m.cluster_peer_errors_total
+                .with_label_values(&[reason])
+                .inc_by(n);
+        }
+        m.cluster_peer_links.set(self.links);
     }
 }
 
@@ -305,6 +662,7 @@ struct ClusterReport {
     stats: StatsDelta,
     members: i64,
     invalid: u64,
+    data: DataReport,
 }
 
 impl Report for ClusterReport {
@@ -312,6 +670,7 @@ impl Report for ClusterReport {
         self.stats.apply(m);
         m.cluster_members.set(self.members);
         m.cluster_invalid_datagrams_total.inc_by(self.invalid);
+        self.data.apply(m);
     }
 }
 
@@ -333,6 +692,21 @@ impl Actor for ClusterActor {
         info!(self.log, "cluster membership started";
             "addr" => %self.identity.addr, "generation" => self.identity.generation,
             "seeds" => self.seeds.join(","), "probeMs" => self.probe.as_millis() as u64);
+        if self.seeds.is_empty() {
+            // A cluster of one by choice: nothing to wait for. It still pulls everything from
+            // the first peers that find it, like any node that joins.
+            self.node.cluster.set_data_ready();
+        } else {
+            let wait = self.node.config.cluster_join_timeout;
+            ctx.run_later(wait, move |act, _| {
+                if !act.node.cluster.data_ready() {
+                    warn!(act.log, "no cluster member answered (or the first pull did not finish) in time: serving with the data this node has";
+                        "waitedMs" => wait.as_millis() as u64, "seeds" => act.seeds.join(","),
+                        "members" => act.members());
+                    act.node.cluster.set_data_ready();
+                }
+            });
+        }
         if !self.seeds.is_empty() {
             self.announce_to_seeds(ctx);
             let every = (self.probe * 2).max(Duration::from_millis(200));
@@ -358,6 +732,7 @@ impl Actor for ClusterActor {
             stats: self.stats.take_final(),
             members: 1,
             invalid: std::mem::take(&mut self.invalid),
+            data: self.data_report(),
         };
         self.metrics.do_send(Reported(Box::new(report)));
     }
@@ -389,6 +764,115 @@ impl StreamHandler<Datagram> for ClusterActor {
 
     /// The datagram stream never ends on its own; keep the actor regardless.
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+/// Closes an outbound link whose member left the table.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopLink;
+
+impl Handler<StopLink> for PeerConn {
+    type Result = ();
+
+    fn handle(&mut self, _: StopLink, ctx: &mut Context<PeerConn>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<LinkUp> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkUp, _: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        match self.dialled.get_mut(&msg.node_id) {
+            Some((generation, link)) if *generation == msg.generation => {
+                *link = Some(msg.link.clone());
+                self.node
+                    .cluster
+                    .with_links(|l| l.insert(msg.node_id, msg.link));
+            }
+            // The member left or restarted meanwhile.
+            _ => msg.link.do_send(StopLink),
+        }
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<LinkDown> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkDown, ctx: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        self.node.cluster.with_links(|l| {
+            if l.get(&msg.node_id) == Some(&msg.link) {
+                l.remove(&msg.node_id);
+            }
+        });
+        let member = self.node.cluster.table().member(&msg.node_id).cloned();
+        if let Some((generation, link)) = self.dialled.get_mut(&msg.node_id) {
+            if *generation == msg.generation && link.as_ref().is_none_or(|l| *l == msg.link) {
+                *link = None;
+                if let Some(member) = member.filter(|m| m.generation == msg.generation) {
+                    info!(self.log, "peer link lost; redialling"; "peer" => &msg.node_id);
+                    ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&member, ctx));
+                }
+            }
+        }
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<PullEnded> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PullEnded, ctx: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        let still_member = self.node.cluster.table().member(&msg.source).is_some();
+        match msg.result {
+            Err(e) if msg.attempt < PULL_ATTEMPTS && still_member => {
+                warn!(self.log, "partition pull failed; retrying"; "peer" => &msg.source,
+                    "partitions" => msg.partitions.len(), "attempt" => msg.attempt,
+                    "err" => err_kv("pull", &e));
+                let (round, source, partitions, attempt) =
+                    (msg.round, msg.source, msg.partitions, msg.attempt + 1);
+                ctx.run_later(REDIAL_AFTER * attempt, move |act, ctx| {
+                    act.pull(round, source, partitions, attempt, ctx)
+                });
+                self.stats.end(t0);
+                return;
+            }
+            result => {
+                self.node.cluster.counters.migration_pending.fetch_sub(
+                    msg.partitions.len() as i64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if let Some(round) = self.rounds.get_mut(&msg.round) {
+                    round.pending -= 1;
+                    match result {
+                        Ok(records) => round.records += records,
+                        Err(e) => {
+                            round.failed += 1;
+                            warn!(self.log, "partition pull given up"; "peer" => &msg.source,
+                                "partitions" => msg.partitions.len(), "err" => err_kv("pull", &e));
+                        }
+                    }
+                }
+            }
+        }
+        if self.rounds.get(&msg.round).is_some_and(|r| r.pending == 0) {
+            if let Some(round) = self.rounds.remove(&msg.round) {
+                info!(self.log, "migration finished"; "round" => msg.round,
+                    "partitions" => round.partitions, "records" => round.records,
+                    "failedSources" => round.failed,
+                    "tookMs" => round.started.elapsed().as_millis() as u64);
+                if round.initial && round.failed == 0 {
+                    self.synced = true;
+                    self.ready_if_synced();
+                }
+            }
+        }
+        self.stats.end(t0);
+    }
 }
 
 impl Handler<Leave> for ClusterActor {

@@ -6,7 +6,8 @@
 //! destination identity, message tag `u8` and its fields; then foca's own member updates, each
 //! an identity, incarnation `u16` and state `u8` (0 alive, 1 suspect, 2 down).
 //! An identity is `len u8`, node id (UTF-8), address family `u8` (4 or 6), the IP, port `u16`,
-//! generation `u64`.
+//! generation `u64`, then `len u8` and the client WebSocket URL (UTF-8) the member advertises.
+//! The member's node-to-node transport (`peer.rs`) listens on TCP at the same IP and port.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
@@ -17,11 +18,12 @@ use foca::{Codec, Header, Identity, Member, Message, State};
 /// Magic bytes opening every cluster datagram: anything else on the port is garbage.
 const MAGIC: [u8; 2] = *b"TG";
 /// Version of the membership datagram format; a peer speaking another one is refused.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Longest node id carried on the wire (`len` is one byte).
 const MAX_ID_LEN: usize = 255;
 
-/// Who a member is: its node id, where peers reach it, and which run of it this is.
+/// Who a member is: its node id, where peers reach it, which run of it this is, and where its
+/// clients connect (for `PARTITION_MAP`).
 /// `generation` is the start time in ms, so a node restarted on the same address joins as a
 /// newer incarnation and wins the address over its dead predecessor.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +31,7 @@ pub struct NodeIdentity {
     pub node_id: String,
     pub addr: SocketAddr,
     pub generation: u64,
+    pub ws_url: String,
 }
 
 impl NodeIdentity {
@@ -39,6 +42,7 @@ impl NodeIdentity {
             node_id: String::new(),
             addr,
             generation: 0,
+            ws_url: String::new(),
         }
     }
 }
@@ -99,7 +103,7 @@ impl DecodeError {
 /// Encoding cannot fail for identities this node builds (ids are validated at start), but a
 /// too-long id is reported rather than truncated.
 #[derive(Debug, thiserror::Error)]
-#[error("node id longer than {MAX_ID_LEN} bytes")]
+#[error("node id or client URL longer than {MAX_ID_LEN} bytes")]
 pub struct EncodeError;
 
 /// foca's codec for [`NodeIdentity`]: small, hand-written, every read bounds-checked.
@@ -146,6 +150,9 @@ fn put_identity(id: &NodeIdentity, buf: &mut impl BufMut) -> Result<(), EncodeEr
     }
     buf.put_u16(id.addr.port());
     buf.put_u64(id.generation);
+    let url = id.ws_url.as_bytes();
+    buf.put_u8(u8::try_from(url.len()).map_err(|_| EncodeError)?);
+    buf.put_slice(url);
     Ok(())
 }
 
@@ -172,10 +179,16 @@ fn get_identity(buf: &mut impl Buf) -> Result<NodeIdentity, DecodeError> {
     };
     let port = get_u16(buf)?;
     let generation = get_u64(buf)?;
+    let len = usize::from(get_u8(buf)?);
+    need(buf, len)?;
+    let mut raw = vec![0; len];
+    buf.copy_to_slice(&mut raw);
+    let ws_url = String::from_utf8(raw).map_err(|_| DecodeError::BadNodeId)?;
     Ok(NodeIdentity {
         node_id,
         addr: SocketAddr::new(ip, port),
         generation,
+        ws_url,
     })
 }
 
@@ -368,6 +381,7 @@ mod tests {
             node_id: name.into(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             generation,
+            ws_url: format!("ws://127.0.0.1:{port}/ws"),
         }
     }
 

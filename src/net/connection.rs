@@ -132,6 +132,8 @@ enum AuthState {
 pub struct ConnectionActor {
     pub(super) id: u64,
     pub(super) node: Arc<NodeContext>,
+    /// Also in every log line of this connection; carried with its writes to other nodes.
+    pub(super) client_id: Arc<str>,
     peer: String,
     auth: AuthState,
     last_heartbeat: Instant,
@@ -162,10 +164,11 @@ impl ConnectionActor {
         let client_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let log = node
             .log
-            .new(slog::o!("actor" => "connection", "clientId" => client_id));
+            .new(slog::o!("actor" => "connection", "clientId" => client_id.clone()));
         let now = Instant::now();
         ConnectionActor {
             id,
+            client_id,
             peer,
             auth: if node.verifier.is_some() {
                 AuthState::Pending
@@ -386,11 +389,7 @@ impl ConnectionActor {
             ClientMessage::OrmapDiffRequest(m) => self.on_ormap_diff_request(m),
             ClientMessage::OrmapPushDiff(m) => self.on_ormap_push_diff(m),
             ClientMessage::PartitionMapRequest(_) => {
-                let map = crate::cluster::single_node_map(
-                    &self.node.node_id,
-                    &self.node.public_url,
-                    wall_millis(),
-                );
+                let map = self.node.cluster.table().to_wire(wall_millis());
                 self.send(ctx, &ServerMessage::PartitionMap { payload: map });
             }
             ClientMessage::TopicSub(m) => self.on_topic_sub(m.topic),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::ops::{op_label, query_spec};
-use super::requests::{apply_writes, reserve_within, run_query};
+use super::requests::{reserve_within, run_query};
 use super::NodeContext;
 use crate::protocol::http_sync::{
     HttpQueryResult, HttpSyncError, HttpSyncRequest, HttpSyncResponse,
@@ -67,7 +67,15 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
             .await;
             waited = had_to_wait;
             if reserved {
-                let outcome = apply_writes(&node.shards, 0, ops).await;
+                let trace = crate::cluster::wire::Trace {
+                    request_id: last_id.clone(),
+                    origin_node_id: node.node_id.clone(),
+                    client_id: req.client_id.clone().unwrap_or_else(|| "http".into()),
+                };
+                let outcome = crate::cluster::replication::route_client_write(
+                    &node, 0, trace, ops, &node.log,
+                )
+                .await;
                 node.pending_batches.fetch_sub(1, Ordering::AcqRel);
                 errors.extend(outcome.rejected.into_iter().map(HttpSyncError::from));
                 match outcome.failure {

@@ -43,4 +43,6 @@ pub struct NodeContext {
     pub pending_batches: Arc<AtomicI64>,
     /// `ws://host:port/ws` as peers and clients should reach this node.
     pub public_url: String,
+    /// The partition table, peer links and write settings of the cluster.
+    pub cluster: Arc<crate::cluster::state::ClusterState>,
 }

@@ -384,7 +384,18 @@ impl ConnectionActor {
     /// leave in request order, and the slot is released when the shards answered.
     fn submit_writes(&mut self, ops: Vec<ClientOp>) {
         let last_id = ops.last().and_then(|o| o.id.clone());
-        let applied_future = apply_writes(&self.node.shards, self.id, ops);
+        let trace = crate::cluster::wire::Trace {
+            request_id: last_id.clone(),
+            origin_node_id: self.node.node_id.clone(),
+            client_id: self.client_id.to_string(),
+        };
+        let applied_future = crate::cluster::replication::route_client_write(
+            &self.node,
+            self.id,
+            trace,
+            ops,
+            &self.tel.log,
+        );
         self.writes_submitted += 1;
         let pending = self.node.pending_batches.clone();
         let applied = self.writes_applied.clone();
@@ -723,7 +734,18 @@ impl ConnectionActor {
             self.tel.count_ops(op_label(op), &op.map_name, 1);
         }
         if !ops.is_empty() {
-            let applied = apply_writes(&self.node.shards, self.id, ops);
+            let trace = crate::cluster::wire::Trace {
+                request_id: None,
+                origin_node_id: self.node.node_id.clone(),
+                client_id: self.client_id.to_string(),
+            };
+            let applied = crate::cluster::replication::route_client_write(
+                &self.node,
+                self.id,
+                trace,
+                ops,
+                &self.tel.log,
+            );
             actix_rt::spawn(async move {
                 applied.await;
             });
@@ -779,6 +801,7 @@ impl ConnectionActor {
             self.tel.count_invalid("malformed");
             return;
         }
+        crate::cluster::replication::publish_to_peers(&self.node.cluster, &m.topic, &m.data);
         let stripe = &self.node.queue.stripes[self.node.queue.stripe_of_topic(&m.topic)];
         stripe.mailbox.do_send(TopicPublish {
             topic: Arc::from(m.topic),

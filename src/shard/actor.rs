@@ -113,6 +113,14 @@ pub struct OrEntries {
     pub select: OrSelect,
 }
 
+/// Everything this shard stores for the marked partitions (indexed by partition id), as
+/// client ops, for migrating them to another node.
+#[derive(Message)]
+#[rtype(result = "Vec<crate::protocol::ClientOp>")]
+pub struct ExportPartitions {
+    pub partitions: Arc<Vec<bool>>,
+}
+
 /// Reads of the data-model knobs that matter to a shard.
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
@@ -583,5 +591,16 @@ impl Handler<LeafRecords> for ShardActor {
             .unwrap_or_default();
         self.stats.end(t0);
         MessageResult(records)
+    }
+}
+
+impl Handler<ExportPartitions> for ShardActor {
+    type Result = MessageResult<ExportPartitions>;
+
+    fn handle(&mut self, msg: ExportPartitions, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let ops = self.store.export(&msg.partitions);
+        self.stats.end(t0);
+        MessageResult(ops)
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::protocol::types::{LwwRecord, OrMapRecord};
+use crate::protocol::ClientOp;
 use crate::shard::fnv::{partition_of, PARTITION_COUNT};
 use crate::shard::lww::{LwwMap, MergeOutcome, Swept};
 use crate::shard::merkle::LeafPath;
@@ -114,6 +115,56 @@ impl MapStore {
 
     pub fn or_map(&self, map: &str) -> Option<&OrMap> {
         self.or.get(map)
+    }
+
+    /// Everything stored for keys of the partitions marked in `partitions` (indexed by
+    /// partition id), as client ops another node can merge: LWW records (tombstones and
+    /// not-yet-swept expired entries included), OR records and removed OR tags.
+    pub fn export(&self, partitions: &[bool]) -> Vec<ClientOp> {
+        let wanted = |key: &str| {
+            partitions
+                .get(usize::from(partition_of(key)))
+                .copied()
+                .unwrap_or(false)
+        };
+        let op = |map: &str, key: &str, op_type: &str| ClientOp {
+            id: None,
+            map_name: map.to_owned(),
+            key: key.to_owned(),
+            op_type: Some(op_type.to_owned()),
+            record: None,
+            or_record: None,
+            or_tag: None,
+            write_concern: None,
+            timeout: None,
+        };
+        let mut out = Vec::new();
+        for (map, m) in &self.lww {
+            for (key, record) in m.iter_stored().filter(|(k, _)| wanted(k)) {
+                out.push(ClientOp {
+                    record: Some(Some(record.clone())),
+                    ..op(map, key, "PUT")
+                });
+            }
+        }
+        for (map, m) in &self.or {
+            for key in m.keys().filter(|k| wanted(k)) {
+                // `now = 0`: nothing counts as expired, the receiver sweeps by its own clock.
+                for record in m.get(key, 0) {
+                    out.push(ClientOp {
+                        or_record: Some(record.clone()),
+                        ..op(map, key, "OR_ADD")
+                    });
+                }
+                for tag in m.removed_tags(key) {
+                    out.push(ClientOp {
+                        or_tag: Some(tag.to_owned()),
+                        ..op(map, key, "OR_REMOVE")
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Names of maps of either kind, sorted, without duplicates.

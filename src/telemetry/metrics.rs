@@ -114,6 +114,17 @@ pub struct Metrics {
     pub connections_closed_total: IntCounterVec,
     pub log_records_dropped_total: IntCounter,
     pub cluster_invalid_datagrams_total: IntCounter,
+    pub partitions_owned: IntGauge,
+    pub partitions_backup: IntGauge,
+    pub partition_table_version: IntGauge,
+    pub rebalance_total: IntCounter,
+    pub migration_partitions_pending: IntGauge,
+    pub migration_records_total: IntCounter,
+    pub cluster_forwarded_total: IntCounter,
+    pub cluster_applied_total: IntCounterVec,
+    pub replication_lag_seconds: prometheus::Gauge,
+    pub cluster_peer_errors_total: IntCounterVec,
+    pub cluster_peer_links: IntGauge,
     pub actor_messages_total: IntCounterVec,
     pub actor_mailbox_depth: IntGaugeVec,
     pub actor_handle_seconds: Arc<HistogramFamily>,
@@ -264,6 +275,61 @@ impl Metrics {
                 "topgun_cluster_invalid_datagrams_total",
                 "Datagrams on the cluster port that were not valid membership messages (garbage, another protocol version, truncated); each is dropped.",
             )?,
+            partitions_owned: b.gauge(
+                "topgun_partitions_owned",
+                "Partitions (of 271) this node owns in its current partition table.",
+            )?,
+            partitions_backup: b.gauge(
+                "topgun_partitions_backup",
+                "Partitions this node is a synchronous backup of in its current partition table.",
+            )?,
+            partition_table_version: b.gauge(
+                "topgun_partition_table_version",
+                "Version of this node's partition table; it grows by one on every rebalance.",
+            )?,
+            rebalance_total: b.counter(
+                "topgun_rebalance_total",
+                "Partition-table changes this node applied (a member joined, left, failed or restarted).",
+            )?,
+            migration_partitions_pending: b.gauge(
+                "topgun_migration_partitions_pending",
+                "Partitions this node is still pulling from peers after a rebalance (0 when migration is done).",
+            )?,
+            migration_records_total: b.counter(
+                "topgun_migration_records_total",
+                "Records (LWW entries, OR records and removed OR tags) received from peers by migration.",
+            )?,
+            cluster_forwarded_total: b.counter(
+                "topgun_cluster_forwarded_total",
+                "Client ops this node forwarded to another node owning their partition.",
+            )?,
+            cluster_applied_total: b.counter_vec(
+                "topgun_cluster_applied_total",
+                "Ops this node applied on behalf of a peer, by this node's role: owner (forwarded to it), backup (synchronous replica) or replica (asynchronous copy).",
+                &["role"],
+            )?,
+            replication_lag_seconds: {
+                let g = prometheus::Gauge::new(
+                    "topgun_replication_lag_seconds",
+                    "Replication lag: the longest a forwarded or replicated write sent by this node waited for a peer's confirmation over the last report interval, including writes still waiting (0 when idle).",
+                )?;
+                b.register(
+                    Box::new(g.clone()),
+                    "topgun_replication_lag_seconds",
+                    "gauge",
+                    "Replication lag: the longest a forwarded or replicated write sent by this node waited for a peer's confirmation over the last report interval, including writes still waiting (0 when idle).",
+                )?;
+                g
+            },
+            cluster_peer_errors_total: b.counter_vec(
+                "topgun_cluster_peer_errors_total",
+                "Trouble on node-to-node connections, by reason: version (another protocol version), bad_frame (undecodable), bad_hello, node_id_clash, connect (dial failed), lost (connection dropped), timeout (a peer did not answer in time).",
+                &["reason"],
+            )?,
+            cluster_peer_links: b.gauge(
+                "topgun_cluster_peer_links",
+                "Node-to-node connections this node has open to other members (outbound).",
+            )?,
             log_records_dropped_total: b.counter(
                 "topgun_log_records_dropped_total",
                 "Log lines dropped because the log writer could not keep up.",
@@ -378,6 +444,15 @@ impl Metrics {
         m.storage_errors_total.with_label_values(&["commit"]);
         // A standalone node is a cluster of one (metrics.md: itself included).
         m.cluster_members.set(1);
+        m.partitions_owned
+            .set(i64::from(crate::shard::fnv::PARTITION_COUNT));
+        m.partition_table_version.set(1);
+        for role in ["owner", "backup", "replica"] {
+            m.cluster_applied_total.with_label_values(&[role]);
+        }
+        for reason in crate::cluster::peer::PEER_ERROR_REASONS {
+            m.cluster_peer_errors_total.with_label_values(&[reason]);
+        }
         for reason in CLOSE_REASONS {
             m.connections_closed_total.with_label_values(&[reason]);
         }

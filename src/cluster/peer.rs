@@ -1,0 +1,593 @@
+//! `PeerConn`: one TCP connection of the node-to-node transport ([`super::wire`]), as an actor
+//! on the main arbiter.
+//!
+//! Outbound connections are dialled by the `ClusterActor`, one per member, and carry this
+//! node's requests (forwarded and replicated writes, pulls, topics); their answers come back on
+//! the same connection, matched by correlation id. Inbound connections serve the peer's
+//! requests. A request waits at most the cluster timeout: a peer that stops answering fails its
+//! callers (counted as `timeout`) instead of holding client acks forever.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::io::{FramedWrite, WriteHandler};
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use slog::{debug, info, warn, Logger};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+use super::actor::{ClusterActor, LinkDown, LinkUp};
+use super::replication;
+use super::state::ClusterState;
+use super::wire::{self, Frame, Hello, Kind, Refused, PEER_MAGIC, PEER_VERSION};
+use crate::net::NodeContext;
+use crate::queue::actor::TopicPublish;
+use crate::telemetry::logging::err_kv;
+use crate::telemetry::report::Reported;
+use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
+
+/// `reason` values of `topgun_cluster_peer_errors_total`.
+pub const PEER_ERROR_REASONS: [&str; 7] = [
+    "version",
+    "bad_frame",
+    "bad_hello",
+    "node_id_clash",
+    "connect",
+    "lost",
+    "timeout",
+];
+
+/// How often waiting requests are checked against the timeout.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(wire::MAX_PEER_FRAME)
+        .new_codec()
+}
+
+/// An answer to a request: its kind and undecoded body.
+#[derive(Debug)]
+pub struct Reply {
+    pub kind: Kind,
+    pub body: Bytes,
+}
+
+enum Waiter {
+    Once(oneshot::Sender<Reply>),
+    Stream(mpsc::UnboundedSender<Reply>),
+    /// Nobody waits (an asynchronous replica); kept to measure the replication lag.
+    Untracked,
+}
+
+struct Pending {
+    waiter: Waiter,
+    sent: Instant,
+}
+
+/// A request that expects one answer. Fails when the connection is lost or the peer does not
+/// answer within the cluster timeout.
+#[derive(Message)]
+#[rtype(result = "Result<Reply, String>")]
+pub struct Call {
+    pub kind: Kind,
+    pub body: Bytes,
+}
+
+/// A request whose answers (`PULL_CHUNK`s, then `PULL_DONE`) arrive on a channel.
+#[derive(Message)]
+#[rtype(result = "mpsc::UnboundedReceiver<Reply>")]
+pub struct CallStream {
+    pub kind: Kind,
+    pub body: Bytes,
+}
+
+/// A request nobody waits for; its answer only measures the lag.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Notify {
+    pub kind: Kind,
+    pub body: Bytes,
+}
+
+/// One-way: no answer (topics).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Cast {
+    pub kind: Kind,
+    pub body: Bytes,
+}
+
+pub enum Direction {
+    /// Dialled by this node to a member: (node id, generation) expected in its HELLO.
+    Outbound {
+        node_id: String,
+        generation: u64,
+        manager: Addr<ClusterActor>,
+    },
+    Inbound,
+}
+
+pub struct PeerConn {
+    node: Arc<NodeContext>,
+    writer: FramedWrite<Bytes, OwnedWriteHalf, LengthDelimitedCodec>,
+    direction: Direction,
+    /// The peer's node id once its HELLO was accepted.
+    peer: Option<String>,
+    next_corr: u64,
+    pending: HashMap<u64, Pending>,
+    stats: ActorStats,
+    log: Logger,
+}
+
+impl PeerConn {
+    /// Starts the actor on the current arbiter for a connected stream.
+    pub fn start(node: Arc<NodeContext>, stream: TcpStream, direction: Direction) -> Addr<Self> {
+        let _ = stream.set_nodelay(true);
+        let remote = stream
+            .peer_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        let (read, write) = stream.into_split();
+        PeerConn::create(move |ctx| {
+            ctx.add_stream(FramedRead::new(read, codec()));
+            let dir = match &direction {
+                Direction::Outbound { .. } => "out",
+                Direction::Inbound => "in",
+            };
+            let log = node
+                .log
+                .new(slog::o!("actor" => "peer", "remote" => remote.clone(), "direction" => dir));
+            PeerConn {
+                writer: FramedWrite::new(write, codec(), ctx),
+                stats: ActorStats::new(ActorKind::Cluster, node.config.actor_telemetry),
+                node,
+                direction,
+                peer: None,
+                next_corr: 1,
+                pending: HashMap::new(),
+                log,
+            }
+        })
+    }
+
+    fn cluster(&self) -> &ClusterState {
+        &self.node.cluster
+    }
+
+    fn send_frame(&mut self, kind: Kind, corr: u64, body: &[u8]) {
+        self.writer.write(wire::frame(kind, corr, body));
+    }
+
+    fn hello(&self) -> Bytes {
+        wire::body(&Hello {
+            magic: PEER_MAGIC.into(),
+            version: PEER_VERSION,
+            node_id: self.cluster().node_id.clone(),
+            generation: self.cluster().generation,
+        })
+    }
+
+    fn refuse(&mut self, ctx: &mut Context<Self>, reason: &'static str, detail: String) {
+        self.cluster().counters.peer_error(reason);
+        warn!(self.log, "peer refused"; "reason" => reason, "detail" => &detail);
+        let body = wire::body(&Refused {
+            reason: format!("{reason}: {detail}"),
+        });
+        self.send_frame(Kind::Refused, 0, &body);
+        self.writer.close();
+        ctx.stop();
+    }
+
+    fn register(&mut self, waiter: Waiter) -> u64 {
+        let corr = self.next_corr;
+        self.next_corr += 1;
+        self.pending.insert(
+            corr,
+            Pending {
+                waiter,
+                sent: Instant::now(),
+            },
+        );
+        corr
+    }
+
+    fn on_hello(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let hello: Hello = match wire::decode(&frame.body) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(ctx, "bad_hello", e.to_string()),
+        };
+        if hello.magic != PEER_MAGIC {
+            return self.refuse(ctx, "bad_hello", format!("magic {:?}", hello.magic));
+        }
+        if hello.version != PEER_VERSION {
+            return self.refuse(
+                ctx,
+                "version",
+                format!(
+                    "peer speaks version {}, this node {PEER_VERSION}",
+                    hello.version
+                ),
+            );
+        }
+        if hello.node_id == self.cluster().node_id && hello.generation != self.cluster().generation
+        {
+            return self.refuse(
+                ctx,
+                "node_id_clash",
+                format!("another process uses node id {:?}", hello.node_id),
+            );
+        }
+        match &self.direction {
+            Direction::Inbound => {
+                let body = self.hello();
+                self.send_frame(Kind::Hello, 0, &body);
+                debug!(self.log, "peer connected"; "peer" => &hello.node_id);
+            }
+            Direction::Outbound {
+                node_id,
+                generation,
+                manager,
+            } => {
+                if hello.node_id != *node_id || hello.generation != *generation {
+                    let detail = format!(
+                        "expected {node_id} generation {generation}, got {} generation {}",
+                        hello.node_id, hello.generation
+                    );
+                    return self.refuse(ctx, "bad_hello", detail);
+                }
+                manager.do_send(LinkUp {
+                    node_id: node_id.clone(),
+                    generation: *generation,
+                    link: ctx.address(),
+                });
+                info!(self.log, "peer link up"; "peer" => node_id, "generation" => generation);
+            }
+        }
+        self.log = self.log.new(slog::o!("peer" => hello.node_id.clone()));
+        self.peer = Some(hello.node_id);
+    }
+
+    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        if self.peer.is_none() {
+            return match frame.kind {
+                Kind::Hello => self.on_hello(frame, ctx),
+                Kind::Refused => {
+                    let why = wire::decode::<Refused>(&frame.body)
+                        .map_or_else(|e| e.to_string(), |r| r.reason);
+                    warn!(self.log, "peer refused this node"; "reason" => why);
+                    ctx.stop();
+                }
+                other => self.refuse(ctx, "bad_hello", format!("{other:?} before HELLO")),
+            };
+        }
+        match frame.kind {
+            Kind::WriteForward | Kind::WriteReplicate => self.serve_write(frame, ctx),
+            Kind::Pull => self.serve_pull(frame, ctx),
+            Kind::Topic => self.serve_topic(frame),
+            Kind::WriteDone | Kind::PullChunk | Kind::PullDone => self.answered(frame),
+            Kind::Refused => {
+                let why = wire::decode::<Refused>(&frame.body)
+                    .map_or_else(|e| e.to_string(), |r| r.reason);
+                warn!(self.log, "peer refused this node"; "reason" => why);
+                ctx.stop();
+            }
+            Kind::Hello => self.refuse(ctx, "bad_hello", "second HELLO".into()),
+        }
+    }
+
+    fn answered(&mut self, frame: Frame) {
+        let last = frame.kind != Kind::PullChunk;
+        let Some(p) = self.pending.get(&frame.corr) else {
+            // Timed out already: the caller has its answer.
+            return;
+        };
+        self.cluster().counters.observe_lag(p.sent.elapsed());
+        let reply = Reply {
+            kind: frame.kind,
+            body: frame.body,
+        };
+        if !last {
+            if let Waiter::Stream(tx) = &p.waiter {
+                let _ = tx.send(reply);
+            }
+            if let Some(p) = self.pending.get_mut(&frame.corr) {
+                // Chunks keep a pull alive: the timeout is for silence, not for its size.
+                p.sent = Instant::now();
+            }
+            return;
+        }
+        if let Some(p) = self.pending.remove(&frame.corr) {
+            match p.waiter {
+                Waiter::Once(tx) => {
+                    let _ = tx.send(reply);
+                }
+                Waiter::Stream(tx) => {
+                    let _ = tx.send(reply);
+                }
+                Waiter::Untracked => {}
+            }
+        }
+    }
+
+    fn serve_write(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let corr = frame.corr;
+        let forwarded = frame.kind == Kind::WriteForward;
+        let write: wire::Write = match wire::decode(&frame.body) {
+            Ok(w) => w,
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                warn!(self.log, "undecodable write from peer"; "err" => err_kv("bad_frame", &e));
+                let done = wire::WriteDone {
+                    rejected: Vec::new(),
+                    failure: Some(format!("undecodable write: {e}")),
+                };
+                self.send_frame(Kind::WriteDone, corr, &wire::body(&done));
+                return;
+            }
+        };
+        let trace = write.trace.clone();
+        let ops = write.ops.len();
+        let role = if forwarded {
+            "owner"
+        } else {
+            replication::replica_role(self.cluster(), &write.ops)
+        };
+        let counters = &self.cluster().counters;
+        match role {
+            "owner" => &counters.applied_owner,
+            "backup" => &counters.applied_backup,
+            _ => &counters.applied_replica,
+        }
+        .fetch_add(ops as u64, std::sync::atomic::Ordering::Relaxed);
+        let applied = if forwarded {
+            futures_util::future::Either::Left(replication::own(&self.node, frame.body, write))
+        } else {
+            futures_util::future::Either::Right(replication::replica(&self.node, write))
+        };
+        ctx.spawn(applied.into_actor(self).map(move |done, act, _| {
+            debug!(act.log, "write applied for peer";
+                "requestId" => trace.request_id.as_deref(), "originNodeId" => &trace.origin_node_id,
+                "clientId" => &trace.client_id, "role" => role, "ops" => ops,
+                "durable" => done.failure.is_none(), "failure" => done.failure.as_deref());
+            if corr != 0 {
+                act.send_frame(Kind::WriteDone, corr, &wire::body(&done));
+            }
+        }));
+    }
+
+    fn serve_pull(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let corr = frame.corr;
+        let pull: wire::Pull = match wire::decode(&frame.body) {
+            Ok(p) => p,
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                let done = wire::PullDone {
+                    records: 0,
+                    failure: Some(format!("undecodable pull: {e}")),
+                };
+                self.send_frame(Kind::PullDone, corr, &wire::body(&done));
+                return;
+            }
+        };
+        let partitions = pull.partitions.len();
+        let export = replication::export(&self.node, pull.partitions);
+        let t0 = Instant::now();
+        ctx.spawn(export.into_actor(self).map(move |exported, act, _| {
+            let ops = match exported {
+                Ok(ops) => ops,
+                Err(failure) => {
+                    let done = wire::PullDone {
+                        records: 0,
+                        failure: Some(failure),
+                    };
+                    act.send_frame(Kind::PullDone, corr, &wire::body(&done));
+                    return;
+                }
+            };
+            let records = ops.len() as u64;
+            for chunk in ops.chunks(wire::PULL_CHUNK_OPS) {
+                let body = wire::body(&replication::ChunkRef { ops: chunk });
+                act.send_frame(Kind::PullChunk, corr, &body);
+            }
+            let done = wire::PullDone {
+                records,
+                failure: None,
+            };
+            act.send_frame(Kind::PullDone, corr, &wire::body(&done));
+            info!(act.log, "partitions sent to peer"; "partitions" => partitions,
+                "records" => records, "tookMs" => t0.elapsed().as_millis() as u64);
+        }));
+    }
+
+    fn serve_topic(&mut self, frame: Frame) {
+        let topic: wire::Topic = match wire::decode(&frame.body) {
+            Ok(t) => t,
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                debug!(self.log, "undecodable topic from peer"; "err" => err_kv("bad_frame", &e));
+                return;
+            }
+        };
+        let queue = &self.node.queue;
+        queue.stripes[queue.stripe_of_topic(&topic.topic)]
+            .mailbox
+            .do_send(TopicPublish {
+                topic: Arc::from(topic.topic),
+                data: topic.data,
+                // No local connection published it: every local subscriber gets it.
+                publisher: 0,
+            });
+    }
+
+    /// Fails requests that waited longer than the cluster timeout, and reports the oldest
+    /// wait as replication lag.
+    fn sweep(&mut self) {
+        let timeout = self.cluster().timeout;
+        let mut expired = Vec::new();
+        for (corr, p) in &self.pending {
+            let waited = p.sent.elapsed();
+            self.cluster().counters.observe_lag(waited);
+            if waited >= timeout {
+                expired.push(*corr);
+            }
+        }
+        for corr in expired {
+            if let Some(p) = self.pending.remove(&corr) {
+                if !matches!(p.waiter, Waiter::Untracked) {
+                    self.cluster().counters.peer_error("timeout");
+                }
+            }
+        }
+    }
+}
+
+impl Actor for PeerConn {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Direction::Outbound { .. } = self.direction {
+            let body = self.hello();
+            self.send_frame(Kind::Hello, 0, &body);
+        }
+        ctx.run_interval(SWEEP_EVERY, |act, _| act.sweep());
+        let every = self.node.config.report_interval;
+        ctx.run_interval(every, |act, _| {
+            if act.stats.is_dirty() {
+                let report = StatsOnly(act.stats.take());
+                act.node.metrics.do_send(Reported(Box::new(report)));
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        let waiting = self.pending.len();
+        self.pending.clear();
+        if let Direction::Outbound {
+            node_id,
+            generation,
+            manager,
+        } = &self.direction
+        {
+            manager.do_send(LinkDown {
+                node_id: node_id.clone(),
+                generation: *generation,
+                link: ctx.address(),
+            });
+        }
+        debug!(self.log, "peer connection closed"; "failedRequests" => waiting);
+        self.node
+            .metrics
+            .do_send(Reported(Box::new(StatsOnly(self.stats.take_final()))));
+    }
+}
+
+impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerConn {
+    fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        match item {
+            Ok(payload) => match wire::parse(payload.freeze()) {
+                Ok(frame) => self.on_frame(frame, ctx),
+                Err(e) => {
+                    let detail = e.to_string();
+                    self.refuse(ctx, e.code(), detail);
+                }
+            },
+            Err(e) => {
+                // An oversized length prefix or a reset: the stream cannot be trusted further.
+                let reason = if e.kind() == std::io::ErrorKind::InvalidData {
+                    "bad_frame"
+                } else {
+                    "lost"
+                };
+                self.cluster().counters.peer_error(reason);
+                debug!(self.log, "peer connection failed"; "err" => err_kv(reason, &e));
+                ctx.stop();
+            }
+        }
+        self.stats.end(t0);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.peer.is_some() && matches!(self.direction, Direction::Outbound { .. }) {
+            self.cluster().counters.peer_error("lost");
+        }
+        ctx.stop();
+    }
+}
+
+impl WriteHandler<std::io::Error> for PeerConn {
+    fn error(&mut self, err: std::io::Error, _: &mut Context<Self>) -> Running {
+        self.cluster().counters.peer_error("lost");
+        debug!(self.log, "peer write failed"; "err" => err_kv("lost", &err));
+        Running::Stop
+    }
+}
+
+impl Handler<Call> for PeerConn {
+    type Result = ResponseFuture<Result<Reply, String>>;
+
+    fn handle(&mut self, msg: Call, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin_item();
+        let (tx, rx) = oneshot::channel();
+        let corr = self.register(Waiter::Once(tx));
+        self.send_frame(msg.kind, corr, &msg.body);
+        self.stats.end(t0);
+        let peer = self.peer.clone().unwrap_or_default();
+        Box::pin(async move {
+            rx.await
+                .map_err(|_| format!("peer {peer} did not answer (connection lost or timed out)"))
+        })
+    }
+}
+
+impl Handler<CallStream> for PeerConn {
+    type Result = MessageResult<CallStream>;
+
+    fn handle(&mut self, msg: CallStream, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin_item();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let corr = self.register(Waiter::Stream(tx));
+        self.send_frame(msg.kind, corr, &msg.body);
+        self.stats.end(t0);
+        MessageResult(rx)
+    }
+}
+
+impl Handler<Notify> for PeerConn {
+    type Result = ();
+
+    fn handle(&mut self, msg: Notify, _: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        let corr = self.register(Waiter::Untracked);
+        self.send_frame(msg.kind, corr, &msg.body);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<Cast> for PeerConn {
+    type Result = ();
+
+    fn handle(&mut self, msg: Cast, _: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        self.send_frame(msg.kind, 0, &msg.body);
+        self.stats.end(t0);
+    }
+}
+
+/// Accepts peer connections on the cluster's TCP listener, one `PeerConn` each.
+pub async fn accept_peers(listener: tokio::net::TcpListener, node: Arc<NodeContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                PeerConn::start(node.clone(), stream, Direction::Inbound);
+            }
+            Err(e) => {
+                warn!(node.log, "cluster accept failed"; "err" => err_kv("accept", e));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Where a write goes in a cluster, and when it may be acknowledged.
+//!
+//! Every node keeps a copy of every partition; the partition table says who must have a write
+//! durably before its client hears OP_ACK. The node the client sent the batch to (the origin)
+//! applies it locally and forwards each group of ops to its partitions' owner. The owner applies
+//! it and re-sends the same body to every other member: the partitions' backups are waited for
+//! (with `--write-ack owner+backup`), the rest are asynchronous replicas. The origin acks when
+//! its own apply, the owners and (through them) the backups are durable. A peer that does not
+//! answer within the cluster timeout fails the batch: the client gets ERROR, keeps its ops and
+//! resends them, which the LWW/OR merge makes harmless.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
+use serde::Serialize;
+use slog::{debug, Logger};
+
+use super::peer::{Call, Notify};
+use super::state::ClusterState;
+use super::table::Role;
+use super::wire::{self, Kind, Trace, WriteDone};
+use crate::config::WriteAck;
+use crate::net::requests::{apply_writes, WriteOutcome};
+use crate::net::NodeContext;
+use crate::protocol::types::LwwRecord;
+use crate::protocol::{ClientOp, OpKind};
+use crate::queue::ConnId;
+use crate::shard::actor::ExportPartitions;
+use crate::shard::fnv::{partition_of, PARTITION_COUNT};
+
+/// Serializes exactly like [`wire::Write`] without copying the ops.
+#[derive(Serialize)]
+struct WriteRef<'a> {
+    trace: &'a Trace,
+    ops: Vec<&'a ClientOp>,
+}
+
+/// Serializes exactly like [`wire::PullChunk`].
+#[derive(Serialize)]
+pub struct ChunkRef<'a> {
+    pub ops: &'a [ClientOp],
+}
+
+/// The origin's part: apply locally, forward to owners, replicate what this node owns.
+pub fn route_client_write(
+    node: &Arc<NodeContext>,
+    writer: ConnId,
+    trace: Trace,
+    mut ops: Vec<ClientOp>,
+    log: &Logger,
+) -> LocalBoxFuture<'static, WriteOutcome> {
+    let cluster = &node.cluster;
+    if !cluster.clustered() {
+        return Box::pin(apply_writes(&node.shards, writer, ops));
+    }
+    stamp_bare_removes(cluster, &mut ops);
+    let table = cluster.table();
+    let mut groups: BTreeMap<&str, (Vec<usize>, BTreeSet<u16>)> = BTreeMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        let partition = partition_of(&op.key);
+        let owner = table
+            .owner(partition)
+            .map_or(cluster.node_id.as_str(), |m| m.node_id.as_str());
+        let group = groups.entry(owner).or_default();
+        group.0.push(i);
+        group.1.insert(partition);
+    }
+    let mut peers: Vec<LocalBoxFuture<'static, Option<String>>> = Vec::new();
+    for (owner, (indexes, partitions)) in groups {
+        let body = wire::body(&WriteRef {
+            trace: &trace,
+            ops: indexes.iter().map(|&i| &ops[i]).collect(),
+        });
+        if owner == cluster.node_id {
+            peers.push(replicate(node, body, &cluster.node_id, &partitions));
+            continue;
+        }
+        cluster
+            .counters
+            .forwarded
+            .fetch_add(indexes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        debug!(log, "write forwarded"; "requestId" => trace.request_id.as_deref(),
+            "owner" => owner, "ops" => indexes.len());
+        peers.push(ask(cluster, owner, Kind::WriteForward, body, "owner"));
+    }
+    let local = apply_writes(&node.shards, writer, ops);
+    Box::pin(async move {
+        let mut outcome = local.await;
+        for peer in peers {
+            if let Some(failure) = peer.await {
+                outcome.failure.get_or_insert(failure);
+            }
+        }
+        outcome
+    })
+}
+
+/// The owner's part for a forwarded write: apply, and replicate to everyone but the origin.
+pub fn own(
+    node: &Arc<NodeContext>,
+    body: Bytes,
+    write: wire::Write,
+) -> impl std::future::Future<Output = WriteDone> + 'static {
+    let partitions: BTreeSet<u16> = write.ops.iter().map(|o| partition_of(&o.key)).collect();
+    let replicated = replicate(node, body, &write.trace.origin_node_id, &partitions);
+    let local = apply_writes(&node.shards, 0, write.ops);
+    async move {
+        let outcome = local.await;
+        let failure = replicated.await;
+        WriteDone {
+            rejected: outcome.rejected,
+            failure: outcome.failure.or(failure),
+        }
+    }
+}
+
+/// A backup's or replica's part: apply.
+pub fn replica(
+    node: &Arc<NodeContext>,
+    write: wire::Write,
+) -> impl std::future::Future<Output = WriteDone> + 'static {
+    let local = apply_writes(&node.shards, 0, write.ops);
+    async move {
+        let outcome = local.await;
+        WriteDone {
+            rejected: outcome.rejected,
+            failure: outcome.failure,
+        }
+    }
+}
+
+/// "backup" when this node backs up any partition of the ops, else "replica".
+pub fn replica_role(cluster: &ClusterState, ops: &[ClientOp]) -> &'static str {
+    let table = cluster.table();
+    let backs_up = ops
+        .iter()
+        .any(|o| table.role(partition_of(&o.key), &cluster.node_id) != Role::Replica);
+    if backs_up {
+        "backup"
+    } else {
+        "replica"
+    }
+}
+
+/// Sends `body` to every member but this node and `origin`; resolves once the partitions'
+/// backups confirmed (or at once with `--write-ack owner`). `Some(reason)`: not confirmed.
+fn replicate(
+    node: &Arc<NodeContext>,
+    body: Bytes,
+    origin: &str,
+    partitions: &BTreeSet<u16>,
+) -> LocalBoxFuture<'static, Option<String>> {
+    let cluster = &node.cluster;
+    let table = cluster.table();
+    let mut backups: BTreeSet<&str> = BTreeSet::new();
+    if cluster.ack == WriteAck::OwnerAndBackup {
+        for &p in partitions {
+            backups.extend(table.backups(p).map(|m| m.node_id.as_str()));
+        }
+    }
+    backups.remove(cluster.node_id.as_str());
+    backups.remove(origin);
+    let mut waits = Vec::new();
+    for member in table.members() {
+        let id = member.node_id.as_str();
+        if id == cluster.node_id || id == origin {
+            continue;
+        }
+        if backups.contains(id) {
+            waits.push(ask(
+                cluster,
+                id,
+                Kind::WriteReplicate,
+                body.clone(),
+                "backup",
+            ));
+        } else if let Some(link) = cluster.link(id) {
+            link.do_send(Notify {
+                kind: Kind::WriteReplicate,
+                body: body.clone(),
+            });
+        }
+    }
+    Box::pin(async move {
+        let mut failure = None;
+        for wait in waits {
+            if let Some(f) = wait.await {
+                failure.get_or_insert(f);
+            }
+        }
+        failure
+    })
+}
+
+/// A write request to `peer`, failed (with a reason) when there is no link, the peer does
+/// not answer within the timeout, or its apply was not durable.
+fn ask(
+    cluster: &ClusterState,
+    peer: &str,
+    kind: Kind,
+    body: Bytes,
+    role: &'static str,
+) -> LocalBoxFuture<'static, Option<String>> {
+    let peer = peer.to_owned();
+    let Some(link) = cluster.link(&peer) else {
+        return Box::pin(async move { Some(format!("no connection to {role} {peer}")) });
+    };
+    let timeout = cluster.timeout;
+    let call = link.send(Call { kind, body });
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(Ok(reply))) => match wire::decode::<WriteDone>(&reply.body) {
+                Ok(done) => done.failure.map(|f| format!("{role} {peer}: {f}")),
+                Err(e) => Some(format!("{role} {peer} answered garbage: {e}")),
+            },
+            Ok(Ok(Err(e))) => Some(format!("{role} {peer}: {e}")),
+            Ok(Err(_)) => Some(format!("{role} {peer}: connection closed")),
+            Err(_) => Some(format!(
+                "{role} {peer} did not confirm within {} ms",
+                timeout.as_millis()
+            )),
+        }
+    })
+}
+
+/// A REMOVE without a record would be stamped by each replica's own clock, and replicas would
+/// disagree on the tombstone: stamp it once, here.
+fn stamp_bare_removes(cluster: &ClusterState, ops: &mut [ClientOp]) {
+    for op in ops.iter_mut() {
+        if op.kind() == OpKind::Remove && op.lww_record().is_none() {
+            op.record = Some(Some(LwwRecord {
+                value: rmpv::Value::Nil,
+                timestamp: cluster.stamp(),
+                ttl_ms: None,
+            }));
+        }
+    }
+}
+
+/// Everything the shards hold for `partitions`, for a peer's pull; `Err` when a shard did not
+/// answer (a partial export must not pass for a complete one).
+pub fn export(
+    node: &Arc<NodeContext>,
+    partitions: Vec<u16>,
+) -> impl std::future::Future<Output = Result<Vec<ClientOp>, String>> + 'static {
+    let mut marked = vec![false; usize::from(PARTITION_COUNT)];
+    for p in partitions {
+        if let Some(slot) = marked.get_mut(usize::from(p)) {
+            *slot = true;
+        }
+    }
+    let marked = Arc::new(marked);
+    let requests: Vec<_> = node
+        .shards
+        .mailboxes
+        .iter()
+        .map(|s| {
+            s.send(ExportPartitions {
+                partitions: marked.clone(),
+            })
+        })
+        .collect();
+    async move {
+        let mut out = Vec::new();
+        for r in requests {
+            out.extend(r.await.map_err(|_| "a shard did not answer".to_owned())?);
+        }
+        Ok(out)
+    }
+}
+
+/// A topic message reaches subscribers on every node: one `TOPIC` to each linked peer.
+pub fn publish_to_peers(cluster: &ClusterState, topic: &str, data: &rmpv::Value) {
+    let links = cluster.links_except(&[]);
+    if links.is_empty() {
+        return;
+    }
+    let body = wire::body(&wire::Topic {
+        topic: topic.to_owned(),
+        data: data.clone(),
+        origin_node_id: cluster.node_id.clone(),
+    });
+    for (_, link) in links {
+        link.do_send(super::peer::Cast {
+            kind: Kind::Topic,
+            body: body.clone(),
+        });
+    }
+}

@@ -1,0 +1,162 @@
+//! What the rest of the node reads of the cluster, shared without messages: the current
+//! partition table, the open links to peers, the write settings, readiness, and the counters the
+//! `ClusterActor` reports. Connections (on HTTP worker threads) and peer connections read it on
+//! every write, so reads are a lock and an `Arc` clone, never a round trip to an actor.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+
+use super::peer::{PeerConn, PEER_ERROR_REASONS};
+use super::table::{PartitionTable, TableMember};
+use crate::config::WriteAck;
+use crate::protocol::types::Timestamp;
+use crate::shard::hlc::{system_millis, Hlc};
+
+/// Counters bumped where things happen (any thread) and reported as deltas by the ClusterActor.
+#[derive(Default)]
+pub struct ClusterCounters {
+    pub forwarded: AtomicU64,
+    pub applied_owner: AtomicU64,
+    pub applied_backup: AtomicU64,
+    pub applied_replica: AtomicU64,
+    pub migration_records: AtomicU64,
+    pub migration_pending: AtomicI64,
+    peer_errors: [AtomicU64; PEER_ERROR_REASONS.len()],
+    /// Longest wait for a peer's answer since the last report, µs.
+    lag_us: AtomicU64,
+}
+
+impl ClusterCounters {
+    pub fn peer_error(&self, reason: &str) {
+        if let Some(i) = PEER_ERROR_REASONS.iter().position(|r| *r == reason) {
+            self.peer_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn take_peer_errors(&self) -> Vec<(&'static str, u64)> {
+        PEER_ERROR_REASONS
+            .iter()
+            .zip(&self.peer_errors)
+            .map(|(r, c)| (*r, c.swap(0, Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn observe_lag(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.lag_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn take_lag(&self) -> Duration {
+        Duration::from_micros(self.lag_us.swap(0, Ordering::Relaxed))
+    }
+}
+
+pub struct ClusterState {
+    pub node_id: String,
+    pub generation: u64,
+    pub ws_url: String,
+    pub ack: WriteAck,
+    /// Longest wait for a peer's answer to a write.
+    pub timeout: Duration,
+    pub backups: usize,
+    table: RwLock<Arc<PartitionTable>>,
+    links: RwLock<HashMap<String, Addr<PeerConn>>>,
+    /// Stamps REMOVEs that came without a record before they leave this node, so every replica
+    /// stores the same tombstone.
+    clock: Mutex<Hlc>,
+    /// Joined (or alone by choice) and the first pull from peers done: `/ready` may say yes.
+    data_ready: AtomicBool,
+    pub counters: ClusterCounters,
+    pub started: Instant,
+}
+
+impl ClusterState {
+    pub fn new(me: TableMember, ack: WriteAck, timeout: Duration, backups: usize) -> Self {
+        let table = PartitionTable::compute(vec![me.clone()], backups, 1);
+        ClusterState {
+            clock: Mutex::new(Hlc::new(me.node_id.clone(), u64::MAX / 4)),
+            node_id: me.node_id,
+            generation: me.generation,
+            ws_url: me.ws_url,
+            ack,
+            timeout,
+            backups,
+            table: RwLock::new(Arc::new(table)),
+            links: RwLock::new(HashMap::new()),
+            data_ready: AtomicBool::new(false),
+            counters: ClusterCounters::default(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn table(&self) -> Arc<PartitionTable> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(super) fn set_table(&self, table: PartitionTable) {
+        let table = Arc::new(table);
+        match self.table.write() {
+            Ok(mut t) => *t = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+
+    /// The open link to `node_id`, if its handshake finished.
+    pub fn link(&self, node_id: &str) -> Option<Addr<PeerConn>> {
+        let links = match self.links.read() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        links.get(node_id).cloned()
+    }
+
+    /// Every open link but the ones to `except`.
+    pub fn links_except(&self, except: &[&str]) -> Vec<(String, Addr<PeerConn>)> {
+        let links = match self.links.read() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        links
+            .iter()
+            .filter(|(id, _)| !except.contains(&id.as_str()))
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect()
+    }
+
+    pub(super) fn with_links<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, Addr<PeerConn>>) -> R,
+    ) -> R {
+        match self.links.write() {
+            Ok(mut l) => f(&mut l),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// A timestamp for a REMOVE that came without a record.
+    pub fn stamp(&self) -> Timestamp {
+        match self.clock.lock() {
+            Ok(mut c) => c.now(system_millis()),
+            Err(poisoned) => poisoned.into_inner().now(system_millis()),
+        }
+    }
+
+    pub fn data_ready(&self) -> bool {
+        self.data_ready.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_data_ready(&self) {
+        self.data_ready.store(true, Ordering::Release);
+    }
+
+    /// More than this node in the table: writes must be routed and replicated.
+    pub fn clustered(&self) -> bool {
+        self.table().members().len() > 1
+    }
+}

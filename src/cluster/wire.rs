@@ -1,0 +1,227 @@
+//! The node-to-node transport's message format (version [`PEER_VERSION`]), plain data.
+//!
+//! TCP on the cluster port (the same number as the UDP membership port). Each frame is a
+//! 4-byte big-endian length, then the payload: kind `u8`, correlation id `u64` big-endian (0 =
+//! no answer wanted), and a MessagePack body (named fields, so a capture reads as maps).
+//! A frame over [`MAX_PEER_FRAME`] bytes ends the connection.
+//!
+//! Each side opens with `HELLO {magic, version, nodeId, generation}`; a receiver that speaks
+//! another version (or sees garbage, or its own node id from another process) answers
+//! `REFUSED {reason}` and closes. Requests carry a fresh correlation id and are answered with
+//! the same one: `WRITE_FORWARD`/`WRITE_REPLICATE` by `WRITE_DONE`, `PULL` by any number of
+//! `PULL_CHUNK`s then `PULL_DONE`. `TOPIC` is one-way.
+//!
+//! Write bodies are encoded once and sent as they are to every replica: the owner re-sends the
+//! forwarded body with kind `WRITE_REPLICATE`, so the trace (`requestId`, origin node and
+//! client) reaches every node the write touches unchanged.
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ClientOp, OpRejected};
+
+/// Version of this format; a peer with another one is refused (and counted).
+pub const PEER_VERSION: u16 = 1;
+/// First field of every HELLO: anything else on the port is not a TopGun node.
+pub const PEER_MAGIC: &str = "topgun-peer";
+/// Largest frame accepted: a full client batch (16 MiB by default) with room for the header.
+pub const MAX_PEER_FRAME: usize = 64 << 20;
+/// Ops per `PULL_CHUNK`: keeps frames small and lets the receiver apply as data arrives.
+pub const PULL_CHUNK_OPS: usize = 2_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    Refused = 2,
+    /// A write sent to the owner of its partitions by the node its client sent it to.
+    WriteForward = 3,
+    /// A write the owner copies to a backup (answer awaited) or another member.
+    WriteReplicate = 4,
+    WriteDone = 5,
+    Topic = 6,
+    Pull = 7,
+    PullChunk = 8,
+    PullDone = 9,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Refused,
+            3 => Kind::WriteForward,
+            4 => Kind::WriteReplicate,
+            5 => Kind::WriteDone,
+            6 => Kind::Topic,
+            7 => Kind::Pull,
+            8 => Kind::PullChunk,
+            9 => Kind::PullDone,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub magic: String,
+    pub version: u16,
+    pub node_id: String,
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    pub reason: String,
+}
+
+/// Where a write came from, carried to every node it touches and into their log lines.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trace {
+    /// The client's id of the batch's last op (`OP_ACK.lastId`), when it gave one.
+    pub request_id: Option<String>,
+    pub origin_node_id: String,
+    pub client_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Write {
+    pub trace: Trace,
+    pub ops: Vec<ClientOp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WriteDone {
+    pub rejected: Vec<OpRejected>,
+    /// Why the write must not be acknowledged (not durable there, or a replica failed).
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Topic {
+    pub topic: String,
+    pub data: rmpv::Value,
+    pub origin_node_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pull {
+    pub partitions: Vec<u16>,
+}
+
+/// Records as client ops: PUT (LWW record, tombstones included), OR_ADD, OR_REMOVE (a removed
+/// tag). Applying them is an LWW/OR merge, so a chunk applied twice changes nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullChunk {
+    pub ops: Vec<ClientOp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PullDone {
+    pub records: u64,
+    pub failure: Option<String>,
+}
+
+/// One received frame: its kind, correlation id and undecoded body.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: Kind,
+    pub corr: u64,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame shorter than its 9-byte header")]
+    Short,
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("undecodable body: {0}")]
+    Body(String),
+}
+
+impl FrameError {
+    pub fn code(&self) -> &'static str {
+        "bad_frame"
+    }
+}
+
+/// Encodes a body once; [`frame`] puts it behind any kind and correlation id.
+pub fn body<T: Serialize>(msg: &T) -> Bytes {
+    // Plain structs of strings, numbers and MessagePack values: encoding cannot fail.
+    Bytes::from(rmp_serde::to_vec_named(msg).unwrap_or_default())
+}
+
+pub fn frame(kind: Kind, corr: u64, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(9 + body.len());
+    out.put_u8(kind as u8);
+    out.put_u64(corr);
+    out.put_slice(body);
+    out.freeze()
+}
+
+pub fn parse(payload: Bytes) -> Result<Frame, FrameError> {
+    if payload.len() < 9 {
+        return Err(FrameError::Short);
+    }
+    let kind = Kind::from_u8(payload[0]).ok_or(FrameError::Kind(payload[0]))?;
+    let corr = u64::from_be_bytes(payload[1..9].try_into().map_err(|_| FrameError::Short)?);
+    Ok(Frame {
+        kind,
+        corr,
+        body: payload.slice(9..),
+    })
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    rmp_serde::from_slice(body).map_err(|e| FrameError::Body(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_body_round_trips_behind_any_header() {
+        let w = Write {
+            trace: Trace {
+                request_id: Some("op-7".into()),
+                origin_node_id: "node-a".into(),
+                client_id: "c1".into(),
+            },
+            ops: vec![ClientOp {
+                id: Some("op-7".into()),
+                map_name: "m".into(),
+                key: "k".into(),
+                op_type: Some("OR_REMOVE".into()),
+                record: None,
+                or_record: None,
+                or_tag: Some("t".into()),
+                write_concern: None,
+                timeout: None,
+            }],
+        };
+        let b = body(&w);
+        for kind in [Kind::WriteForward, Kind::WriteReplicate] {
+            let f = parse(frame(kind, 42, &b)).unwrap();
+            assert_eq!((f.kind, f.corr), (kind, 42));
+            assert_eq!(decode::<Write>(&f.body).unwrap(), w);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(
+            parse(Bytes::from_static(b"abc")).unwrap_err(),
+            FrameError::Short
+        );
+        assert_eq!(
+            parse(Bytes::from_static(&[99, 0, 0, 0, 0, 0, 0, 0, 1])).unwrap_err(),
+            FrameError::Kind(99)
+        );
+        let f = parse(frame(Kind::Hello, 0, b"\xc1\xff")).unwrap();
+        assert!(decode::<Hello>(&f.body).is_err());
+    }
+}
