@@ -40,6 +40,8 @@ pub const PEER_ERROR_REASONS: [&str; 7] = [
     "timeout",
 ];
 
+/// How long a refused connection stays open so the REFUSED frame leaves.
+const REFUSE_FLUSH: Duration = Duration::from_millis(100);
 /// How often waiting requests are checked against the timeout.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
@@ -119,6 +121,8 @@ pub struct PeerConn {
     peer: Option<String>,
     next_corr: u64,
     pending: HashMap<u64, Pending>,
+    /// Refused: closing, the rest of the stream is ignored.
+    refused: bool,
     stats: ActorStats,
     log: Logger,
 }
@@ -148,6 +152,7 @@ impl PeerConn {
                 peer: None,
                 next_corr: 1,
                 pending: HashMap::new(),
+                refused: false,
                 log,
             }
         })
@@ -178,7 +183,9 @@ impl PeerConn {
         });
         self.send_frame(Kind::Refused, 0, &body);
         self.writer.close();
-        ctx.stop();
+        // Stopping at once would drop the REFUSED frame unsent; nothing more is read meanwhile.
+        self.refused = true;
+        ctx.run_later(REFUSE_FLUSH, |_, ctx| ctx.stop());
     }
 
     fn register(&mut self, waiter: Waiter) -> u64 {
@@ -486,6 +493,9 @@ impl Actor for PeerConn {
 
 impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerConn {
     fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
+        if self.refused {
+            return;
+        }
         let t0 = self.stats.begin_item();
         match item {
             Ok(payload) => match wire::parse(payload.freeze()) {

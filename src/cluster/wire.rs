@@ -191,18 +191,47 @@ mod tests {
                 origin_node_id: "node-a".into(),
                 client_id: "c1".into(),
             },
-            ops: vec![ClientOp {
-                id: Some("op-7".into()),
-                map_name: "m".into(),
-                key: "k".into(),
-                op_type: Some("OR_REMOVE".into()),
-                record: None,
-                or_record: None,
-                or_tag: Some("t".into()),
-                write_concern: None,
-                timeout: None,
-            }],
+            ops: vec![
+                ClientOp {
+                    id: Some("op-6".into()),
+                    map_name: "m".into(),
+                    key: "k".into(),
+                    op_type: Some("PUT".into()),
+                    record: Some(Some(crate::protocol::types::LwwRecord {
+                        value: rmpv::Value::from("v"),
+                        timestamp: crate::protocol::types::Timestamp {
+                            millis: 1,
+                            counter: 2,
+                            node_id: "n".into(),
+                        },
+                        ttl_ms: Some(500),
+                    })),
+                    or_record: None,
+                    or_tag: None,
+                    write_concern: None,
+                    timeout: None,
+                },
+                ClientOp {
+                    id: Some("op-7".into()),
+                    map_name: "m".into(),
+                    key: "k".into(),
+                    op_type: Some("OR_REMOVE".into()),
+                    record: None,
+                    or_record: None,
+                    or_tag: Some("t".into()),
+                    write_concern: None,
+                    timeout: None,
+                },
+            ],
         };
+        let mut w = w;
+        // A REMOVE sent as `record: nil` must stay distinguishable from no record at all.
+        w.ops.push(ClientOp {
+            record: Some(None),
+            or_tag: None,
+            op_type: None,
+            ..w.ops[1].clone()
+        });
         let b = body(&w);
         for kind in [Kind::WriteForward, Kind::WriteReplicate] {
             let f = parse(frame(kind, 42, &b)).unwrap();

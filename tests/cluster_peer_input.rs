@@ -1,0 +1,157 @@
+//! Bad input on the node-to-node transport (TCP on the cluster port): a peer speaking another
+//! protocol version, a second process claiming this node's id, an oversized frame, a request
+//! before the handshake. Each is answered `REFUSED` (where a frame can still be sent), counted in
+//! `topgun_cluster_peer_errors_total{reason}`, logged, and costs nothing else: the node keeps
+//! serving clients. Frames are built here by hand from docs/cluster.md, not with the node's
+//! own encoder.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::proto::{client_op, put_op, Ts};
+use common::{read_port, Node, NodeOptions};
+use rmpv::Value;
+
+fn start() -> (Node, u16) {
+    let mut node = Node::start_with(NodeOptions::default().args(&[
+        "--node-id",
+        "node-x",
+        "--cluster-port",
+        "0",
+    ]));
+    let out = node.stdout.as_mut().expect("stdout kept");
+    let port = read_port(out, "CLUSTER_PORT").expect("CLUSTER_PORT= after PORT=");
+    (node, port)
+}
+
+/// One frame: length, kind, correlation id, MessagePack body.
+fn frame(kind: u8, corr: u64, body: &Value) -> Vec<u8> {
+    let mut payload = vec![kind];
+    payload.extend_from_slice(&corr.to_be_bytes());
+    rmpv::encode::write_value(&mut payload, body).unwrap();
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend(payload);
+    out
+}
+
+fn hello(version: u64, node_id: &str, generation: u64) -> Vec<u8> {
+    let body = Value::Map(vec![
+        ("magic".into(), "topgun-peer".into()),
+        ("version".into(), version.into()),
+        ("nodeId".into(), node_id.into()),
+        ("generation".into(), generation.into()),
+    ]);
+    frame(1, 0, &body)
+}
+
+/// Sends `bytes` and reads what comes back until the node closes the connection.
+fn exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("cluster TCP port accepts");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut back = Vec::new();
+    // The node closes after refusing; a read timeout would mean it kept a bad peer open.
+    s.read_to_end(&mut back)
+        .expect("the node closes the connection after refusing");
+    back
+}
+
+/// The kind and body of the first frame in `bytes`.
+fn first_frame(bytes: &[u8]) -> (u8, Value) {
+    assert!(bytes.len() >= 13, "no frame came back: {bytes:?}");
+    let len = u32::from_be_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    let payload = &bytes[4..4 + len];
+    let body = rmpv::decode::read_value(&mut &payload[9..]).unwrap();
+    (payload[0], body)
+}
+
+fn reason(body: &Value) -> String {
+    body.as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("reason")))
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn errors(node: &Node, reason: &str) -> f64 {
+    node.scrape()
+        .value_or_zero("topgun_cluster_peer_errors_total", &[("reason", reason)])
+}
+
+fn wait_errors(node: &Node, reason: &str, want: f64) {
+    let t0 = std::time::Instant::now();
+    while errors(node, reason) < want {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "topgun_cluster_peer_errors_total{{reason={reason}}}: want {want}, saw {}",
+            errors(node, reason)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A write and its ack still work: the bad peer cost nothing else.
+fn still_serves(node: &Node) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = common::Client::connect(&node.url()).await;
+        c.send(&client_op(put_op(
+            "after",
+            "m",
+            "k",
+            Value::from(1),
+            &Ts::new(1, 0, "t"),
+        )))
+        .await;
+        let ack = c.recv_type("OP_ACK").await;
+        assert!(ack.is_some(), "no OP_ACK after bad peer input");
+    });
+}
+
+#[test]
+fn another_protocol_version_is_refused_and_counted() {
+    let (node, port) = start();
+    let back = exchange(port, &hello(99, "node-y", 1));
+    let (kind, body) = first_frame(&back);
+    assert_eq!(kind, 2, "REFUSED");
+    assert!(reason(&body).starts_with("version"), "{body:?}");
+    wait_errors(&node, "version", 1.0);
+    assert!(node
+        .logs()
+        .iter()
+        .any(|l| l["msg"] == "peer refused" && l["reason"] == "version"));
+    still_serves(&node);
+}
+
+#[test]
+fn a_second_process_with_this_node_id_is_refused_and_counted() {
+    let (node, port) = start();
+    let back = exchange(port, &hello(1, "node-x", 12345));
+    let (kind, body) = first_frame(&back);
+    assert_eq!(kind, 2, "REFUSED");
+    assert!(reason(&body).starts_with("node_id_clash"), "{body:?}");
+    wait_errors(&node, "node_id_clash", 1.0);
+    still_serves(&node);
+}
+
+#[test]
+fn oversized_frames_and_requests_before_hello_end_the_connection() {
+    let (node, port) = start();
+    // 4 GiB announced: the node must not try to buffer it.
+    exchange(port, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
+    wait_errors(&node, "bad_frame", 1.0);
+    // A pull before any HELLO.
+    let pull = Value::Map(vec![("partitions".into(), Value::Array(vec![1.into()]))]);
+    let back = exchange(port, &frame(7, 1, &pull));
+    assert_eq!(first_frame(&back).0, 2, "REFUSED");
+    wait_errors(&node, "bad_hello", 1.0);
+    // A well-formed HELLO, then a frame of an unknown kind.
+    let mut bytes = hello(1, "node-z", 1);
+    bytes.extend(frame(200, 0, &Value::Nil));
+    let back = exchange(port, &bytes);
+    assert_eq!(first_frame(&back).0, 1, "the node answered the HELLO first");
+    wait_errors(&node, "bad_frame", 2.0);
+    still_serves(&node);
+}
