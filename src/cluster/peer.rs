@@ -232,6 +232,9 @@ impl PeerConn {
                 let body = self.hello();
                 self.send_frame(Kind::Hello, 0, &body);
                 debug!(self.log, "peer connected"; "peer" => &hello.node_id);
+                if self.cluster().reconnected(&hello.node_id, hello.generation) {
+                    self.catch_up(&hello.node_id);
+                }
             }
             Direction::Outbound {
                 node_id,
@@ -255,6 +258,28 @@ impl PeerConn {
         }
         self.log = self.log.new(slog::o!("peer" => hello.node_id.clone()));
         self.peer = Some(hello.node_id);
+    }
+
+    /// The peer's previous connection to this node broke: asynchronous copies it sent
+    /// meanwhile may be lost, so pull the partitions it owns again (a merge: cheap when
+    /// nothing is missing).
+    fn catch_up(&self, peer: &str) {
+        let table = self.cluster().table();
+        let owned: Vec<u16> = (0..crate::shard::fnv::PARTITION_COUNT)
+            .filter(|&p| table.owner(p).is_some_and(|m| m.node_id == peer))
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        info!(self.log, "peer reconnected: pulling its partitions to catch up";
+            "partitions" => owned.len());
+        let (node, peer, log) = (self.node.clone(), peer.to_owned(), self.log.clone());
+        actix_rt::spawn(async move {
+            match super::migration::pull(&node, &peer, &owned).await {
+                Ok(records) => info!(log, "catch-up pull finished"; "records" => records),
+                Err(e) => warn!(log, "catch-up pull failed"; "err" => err_kv("pull", &e)),
+            }
+        });
     }
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {

@@ -29,6 +29,9 @@ use crate::queue::ConnId;
 use crate::shard::actor::ExportPartitions;
 use crate::shard::fnv::{partition_of, PARTITION_COUNT};
 
+/// How long a write waits for the link to a member that just joined.
+const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serializes exactly like [`wire::Write`] without copying the ops.
 #[derive(Serialize)]
 struct WriteRef<'a> {
@@ -82,7 +85,7 @@ pub fn route_client_write(
             .fetch_add(indexes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         debug!(log, "write forwarded"; "requestId" => trace.request_id.as_deref(),
             "owner" => owner, "ops" => indexes.len());
-        peers.push(ask(cluster, owner, Kind::WriteForward, body, "owner"));
+        peers.push(ask(node, owner, Kind::WriteForward, body, "owner"));
     }
     let local = apply_writes(&node.shards, writer, ops);
     Box::pin(async move {
@@ -168,13 +171,7 @@ fn replicate(
             continue;
         }
         if backups.contains(id) {
-            waits.push(ask(
-                cluster,
-                id,
-                Kind::WriteReplicate,
-                body.clone(),
-                "backup",
-            ));
+            waits.push(ask(node, id, Kind::WriteReplicate, body.clone(), "backup"));
         } else if let Some(link) = cluster.link(id) {
             link.do_send(Notify {
                 kind: Kind::WriteReplicate,
@@ -196,19 +193,30 @@ fn replicate(
 /// A write request to `peer`, failed (with a reason) when there is no link, the peer does
 /// not answer within the timeout, or its apply was not durable.
 fn ask(
-    cluster: &ClusterState,
+    node: &Arc<NodeContext>,
     peer: &str,
     kind: Kind,
     body: Bytes,
     role: &'static str,
 ) -> LocalBoxFuture<'static, Option<String>> {
     let peer = peer.to_owned();
-    let Some(link) = cluster.link(&peer) else {
-        return Box::pin(async move { Some(format!("no connection to {role} {peer}")) });
-    };
-    let timeout = cluster.timeout;
-    let call = link.send(Call { kind, body });
+    let timeout = node.cluster.timeout;
+    // Sent now when the link is up, so requests to one peer keep their order.
+    let ready = node.cluster.link(&peer).map(|link| {
+        link.send(Call {
+            kind,
+            body: body.clone(),
+        })
+    });
+    let node = node.clone();
     Box::pin(async move {
+        let call = match ready {
+            Some(call) => call,
+            None => match node.cluster.wait_link(&peer, LINK_WAIT.min(timeout)).await {
+                Some(link) => link.send(Call { kind, body }),
+                None => return Some(format!("no connection to {role} {peer}")),
+            },
+        };
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(Ok(reply))) => match wire::decode::<WriteDone>(&reply.body) {
                 Ok(done) => done.failure.map(|f| format!("{role} {peer}: {f}")),

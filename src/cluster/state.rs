@@ -71,6 +71,9 @@ pub struct ClusterState {
     data_ready: AtomicBool,
     pub counters: ClusterCounters,
     pub started: Instant,
+    /// Peers (id, generation) that connected to this node before: a second connection means
+    /// the first broke, and writes it carried meanwhile may be missing here.
+    inbound_seen: Mutex<std::collections::HashSet<(String, u64)>>,
 }
 
 impl ClusterState {
@@ -89,6 +92,7 @@ impl ClusterState {
             data_ready: AtomicBool::new(false),
             counters: ClusterCounters::default(),
             started: Instant::now(),
+            inbound_seen: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -114,6 +118,21 @@ impl ClusterState {
             Err(poisoned) => poisoned.into_inner(),
         };
         links.get(node_id).cloned()
+    }
+
+    /// The link to `node_id`, waiting up to `within` for it while it is a member: right after
+    /// a rebalance a new member's link may still be in its handshake.
+    pub async fn wait_link(&self, node_id: &str, within: Duration) -> Option<Addr<PeerConn>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(link) = self.link(node_id) {
+                return Some(link);
+            }
+            if Instant::now() >= deadline || self.table().member(node_id).is_none() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Every open link but the ones to `except`.
@@ -145,6 +164,15 @@ impl ClusterState {
             Ok(mut c) => c.now(system_millis()),
             Err(poisoned) => poisoned.into_inner().now(system_millis()),
         }
+    }
+
+    /// Records an inbound connection from `peer`; true when it had connected before.
+    pub fn reconnected(&self, peer: &str, generation: u64) -> bool {
+        let mut seen = match self.inbound_seen.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        !seen.insert((peer.to_owned(), generation))
     }
 
     pub fn data_ready(&self) -> bool {
