@@ -1,0 +1,1425 @@
+//! Cluster data layer (issue 8: partitions, routing, replication) through real node processes
+//! on 127.0.0.1. Guards the promises a TopGun app relies on once it runs on more than one node:
+//!
+//! - every node computes the same owner and backup for each of the 271 partitions and says so
+//!   in PARTITION_MAP, with endpoints a client can actually connect to;
+//! - a write sent to any node is readable on every node and fires live queries and topics
+//!   there, and `topgun_ops_total` counts it once, on the node the client sent it to;
+//! - a forwarded write can be followed by its `requestId` from origin to owner to backup;
+//! - an OP_ACK means the write survives `kill -9` of any one node, and a node that comes back
+//!   (same id, same cluster port, empty memory store) gets every acked write back;
+//! - a node joining a loaded cluster takes partitions without losing writes;
+//! - garbage on the node-to-node TCP port is counted and harms nothing.
+//!
+//! A lost acked write, a key readable on one node and not another, or a live query that misses
+//! a write made elsewhere are exactly the bugs a single-node test suite cannot see.
+//!
+//! Every wait is bounded and panics with what it saw last. A short probe period
+//! (`--cluster-probe-ms 200`) keeps each test well under 30 s. Values are strings so the
+//! comparisons cannot trip over MessagePack integer widths.
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proto::*;
+use common::*;
+use futures_util::SinkExt;
+use rmpv::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+const PROBE_MS: &str = "200";
+/// `fnv1a(key) % 271`, as in protocol.md and src/shard/fnv.rs.
+const PARTITIONS: usize = 271;
+/// The default `--backup-count`.
+const BACKUPS: usize = 1;
+/// Ops per OP_BATCH of the background writers: small, so a kill lands between many batches.
+const BATCH: usize = 5;
+/// How long a writer waits for the OP_ACK of one batch before it gives up on its connection.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
+// ---- processes ------------------------------------------------------------------------------
+
+/// One cluster member: the process, its node id and its cluster port (UDP membership and TCP
+/// node-to-node traffic share the number).
+struct Member {
+    id: String,
+    node: Node,
+    cluster_port: u16,
+}
+
+impl Member {
+    fn url(&self) -> String {
+        self.node.url()
+    }
+}
+
+/// Starts `id` on `cluster_port` (0 = the OS chooses), joining `seed` when given. Returns once
+/// `/ready` answers 200, which for a joining node means it found its seeds and finished its
+/// initial migration.
+fn start(id: &str, seed: Option<u16>, cluster_port: u16, extra: &[&str]) -> Member {
+    let mut options = NodeOptions::default()
+        .args(&[
+            "--node-id",
+            id,
+            "--cluster-probe-ms",
+            PROBE_MS,
+            "--cluster-port",
+            &cluster_port.to_string(),
+        ])
+        .args(extra);
+    if let Some(seed) = seed {
+        options = options.args(&["--seed-nodes", &format!("127.0.0.1:{seed}")]);
+    }
+    eprintln!("starting {id} (seed {seed:?}, cluster port {cluster_port})");
+    let mut node = Node::start_with(options);
+    let cluster_port = if cluster_port == 0 {
+        let out = node.stdout.as_mut().expect("stdout kept");
+        read_port(out, "CLUSTER_PORT")
+            .unwrap_or_else(|| panic!("{id}: no CLUSTER_PORT= after PORT="))
+    } else {
+        cluster_port
+    };
+    Member {
+        id: id.to_owned(),
+        node,
+        cluster_port,
+    }
+}
+
+/// `N` nodes `node-a`, `node-b`, ... all seeded with `node-a`, waited on until membership and
+/// the partition counts have settled.
+fn cluster<const N: usize>(extra: &[&str]) -> [Member; N] {
+    let mut seed = None;
+    let members: [Member; N] = std::array::from_fn(|i| {
+        let id = format!("node-{}", char::from(b'a' + i as u8));
+        let m = start(&id, seed, 0, extra);
+        seed.get_or_insert(m.cluster_port);
+        m
+    });
+    let refs: Vec<&Member> = members.iter().collect();
+    let took = wait_settled(&refs, Duration::from_secs(10));
+    eprintln!("{N} nodes settled {took:?} after the last one was ready");
+    members
+}
+
+// ---- waiting --------------------------------------------------------------------------------
+
+/// Calls `probe` every 100 ms until it returns `Ok`; after `within`, panics with `what` and the
+/// last `Err` (what was seen). Returns the value and how long it took.
+fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> (T, Duration) {
+    let t0 = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return (v, t0.elapsed()),
+            Err(seen) if t0.elapsed() >= within => {
+                panic!("{what}: not within {within:?}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Sum of every series of a family (a counter with labels, or a plain gauge); 0 when absent.
+fn family_sum(s: &Scrape, name: &str) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .fold(0.0, |sum, v| sum + v)
+}
+
+/// The cluster gauges of one node, for waits and panic messages.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in panic messages
+struct Status {
+    id: String,
+    members: Option<f64>,
+    owned: Option<f64>,
+    backup: Option<f64>,
+    version: Option<f64>,
+}
+
+fn status(m: &Member) -> Status {
+    let s = m.node.scrape();
+    Status {
+        id: m.id.clone(),
+        members: s.value("topgun_cluster_members", &[]),
+        owned: s.value("topgun_partitions_owned", &[]),
+        backup: s.value("topgun_partitions_backup", &[]),
+        version: s.value("topgun_partition_table_version", &[]),
+    }
+}
+
+fn wait_members(ms: &[&Member], want: usize, within: Duration) -> Duration {
+    let what = format!("topgun_cluster_members == {want} on every node");
+    wait_for(&what, within, || {
+        let seen: Vec<Status> = ms.iter().map(|m| status(m)).collect();
+        if seen.iter().all(|s| s.members == Some(want as f64)) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .1
+}
+
+/// Until the partitions are all owned again: sum of `topgun_partitions_owned` over `ms` is 271.
+fn wait_owned_sum(ms: &[&Member], within: Duration) -> Duration {
+    wait_for("sum of topgun_partitions_owned == 271", within, || {
+        let seen: Vec<Status> = ms.iter().map(|m| status(m)).collect();
+        let sum = seen.iter().filter_map(|s| s.owned).fold(0.0, |a, b| a + b);
+        if sum == PARTITIONS as f64 {
+            Ok(())
+        } else {
+            Err(format!("sum {sum}; {seen:?}"))
+        }
+    })
+    .1
+}
+
+/// Until `ms` is a settled cluster of exactly these nodes: each counts them all as members, the
+/// owned partitions add up to 271, the backups to 271 per backup copy, and every node owns
+/// some.
+fn wait_settled(ms: &[&Member], within: Duration) -> Duration {
+    let n = ms.len();
+    let backups = PARTITIONS * BACKUPS.min(n - 1);
+    let what = format!(
+        "{n} nodes settled (members {n} each, owned sum {PARTITIONS}, backup sum {backups}, \
+         every node owning > 0)"
+    );
+    wait_for(&what, within, || {
+        let seen: Vec<Status> = ms.iter().map(|m| status(m)).collect();
+        let owned = seen.iter().filter_map(|s| s.owned).fold(0.0, |a, b| a + b);
+        let backup = seen.iter().filter_map(|s| s.backup).fold(0.0, |a, b| a + b);
+        let ok = seen.iter().all(|s| s.members == Some(n as f64))
+            && owned == PARTITIONS as f64
+            && backup == backups as f64
+            && seen.iter().all(|s| s.owned.is_some_and(|o| o > 0.0));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("owned sum {owned}, backup sum {backup}; {seen:?}"))
+        }
+    })
+    .1
+}
+
+// ---- logs -----------------------------------------------------------------------------------
+
+/// The node's complete log lines so far (a last line still being written is left out).
+fn log_lines(m: &Member) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(&m.node.log_path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: log line is not JSON ({e}): {l}", m.id))
+        })
+        .collect()
+}
+
+fn lines_with(m: &Member, msg: &str) -> Vec<serde_json::Value> {
+    log_lines(m)
+        .into_iter()
+        .filter(|l| l["msg"] == msg)
+        .collect()
+}
+
+/// Waits for a line `msg` satisfying `pred` (`what` describes `pred` for the panic message,
+/// which shows the last lines with that `msg`, not the whole debug log).
+fn wait_line(
+    m: &Member,
+    msg: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let title = format!("{}: log line {msg:?} with {what}", m.id);
+    wait_for(&title, Duration::from_secs(10), || {
+        let lines = lines_with(m, msg);
+        match lines.iter().find(|l| pred(l)) {
+            Some(l) => Ok(l.clone()),
+            None => Err(format!(
+                "{} lines with that msg; the last ones: {:#?}",
+                lines.len(),
+                &lines[lines.len().saturating_sub(5)..]
+            )),
+        }
+    })
+    .0
+}
+
+// ---- the partition table --------------------------------------------------------------------
+
+/// A PARTITION_MAP as one node answered it.
+#[derive(Debug, Clone)]
+struct Table {
+    from: String,
+    version: u64,
+    /// nodeId → (websocket endpoint, status)
+    nodes: BTreeMap<String, (String, String)>,
+    /// By partition id.
+    owners: Vec<String>,
+    backups: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn parse(from: &str, p: &Value) -> Table {
+        let field = |v: &'_ Value, k: &str| -> Value {
+            get(v, k)
+                .cloned()
+                .unwrap_or_else(|| panic!("{from}: PARTITION_MAP without {k}: {v:?}"))
+        };
+        let text = |v: &Value, k: &str| -> String {
+            field(v, k)
+                .as_str()
+                .unwrap_or_else(|| panic!("{from}: PARTITION_MAP {k} is not a string: {v:?}"))
+                .to_owned()
+        };
+        assert_eq!(
+            as_u64(&field(p, "partitionCount")),
+            PARTITIONS as u64,
+            "{from}: partitionCount"
+        );
+        let version = as_u64(&field(p, "version"));
+        as_u64(&field(p, "generatedAt"));
+        let mut nodes = BTreeMap::new();
+        for n in field(p, "nodes").as_array().expect("nodes is an array") {
+            let ws = text(&field(n, "endpoints"), "websocket");
+            let id = text(n, "nodeId");
+            let dup = nodes.insert(id.clone(), (ws, text(n, "status")));
+            assert!(
+                dup.is_none(),
+                "{from}: node {id} listed twice in PARTITION_MAP"
+            );
+        }
+        let list = field(p, "partitions");
+        let list = list.as_array().expect("partitions is an array");
+        assert_eq!(list.len(), PARTITIONS, "{from}: PARTITION_MAP partitions");
+        let mut slots: Vec<Option<(String, Vec<String>)>> = vec![None; PARTITIONS];
+        for e in list {
+            let id = as_u64(&field(e, "partitionId")) as usize;
+            assert!(id < PARTITIONS, "{from}: partitionId {id}");
+            let backups = field(e, "backupNodeIds")
+                .as_array()
+                .unwrap_or_else(|| panic!("{from}: backupNodeIds of {id} is not an array"))
+                .iter()
+                .map(|b| b.as_str().expect("backup node id is a string").to_owned())
+                .collect();
+            let dup = slots[id].replace((text(e, "ownerNodeId"), backups));
+            assert!(dup.is_none(), "{from}: partition {id} listed twice");
+        }
+        let (owners, backups) = slots
+            .into_iter()
+            .map(|s| s.expect("all 271 ids present: 271 entries, none twice"))
+            .unzip();
+        Table {
+            from: from.to_owned(),
+            version,
+            nodes,
+            owners,
+            backups,
+        }
+    }
+
+    fn owner_of(&self, key: &str) -> &str {
+        &self.owners[fnv1a(key) as usize % PARTITIONS]
+    }
+
+    fn backups_of(&self, key: &str) -> &[String] {
+        &self.backups[fnv1a(key) as usize % PARTITIONS]
+    }
+
+    fn owned_by(&self, id: &str) -> usize {
+        self.owners.iter().filter(|o| *o == id).count()
+    }
+
+    fn backed_up_by(&self, id: &str) -> usize {
+        self.backups
+            .iter()
+            .filter(|b| b.iter().any(|x| x == id))
+            .count()
+    }
+
+    /// Every owner and backup is a listed node; `BACKUPS` distinct backups, never the owner.
+    fn check_shape(&self) {
+        let from = &self.from;
+        for (p, (owner, backups)) in self.owners.iter().zip(&self.backups).enumerate() {
+            assert!(
+                self.nodes.contains_key(owner),
+                "{from}: partition {p} owned by unlisted {owner}"
+            );
+            assert_eq!(
+                backups.len(),
+                BACKUPS.min(self.nodes.len() - 1),
+                "{from}: backups of partition {p}: {backups:?}"
+            );
+            assert!(
+                !backups.contains(owner),
+                "{from}: partition {p}: owner {owner} is its own backup"
+            );
+            let distinct: BTreeSet<_> = backups.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                backups.len(),
+                "{from}: partition {p}: {backups:?}"
+            );
+            for b in backups {
+                assert!(
+                    self.nodes.contains_key(b),
+                    "{from}: partition {p} backed up by unlisted {b}"
+                );
+            }
+        }
+    }
+}
+
+async fn connect(m: &Member) -> Client {
+    Client::try_connect(&m.url())
+        .await
+        .unwrap_or_else(|e| panic!("{}: connect {}: {e}", m.id, m.url()))
+}
+
+async fn partition_map(m: &Member) -> Table {
+    let mut c = connect(m).await;
+    c.send(&map(&[("type", "PARTITION_MAP_REQUEST".into())]))
+        .await;
+    let reply = c
+        .recv_type_within("PARTITION_MAP", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("{}: no PARTITION_MAP within 10 s", m.id));
+    Table::parse(&m.id, payload(&reply))
+}
+
+/// Why two nodes' tables differ, or `None` when they list the same nodes, owners and backups.
+fn disagreement(a: &Table, b: &Table) -> Option<String> {
+    let (an, bn): (BTreeSet<_>, BTreeSet<_>) = (a.nodes.keys().collect(), b.nodes.keys().collect());
+    if an != bn {
+        return Some(format!("{} lists {an:?}, {} lists {bn:?}", a.from, b.from));
+    }
+    let differ: Vec<usize> = (0..PARTITIONS)
+        .filter(|&p| a.owners[p] != b.owners[p] || a.backups[p] != b.backups[p])
+        .collect();
+    let p = *differ.first()?;
+    Some(format!(
+        "{} and {} differ on {} partitions, e.g. {p}: owner {} / {}, backups {:?} / {:?} \
+         (versions {} / {})",
+        a.from,
+        b.from,
+        differ.len(),
+        a.owners[p],
+        b.owners[p],
+        a.backups[p],
+        b.backups[p],
+        a.version,
+        b.version
+    ))
+}
+
+/// Polls PARTITION_MAP on every member until all list exactly these members and agree on the
+/// owner and backups of every partition. Returns each member's table, in `ms` order, each
+/// checked for shape (`Table::check_shape`).
+async fn agreed_tables(ms: &[&Member], within: Duration) -> Vec<Table> {
+    let ids: BTreeSet<&str> = ms.iter().map(|m| m.id.as_str()).collect();
+    let t0 = Instant::now();
+    loop {
+        let mut tables = Vec::new();
+        for m in ms {
+            tables.push(partition_map(m).await);
+        }
+        let wrong_nodes = tables.iter().find_map(|t| {
+            let listed: BTreeSet<&str> = t.nodes.keys().map(String::as_str).collect();
+            (listed != ids).then(|| format!("{} lists {listed:?}, want {ids:?}", t.from))
+        });
+        let problem =
+            wrong_nodes.or_else(|| tables[1..].iter().find_map(|t| disagreement(&tables[0], t)));
+        match problem {
+            None => {
+                eprintln!("partition tables agree after {:?}", t0.elapsed());
+                for t in &tables {
+                    t.check_shape();
+                }
+                return tables;
+            }
+            Some(p) if t0.elapsed() >= within => {
+                panic!("partition tables do not agree within {within:?}: {p}")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+// ---- reading and writing data ---------------------------------------------------------------
+
+/// Query ids for one-shot reads, unique per process so no reply is mistaken for another's.
+static READS: AtomicUsize = AtomicUsize::new(0);
+
+/// Every live key of `map_name` on one node: a QUERY_SUB without filter on a fresh connection.
+async fn read_map(m: &Member, map_name: &str) -> BTreeMap<String, Value> {
+    let mut c = connect(m).await;
+    let qid = format!("read-{}", READS.fetch_add(1, Ordering::SeqCst));
+    c.send(&query_sub(&qid, map_name, map(&[]))).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = c
+            .recv_within(left)
+            .await
+            .unwrap_or_else(|| panic!("{}: no QUERY_RESP for {map_name} within 10 s", m.id));
+        if msg_type(&v) == "QUERY_RESP" && pstr(&v, "queryId") == Some(qid.as_str()) {
+            break v;
+        }
+    };
+    assert!(
+        get(payload(&resp), "hasMore").and_then(Value::as_bool) != Some(true),
+        "{}: {map_name} has more rows than one QUERY_RESP carries (raise the test's cap)",
+        m.id
+    );
+    let _ = c.ws.close(None).await;
+    results(&resp).into_iter().collect()
+}
+
+/// `None` when every wanted key is in `found` with its value; else a short account of the
+/// missing and wrong ones.
+fn diff(want: &BTreeMap<String, Value>, found: &BTreeMap<String, Value>) -> Option<String> {
+    let missing: Vec<&String> = want.keys().filter(|k| !found.contains_key(*k)).collect();
+    let wrong: Vec<String> = want
+        .iter()
+        .filter_map(|(k, v)| {
+            found
+                .get(k)
+                .filter(|f| *f != v)
+                .map(|f| format!("{k}: want {v}, got {f}"))
+        })
+        .collect();
+    if missing.is_empty() && wrong.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} of {} keys missing (e.g. {:?}), {} with a wrong value (e.g. {:?}); \
+         {} keys found",
+        missing.len(),
+        want.len(),
+        &missing[..missing.len().min(5)],
+        wrong.len(),
+        &wrong[..wrong.len().min(3)],
+        found.len()
+    ))
+}
+
+/// Polls `read_map` until every wanted key reads back with its value.
+async fn wait_keys(
+    m: &Member,
+    map_name: &str,
+    want: &BTreeMap<String, Value>,
+    within: Duration,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let found = read_map(m, map_name).await;
+        match diff(want, &found) {
+            None => return t0.elapsed(),
+            Some(d) if t0.elapsed() >= within => {
+                panic!("{}: {map_name} not readable within {within:?}: {d}", m.id)
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// A PUT op with its own id and a fresh timestamp (distinct keys: LWW never decides).
+fn put(id: &str, map_name: &str, key: &str, value: &Value, counter: u32) -> Value {
+    put_op(
+        id,
+        map_name,
+        key,
+        value.clone(),
+        &Ts::new(now_millis(), counter, "cluster-test"),
+    )
+}
+
+/// Sends one frame and checks that its OP_ACK names `last_id`.
+async fn write_acked(c: &mut Client, who: &str, frame: &Value, last_id: &str) {
+    let seen = c.send_acked(frame).await;
+    let ack = seen.last().expect("send_acked returns the ack");
+    assert_eq!(
+        pstr(ack, "lastId"),
+        Some(last_id),
+        "{who}: OP_ACK for the wrong op: {ack:?}"
+    );
+}
+
+/// What one background writer did.
+#[derive(Default)]
+struct Written {
+    acked: BTreeMap<String, Value>,
+    batches_acked: usize,
+    batches_refused: usize,
+    /// The ERROR that refused the latest refused batch, for the summary line.
+    last_refusal: Option<Value>,
+    ended: String,
+}
+
+enum Ack {
+    Acked,
+    Refused(Value),
+    Lost(String),
+}
+
+async fn await_ack(c: &mut Client, last_id: &str) -> Ack {
+    let deadline = tokio::time::Instant::now() + ACK_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = c.recv_within(left).await else {
+            return Ack::Lost(if c.closed.is_some() {
+                "connection closed".into()
+            } else {
+                format!("no OP_ACK within {ACK_WAIT:?} (or the connection broke)")
+            });
+        };
+        match msg_type(&v) {
+            "OP_ACK" if pstr(&v, "lastId") == Some(last_id) => return Ack::Acked,
+            "ERROR" => return Ack::Refused(v),
+            // Live events or an ack that is not ours: not this batch's answer.
+            _ => continue,
+        }
+    }
+}
+
+/// Writes OP_BATCHes of `BATCH` PUTs through one connection until stopped, out of time or out
+/// of ops. Only a batch whose OP_ACK arrived counts: a refused, lost or timed-out batch is
+/// never recorded, so it need not survive anything.
+async fn write_batches(
+    label: String,
+    url: String,
+    map_name: String,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    max_ops: usize,
+    deadline: Instant,
+) -> Written {
+    let mut w = Written::default();
+    let mut c = match Client::try_connect(&url).await {
+        Ok(c) => c,
+        Err(e) => {
+            w.ended = format!("connect failed: {e}");
+            return w;
+        }
+    };
+    let mut n = 0usize;
+    w.ended = loop {
+        if stop.load(Ordering::SeqCst) {
+            break "stopped".into();
+        }
+        if Instant::now() >= deadline {
+            break "time budget used".into();
+        }
+        if sent.fetch_add(BATCH, Ordering::SeqCst) + BATCH > max_ops {
+            break "op budget used".into();
+        }
+        let mut ops = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(BATCH);
+        for _ in 0..BATCH {
+            let key = format!("{label}-{n:05}");
+            let value = Value::from(format!("{label}:{n}"));
+            ops.push(put(
+                &format!("{label}-op-{n}"),
+                &map_name,
+                &key,
+                &value,
+                n as u32,
+            ));
+            batch.push((key, value));
+            n += 1;
+        }
+        let last_id = format!("{label}-op-{}", n - 1);
+        let frame = Message::Binary(encode(&op_batch(ops)).into());
+        if let Err(e) = c.ws.send(frame).await {
+            break format!("send failed: {e}");
+        }
+        match await_ack(&mut c, &last_id).await {
+            Ack::Acked => {
+                w.acked.extend(batch);
+                w.batches_acked += 1;
+            }
+            Ack::Refused(error) => {
+                w.batches_refused += 1;
+                w.last_refusal = Some(error);
+            }
+            Ack::Lost(why) => break why,
+        }
+    };
+    w
+}
+
+/// Background writers, one connection per target node.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    tasks: Vec<(String, tokio::task::JoinHandle<Written>)>,
+}
+
+impl Load {
+    fn start(targets: &[&Member], map_name: &str, max_ops: usize, budget: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + budget;
+        let tasks = targets
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let label = format!("w{i}-via-{}", m.id);
+                let task = tokio::spawn(write_batches(
+                    label.clone(),
+                    m.url(),
+                    map_name.to_owned(),
+                    stop.clone(),
+                    sent.clone(),
+                    max_ops,
+                    deadline,
+                ));
+                (label, task)
+            })
+            .collect();
+        Load { stop, sent, tasks }
+    }
+
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Stops the writers and returns every acked key → value.
+    async fn finish(self) -> BTreeMap<String, Value> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join().await
+    }
+
+    /// Lets the writers run out of time or ops; returns every acked key → value.
+    async fn join(self) -> BTreeMap<String, Value> {
+        let mut all = BTreeMap::new();
+        for (label, task) in self.tasks {
+            let w = task.await.expect("writer task");
+            eprintln!(
+                "writer {label}: {} batches acked ({} keys), {} refused (last: {:?}), ended: {}",
+                w.batches_acked,
+                w.acked.len(),
+                w.batches_refused,
+                w.last_refusal,
+                w.ended
+            );
+            all.extend(w.acked);
+        }
+        all
+    }
+}
+
+// ---- 1 --------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_agree_on_the_partition_table() {
+    let [a, b, c] = cluster::<3>(&[]);
+    let all = [&a, &b, &c];
+    let tables = agreed_tables(&all, Duration::from_secs(10)).await;
+
+    for (m, t) in all.iter().zip(&tables) {
+        for other in all {
+            let (ws, st) = &t.nodes[&other.id];
+            assert_eq!(
+                *ws,
+                other.url(),
+                "{}: websocket endpoint of {} is not its real URL",
+                m.id,
+                other.id
+            );
+            assert_eq!(st, "ACTIVE", "{}: status of {}", m.id, other.id);
+        }
+    }
+    // The metrics say what the table says, node by node.
+    let table = &tables[0];
+    for m in all {
+        let (owned, backup) = (table.owned_by(&m.id), table.backed_up_by(&m.id));
+        let what = format!(
+            "{}: topgun_partitions_owned == {owned} and topgun_partitions_backup == {backup} \
+             (its share of the agreed table)",
+            m.id
+        );
+        wait_for(&what, Duration::from_secs(5), || {
+            let s = status(m);
+            if s.owned == Some(owned as f64) && s.backup == Some(backup as f64) {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        });
+    }
+
+    // node-a saw two joins: at least one table change, logged with what it now holds.
+    let s = a.node.scrape();
+    let rebalances = s.value("topgun_rebalance_total", &[]);
+    assert!(
+        rebalances.is_some_and(|r| r >= 1.0),
+        "node-a: topgun_rebalance_total {rebalances:?} after two nodes joined"
+    );
+    let version = s.value("topgun_partition_table_version", &[]);
+    assert_eq!(
+        version,
+        Some(tables[0].version as f64),
+        "node-a: topgun_partition_table_version vs the version of its PARTITION_MAP"
+    );
+    for m in [&b, &c] {
+        let v = status(m).version;
+        assert!(v.is_some_and(|v| v >= 1.0), "{}: table version {v:?}", m.id);
+    }
+    let lines = lines_with(&a, "partitions rebalanced");
+    let last = lines
+        .last()
+        .unwrap_or_else(|| panic!("node-a: no 'partitions rebalanced' line"));
+    let members = last["members"]
+        .as_u64()
+        .or_else(|| last["members"].as_array().map(|l| l.len() as u64));
+    assert_eq!(members, Some(3), "node-a: last rebalance line: {last}");
+    assert_eq!(
+        last["owned"].as_u64(),
+        Some(table.owned_by("node-a") as u64),
+        "node-a: last rebalance line: {last}"
+    );
+    assert_eq!(
+        last["backup"].as_u64(),
+        Some(table.backed_up_by("node-a") as u64),
+        "node-a: last rebalance line: {last}"
+    );
+    assert_eq!(
+        last["version"].as_u64(),
+        Some(tables[0].version),
+        "node-a: last rebalance line vs its PARTITION_MAP: {last}"
+    );
+}
+
+// ---- 2 --------------------------------------------------------------------------------------
+
+/// Reads QUERY_UPDATEs of `query_id` until every wanted key was announced once.
+async fn collect_updates(
+    c: &mut Client,
+    who: &str,
+    query_id: &str,
+    want: &BTreeMap<String, Value>,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got: BTreeMap<String, Value> = BTreeMap::new();
+    let mut twice = Vec::new();
+    while !want.keys().all(|k| got.contains_key(k)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = c.recv_within(left).await else {
+            panic!(
+                "{who}: QUERY_UPDATEs for writes made on node-a: {} of {} keys within {within:?}; \
+                 {}",
+                got.len(),
+                want.len(),
+                diff(want, &got).unwrap_or_default()
+            );
+        };
+        if msg_type(&v) != "QUERY_UPDATE" || pstr(&v, "queryId") != Some(query_id) {
+            continue;
+        }
+        let key = pstr(&v, "key").expect("QUERY_UPDATE key").to_owned();
+        assert_eq!(
+            pstr(&v, "changeType"),
+            Some("ENTER"),
+            "{who}: a new key enters the query: {v:?}"
+        );
+        let value = get(payload(&v), "value").cloned().unwrap_or(Value::Nil);
+        if got.insert(key.clone(), value).is_some() {
+            twice.push(key);
+        }
+    }
+    assert!(
+        twice.is_empty(),
+        "{who}: one write, several QUERY_UPDATEs for {twice:?}"
+    );
+    if let Some(d) = diff(want, &got) {
+        panic!("{who}: QUERY_UPDATE values: {d}");
+    }
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        extra.is_empty(),
+        "{who}: updates for keys never written: {extra:?}"
+    );
+}
+
+/// Reads TOPIC_MESSAGEs until `0..n` and the "end" marker arrived; returns the `seq`s in
+/// arrival order (probe messages of the warm-up are skipped).
+async fn read_topic(c: &mut Client, who: &str, topic: &str, n: u64) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seqs = Vec::new();
+    let mut end = false;
+    while !(end && (0..n).all(|i| seqs.contains(&i))) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = c.recv_within(left).await else {
+            panic!("{who}: TOPIC_MESSAGEs published on node-a: seqs {seqs:?}, end {end}");
+        };
+        if msg_type(&v) != "TOPIC_MESSAGE" {
+            continue;
+        }
+        assert_eq!(pstr(&v, "topic"), Some(topic), "{who}: {v:?}");
+        let data = get(payload(&v), "data").cloned().unwrap_or(Value::Nil);
+        if let Some(s) = get(&data, "seq") {
+            seqs.push(as_u64(s));
+        } else if data == Value::from("end") {
+            end = true;
+        }
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_node_are_read_and_live_on_the_others() {
+    const MAP: &str = "cluster-live";
+    const N: usize = 30;
+    let [a, b, c] = cluster::<3>(&[]);
+    let table = agreed_tables(&[&a, &b, &c], Duration::from_secs(10))
+        .await
+        .remove(0);
+
+    let mut sub_b = connect(&b).await;
+    let mut sub_c = connect(&c).await;
+    for (s, who) in [(&mut sub_b, "node-b"), (&mut sub_c, "node-c")] {
+        let resp = s.subscribe("live", MAP, map(&[])).await;
+        assert!(
+            results(&resp).is_empty(),
+            "{who}: {MAP} not empty: {resp:?}"
+        );
+    }
+
+    let want: BTreeMap<String, Value> = (0..N)
+        .map(|i| {
+            (
+                format!("item-{i:02}"),
+                Value::from(format!("value-{i}-via-a")),
+            )
+        })
+        .collect();
+    let remote = want
+        .keys()
+        .filter(|k| table.owner_of(k) != "node-a")
+        .count();
+    assert!(
+        remote > 0,
+        "precondition: some of the keys are owned elsewhere"
+    );
+    eprintln!("{remote} of {N} keys are owned by node-b or node-c");
+    let mut w = connect(&a).await;
+    for (i, (key, value)) in want.iter().enumerate() {
+        let id = format!("op-{i}");
+        write_acked(
+            &mut w,
+            "node-a",
+            &client_op(put(&id, MAP, key, value, i as u32)),
+            &id,
+        )
+        .await;
+    }
+
+    collect_updates(&mut sub_b, "node-b", "live", &want, Duration::from_secs(10)).await;
+    collect_updates(&mut sub_c, "node-c", "live", &want, Duration::from_secs(10)).await;
+    for m in [&b, &c] {
+        let took = wait_keys(m, MAP, &want, Duration::from_secs(5)).await;
+        eprintln!("{}: every key readable after {took:?}", m.id);
+    }
+
+    // Counted once, where the client sent it.
+    let put_on = |m: &Member| {
+        m.node
+            .scrape()
+            .value_or_zero("topgun_ops_total", &[("type", "PUT"), ("map", MAP)])
+    };
+    wait_for(
+        &format!("node-a: topgun_ops_total{{type=PUT,map={MAP}}} == {N}"),
+        Duration::from_secs(5),
+        || match put_on(&a) {
+            v if v == N as f64 => Ok(()),
+            v => Err(v.to_string()),
+        },
+    );
+    for m in [&b, &c] {
+        // Its own SUBSCRIBEs (the live query and the reads, all after the writes arrived) are
+        // reported: so would a PUT counted for a replicated write be.
+        wait_for(
+            &format!(
+                "{}: topgun_ops_total{{type=SUBSCRIBE,map={MAP}}} >= 2",
+                m.id
+            ),
+            Duration::from_secs(5),
+            || {
+                let s = m.node.scrape();
+                let v = s.value_or_zero("topgun_ops_total", &[("type", "SUBSCRIBE"), ("map", MAP)]);
+                if v >= 2.0 {
+                    Ok(())
+                } else {
+                    Err(v.to_string())
+                }
+            },
+        );
+    }
+    // A few report intervals (100 ms) more, for a late report of replicated ops.
+    std::thread::sleep(Duration::from_millis(300));
+    for m in [&b, &c] {
+        assert_eq!(
+            put_on(m),
+            0.0,
+            "{}: counts PUTs of {MAP} it only received from peers",
+            m.id
+        );
+    }
+    wait_for(
+        "node-a: topgun_cluster_forwarded_total > 0",
+        Duration::from_secs(5),
+        || match family_sum(&a.node.scrape(), "topgun_cluster_forwarded_total") {
+            v if v > 0.0 => Ok(()),
+            v => Err(format!("{v} (wanted > 0: {remote} keys owned elsewhere)")),
+        },
+    );
+    for m in [&b, &c] {
+        let v = family_sum(&m.node.scrape(), "topgun_cluster_forwarded_total");
+        assert_eq!(v, 0.0, "{}: forwarded ops no client sent to it", m.id);
+    }
+
+    // Topics: a publish on node-a reaches subscribers on node-b and node-c, exactly once.
+    const TOPIC: &str = "cluster/news";
+    let mut subs = [(connect(&b).await, "node-b"), (connect(&c).await, "node-c")];
+    for (s, _) in &mut subs {
+        s.send(&topic_sub(TOPIC)).await;
+        s.ping_pong().await;
+    }
+    let mut p = connect(&a).await;
+    // Warm-up: how soon another node learns of a subscription is not promised, so probe until
+    // each subscriber got one (bounded), then check a numbered run.
+    let t0 = Instant::now();
+    let mut reached = [false, false];
+    let mut probe = 0u64;
+    while !reached.iter().all(|r| *r) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "TOPIC_PUB on node-a reached (node-b, node-c) = {reached:?} within 5 s"
+        );
+        p.send(&topic_pub(TOPIC, map(&[("probe", probe.into())])))
+            .await;
+        probe += 1;
+        for (i, (s, _)) in subs.iter_mut().enumerate() {
+            if !reached[i] {
+                reached[i] = s
+                    .recv_type_within("TOPIC_MESSAGE", Duration::from_millis(100))
+                    .await
+                    .is_some();
+            }
+        }
+    }
+    eprintln!(
+        "topic subscriptions reached node-a after {:?}",
+        t0.elapsed()
+    );
+    const MSGS: u64 = 20;
+    for i in 0..MSGS {
+        p.send(&topic_pub(TOPIC, map(&[("seq", i.into())]))).await;
+    }
+    p.send(&topic_pub(TOPIC, "end".into())).await;
+    for (s, who) in &mut subs {
+        let mut seqs = read_topic(s, who, TOPIC, MSGS).await;
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..MSGS).collect::<Vec<_>>(),
+            "{who}: every message once"
+        );
+    }
+}
+
+// ---- 3 --------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_is_traced_by_request_id_on_origin_and_owner() {
+    const MAP: &str = "traced";
+    let [a, b, c] = cluster::<3>(&["--log-level", "debug"]);
+    let table = agreed_tables(&[&a, &b, &c], Duration::from_secs(10))
+        .await
+        .remove(0);
+    let by_id = |id: &str| {
+        [&a, &b, &c]
+            .into_iter()
+            .find(|m| m.id == id)
+            .expect("a member")
+    };
+
+    // Keys whose owner and backup are both other nodes: node-a must forward, and only
+    // forwards (no role of its own to blur the trace). Two of them on the same owner for a
+    // batch.
+    let chain = |k: &String| {
+        table.owner_of(k) != "node-a" && !table.backups_of(k).iter().any(|x| x == "node-a")
+    };
+    let first = (0..)
+        .map(|i| format!("trace-{i}"))
+        .find(chain)
+        .expect("a key node-a neither owns nor backs up");
+    let owner_id = table.owner_of(&first).to_owned();
+    let backup_id = table.backups_of(&first)[0].clone();
+    let mut same = (0..)
+        .map(|i| format!("trace-batch-{i}"))
+        .filter(|k| chain(k) && table.owner_of(k) == owner_id);
+    let (k1, k2) = (same.next().unwrap(), same.next().unwrap());
+    eprintln!("{first}: owner {owner_id}, backup {backup_id}; batch keys {k1}, {k2}");
+
+    let mut w = connect(&a).await;
+    write_acked(
+        &mut w,
+        "node-a",
+        &client_op(put("req-single-17", MAP, &first, &"one".into(), 1)),
+        "req-single-17",
+    )
+    .await;
+    write_acked(
+        &mut w,
+        "node-a",
+        &op_batch(vec![
+            put("req-batch-1", MAP, &k1, &"b1".into(), 2),
+            put("req-batch-2", MAP, &k2, &"b2".into(), 3),
+        ]),
+        "req-batch-2",
+    )
+    .await;
+
+    for request_id in ["req-single-17", "req-batch-2"] {
+        let fwd = wait_line(
+            &a,
+            "write forwarded",
+            &format!("requestId {request_id}"),
+            |l| l["requestId"] == request_id,
+        );
+        assert_eq!(fwd["owner"], owner_id.as_str(), "node-a: {fwd}");
+        let client_id = fwd["clientId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("node-a: no clientId: {fwd}"))
+            .to_owned();
+        assert!(
+            log_lines(&a)
+                .iter()
+                .any(|l| l["msg"] == "client connected" && l["clientId"] == client_id.as_str()),
+            "node-a: clientId {client_id} of 'write forwarded' is not a connection's id"
+        );
+        for (m, role) in [(by_id(&owner_id), "owner"), (by_id(&backup_id), "backup")] {
+            let applied = wait_line(
+                m,
+                "write applied for peer",
+                &format!("requestId {request_id}, role {role}"),
+                |l| l["requestId"] == request_id && l["role"] == role,
+            );
+            assert_eq!(applied["originNodeId"], "node-a", "{}: {applied}", m.id);
+            assert_eq!(
+                applied["clientId"],
+                client_id.as_str(),
+                "{}: the clientId of origin's line: {applied}",
+                m.id
+            );
+        }
+    }
+    // One batch, one trace: named by its last op, forwarded once.
+    let forwarded = lines_with(&a, "write forwarded");
+    let batch_lines = forwarded
+        .iter()
+        .filter(|l| l["requestId"] == "req-batch-2")
+        .count();
+    assert_eq!(
+        batch_lines, 1,
+        "node-a: 'write forwarded' lines for the batch"
+    );
+    assert!(
+        !forwarded.iter().any(|l| l["requestId"] == "req-batch-1"),
+        "node-a: requestId is the batch's last op id, not each op's"
+    );
+}
+
+// ---- 4 --------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acked_write() {
+    const MAP: &str = "under-load";
+    let [a, mut b, c] = cluster::<3>(&[]);
+    let b_cluster_port = b.cluster_port;
+
+    let load = Load::start(&[&a, &c], MAP, 2_000, Duration::from_secs(2));
+    let t0 = Instant::now();
+    while load.sent() < 1_000 && t0.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("kill -9 node-b after {} ops sent", load.sent());
+    b.node.kill9();
+    let killed = Instant::now();
+    let acked = load.join().await;
+    assert!(!acked.is_empty(), "no write was acked around the kill");
+    eprintln!("{} writes acked", acked.len());
+
+    let took = wait_members(&[&a, &c], 2, Duration::from_secs(10));
+    eprintln!("node-b seen gone {took:?} after the writers stopped");
+    let left = Duration::from_secs(10).saturating_sub(killed.elapsed());
+    wait_owned_sum(&[&a, &c], left);
+    eprintln!(
+        "partitions all owned again {:?} after the kill",
+        killed.elapsed()
+    );
+    for m in [&a, &c] {
+        let took = wait_keys(m, MAP, &acked, Duration::from_secs(10)).await;
+        eprintln!("{}: every acked write readable after {took:?}", m.id);
+    }
+
+    // Back with the same id and cluster port, an empty memory store: it must pull everything
+    // before it calls itself ready.
+    let b = start("node-b", Some(a.cluster_port), b_cluster_port, &[]);
+    let all = [&a, &b, &c];
+    wait_members(&all, 3, Duration::from_secs(10));
+    let (_, took) = wait_for(
+        "node-b: topgun_partitions_owned > 0 after the restart",
+        Duration::from_secs(10),
+        || {
+            let s = status(&b);
+            if s.owned.is_some_and(|o| o > 0.0) {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    );
+    eprintln!("restarted node-b owns partitions after {took:?}");
+    assert_eq!(
+        http_get(b.node.port, "/ready").expect("GET /ready").0,
+        200,
+        "node-b: /ready"
+    );
+    let found = read_map(&b, MAP).await;
+    if let Some(d) = diff(&acked, &found) {
+        panic!("node-b: acked writes not there right after /ready answered 200: {d}");
+    }
+    wait_for(
+        &format!(
+            "node-b: topgun_migration_records_total >= {} (it started empty)",
+            acked.len()
+        ),
+        Duration::from_secs(5),
+        || {
+            let v = b.node.scrape().value("topgun_migration_records_total", &[]);
+            match v {
+                Some(v) if v >= acked.len() as f64 => Ok(()),
+                v => Err(format!("{v:?}")),
+            }
+        },
+    );
+    let line = wait_line(&b, "migration finished", "partitions and records", |l| {
+        l["partitions"].is_u64() && l["records"].is_u64()
+    });
+    eprintln!("node-b: {line}");
+}
+
+// ---- 5 --------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_triggers_a_rebalance_without_losing_writes() {
+    const MAP: &str = "growing";
+    let [a, b, c] = cluster::<3>(&[]);
+
+    let mut want: BTreeMap<String, Value> = BTreeMap::new();
+    let mut w = connect(&a).await;
+    for batch in 0..10 {
+        let mut ops = Vec::new();
+        for i in 0..10 {
+            let n = batch * 10 + i;
+            let (key, value) = (format!("before-{n:03}"), Value::from(format!("v{n}")));
+            ops.push(put(&format!("before-op-{n}"), MAP, &key, &value, n));
+            want.insert(key, value);
+        }
+        let last = format!("before-op-{}", batch * 10 + 9);
+        write_acked(&mut w, "node-a", &op_batch(ops), &last).await;
+    }
+    let rebalances = |m: &Member| m.node.scrape().value("topgun_rebalance_total", &[]);
+    let before = rebalances(&a).unwrap_or(0.0);
+
+    // node-d joins while writes keep arriving through node-a and node-c.
+    let load = Load::start(&[&a, &c], MAP, 2_000, Duration::from_secs(8));
+    let a_port = a.cluster_port;
+    let d = tokio::task::spawn_blocking(move || start("node-d", Some(a_port), 0, &[]))
+        .await
+        .expect("start node-d");
+    let all = [&a, &b, &c, &d];
+    let took = wait_settled(&all, Duration::from_secs(10));
+    eprintln!(
+        "4 nodes settled {took:?} after node-d was ready ({} ops sent)",
+        load.sent()
+    );
+    agreed_tables(&all, Duration::from_secs(10)).await;
+    let acked = load.finish().await;
+    assert!(!acked.is_empty(), "no write acked while node-d joined");
+
+    let after = rebalances(&a);
+    assert!(
+        after.is_some_and(|r| r > before),
+        "node-a: topgun_rebalance_total {before} before node-d, {after:?} after"
+    );
+    let owned_d = status(&d).owned;
+    assert!(owned_d.is_some_and(|o| o > 0.0), "node-d owns {owned_d:?}");
+    wait_line(&a, "partitions rebalanced", "members 4", |l| {
+        l["members"] == 4 || l["members"].as_array().is_some_and(|m| m.len() == 4)
+    });
+    let migrated = d.node.scrape().value("topgun_migration_records_total", &[]);
+    assert!(
+        migrated.is_some_and(|v| v > 0.0),
+        "node-d: topgun_migration_records_total {migrated:?}: it joined a cluster holding data"
+    );
+
+    want.extend(acked);
+    for m in [&d, &a] {
+        let took = wait_keys(m, MAP, &want, Duration::from_secs(10)).await;
+        eprintln!(
+            "{}: all {} acked writes readable after {took:?}",
+            m.id,
+            want.len()
+        );
+    }
+}
+
+// ---- 6 --------------------------------------------------------------------------------------
+
+/// Opens a TCP connection to a cluster port, sends `bytes`, and says what the node did.
+fn poke(port: u16, bytes: &[u8]) -> String {
+    let mut s = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => return format!("connect refused: {e}"),
+    };
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if let Err(e) = s.write_all(bytes) {
+        return format!("write failed: {e}");
+    }
+    let mut buf = [0u8; 4096];
+    let mut answered = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return format!("closed by the node after {answered} bytes back"),
+            Ok(n) => answered += n,
+            Err(e) => return format!("{answered} bytes back, then: {e}"),
+        }
+    }
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peer_input_is_counted_and_harmless() {
+    const MAP: &str = "after-garbage";
+    let [mut a, b] = cluster::<2>(&[]);
+
+    // The frame format is the implementation's own; these are wrong under any of them.
+    let future_hello = encode(&map(&[
+        ("type", "HELLO".into()),
+        ("version", 99.into()),
+        ("nodeId", "intruder".into()),
+    ]));
+    let mut huge = vec![0xff, 0xff, 0xff, 0xff];
+    huge.extend_from_slice(b"not four gigabytes");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage frame",
+            frame(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x7f, 0xc1]),
+        ),
+        (
+            "future version header",
+            frame(b"TG\x63\x00rest-of-a-future-version"),
+        ),
+        ("future version hello", frame(&future_hello)),
+        ("length 0xFFFFFFFF", huge),
+        (
+            "empty frame then garbage",
+            [frame(b""), vec![0x13; 64]].concat(),
+        ),
+        (
+            "HTTP request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, bytes) in &cases {
+        eprintln!("{what}: {}", poke(a.cluster_port, bytes));
+    }
+
+    let (errors, _) = wait_for(
+        "node-a: sum of topgun_cluster_peer_errors_total > 0",
+        Duration::from_secs(10),
+        || {
+            let s = a.node.scrape();
+            match family_sum(&s, "topgun_cluster_peer_errors_total") {
+                v if v > 0.0 => Ok(s),
+                v => Err(v.to_string()),
+            }
+        },
+    );
+    let series: Vec<_> = errors
+        .samples
+        .iter()
+        .filter(|x| x.metric == "topgun_cluster_peer_errors_total")
+        .collect();
+    for x in &series {
+        assert!(
+            x.labels.get("reason").is_some_and(|r| !r.is_empty()),
+            "a peer error series without a reason: {:?}",
+            x.labels
+        );
+    }
+    eprintln!(
+        "peer errors: {:?}",
+        series
+            .iter()
+            .map(|x| (x.labels.get("reason"), &x.value))
+            .collect::<Vec<_>>()
+    );
+
+    // Harmless: still running, ready, in the cluster, and forwarding writes to its peer.
+    assert!(
+        a.node.wait_exit(Duration::ZERO).is_none(),
+        "node-a exited after garbage on its cluster port"
+    );
+    assert_eq!(http_get(a.node.port, "/ready").expect("GET /ready").0, 200);
+    wait_members(&[&a, &b], 2, Duration::from_secs(5));
+    let table = agreed_tables(&[&a, &b], Duration::from_secs(10))
+        .await
+        .remove(0);
+    let key = (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|k| table.owner_of(k) == "node-b")
+        .expect("a key owned by node-b");
+    let want = BTreeMap::from([(key.clone(), Value::from("still-works"))]);
+    let mut w = connect(&a).await;
+    write_acked(
+        &mut w,
+        "node-a",
+        &client_op(put("after-garbage-1", MAP, &key, &want[&key], 1)),
+        "after-garbage-1",
+    )
+    .await;
+    for m in [&a, &b] {
+        wait_keys(m, MAP, &want, Duration::from_secs(5)).await;
+    }
+}
