@@ -183,8 +183,18 @@ fn a_seed_that_does_not_answer_leaves_a_working_cluster_of_one() {
         PROBE_MS,
         "--seed-nodes",
         &format!("127.0.0.1:{dead},no-such-host.invalid:9080"),
+        "--cluster-join-timeout-ms",
+        "3000",
     ]);
+    let t0 = Instant::now();
+    // The harness returns once /ready is 200: not before the join timeout, because a load
+    // balancer must not send clients to a node that may be missing the cluster's data.
     let node = Node::start_with(options);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(3000),
+        "ready after {:?}, before the 3 s join timeout",
+        t0.elapsed()
+    );
     node.wait_log(
         "no cluster member known yet; announcing to seeds again",
         |l| l["actor"] == "cluster",
@@ -193,6 +203,10 @@ fn a_seed_that_does_not_answer_leaves_a_working_cluster_of_one() {
         l["seed"] == "no-such-host.invalid:9080"
     });
     assert_eq!(members(&node), Some(1.0));
+    node.wait_log(
+        "cluster join timed out: serving with this node's data",
+        |l| l["actor"] == "cluster",
+    );
     assert_eq!(http_get(node.port, "/ready").expect("ready").0, 200);
 }
 

@@ -700,7 +700,7 @@ impl Actor for ClusterActor {
             let wait = self.node.config.cluster_join_timeout;
             ctx.run_later(wait, move |act, _| {
                 if !act.node.cluster.data_ready() {
-                    warn!(act.log, "no cluster member answered (or the first pull did not finish) in time: serving with the data this node has";
+                    warn!(act.log, "cluster join timed out: serving with this node's data";
                         "waitedMs" => wait.as_millis() as u64, "seeds" => act.seeds.join(","),
                         "members" => act.members());
                     act.node.cluster.set_data_ready();
