@@ -1,6 +1,8 @@
-# Shared helpers of scripts/bench, scripts/bench-connections and scripts/bench-fanout. Sourced,
-# not run. Starts release nodes on loopback with port 0, reads `PORT=` from their stdout, and
-# stops every node it started when the calling script exits (trap set by bench_init).
+# shellcheck shell=bash
+# Shared helpers of the scripts/bench* scripts. Sourced, not run. Starts release nodes on
+# loopback with port 0, reads `PORT=` (and `CLUSTER_PORT=`) from their stdout, and stops every
+# node it started, and every background load in BG_PIDS, when the calling script exits (trap
+# set by bench_init).
 #
 # Variables the caller may set before bench_init: BENCH_NO_BUILD=1 (reuse the binaries).
 
@@ -13,6 +15,8 @@ LOAD_BIN="$TARGET_DIR/release/topgun-load"
 # JWT mode: the benchmark measures authenticated connections, as clients use them.
 BENCH_SECRET="bench-secret-$$"
 NODE_PIDS=()
+# Background topgun-load runs of the calling script, stopped on exit like the nodes.
+BG_PIDS=()
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -29,6 +33,9 @@ bench_init() {
 
 bench_cleanup() {
   local pid
+  for pid in "${BG_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
   for pid in "${NODE_PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -40,8 +47,9 @@ bench_cleanup() {
   return 0
 }
 
-# start_node NAME BACKEND [node flags...]: sets NODE_PID and PORT. Connection gate limits are
-# raised (thousands of bench connections); pass --connection-rate again to override.
+# start_node NAME BACKEND [node flags...]: sets NODE_PID, PORT and CLUSTER_PORT (the node-to-node
+# port, port 0 unless the flags say otherwise). Connection gate limits are raised (thousands of
+# bench connections); pass --connection-rate again to override.
 start_node() {
   local name="$1" backend="$2"; shift 2
   local dir="$WORK/$name"
@@ -68,6 +76,9 @@ start_node() {
     curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && break
     sleep 0.1
   done
+  # Printed right after PORT=, before the node serves HTTP: there by now if the node is up.
+  # shellcheck disable=SC2034 # for the calling script
+  CLUSTER_PORT="$(sed -n 's/^CLUSTER_PORT=\([0-9]*\)$/\1/p' "$dir/stdout" | head -n1)"
   log "node $name ($backend $*) pid $NODE_PID port $PORT"
 }
 
@@ -82,9 +93,23 @@ stop_node() {
 # in OUT_JSON, and logs a one-line digest.
 load() {
   local out="$1"; shift
+  load_at "ws://127.0.0.1:$PORT/ws" "$NODE_PID" "$out" "$@"
+}
+
+# load_at URLS PID OUT_JSON SCENARIO [flags...]: load against URLS (comma-separated ws:// URLs:
+# connection i goes to URL i mod count), with the CPU of node PID measured.
+load_at() {
+  local urls="$1" pid="$2" out="$3"; shift 3
   log "topgun-load $*"
-  "$LOAD_BIN" --url "ws://127.0.0.1:$PORT/ws" --secret "$BENCH_SECRET" --pid "$NODE_PID" --json "$@" >"$out" \
+  "$LOAD_BIN" --url "$urls" --secret "$BENCH_SECRET" --pid "$pid" --json "$@" >"$out" \
     || log "topgun-load exited non-zero (see $out)"
+  load_digest "$out"
+}
+
+# load_digest OUT_JSON: logs the one-line digest of a topgun-load JSON output (a placeholder
+# error object if the run wrote nothing).
+load_digest() {
+  local out="$1"
   [[ -s "$out" ]] || echo '{"error":"no output"}' >"$out"
   jq -c '{scenario, connected, ops_per_sec, ack: .ack_latency.p99_ms, rejected_pct,
           delivered_within_5s_pct, delivery_p99: .delivery_latency.p99_ms,

@@ -24,9 +24,15 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct Global {
-    /// WebSocket URL of the server.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
+    /// WebSocket URL of the server. Repeat it or give a comma-separated list to spread the
+    /// connections over several servers (a cluster): connection i uses URL i mod count.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    url: Vec<String>,
     /// HS256 secret to mint JWTs with (sub = "load-<n>"); without it the server is assumed
     /// to run without auth.
     #[arg(
@@ -54,14 +60,14 @@ struct Global {
     /// The connect phase must finish within this (HTTP 429 refusals are retried until then).
     #[arg(long, global = true, default_value = "60s", value_parser = parse_duration)]
     connect_timeout: Duration,
-    /// /metrics URL to scrape [default: derived from --url].
+    /// /metrics URL to scrape [default: derived from the first --url].
     #[arg(long, global = true)]
     metrics_url: Option<String>,
     /// Scrape /metrics this often during the measured phase and report the scrape time.
     #[arg(long, global = true, value_parser = parse_duration)]
     scrape_every: Option<Duration>,
-    /// The server's pid (same machine): its CPU time during the measured phase, and for
-    /// `idle` its VmRSS from /proc/<pid>/status.
+    /// The server's pid (same machine; with several --url, the first one's): its CPU time
+    /// during the measured phase, and for `idle` its VmRSS from /proc/<pid>/status.
     #[arg(long, global = true)]
     pid: Option<u32>,
     /// Runtime worker threads [default: one per core].
@@ -131,13 +137,13 @@ fn fire_opts(common: Common, w: &Writes, window: usize) -> fire::FireOpts {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = &cli.global;
-    if !g.url.starts_with("ws://") {
+    if g.url.is_empty() || g.url.iter().any(|u| !u.starts_with("ws://")) {
         eprintln!("topgun-load: error: --url must be ws://host:port/path (no TLS)");
         return ExitCode::from(2);
     }
     let common = Common {
         target: conn::Target {
-            url: g.url.clone(),
+            urls: g.url.clone(),
             secret: g.secret.clone().filter(|s| !s.is_empty()),
         },
         connections: g.connections,
@@ -233,5 +239,43 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
         Value::Null => out.push((prefix.to_owned(), "-".into())),
         Value::String(s) => out.push((prefix.to_owned(), s.clone())),
         other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(args: &[&str]) -> Vec<String> {
+        let mut argv = vec!["topgun-load"];
+        argv.extend_from_slice(args);
+        argv.push("fire-and-wait");
+        Cli::try_parse_from(argv).expect("parses").global.url
+    }
+
+    #[test]
+    fn url_repeated_or_comma_separated() {
+        assert_eq!(urls(&[]), vec!["ws://127.0.0.1:8080/ws"]);
+        assert_eq!(urls(&["--url", "ws://a:1/ws"]), vec!["ws://a:1/ws"]);
+        let three = vec!["ws://a:1/ws", "ws://b:2/ws", "ws://c:3/ws"];
+        assert_eq!(
+            urls(&[
+                "--url",
+                "ws://a:1/ws",
+                "--url",
+                "ws://b:2/ws",
+                "--url",
+                "ws://c:3/ws"
+            ]),
+            three
+        );
+        assert_eq!(
+            urls(&["--url", "ws://a:1/ws,ws://b:2/ws,ws://c:3/ws"]),
+            three
+        );
+        assert_eq!(
+            urls(&["--url", "ws://a:1/ws,ws://b:2/ws", "--url", "ws://c:3/ws"]),
+            three
+        );
     }
 }

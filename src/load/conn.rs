@@ -23,9 +23,45 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Where to connect and how to authenticate.
 #[derive(Clone, Debug)]
 pub struct Target {
-    pub url: String,
+    /// One server, or several (the nodes of a cluster): connection `n` goes to
+    /// `urls[n % urls.len()]`, so any number of connections spreads evenly over them, and
+    /// with one URL everything goes where it always went.
+    pub urls: Vec<String>,
     /// HS256 secret; `None` assumes a server in no-auth mode.
     pub secret: Option<String>,
+}
+
+impl Target {
+    /// Which of `urls` connection `n` uses.
+    pub fn url_index(&self, n: usize) -> usize {
+        n.checked_rem(self.urls.len()).unwrap_or(0)
+    }
+
+    /// The URL of connection `n` (empty with no URL at all: the connect then fails, counted).
+    pub fn url_for(&self, n: usize) -> &str {
+        self.urls.get(self.url_index(n)).map_or("", String::as_str)
+    }
+
+    /// The URL the server-side observations (`/metrics`, `--pid`) refer to.
+    pub fn first_url(&self) -> &str {
+        self.url_for(0)
+    }
+
+    /// The URLs for reports: comma-separated, so one URL reads exactly as before.
+    pub fn label(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// How many of the connections `ixs` go to each URL, in `urls` order.
+    pub fn per_url(&self, ixs: impl IntoIterator<Item = usize>) -> Vec<u64> {
+        let mut counts = vec![0u64; self.urls.len()];
+        for ix in ixs {
+            if let Some(c) = counts.get_mut(self.url_index(ix)) {
+                *c += 1;
+            }
+        }
+        counts
+    }
 }
 
 /// Why a connection could not be opened. `code()` is the label in reports.
@@ -207,9 +243,10 @@ pub fn ping() -> Message {
     }))
 }
 
-/// Opens connection `n` (its JWT `sub` is `load-<n>`) and authenticates it. In no-auth mode
-/// a PING/PONG round trip stands in for `AUTH_ACK`, so "open" always means the server has a
-/// live session for it. One attempt; see [`open_retrying`].
+/// Opens connection `n` (its JWT `sub` is `load-<n>`, its URL [`Target::url_for`]) and
+/// authenticates it. In no-auth mode a PING/PONG round trip stands in for `AUTH_ACK`, so
+/// "open" always means the server has a live session for it. One attempt; see
+/// [`open_retrying`].
 pub async fn open(target: &Target, n: usize, timeout: Duration) -> Result<Ws, ConnectError> {
     match tokio::time::timeout(timeout, open_inner(target, n)).await {
         Ok(r) => r,
@@ -220,7 +257,7 @@ pub async fn open(target: &Target, n: usize, timeout: Duration) -> Result<Ws, Co
 async fn open_inner(target: &Target, n: usize) -> Result<Ws, ConnectError> {
     // Nagle off: a request/response benchmark otherwise measures the delayed-ACK timer.
     let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(target.url.as_str(), Some(ws_config()), true)
+        tokio_tungstenite::connect_async_with_config(target.url_for(n), Some(ws_config()), true)
             .await
             .map_err(|e| match e {
                 WsError::Http(resp) if resp.status().as_u16() == 429 => ConnectError::Rejected,
@@ -398,6 +435,33 @@ mod tests {
                 sent_us: Some(1234)
             }
         ));
+    }
+
+    #[test]
+    fn connections_spread_evenly_over_urls() {
+        let target = |n: usize| Target {
+            urls: (0..n)
+                .map(|i| format!("ws://127.0.0.1:{}/ws", 8000 + i))
+                .collect(),
+            secret: None,
+        };
+        let three = target(3);
+        assert_eq!(three.url_for(0), "ws://127.0.0.1:8000/ws");
+        assert_eq!(three.url_for(4), "ws://127.0.0.1:8001/ws");
+        assert_eq!(three.url_for(200), "ws://127.0.0.1:8002/ws");
+        assert_eq!(three.per_url(0..200), vec![67, 67, 66]);
+        assert_eq!(three.per_url(0..2), vec![1, 1, 0]);
+        let one = target(1);
+        assert!((0..50).all(|n| one.url_for(n) == "ws://127.0.0.1:8000/ws"));
+        assert_eq!(one.per_url(0..50), vec![50]);
+        assert_eq!(one.label(), "ws://127.0.0.1:8000/ws");
+        assert_eq!(
+            target(2).label(),
+            "ws://127.0.0.1:8000/ws,ws://127.0.0.1:8001/ws"
+        );
+        // No URL at all: nothing to index, no panic; the connect fails and is counted.
+        assert_eq!(target(0).url_for(5), "");
+        assert!(target(0).per_url(0..5).is_empty());
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! a result set of fixed size: the run measures routing cost, not a growing result set.
 //! Deliveries are counted against `writes sent × subscribers`; what the node drops (slow
 //! consumers, full queues) shows up as the gap.
+//!
+//! With several URLs (a cluster) the subscribers spread over them and the writer, connection
+//! number `subscribers`, follows the same rule: most deliveries then cross nodes.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,6 +134,7 @@ pub async fn run(opts: FanoutOpts) -> Value {
     )
     .await;
     let subscribed = opened.conns.len();
+    let per_url = c.target.per_url(opened.conns.iter().map(|(ix, _)| *ix));
     let writer = conn::open_retrying(
         &c.target,
         opts.subscribers,
@@ -255,9 +259,11 @@ pub async fn run(opts: FanoutOpts) -> Value {
     let routed_secs = write_secs + drain_secs.max(0.0);
     json!({
         "scenario": "fanout",
-        "url": c.target.url,
+        "url": c.target.label(),
+        "url_count": c.target.urls.len(),
         "subscribers": opts.subscribers,
         "subscribed": subscribed,
+        "subscribed_per_url": per_url,
         "subscribe_failed": opened.failed.json(),
         "connect_secs": round3(opened.took.as_secs_f64()),
         "connected": total_connected(opts.subscribers, &opened.failed),

@@ -217,6 +217,7 @@ pub async fn run(opts: FireOpts) -> Value {
         |_, ws| async move { Ok(ws) },
     )
     .await;
+    let per_url = c.target.per_url(opened.conns.iter().map(|(ix, _)| *ix));
     let start = Instant::now();
     let phase = Arc::new(Phase {
         measure_from: start + c.warmup,
@@ -273,9 +274,11 @@ pub async fn run(opts: FireOpts) -> Value {
     };
     json!({
         "scenario": scenario,
-        "url": c.target.url,
+        "url": c.target.label(),
+        "url_count": c.target.urls.len(),
         "connections": c.connections,
         "connected": total_connected(c.connections, &opened.failed),
+        "connected_per_url": per_url,
         "connect_failed": opened.failed.json(),
         "connect_retries": opened.retries,
         "connect_secs": round3(opened.took.as_secs_f64()),
@@ -318,7 +321,7 @@ pub fn spawn_scraper(
     let url = c
         .metrics_url
         .clone()
-        .or_else(|| probe::metrics_url_for(&c.target.url))?;
+        .or_else(|| probe::metrics_url_for(c.target.first_url()))?;
     Some(tokio::spawn(async move {
         tokio::time::sleep_until(from.into()).await;
         probe::scrape_loop(url, every, until).await
@@ -350,7 +353,7 @@ mod tests {
         FireOpts {
             common: Common {
                 target: conn::Target {
-                    url: "ws://127.0.0.1:1/ws".into(),
+                    urls: vec!["ws://127.0.0.1:1/ws".into()],
                     secret: None,
                 },
                 connections: 1,

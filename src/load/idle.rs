@@ -2,7 +2,8 @@
 //! 5 s (what an idle TS client does). With the server's pid, reads its VmRSS before and after
 //! to give the resident memory per connection, and times `/metrics` scrapes at that load.
 //! Connections are held for `duration` (the PINGs keep them alive past the node's 60 s
-//! heartbeat timeout), then closed.
+//! heartbeat timeout), then closed. With several URLs the pid is the first URL's server, and
+//! its RSS growth is divided by the connections that went to it.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,9 @@ pub async fn run(c: Common) -> Value {
         |_, ws| async move { Ok(ws) },
     )
     .await;
-    let n = opened.conns.len();
+    let per_url = c.target.per_url(opened.conns.iter().map(|(ix, _)| *ix));
+    // The pid is the first URL's server: RSS is divided by the connections it holds.
+    let n = per_url.first().copied().unwrap_or(0);
     let stop = Arc::new(Notify::new());
     // Bounded in time even if the rest of the run stalls: connect phase + settle + scrapes +
     // hold, plus a margin.
@@ -79,7 +82,7 @@ pub async fn run(c: Common) -> Value {
     let url = c
         .metrics_url
         .clone()
-        .or_else(|| probe::metrics_url_for(&c.target.url));
+        .or_else(|| probe::metrics_url_for(c.target.first_url()));
     let mut scrape_hist = stats::histogram();
     let mut scrape_failures = 0u64;
     if let Some(url) = &url {
@@ -107,14 +110,16 @@ pub async fn run(c: Common) -> Value {
         }
     }
     let per_conn = match (rss_before, rss_after) {
-        (Some(b), Some(a)) if n > 0 => Some((a.saturating_sub(b)) / n as u64),
+        (Some(b), Some(a)) if n > 0 => Some((a.saturating_sub(b)) / n),
         _ => None,
     };
     json!({
         "scenario": "idle",
-        "url": c.target.url,
+        "url": c.target.label(),
+        "url_count": c.target.urls.len(),
         "connections": c.connections,
         "connected": total_connected(c.connections, &opened.failed),
+        "connected_per_url": per_url,
         "connect_failed": opened.failed.json(),
         "connect_retries": opened.retries,
         "connect_secs": round3(opened.took.as_secs_f64()),

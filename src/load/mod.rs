@@ -1,6 +1,7 @@
 //! The load generator behind `topgun-load` (issue 6): real WebSocket clients speaking the
 //! client protocol (protocol.md) against any server at `--url`, the node or another TopGun
-//! server.
+//! server, or against several (the nodes of a cluster): connection `n` goes to the URL
+//! `n mod count` ([`conn::Target`]).
 //!
 //! Owns: connecting and authenticating clients ([`conn`]), the scenarios ([`fire`],
 //! [`fanout`], [`storm`], [`idle`]), latency and counter bookkeeping ([`stats`]), and the few

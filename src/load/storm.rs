@@ -20,7 +20,7 @@ pub async fn run(c: Common) -> Value {
             tokio::spawn(async move {
                 let t = Instant::now();
                 let r = conn::open(&target, i, timeout).await;
-                (r, t.elapsed())
+                (i, r, t.elapsed())
             })
         })
         .collect();
@@ -30,21 +30,22 @@ pub async fn run(c: Common) -> Value {
     let mut last_done = Duration::ZERO;
     for t in tasks {
         match t.await {
-            Ok((Ok(ws), took)) => {
+            Ok((i, Ok(ws), took)) => {
                 stats::record(
                     &mut accepted_lat,
                     u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
                 );
                 // Held until everyone is done, so the burst is concurrent to the end.
-                held.push(ws);
+                held.push((i, ws));
             }
-            Ok((Err(e), _)) => failed.add(e.code(), 1),
+            Ok((_, Err(e), _)) => failed.add(e.code(), 1),
             Err(_) => failed.add("task_panicked", 1),
         }
         last_done = t0.elapsed();
     }
     let accepted = held.len() as u64;
-    for mut ws in held {
+    let per_url = c.target.per_url(held.iter().map(|(i, _)| *i));
+    for (_, mut ws) in held {
         let _ = ws.close(None).await;
     }
     let rejected = failed
@@ -55,9 +56,11 @@ pub async fn run(c: Common) -> Value {
     let secs = last_done.as_secs_f64();
     json!({
         "scenario": "connect-storm",
-        "url": c.target.url,
+        "url": c.target.label(),
+        "url_count": c.target.urls.len(),
         "connections": c.connections,
         "accepted": accepted,
+        "accepted_per_url": per_url,
         "rejected_429": rejected,
         "failed_other": failed.total() - rejected,
         "failed_by_reason": failed.json(),
