@@ -39,7 +39,8 @@ ENV PORT=8080 \
     TOPGUN_DATA_DIR=/var/lib/topgun/data \
     LOG_LEVEL=info
 VOLUME ["/var/lib/topgun/data"]
-EXPOSE 8080 9080
+# 9080: cluster port, TCP (node-to-node transport) and UDP (SWIM membership).
+EXPOSE 8080 9080 9080/udp
 # /health answers 200 while the process serves HTTP (use /ready for "storage open, joined").
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/health"]
