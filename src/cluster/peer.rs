@@ -232,9 +232,7 @@ impl PeerConn {
                 let body = self.hello();
                 self.send_frame(Kind::Hello, 0, &body);
                 debug!(self.log, "peer connected"; "peer" => &hello.node_id);
-                if self.cluster().reconnected(&hello.node_id, hello.generation) {
-                    self.catch_up(&hello.node_id);
-                }
+                self.catch_up(&hello.node_id);
             }
             Direction::Outbound {
                 node_id,
@@ -260,18 +258,34 @@ impl PeerConn {
         self.peer = Some(hello.node_id);
     }
 
-    /// The peer's previous connection to this node broke: asynchronous copies it sent
-    /// meanwhile may be lost, so pull the partitions it owns again (a merge: cheap when
-    /// nothing is missing).
+    /// A peer dials this node once it has this node in its table, and from then on sends it
+    /// every write. What it applied before (while this node was not in its table yet, or while
+    /// its previous connection was broken) is pulled now: the partitions it owns, and the ones
+    /// this node owns (a join moves ownership from the old owners to the new node). A merge,
+    /// so cheap where nothing is missing.
     fn catch_up(&self, peer: &str) {
         let table = self.cluster().table();
+        if table.member(peer).is_none() {
+            // It found this node before this node's membership found it: it is new, and what
+            // it writes from now on reaches this node anyway.
+            debug!(
+                self.log,
+                "peer connected before it is a member here: nothing to catch up"
+            );
+            return;
+        }
+        let me = self.cluster().node_id.as_str();
         let owned: Vec<u16> = (0..crate::shard::fnv::PARTITION_COUNT)
-            .filter(|&p| table.owner(p).is_some_and(|m| m.node_id == peer))
+            .filter(|&p| {
+                table
+                    .owner(p)
+                    .is_some_and(|m| m.node_id == peer || m.node_id == me)
+            })
             .collect();
         if owned.is_empty() {
             return;
         }
-        info!(self.log, "peer reconnected: pulling its partitions to catch up";
+        info!(self.log, "peer connected: pulling its partitions to catch up";
             "partitions" => owned.len());
         let (node, peer, log) = (self.node.clone(), peer.to_owned(), self.log.clone());
         actix_rt::spawn(async move {

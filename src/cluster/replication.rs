@@ -177,6 +177,18 @@ fn replicate(
                 kind: Kind::WriteReplicate,
                 body: body.clone(),
             });
+        } else {
+            // A member whose link is still in its handshake (it just joined) gets the write
+            // once the link is up; missing it would leave that replica behind for good.
+            let (node, id, body) = (node.clone(), id.to_owned(), body.clone());
+            actix_rt::spawn(async move {
+                if let Some(link) = node.cluster.wait_link(&id, LINK_WAIT).await {
+                    link.do_send(Notify {
+                        kind: Kind::WriteReplicate,
+                        body,
+                    });
+                }
+            });
         }
     }
     Box::pin(async move {

@@ -71,9 +71,6 @@ pub struct ClusterState {
     data_ready: AtomicBool,
     pub counters: ClusterCounters,
     pub started: Instant,
-    /// Peers (id, generation) that connected to this node before: a second connection means
-    /// the first broke, and writes it carried meanwhile may be missing here.
-    inbound_seen: Mutex<std::collections::HashSet<(String, u64)>>,
 }
 
 impl ClusterState {
@@ -92,7 +89,6 @@ impl ClusterState {
             data_ready: AtomicBool::new(false),
             counters: ClusterCounters::default(),
             started: Instant::now(),
-            inbound_seen: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -164,15 +160,6 @@ impl ClusterState {
             Ok(mut c) => c.now(system_millis()),
             Err(poisoned) => poisoned.into_inner().now(system_millis()),
         }
-    }
-
-    /// Records an inbound connection from `peer`; true when it had connected before.
-    pub fn reconnected(&self, peer: &str, generation: u64) -> bool {
-        let mut seen = match self.inbound_seen.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        !seen.insert((peer.to_owned(), generation))
     }
 
     pub fn data_ready(&self) -> bool {
