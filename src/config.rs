@@ -287,7 +287,7 @@ pub struct Overrides {
     /// When a cluster write is acknowledged: owner, or owner+backup [default: owner+backup]
     #[arg(long, env = "TOPGUN_WRITE_ACK")]
     pub write_ack: Option<WriteAck>,
-    /// How long a forwarded or replicated write may wait for its peer, ms [default: 5000]
+    /// How long a replicated write waits for a backup, ms (an owner gets twice that) [default: 5000]
     #[arg(long, env = "TOPGUN_CLUSTER_TIMEOUT_MS")]
     pub cluster_timeout_ms: Option<u64>,
     /// How long /ready waits for the seeds before the node serves alone, ms [default: 10000]

@@ -63,15 +63,11 @@ impl Member {
 /// initial migration.
 fn start(id: &str, seed: Option<u16>, cluster_port: u16, extra: &[&str]) -> Member {
     let mut options = NodeOptions::default()
-        .args(&[
-            "--node-id",
-            id,
-            "--cluster-probe-ms",
-            PROBE_MS,
-            "--cluster-port",
-            &cluster_port.to_string(),
-        ])
+        .args(&["--node-id", id, "--cluster-port", &cluster_port.to_string()])
         .args(extra);
+    if !extra.contains(&"--cluster-probe-ms") {
+        options = options.args(&["--cluster-probe-ms", PROBE_MS]);
+    }
     if let Some(seed) = seed {
         options = options.args(&["--seed-nodes", &format!("127.0.0.1:{seed}")]);
     }
@@ -1421,5 +1417,97 @@ async fn bad_peer_input_is_counted_and_harmless() {
     .await;
     for m in [&a, &b] {
         wait_keys(m, MAP, &want, Duration::from_secs(5)).await;
+    }
+}
+
+// ---- 7 --------------------------------------------------------------------------------------
+
+/// `--write-ack`: with a frozen backup (SIGSTOP, so its TCP connections stay open but nothing
+/// answers), `owner+backup` must not acknowledge a write that backup never confirmed, while
+/// `owner` acknowledges at once. The long probe keeps membership from declaring the frozen
+/// node down during the test; the short cluster timeout bounds the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_ack_owner_backup_waits_for_the_backup_and_owner_does_not() {
+    for (mode, acked_expected) in [("owner+backup", false), ("owner", true)] {
+        let extra = [
+            "--write-ack",
+            mode,
+            "--cluster-timeout-ms",
+            "700",
+            "--cluster-probe-ms",
+            "3000",
+        ];
+        let [a, b, c] = cluster::<3>(&extra);
+        let table = agreed_tables(&[&a, &b, &c], Duration::from_secs(10))
+            .await
+            .remove(0);
+        // A key owned by node-c and backed up by node-b: written through node-a, it needs
+        // node-b's confirmation under owner+backup.
+        let key = (0..)
+            .map(|i| format!("ack-{i}"))
+            .find(|k| table.owner_of(k) == "node-c" && table.backups_of(k)[0] == "node-b")
+            .expect("a key owned by node-c, backed up by node-b");
+        let mut w = connect(&a).await;
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &b.node.pid().to_string()])
+            .status()
+            .expect("kill -STOP");
+        assert!(stopped.success());
+        let t0 = Instant::now();
+        w.send(&client_op(put("ack-op", "acks", &key, &"v".into(), 1)))
+            .await;
+        let answer = await_ack(&mut w, "ack-op").await;
+        let took = t0.elapsed();
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &b.node.pid().to_string()])
+            .status();
+        match (answer, acked_expected) {
+            (Ack::Acked, true) => assert!(
+                took < Duration::from_millis(600),
+                "{mode}: the ack waited {took:?} although the frozen node is only a backup"
+            ),
+            (Ack::Refused(error), false) => {
+                let message = get(&error, "payload")
+                    .and_then(|p| get(p, "message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(
+                    message.contains("backup node-b"),
+                    "{mode}: the refusal should name the silent backup: {message}"
+                );
+                assert!(
+                    took >= Duration::from_millis(650),
+                    "{mode}: refused after {took:?}, before the 700 ms cluster timeout"
+                );
+                wait_for(
+                    "a timeout counted on node-c",
+                    Duration::from_secs(5),
+                    || {
+                        let s = c.node.scrape();
+                        let n = s.value_or_zero(
+                            "topgun_cluster_peer_errors_total",
+                            &[("reason", "timeout")],
+                        );
+                        if n >= 1.0 {
+                            Ok(())
+                        } else {
+                            Err(format!("timeouts {n}"))
+                        }
+                    },
+                );
+            }
+            (Ack::Acked, false) => panic!("{mode}: acknowledged without the backup's confirmation"),
+            (Ack::Refused(e), true) => panic!("{mode}: refused: {e:?}"),
+            (Ack::Lost(why), _) => panic!("{mode}: no answer: {why}"),
+        }
+        // Either way the owner has the write, and the backup gets it once it runs again.
+        wait_keys(
+            &b,
+            "acks",
+            &BTreeMap::from([(key.clone(), Value::from("v"))]),
+            Duration::from_secs(10),
+        )
+        .await;
     }
 }

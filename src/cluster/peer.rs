@@ -468,10 +468,11 @@ impl PeerConn {
             });
     }
 
-    /// Fails requests that waited longer than the cluster timeout, and reports the oldest
-    /// wait as replication lag.
+    /// Drops requests nobody can still be waiting for (callers time out after at most twice
+    /// the cluster timeout; a pull fails after that much silence), and reports the oldest wait
+    /// as replication lag.
     fn sweep(&mut self) {
-        let timeout = self.cluster().timeout;
+        let timeout = self.cluster().timeout * 2;
         let mut expired = Vec::new();
         for (corr, p) in &self.pending {
             let waited = p.sent.elapsed();
@@ -482,7 +483,8 @@ impl PeerConn {
         }
         for corr in expired {
             if let Some(p) = self.pending.remove(&corr) {
-                if !matches!(p.waiter, Waiter::Untracked) {
+                // Write callers count their own timeouts; a pull has no other clock.
+                if matches!(p.waiter, Waiter::Stream(_)) {
                     self.cluster().counters.peer_error("timeout");
                 }
             }

@@ -212,7 +212,12 @@ fn ask(
     role: &'static str,
 ) -> LocalBoxFuture<'static, Option<String>> {
     let peer = peer.to_owned();
-    let timeout = node.cluster.timeout;
+    // An owner answers after its own wait for the backups, so the origin gives it two.
+    let timeout = if kind == Kind::WriteForward {
+        node.cluster.timeout * 2
+    } else {
+        node.cluster.timeout
+    };
     // Sent now when the link is up, so requests to one peer keep their order.
     let ready = node.cluster.link(&peer).map(|link| {
         link.send(Call {
@@ -236,10 +241,13 @@ fn ask(
             },
             Ok(Ok(Err(e))) => Some(format!("{role} {peer}: {e}")),
             Ok(Err(_)) => Some(format!("{role} {peer}: connection closed")),
-            Err(_) => Some(format!(
-                "{role} {peer} did not confirm within {} ms",
-                timeout.as_millis()
-            )),
+            Err(_) => {
+                node.cluster.counters.peer_error("timeout");
+                Some(format!(
+                    "{role} {peer} did not confirm within {} ms",
+                    timeout.as_millis()
+                ))
+            }
         }
     })
 }
