@@ -9,7 +9,10 @@
 //! - an OP_ACK means the write survives `kill -9` of any one node, and a node that comes back
 //!   (same id, same cluster port, empty memory store) gets every acked write back;
 //! - a node joining a loaded cluster takes partitions without losing writes;
-//! - garbage on the node-to-node TCP port is counted and harms nothing.
+//! - garbage on the node-to-node TCP port is counted and harms nothing;
+//! - `--write-ack owner+backup` never acknowledges what a silent backup did not confirm, and
+//!   `owner` does not wait for it;
+//! - a node restarted on its own redb directory keeps its disk and pulls what it missed.
 //!
 //! A lost acked write, a key readable on one node and not another, or a live query that misses
 //! a write made elsewhere are exactly the bugs a single-node test suite cannot see.
@@ -1510,4 +1513,94 @@ async fn write_ack_owner_backup_waits_for_the_backup_and_owner_does_not() {
         )
         .await;
     }
+}
+
+// ---- 8 --------------------------------------------------------------------------------------
+
+/// Starts `id` on redb in `dir` (a fresh one when `None`), like [`start`] otherwise.
+fn start_durable(
+    id: &str,
+    seed: Option<u16>,
+    cluster_port: u16,
+    dir: Option<tempfile::TempDir>,
+) -> Member {
+    let mut options = NodeOptions {
+        memory_storage: false,
+        ..Default::default()
+    }
+    .args(&[
+        "--node-id",
+        id,
+        "--cluster-port",
+        &cluster_port.to_string(),
+        "--cluster-probe-ms",
+        PROBE_MS,
+    ]);
+    if let Some(seed) = seed {
+        options = options.args(&["--seed-nodes", &format!("127.0.0.1:{seed}")]);
+    }
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+    let mut node = Node::start_in(dir, options);
+    let cluster_port = if cluster_port == 0 {
+        let out = node.stdout.as_mut().expect("stdout kept");
+        read_port(out, "CLUSTER_PORT").expect("CLUSTER_PORT= after PORT=")
+    } else {
+        cluster_port
+    };
+    Member {
+        id: id.to_owned(),
+        node,
+        cluster_port,
+    }
+}
+
+/// A node killed and restarted on its own redb directory comes back with what its disk held
+/// and what it missed while down (pulled from the peer), the newer value winning where both
+/// wrote the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_disk_and_pulls_what_it_missed() {
+    const MAP: &str = "durable";
+    let a = start_durable("node-a", None, 0, None);
+    let b = start_durable("node-b", Some(a.cluster_port), 0, None);
+    wait_settled(&[&a, &b], Duration::from_secs(10));
+
+    let mut want = BTreeMap::new();
+    let mut via_b = connect(&b).await;
+    for i in 0..50 {
+        let key = format!("disk-{i:02}");
+        let id = format!("disk-op-{i}");
+        let frame = client_op(put(&id, MAP, &key, &"from-b".into(), 0));
+        write_acked(&mut via_b, "node-b", &frame, &id).await;
+        want.insert(key, Value::from("from-b"));
+    }
+    let frame = client_op(put("both-1", MAP, "both", &"old".into(), 0));
+    write_acked(&mut via_b, "node-b", &frame, "both-1").await;
+    drop(via_b);
+
+    let b_port = b.cluster_port;
+    let b_dir = b.node.into_dir();
+    wait_members(&[&a], 1, Duration::from_secs(10));
+    let mut via_a = connect(&a).await;
+    for i in 0..50 {
+        let key = format!("missed-{i:02}");
+        let id = format!("missed-op-{i}");
+        let frame = client_op(put(&id, MAP, &key, &"from-a".into(), 0));
+        write_acked(&mut via_a, "node-a", &frame, &id).await;
+        want.insert(key, Value::from("from-a"));
+    }
+    let frame = client_op(put("both-2", MAP, "both", &"new".into(), 1));
+    write_acked(&mut via_a, "node-a", &frame, "both-2").await;
+    want.insert("both".into(), Value::from("new"));
+
+    let b = start_durable("node-b", Some(a.cluster_port), b_port, Some(b_dir));
+    let opened = wait_line(&b, "storage opened", "redb records recovered", |l| {
+        l["backend"] == "redb" && l["lwwRecords"].as_u64().is_some_and(|n| n >= 51)
+    });
+    eprintln!("node-b: {opened}");
+    // Ready means joined and pulled: everything is there at once, no polling.
+    let found = read_map(&b, MAP).await;
+    if let Some(d) = diff(&want, &found) {
+        panic!("node-b after its restart on its own disk: {d}");
+    }
+    wait_keys(&a, MAP, &want, Duration::from_secs(5)).await;
 }
