@@ -70,7 +70,6 @@ pub struct ClusterState {
     /// Joined (or alone by choice) and the first pull from peers done: `/ready` may say yes.
     data_ready: AtomicBool,
     pub counters: ClusterCounters,
-    pub started: Instant,
 }
 
 impl ClusterState {
@@ -88,7 +87,6 @@ impl ClusterState {
             links: RwLock::new(HashMap::new()),
             data_ready: AtomicBool::new(false),
             counters: ClusterCounters::default(),
-            started: Instant::now(),
         }
     }
 
