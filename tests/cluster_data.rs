@@ -12,7 +12,8 @@
 //! - garbage on the node-to-node TCP port is counted and harms nothing;
 //! - `--write-ack owner+backup` never acknowledges what a silent backup did not confirm, and
 //!   `owner` does not wait for it;
-//! - a node restarted on its own redb directory keeps its disk and pulls what it missed.
+//! - a node restarted on its own redb directory keeps its disk and pulls what it missed;
+//! - OR-Map ops and `POST /sync` writes reach every node like CLIENT_OPs.
 //!
 //! A lost acked write, a key readable on one node and not another, or a live query that misses
 //! a write made elsewhere are exactly the bugs a single-node test suite cannot see.
@@ -1603,4 +1604,72 @@ async fn a_restarted_node_keeps_its_disk_and_pulls_what_it_missed() {
         panic!("node-b after its restart on its own disk: {d}");
     }
     wait_keys(&a, MAP, &want, Duration::from_secs(5)).await;
+}
+
+// ---- 9 --------------------------------------------------------------------------------------
+
+/// The other write paths reach every node too: OR-Map adds and removals sent to node-a are
+/// walked the same through OR sync on node-b, and a `POST /sync` batch sent to node-c is read
+/// on node-b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn or_map_and_http_sync_writes_reach_every_node() {
+    let [a, b, c] = cluster::<3>(&[]);
+    let t = Ts::new(now_millis(), 0, "cluster-test");
+    let mut via_a = connect(&a).await;
+    for (key, tag) in [("k1", "t1"), ("k1", "t2"), ("k2", "t3"), ("k3", "t4")] {
+        via_a.send_acked(&or_add(key, tag, "x".into(), &t)).await;
+    }
+    via_a.send_acked(&or_remove("k1", "t1")).await;
+    let want: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::from([
+        ("k1".into(), (vec!["t2".into()], vec!["t1".into()])),
+        ("k2".into(), (vec!["t3".into()], vec![])),
+        ("k3".into(), (vec!["t4".into()], vec![])),
+    ]);
+    let mut on_b = connect(&b).await;
+    let t0 = Instant::now();
+    loop {
+        let seen = or_walk(&mut on_b).await;
+        if seen == want {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "node-b's OR map: want {want:?}, saw {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let body = map(&[
+        ("clientId", "http-client".into()),
+        ("clientHlc", t.wire()),
+        (
+            "operations",
+            Value::Array(vec![
+                put_op("h1", "http", "h1", "one".into(), &t),
+                put_op("h2", "http", "h2", "two".into(), &t),
+            ]),
+        ),
+    ]);
+    let (status, resp) = http_bytes(
+        c.node.port,
+        "POST",
+        "/sync",
+        &[("Content-Type", "application/msgpack")],
+        &encode(&body),
+    )
+    .expect("POST /sync");
+    assert_eq!(status, 200);
+    let resp = rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body");
+    assert_eq!(
+        get(&resp, "ack")
+            .and_then(|a| get(a, "lastId"))
+            .and_then(Value::as_str),
+        Some("h2"),
+        "{resp:?}"
+    );
+    let want = BTreeMap::from([
+        ("h1".to_owned(), Value::from("one")),
+        ("h2".to_owned(), Value::from("two")),
+    ]);
+    wait_keys(&b, "http", &want, Duration::from_secs(5)).await;
 }

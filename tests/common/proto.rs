@@ -554,3 +554,96 @@ pub fn http_bytes(
     }
     Ok((status, body))
 }
+
+/// An OR_ADD on map `tags` (the OR-Map and cluster suites share these helpers).
+pub fn or_add(key: &str, tag: &str, value: Value, t: &Ts) -> Value {
+    client_op(map(&[
+        ("id", "1".into()),
+        ("mapName", "tags".into()),
+        ("key", key.into()),
+        ("opType", "OR_ADD".into()),
+        (
+            "orRecord",
+            map(&[
+                ("value", value),
+                ("timestamp", t.wire()),
+                ("tag", tag.into()),
+            ]),
+        ),
+    ]))
+}
+
+/// An OR_REMOVE of `tag` on map `tags`.
+pub fn or_remove(key: &str, tag: &str) -> Value {
+    client_op(map(&[
+        ("id", "2".into()),
+        ("mapName", "tags".into()),
+        ("key", key.into()),
+        ("opType", "OR_REMOVE".into()),
+        ("orTag", tag.into()),
+    ]))
+}
+
+/// Walks the OR tree from the root to every leaf: key → (live tags, removed tags).
+pub async fn or_walk(c: &mut Client) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+    c.send(&map(&[
+        ("type", "ORMAP_SYNC_INIT".into()),
+        ("mapName", "tags".into()),
+        ("rootHash", 0.into()),
+        ("bucketHashes", map(&[])),
+    ]))
+    .await;
+    let root = c.recv_type("ORMAP_SYNC_RESP_ROOT").await.expect("root");
+    let mut out = BTreeMap::new();
+    if get(payload(&root), "rootHash").and_then(Value::as_u64) == Some(0) {
+        return out;
+    }
+    let mut paths = vec![String::new()];
+    while let Some(path) = paths.pop() {
+        c.send(&wrapped(
+            "ORMAP_MERKLE_REQ_BUCKET",
+            map(&[("mapName", "tags".into()), ("path", path.clone().into())]),
+        ))
+        .await;
+        let reply = c.recv().await.expect("reply");
+        let p = payload(&reply);
+        assert_eq!(pstr(&reply, "path"), Some(path.as_str()));
+        match msg_type(&reply) {
+            "ORMAP_SYNC_RESP_BUCKETS" => {
+                for (k, h) in get(p, "buckets")
+                    .and_then(Value::as_map)
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    if h.as_u64() != Some(0) {
+                        paths.push(format!("{path}{}", k.as_str().unwrap_or_default()));
+                    }
+                }
+            }
+            "ORMAP_SYNC_RESP_LEAF" => {
+                for e in get(p, "entries")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    let key = get(&e, "key").and_then(Value::as_str).unwrap().to_owned();
+                    let tags = get(&e, "records")
+                        .and_then(Value::as_array)
+                        .unwrap()
+                        .iter()
+                        .map(|r| get(r, "tag").and_then(Value::as_str).unwrap().to_owned())
+                        .collect();
+                    let removed = get(&e, "tombstones")
+                        .and_then(Value::as_array)
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_str().unwrap().to_owned())
+                        .collect();
+                    out.insert(key, (tags, removed));
+                }
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    out
+}
