@@ -1,5 +1,6 @@
 //! The HTTP surface, kept thin: WebSocket upgrade (`/ws` and `/`), `/metrics`, `/health`,
-//! `/ready`, and beside `/metrics` the token-guarded `/debug/actors` and `/debug/log-level`.
+//! `/ready`, and beside `/metrics` the token-guarded `/debug/actors`, `/debug/cluster` and
+//! `/debug/log-level`.
 //! Each handler asks an actor and formats the answer.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
 /// Live introspection for people, served where `/metrics` is. 404 unless `debug_token` is set.
 fn debug_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/debug/actors", web::get().to(debug_actors))
+        .route("/debug/cluster", web::get().to(debug_cluster))
         .route("/debug/log-level", web::get().to(get_log_level))
         .route("/debug/log-level", web::put().to(put_log_level));
 }
@@ -169,6 +171,14 @@ fn wants_text(req: &HttpRequest) -> bool {
 
 /// Every actor kind and bounded-family member: mailbox depth, messages/s, mean and max handle
 /// time, busy share, restarts; plus runtime lag per arbiter. JSON, or a table for `text/plain`.
+/// The partition table and peer links as this node sees them (no actor to ask: shared state).
+async fn debug_cluster(req: HttpRequest, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
+    if let Some(refused) = refuse(&req, &node) {
+        return refused;
+    }
+    HttpResponse::Ok().json(node.cluster.describe())
+}
+
 async fn debug_actors(req: HttpRequest, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
     if let Some(refused) = refuse(&req, &node) {
         return refused;

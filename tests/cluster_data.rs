@@ -732,7 +732,7 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_agree_on_the_partition_table() {
-    let [a, b, c] = cluster::<3>(&[]);
+    let [a, b, c] = cluster::<3>(&["--debug-token", "debug-secret"]);
     let all = [&a, &b, &c];
     let tables = agreed_tables(&all, Duration::from_secs(10)).await;
 
@@ -808,6 +808,40 @@ async fn three_nodes_agree_on_the_partition_table() {
         Some(tables[0].version),
         "node-a: last rebalance line vs its PARTITION_MAP: {last}"
     );
+
+    // GET /debug/cluster: the same table for an operator, with the state of every link.
+    let (status, body) = http_bytes(
+        a.node.port,
+        "GET",
+        "/debug/cluster",
+        &[("Authorization", "Bearer debug-secret")],
+        &[],
+    )
+    .expect("GET /debug/cluster");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let view: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(
+        view["tableVersion"].as_u64(),
+        Some(tables[0].version),
+        "{view}"
+    );
+    assert_eq!(view["dataReady"], true, "{view}");
+    let members = view["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{view}");
+    for m in members {
+        let id = m["nodeId"].as_str().expect("nodeId");
+        assert_eq!(m["owned"].as_u64(), Some(table.owned_by(id) as u64), "{m}");
+        assert_eq!(
+            m["backup"].as_u64(),
+            Some(table.backed_up_by(id) as u64),
+            "{m}"
+        );
+        let want_link = if id == "node-a" { "self" } else { "up" };
+        assert_eq!(m["link"], want_link, "{m}");
+    }
+    let (status, _) =
+        http_bytes(a.node.port, "GET", "/debug/cluster", &[], &[]).expect("GET /debug/cluster");
+    assert_eq!(status, 401, "/debug/cluster without the token");
 }
 
 // ---- 2 --------------------------------------------------------------------------------------

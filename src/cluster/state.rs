@@ -168,6 +168,47 @@ impl ClusterState {
         self.data_ready.store(true, Ordering::Release);
     }
 
+    /// What `GET /debug/cluster` shows: the table as this node sees it, each member's share
+    /// and whether this node's link to it is up, the write settings and migration progress.
+    pub fn describe(&self) -> serde_json::Value {
+        let table = self.table();
+        let members: Vec<serde_json::Value> = table
+            .members()
+            .iter()
+            .map(|m| {
+                let (owned, backup) = table.counts(&m.node_id);
+                let link = if m.node_id == self.node_id {
+                    "self"
+                } else if self.link(&m.node_id).is_some() {
+                    "up"
+                } else {
+                    "down"
+                };
+                serde_json::json!({
+                    "nodeId": m.node_id,
+                    "generation": m.generation,
+                    "peerAddr": m.peer_addr.to_string(),
+                    "websocket": m.ws_url,
+                    "owned": owned,
+                    "backup": backup,
+                    "link": link,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "nodeId": self.node_id,
+            "generation": self.generation,
+            "tableVersion": table.version,
+            "members": members,
+            "backupCount": self.backups,
+            "writeAck": self.ack.to_string(),
+            "timeoutMs": self.timeout.as_millis() as u64,
+            "migrationPendingPartitions":
+                self.counters.migration_pending.load(Ordering::Relaxed),
+            "dataReady": self.data_ready(),
+        })
+    }
+
     /// More than this node in the table: writes must be routed and replicated.
     pub fn clustered(&self) -> bool {
         self.table().members().len() > 1
