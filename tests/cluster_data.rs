@@ -13,7 +13,8 @@
 //! - `--write-ack owner+backup` never acknowledges what a silent backup did not confirm, and
 //!   `owner` does not wait for it;
 //! - a node restarted on its own redb directory keeps its disk and pulls what it missed;
-//! - OR-Map ops and `POST /sync` writes reach every node like CLIENT_OPs.
+//! - OR-Map ops and `POST /sync` writes reach every node like CLIENT_OPs;
+//! - with `--backup-count 2` on three nodes every node is a synchronous copy.
 //!
 //! A lost acked write, a key readable on one node and not another, or a live query that misses
 //! a write made elsewhere are exactly the bugs a single-node test suite cannot see.
@@ -1706,4 +1707,77 @@ async fn or_map_and_http_sync_writes_reach_every_node() {
         ("h2".to_owned(), Value::from("two")),
     ]);
     wait_keys(&b, "http", &want, Duration::from_secs(5)).await;
+}
+
+// ---- 10 -------------------------------------------------------------------------------------
+
+/// `--backup-count 2` on three nodes: every node is owner or synchronous backup of every
+/// partition (docs/cluster.md's recipe for read-your-writes everywhere), so an ack waits for
+/// all three: with node-c frozen, a write node-b owns is refused, where with one backup it
+/// would not need node-c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backups_make_every_node_a_synchronous_copy() {
+    const MAP: &str = "everywhere";
+    let extra = [
+        "--backup-count",
+        "2",
+        "--cluster-timeout-ms",
+        "700",
+        "--cluster-probe-ms",
+        "3000",
+    ];
+    let a = start("node-a", None, 0, &extra);
+    let b = start("node-b", Some(a.cluster_port), 0, &extra);
+    let c = start("node-c", Some(a.cluster_port), 0, &extra);
+    let all = [&a, &b, &c];
+    wait_for(
+        "owned sum 271 and backup sum 542 on 3 members",
+        Duration::from_secs(10),
+        || {
+            let seen: Vec<Status> = all.iter().map(|m| status(m)).collect();
+            let owned: f64 = seen.iter().filter_map(|s| s.owned).sum();
+            let backup: f64 = seen.iter().filter_map(|s| s.backup).sum();
+            if seen.iter().all(|s| s.members == Some(3.0)) && owned == 271.0 && backup == 542.0 {
+                Ok(())
+            } else {
+                Err(format!("owned {owned}, backup {backup}; {seen:?}"))
+            }
+        },
+    );
+    let owner = |k: &str| fnv1a(k) as usize % PARTITIONS;
+    let map = partition_map(&a).await;
+    for (p, backups) in map.backups.iter().enumerate() {
+        let mut copies: Vec<&String> = backups.iter().chain([&map.owners[p]]).collect();
+        copies.sort();
+        assert_eq!(copies, ["node-a", "node-b", "node-c"], "partition {p}");
+    }
+    let key = (0..)
+        .map(|i| format!("e-{i}"))
+        .find(|k| map.owners[owner(k)] == "node-b")
+        .expect("a key node-b owns");
+
+    let mut via_a = connect(&a).await;
+    let ok = client_op(put("e-ok", MAP, "warm", &"v".into(), 0));
+    write_acked(&mut via_a, "node-a", &ok, "e-ok").await;
+    let pid = c.node.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill -STOP")
+        .success());
+    via_a
+        .send(&client_op(put("e-frozen", MAP, &key, &"v".into(), 1)))
+        .await;
+    let answer = await_ack(&mut via_a, "e-frozen").await;
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    match answer {
+        Ack::Refused(e) => assert!(
+            format!("{e:?}").contains("backup node-c"),
+            "refused, but not for node-c: {e:?}"
+        ),
+        Ack::Acked => panic!("acknowledged while node-c, a synchronous backup, was frozen"),
+        Ack::Lost(why) => panic!("no answer: {why}"),
+    }
 }
