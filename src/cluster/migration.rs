@@ -4,7 +4,7 @@
 //! already has, or racing live writes, changes nothing that should not change.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::peer::CallStream;
 use super::wire::{self, Kind, Pull, PullChunk, PullDone};
@@ -21,16 +21,10 @@ pub async fn pull(
     partitions: &[u16],
 ) -> Result<u64, String> {
     let cluster = &node.cluster;
-    let deadline = Instant::now() + LINK_WAIT;
-    let link = loop {
-        if let Some(link) = cluster.link(source) {
-            break link;
-        }
-        if Instant::now() >= deadline || cluster.table().member(source).is_none() {
-            return Err(format!("no connection to {source}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let link = cluster
+        .wait_link(source, LINK_WAIT)
+        .await
+        .ok_or_else(|| format!("no connection to {source}"))?;
     let body = wire::body(&Pull {
         partitions: partitions.to_vec(),
     });
