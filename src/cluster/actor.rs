@@ -284,10 +284,10 @@ impl ClusterActor {
         }));
         let cluster = self.node.cluster.clone();
         let old = cluster.table();
-        let candidate = PartitionTable::compute(members, cluster.backups, old.version + 1);
-        if candidate.same_placement(&old) {
+        if old.has_members(members.clone()) {
             return;
         }
+        let candidate = PartitionTable::compute(members, cluster.backups, old.version + 1);
         let moved = candidate.moved_owners(&old);
         let (owned, backup) = candidate.counts(&cluster.node_id);
         self.rebalances += 1;

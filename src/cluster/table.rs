@@ -49,14 +49,7 @@ impl PartitionTable {
     /// a restarted node not yet declared down) are one member: the newest generation, then the
     /// highest address, so every node picks the same one.
     pub fn compute(members: Vec<TableMember>, backups: usize, version: u32) -> Self {
-        let mut members = members;
-        members.sort_by(|a, b| {
-            a.node_id
-                .cmp(&b.node_id)
-                .then(b.generation.cmp(&a.generation))
-                .then(b.peer_addr.cmp(&a.peer_addr))
-        });
-        members.dedup_by(|later, first| later.node_id == first.node_id);
+        let members = normalize(members);
         let copies = (1 + backups.min(MAX_BACKUPS)).min(members.len());
         let id_hashes: Vec<u64> = members.iter().map(|m| fnv64(&m.node_id)).collect();
         let replicas = (0..PARTITION_COUNT)
@@ -128,13 +121,16 @@ impl PartitionTable {
             .count()
     }
 
-    /// Same members (by id and generation) in the same places: nothing to rebalance.
-    pub fn same_placement(&self, other: &PartitionTable) -> bool {
-        self.members.len() == other.members.len()
+    /// Whether `members` (as membership reports them) would place partitions exactly as this
+    /// table does: the same ids and generations. Cheap, so the caller need not compute a table
+    /// on every membership message to find out nothing changed.
+    pub fn has_members(&self, members: Vec<TableMember>) -> bool {
+        let members = normalize(members);
+        self.members.len() == members.len()
             && self
                 .members
                 .iter()
-                .zip(&other.members)
+                .zip(&members)
                 .all(|(a, b)| a.node_id == b.node_id && a.generation == b.generation)
     }
 
@@ -165,6 +161,18 @@ impl PartitionTable {
             generated_at,
         }
     }
+}
+
+/// Sorted by node id, one entry per id: the newest generation, then the highest address.
+fn normalize(mut members: Vec<TableMember>) -> Vec<TableMember> {
+    members.sort_by(|a, b| {
+        a.node_id
+            .cmp(&b.node_id)
+            .then(b.generation.cmp(&a.generation))
+            .then(b.peer_addr.cmp(&a.peer_addr))
+    });
+    members.dedup_by(|later, first| later.node_id == first.node_id);
+    members
 }
 
 /// 64-bit FNV-1a of the node id: spreads similar ids (`node-a`, `node-b`) apart before `score`.
