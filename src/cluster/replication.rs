@@ -54,11 +54,11 @@ pub fn route_client_write(
     log: &Logger,
 ) -> LocalBoxFuture<'static, WriteOutcome> {
     let cluster = &node.cluster;
-    if !cluster.clustered() {
+    let table = cluster.table();
+    if table.members().len() <= 1 {
         return Box::pin(apply_writes(&node.shards, writer, ops));
     }
     stamp_bare_removes(cluster, &mut ops);
-    let table = cluster.table();
     let mut groups: BTreeMap<&str, (Vec<usize>, BTreeSet<u16>)> = BTreeMap::new();
     for (i, op) in ops.iter().enumerate() {
         let partition = partition_of(&op.key);

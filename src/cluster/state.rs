@@ -208,9 +208,4 @@ impl ClusterState {
             "dataReady": self.data_ready(),
         })
     }
-
-    /// More than this node in the table: writes must be routed and replicated.
-    pub fn clustered(&self) -> bool {
-        self.table().members().len() > 1
-    }
 }
