@@ -67,7 +67,19 @@ impl Member {
 /// `/ready` answers 200, which for a joining node means it found its seeds and finished its
 /// initial migration.
 fn start(id: &str, seed: Option<u16>, cluster_port: u16, extra: &[&str]) -> Member {
-    let mut options = NodeOptions::default()
+    launch(id, seed, cluster_port, extra, NodeOptions::default(), None)
+}
+
+/// [`start`] with a base `options` (storage) and, for a restart, the node's old directory.
+fn launch(
+    id: &str,
+    seed: Option<u16>,
+    cluster_port: u16,
+    extra: &[&str],
+    options: NodeOptions,
+    dir: Option<tempfile::TempDir>,
+) -> Member {
+    let mut options = options
         .args(&["--node-id", id, "--cluster-port", &cluster_port.to_string()])
         .args(extra);
     if !extra.contains(&"--cluster-probe-ms") {
@@ -77,7 +89,8 @@ fn start(id: &str, seed: Option<u16>, cluster_port: u16, extra: &[&str]) -> Memb
         options = options.args(&["--seed-nodes", &format!("127.0.0.1:{seed}")]);
     }
     eprintln!("starting {id} (seed {seed:?}, cluster port {cluster_port})");
-    let mut node = Node::start_with(options);
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+    let mut node = Node::start_in(dir, options);
     let cluster_port = if cluster_port == 0 {
         let out = node.stdout.as_mut().expect("stdout kept");
         read_port(out, "CLUSTER_PORT")
@@ -1560,34 +1573,11 @@ fn start_durable(
     cluster_port: u16,
     dir: Option<tempfile::TempDir>,
 ) -> Member {
-    let mut options = NodeOptions {
+    let options = NodeOptions {
         memory_storage: false,
         ..Default::default()
-    }
-    .args(&[
-        "--node-id",
-        id,
-        "--cluster-port",
-        &cluster_port.to_string(),
-        "--cluster-probe-ms",
-        PROBE_MS,
-    ]);
-    if let Some(seed) = seed {
-        options = options.args(&["--seed-nodes", &format!("127.0.0.1:{seed}")]);
-    }
-    let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
-    let mut node = Node::start_in(dir, options);
-    let cluster_port = if cluster_port == 0 {
-        let out = node.stdout.as_mut().expect("stdout kept");
-        read_port(out, "CLUSTER_PORT").expect("CLUSTER_PORT= after PORT=")
-    } else {
-        cluster_port
     };
-    Member {
-        id: id.to_owned(),
-        node,
-        cluster_port,
-    }
+    launch(id, seed, cluster_port, &[], options, dir)
 }
 
 /// A node killed and restarted on its own redb directory comes back with what its disk held
