@@ -300,12 +300,7 @@ impl PeerConn {
         if self.peer.is_none() {
             return match frame.kind {
                 Kind::Hello => self.on_hello(frame, ctx),
-                Kind::Refused => {
-                    let why = wire::decode::<Refused>(&frame.body)
-                        .map_or_else(|e| e.to_string(), |r| r.reason);
-                    warn!(self.log, "peer refused this node"; "reason" => why);
-                    ctx.stop();
-                }
+                Kind::Refused => self.refused_by_peer(&frame, ctx),
                 other => self.refuse(ctx, "bad_hello", format!("{other:?} before HELLO")),
             };
         }
@@ -314,14 +309,16 @@ impl PeerConn {
             Kind::Pull => self.serve_pull(frame, ctx),
             Kind::Topic => self.serve_topic(frame),
             Kind::WriteDone | Kind::PullChunk | Kind::PullDone => self.answered(frame),
-            Kind::Refused => {
-                let why = wire::decode::<Refused>(&frame.body)
-                    .map_or_else(|e| e.to_string(), |r| r.reason);
-                warn!(self.log, "peer refused this node"; "reason" => why);
-                ctx.stop();
-            }
+            Kind::Refused => self.refused_by_peer(&frame, ctx),
             Kind::Hello => self.refuse(ctx, "bad_hello", "second HELLO".into()),
         }
+    }
+
+    /// The peer refused this node (another version, a clash): log why and close.
+    fn refused_by_peer(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
+        let why = wire::decode::<Refused>(&frame.body).map_or_else(|e| e.to_string(), |r| r.reason);
+        warn!(self.log, "peer refused this node"; "reason" => why);
+        ctx.stop();
     }
 
     fn answered(&mut self, frame: Frame) {
