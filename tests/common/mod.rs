@@ -5,11 +5,13 @@
 //! proves wire compatibility instead of agreeing with itself.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod firewall;
 pub mod proto;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +38,9 @@ pub struct NodeOptions {
     pub memory_storage: bool,
     /// A fixed client port (a restart on the port of a killed node); `None` = OS chooses.
     pub port: Option<u16>,
+    /// `--host`: the address every listener of the node binds (fault tests give each node its
+    /// own loopback address so iptables rules can cut between them).
+    pub host: IpAddr,
 }
 
 impl Default for NodeOptions {
@@ -47,6 +52,7 @@ impl Default for NodeOptions {
             log_to_stdout: false,
             memory_storage: true,
             port: None,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -77,6 +83,7 @@ impl NodeOptions {
 
 pub struct Node {
     child: Option<Child>,
+    pub host: IpAddr,
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub log_path: PathBuf,
@@ -112,6 +119,9 @@ impl Node {
         let log_path = dir.path().join("node.log");
         let mut cmd = command(dir.path());
         cmd.arg("--port").arg(options.port.unwrap_or(0).to_string());
+        if options.host != Ipv4Addr::LOCALHOST {
+            cmd.arg("--host").arg(options.host.to_string());
+        }
         if !options.log_to_stdout {
             cmd.arg("--log-dest").arg(&log_path);
         }
@@ -139,6 +149,7 @@ impl Node {
         });
         let node = Node {
             child: Some(child),
+            host: options.host,
             port,
             dir,
             log_path,
@@ -154,13 +165,18 @@ impl Node {
     }
 
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        format!("ws://{}/ws", self.http_addr())
+    }
+
+    /// Where its client port (HTTP and WebSocket) listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
     }
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if let Ok((200, _)) = http_get(self.port, "/ready") {
+            if let Ok((200, _)) = http_get(self.http_addr(), "/ready") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -169,7 +185,7 @@ impl Node {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.port, path).expect("HTTP request")
+        http_get(self.http_addr(), path).expect("HTTP request")
     }
 
     pub fn scrape(&self) -> Scrape {
@@ -305,13 +321,28 @@ pub fn read_port(out: &mut impl BufRead, name: &str) -> Option<u16> {
     None
 }
 
+/// Where an HTTP request goes: a bare port is 127.0.0.1's.
+pub struct HttpTarget(SocketAddr);
+
+impl From<u16> for HttpTarget {
+    fn from(port: u16) -> Self {
+        HttpTarget(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+}
+
+impl From<SocketAddr> for HttpTarget {
+    fn from(addr: SocketAddr) -> Self {
+        HttpTarget(addr)
+    }
+}
+
 /// A minimal HTTP/1.1 GET (no client crate needed for a status and a body).
-pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub fn http_get(port: impl Into<HttpTarget>, path: &str) -> std::io::Result<(u16, String)> {
     http_request(port, "GET", path, &[], b"")
 }
 
 pub fn http_request(
-    port: u16,
+    port: impl Into<HttpTarget>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -321,7 +352,7 @@ pub fn http_request(
 }
 
 /// A GET that also returns the response headers (names lower-cased).
-pub fn http_get_full(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+pub fn http_get_full(port: impl Into<HttpTarget>, path: &str) -> std::io::Result<HttpResponse> {
     http_request_full(port, "GET", path, &[], b"")
 }
 
@@ -329,7 +360,7 @@ pub fn http_get_full(port: u16, path: &str) -> std::io::Result<HttpResponse> {
 pub type HttpResponse = (u16, Vec<(String, String)>, String);
 
 pub fn http_request_full(
-    port: u16,
+    port: impl Into<HttpTarget>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -366,16 +397,17 @@ pub fn http_request_full(
 
 /// Sends one HTTP/1.1 request (`Connection: close`) and returns the raw response bytes.
 pub fn http_exchange(
-    port: u16,
+    port: impl Into<HttpTarget>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let HttpTarget(addr) = port.into();
+    let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {

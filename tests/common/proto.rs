@@ -520,7 +520,7 @@ pub fn invalid_sum(s: &Scrape) -> f64 {
 
 /// An HTTP request whose response body is kept as bytes (MessagePack from `POST /sync`).
 pub fn http_bytes(
-    port: u16,
+    port: impl Into<super::HttpTarget>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
