@@ -137,7 +137,20 @@ async fn ready(node: web::Data<Arc<NodeContext>>) -> HttpResponse {
             "reason": "joining the cluster: waiting for a seed and the first data pull",
         }))
     } else {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ready", "nodeId": node.node_id}))
+        let missing = node.cluster.missing_links();
+        if missing.is_empty() {
+            HttpResponse::Ok().json(serde_json::json!({"status": "ready", "nodeId": node.node_id}))
+        } else {
+            // Still 200: the node serves, and a balancer draining every node of a cluster whose
+            // links broke would turn a partial fault into an outage. Writes owned or backed
+            // up by an unlinked member fail on this node until the link is back.
+            HttpResponse::Ok().json(serde_json::json!({
+                "status": "degraded",
+                "nodeId": node.node_id,
+                "reason": "no node-to-node link to members that membership sees alive",
+                "missingLinks": missing.iter().map(|m| m.to_json()).collect::<Vec<_>>(),
+            }))
+        }
     }
 }
 

@@ -344,7 +344,11 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     };
     match tokio::net::TcpListener::from_std(peer_listener) {
         Ok(listener) => {
-            actix_rt::spawn(crate::cluster::peer::accept_peers(listener, node.clone()));
+            actix_rt::spawn(crate::cluster::peer::accept_peers(
+                listener,
+                node.clone(),
+                cluster.addr.clone(),
+            ));
         }
         Err(e) => {
             return Err(StartError::Bind {

@@ -155,3 +155,31 @@ fn oversized_frames_and_requests_before_hello_end_the_connection() {
     wait_errors(&node, "bad_frame", 2.0);
     still_serves(&node);
 }
+
+/// A peer refused again and again (a misconfigured node redialling, a scanner) is counted every
+/// time but logged once per 10 s, the line carrying `err {type, message}`.
+#[test]
+fn repeated_refusals_are_counted_each_and_logged_once() {
+    let (node, port) = start();
+    for _ in 0..30 {
+        let back = exchange(port, &hello(99, "node-y", 1));
+        assert_eq!(first_frame(&back).0, 2, "REFUSED");
+    }
+    wait_errors(&node, "version", 30.0);
+    let lines: Vec<_> = node
+        .logs()
+        .into_iter()
+        .filter(|l| l["msg"] == "peer refused" && l["reason"] == "version")
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for 30 refusals: {lines:#?}");
+    assert_eq!(lines[0]["level"], 40, "{}", lines[0]);
+    assert_eq!(lines[0]["err"]["type"], "version", "{}", lines[0]);
+    assert!(
+        lines[0]["err"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("version 99")),
+        "{}",
+        lines[0]
+    );
+    still_serves(&node);
+}

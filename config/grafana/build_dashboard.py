@@ -195,10 +195,17 @@ ROWS = [
         ("Peer links", "ts", "none",
          [(f'topgun_cluster_peer_links{{{S}}}', "links {{instance}}"),
           (f'topgun_cluster_members{{{S}}} - 1', "expected (members - 1) {{instance}}")],
-         "Open outbound TCP connections to other members. Alert TopGunPeerLinksMissing: fewer than members - 1 for 2 minutes."),
+         "Open outbound TCP connections to other members. Alert TopGunPeerLinksMissing: fewer than members - 1 for a minute (the node also logs 'peer link missing while the member is alive' and /ready says degraded)."),
         ("Peer errors by reason", "ts", "cps",
          [(f'sum by (instance, reason) (rate(topgun_cluster_peer_errors_total{{{S}}}[{R}]))', "{{reason}} {{instance}}")],
          "Refused, failed or lost node-to-node connections and timed-out requests. Alert TopGunPeerErrors: lost, timeout, version or node_id_clash in every 5 minutes for 5 minutes."),
+        ("Catch-ups from reconnected peers", "ts", "cps",
+         [(f'sum by (instance, outcome) (rate(topgun_cluster_catch_ups_total{{{S}}}[{R}]))', "{{outcome}} {{instance}}")],
+         "A full pull from a peer each time it (re)connects: a few after a rejoin or a broken link. A steady rate means a link that keeps breaking; failed ones are retried with backoff."),
+        ("Failed forwards handed off", "ts", "none",
+         [(f'topgun_cluster_handoffs_pending{{{S}}}', "pending {{instance}}"),
+          (f'sum by (instance, outcome) (increase(topgun_cluster_handoffs_total{{{S}}}[5m]))', "{{outcome}} in 5m {{instance}}")],
+         "Forwards that failed (their client got ERROR) sent to the owner again in the background. Dropped ones (more than 10,000 or 64 MiB waiting, or 2 minutes without success) are left to the client's resend and the next catch-up."),
     ]),
 ]
 

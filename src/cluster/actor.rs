@@ -9,22 +9,27 @@
 //! to at start and again every two probe periods until a member is known; an entry resolving
 //! to this node is ignored, one that does not resolve is logged (at most every 10 s). Garbage on the port is counted
 //! (`topgun_cluster_invalid_datagrams_total`) and logged at most once per 10 s.
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, State, Timer};
+use foca::{
+    AccumulatingRuntime, Codec, Foca, Message as FocaMessage, NoCustomBroadcast, OwnedNotification,
+    State, Timer,
+};
 use rand_foca::rngs::StdRng;
 use rand_foca::SeedableRng;
 use slog::{debug, info, warn, Logger};
 use tokio::net::UdpSocket;
 
-use super::membership::{foca_config, refusal_code, NodeIdentity, WireCodec};
+use super::catchup::CatchUps;
+use super::membership::{foca_config, heeds_down_verdict, refusal_code, NodeIdentity, WireCodec};
 use super::migration;
 use super::peer::{Direction, PeerConn};
+use super::state::MissingLink;
 use super::table::{PartitionTable, Role, TableMember};
 use crate::net::NodeContext;
 use crate::shard::fnv::PARTITION_COUNT;
@@ -45,7 +50,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 #[rtype(result = "()")]
 pub struct Leave;
 
-/// An outbound peer connection finished its handshake: writes may use it.
+/// An outbound peer connection finished its handshake: writes may use it. `generation` is
+/// the one the peer announced (the dialled one or newer).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LinkUp {
@@ -59,8 +65,25 @@ pub struct LinkUp {
 #[rtype(result = "()")]
 pub struct LinkDown {
     pub node_id: String,
-    pub generation: u64,
     pub link: Addr<PeerConn>,
+}
+
+/// A peer's HELLO on an inbound connection was accepted: its link to this node is (again) up,
+/// so what it applied while that link was missing is pulled (see `catchup.rs`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerConnected {
+    pub node_id: String,
+    pub generation: u64,
+}
+
+/// A catch-up pull from `peer` ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CatchUpEnded {
+    peer: String,
+    started: Instant,
+    result: Result<u64, String>,
 }
 
 /// A pull of partitions from one peer ended.
@@ -76,6 +99,12 @@ struct PullEnded {
 
 /// How long after a failed dial the link is tried again.
 const REDIAL_AFTER: Duration = Duration::from_millis(300);
+/// How long a member may be alive without a link before that is a fault (logged, `/ready`).
+const LINK_GRACE: Duration = Duration::from_secs(3);
+/// While a link stays missing, its warning is repeated this often.
+const MISSING_LINK_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Addresses of former members remembered to re-announce to when alone (bounded).
+const MAX_KNOWN_ADDRS: usize = 1024;
 /// A pull that failed is retried this many times (after the link is back).
 const PULL_ATTEMPTS: u32 = 5;
 
@@ -92,6 +121,30 @@ struct Round {
 
 /// A datagram read from the cluster socket (a stream item, never in the mailbox).
 pub struct Datagram(std::io::Result<(Vec<u8>, SocketAddr)>);
+
+/// The outbound link to one member.
+struct Dial {
+    /// The oldest generation accepted: the table's when dialled, the peer's once it answered.
+    generation: u64,
+    link: Option<Addr<PeerConn>>,
+    /// Since when there is no link (dialled, or lost).
+    down_since: Option<Instant>,
+    /// The missing link was reported (log line, `/ready`); its recovery is logged too.
+    reported: bool,
+    missing_log: Throttle,
+}
+
+impl Dial {
+    fn new(generation: u64) -> Self {
+        Dial {
+            generation,
+            link: None,
+            down_since: Some(Instant::now()),
+            reported: false,
+            missing_log: Throttle::new(MISSING_LINK_LOG_EVERY),
+        }
+    }
+}
 
 type Membership = Foca<NodeIdentity, WireCodec, StdRng, NoCustomBroadcast>;
 
@@ -116,8 +169,14 @@ pub struct ClusterActor {
     metrics: Mailbox<MetricsActor>,
     report_interval: Duration,
     node: Arc<NodeContext>,
-    /// Outbound links by node id: the generation dialled, and the connection once it is up.
-    dialled: HashMap<String, (u64, Option<Addr<PeerConn>>)>,
+    /// Outbound links by node id.
+    dialled: HashMap<String, Dial>,
+    /// Bumped when foca is rebuilt after a rejoin, so timers of the old one are ignored.
+    epoch: u64,
+    /// Addresses of every member seen: a node left alone announces to them (a split heals
+    /// even when the seeds are gone).
+    known_addrs: BTreeSet<SocketAddr>,
+    catchups: CatchUps,
     rebalances: u64,
     /// Every partition was pulled from peers once since start: later rounds only pull the
     /// partitions this node gains a role for.
@@ -161,6 +220,9 @@ impl ClusterActor {
             report_interval,
             node,
             dialled: HashMap::new(),
+            epoch: 0,
+            known_addrs: BTreeSet::new(),
+            catchups: CatchUps::default(),
             rebalances: 0,
             synced: false,
             rounds: HashMap::new(),
@@ -209,18 +271,16 @@ impl ClusterActor {
         if self.leaving {
             return;
         }
+        let mut told: BTreeSet<SocketAddr> = BTreeSet::new();
         for (seed, addrs) in resolved {
             match addrs {
-                // One address per seed: the first that is not this node.
+                // Every address of a seed that is not this node: a name may stand for many.
                 Ok(addrs) => {
-                    if let Some(addr) = addrs.into_iter().find(|a| !self.is_self(*a)) {
-                        debug!(self.log, "announcing to seed"; "seed" => &seed, "addr" => %addr);
-                        if let Err(e) = self
-                            .foca
-                            .announce(NodeIdentity::seed(addr), &mut self.runtime)
-                        {
-                            warn!(self.log, "announce failed"; "seed" => &seed,
-                                "addr" => %addr, "err" => err_kv("foca", e));
+                    for addr in addrs {
+                        if !self.is_self(addr) && told.insert(addr) {
+                            debug!(self.log, "announcing to seed"; "seed" => &seed,
+                                "addr" => %addr);
+                            self.announce_to(addr);
                         }
                     }
                 }
@@ -232,7 +292,28 @@ impl ClusterActor {
                 }
             }
         }
+        // Alone: also every former member, so a split heals without the seeds.
+        if self.foca.num_members() == 0 {
+            let known: Vec<SocketAddr> = self.known_addrs.difference(&told).copied().collect();
+            for addr in known {
+                debug!(self.log, "announcing to a former member"; "addr" => %addr);
+                self.announce_to(addr);
+            }
+        }
         self.drain(ctx);
+    }
+
+    /// Announces to `addr` unless it is this node.
+    fn announce_to(&mut self, addr: SocketAddr) {
+        if self.is_self(addr) {
+            return;
+        }
+        if let Err(e) = self
+            .foca
+            .announce(NodeIdentity::seed(addr), &mut self.runtime)
+        {
+            warn!(self.log, "announce failed"; "addr" => %addr, "err" => err_kv("foca", e));
+        }
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {
@@ -245,16 +326,45 @@ impl ClusterActor {
                 && local.is_some_and(|l| l.ip().is_unspecified() || l.ip().is_loopback()))
     }
 
-    /// Carries out what foca asked for: datagrams, timers, notifications.
+    /// Carries out what foca asked for: datagrams, timers, notifications (which may ask for
+    /// more: a rejoin announces).
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some((to, data)) = self.runtime.to_send() {
-            self.send(to.addr, data);
-        }
-        while let Some((after, timer)) = self.runtime.to_schedule() {
-            ctx.run_later(after, move |act, ctx| act.timer(timer, ctx));
-        }
-        while let Some(n) = self.runtime.to_notify() {
-            self.notified(n);
+        loop {
+            let mut busy = false;
+            let mut notes = Vec::new();
+            while let Some(n) = self.runtime.to_notify() {
+                notes.push(n);
+            }
+            if notes
+                .iter()
+                .any(|n| matches!(n, OwnedNotification::Rejoin(_)))
+            {
+                // What foca queued with the rejoin carries its old view (the other side of a
+                // split as down) under the new identity: the rebuilt membership announces
+                // instead.
+                while self.runtime.to_send().is_some() {}
+                while self.runtime.to_schedule().is_some() {}
+            }
+            while let Some((to, data)) = self.runtime.to_send() {
+                busy = true;
+                self.send(to.addr, data);
+            }
+            while let Some((after, timer)) = self.runtime.to_schedule() {
+                busy = true;
+                let epoch = self.epoch;
+                ctx.run_later(after, move |act, ctx| {
+                    if act.epoch == epoch {
+                        act.timer(timer, ctx);
+                    }
+                });
+            }
+            for n in notes {
+                busy = true;
+                self.notified(n, ctx);
+            }
+            if !busy {
+                break;
+            }
         }
         self.watch_states();
         self.refresh_table(ctx);
@@ -302,7 +412,9 @@ impl ClusterActor {
         self.start_migration(&old, &candidate, ctx);
     }
 
-    /// One outbound link per other member (its current generation).
+    /// One outbound link per other member: a link to an older generation than the table's is
+    /// closed and the member dialled again; a link to a newer one (the member rejoined and the
+    /// table here has not caught up) is kept.
     fn sync_links(&mut self, table: &PartitionTable, ctx: &mut Context<Self>) {
         let me = self.identity.node_id.clone();
         let wanted: HashMap<&str, &TableMember> = table
@@ -314,15 +426,18 @@ impl ClusterActor {
         let gone: Vec<String> = self
             .dialled
             .iter()
-            .filter(|(id, (generation, _))| {
+            .filter(|(id, dial)| {
                 wanted
                     .get(id.as_str())
-                    .is_none_or(|m| m.generation != *generation)
+                    .is_none_or(|m| m.generation > dial.generation)
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            if let Some((_, Some(link))) = self.dialled.remove(&id) {
+            if let Some(Dial {
+                link: Some(link), ..
+            }) = self.dialled.remove(&id)
+            {
                 self.node.cluster.with_links(|l| {
                     if l.get(&id) == Some(&link) {
                         l.remove(&id);
@@ -332,10 +447,14 @@ impl ClusterActor {
                 link.do_send(StopLink);
             }
         }
+        let now = Instant::now();
         for (id, m) in wanted {
             if !self.dialled.contains_key(id) {
-                self.dialled.insert(id.to_owned(), (m.generation, None));
+                self.dialled.insert(id.to_owned(), Dial::new(m.generation));
                 self.dial(m.clone(), ctx);
+            }
+            if let Some(at) = self.catchups.member_now(id, now) {
+                self.schedule_catch_up(id.to_owned(), at, ctx);
             }
         }
     }
@@ -343,14 +462,18 @@ impl ClusterActor {
     fn dial(&mut self, member: TableMember, ctx: &mut Context<Self>) {
         let connect = tokio::time::timeout(
             Duration::from_secs(2),
-            tokio::net::TcpStream::connect(member.peer_addr),
+            connect_from(self.node.config.host, member.peer_addr),
         );
         ctx.spawn(connect.into_actor(self).map(move |res, act, ctx| {
-            let still_wanted = act
+            let Some(generation) = act
                 .dialled
                 .get(&member.node_id)
-                .is_some_and(|(g, link)| *g == member.generation && link.is_none());
-            if !still_wanted || act.leaving {
+                .filter(|d| d.link.is_none())
+                .map(|d| d.generation)
+            else {
+                return;
+            };
+            if act.leaving {
                 return;
             }
             match res {
@@ -360,7 +483,7 @@ impl ClusterActor {
                         stream,
                         Direction::Outbound {
                             node_id: member.node_id.clone(),
-                            generation: member.generation,
+                            generation,
                             manager: ctx.address(),
                         },
                     );
@@ -369,24 +492,30 @@ impl ClusterActor {
                     act.node.cluster.counters.peer_error("connect");
                     debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
                         "addr" => %member.peer_addr, "err" => err_kv("connect", e));
-                    ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&member, ctx));
+                    ctx.run_later(REDIAL_AFTER, move |act, ctx| {
+                        act.redial(&member.node_id, ctx)
+                    });
                 }
                 Err(_) => {
                     act.node.cluster.counters.peer_error("connect");
-                    ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&member, ctx));
+                    debug!(act.log, "peer dial timed out"; "peer" => &member.node_id,
+                        "addr" => %member.peer_addr);
+                    ctx.run_later(REDIAL_AFTER, move |act, ctx| {
+                        act.redial(&member.node_id, ctx)
+                    });
                 }
             }
         }));
     }
 
-    /// Dials `member` again if it is still a member and has no link.
-    fn redial(&mut self, member: &TableMember, ctx: &mut Context<Self>) {
-        let wanted = self
-            .dialled
-            .get(&member.node_id)
-            .is_some_and(|(g, link)| *g == member.generation && link.is_none());
-        if wanted && !self.leaving {
-            self.dial(member.clone(), ctx);
+    /// Dials `node_id` again if it is still a member and has no link.
+    fn redial(&mut self, node_id: &str, ctx: &mut Context<Self>) {
+        let linked = self.dialled.get(node_id).is_none_or(|d| d.link.is_some());
+        if self.leaving || linked {
+            return;
+        }
+        if let Some(member) = self.node.cluster.table().member(node_id).cloned() {
+            self.dial(member, ctx);
         }
     }
 
@@ -475,6 +604,64 @@ impl ClusterActor {
         });
     }
 
+    fn schedule_catch_up(&mut self, peer: String, at: Instant, ctx: &mut Context<Self>) {
+        let after = at.saturating_duration_since(Instant::now());
+        ctx.run_later(after, move |act, ctx| act.catch_up(peer, ctx));
+    }
+
+    /// Pulls every partition from `peer` (it holds a copy of each) and merges it.
+    fn catch_up(&mut self, peer: String, ctx: &mut Context<Self>) {
+        let is_member = self.node.cluster.table().member(&peer).is_some();
+        let now = Instant::now();
+        if self.leaving || !self.catchups.begin(&peer, is_member, now) {
+            return;
+        }
+        let partitions: Vec<u16> = (0..PARTITION_COUNT).collect();
+        info!(self.log, "catch-up started"; "peer" => &peer, "partitions" => partitions.len());
+        let node = self.node.clone();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let result = migration::pull(&node, &peer, &partitions).await;
+            me.do_send(CatchUpEnded {
+                peer,
+                started: now,
+                result,
+            });
+        });
+    }
+
+    /// Members alive without a link for longer than [`LINK_GRACE`]: logged (once, then every
+    /// [`MISSING_LINK_LOG_EVERY`]) and published for `/ready`.
+    fn check_links(&mut self) {
+        if self.leaving {
+            return;
+        }
+        let table = self.node.cluster.table();
+        let now = Instant::now();
+        let mut missing = Vec::new();
+        for (id, dial) in &mut self.dialled {
+            let Some(since) = dial.down_since else {
+                continue;
+            };
+            if table.member(id).is_none() || now.duration_since(since) < LINK_GRACE {
+                continue;
+            }
+            dial.reported = true;
+            if let Some(suppressed) = dial.missing_log.check(now) {
+                warn!(self.log, "peer link missing while the member is alive"; "peer" => id,
+                    "downForMs" => now.duration_since(since).as_millis() as u64,
+                    "suppressed" => suppressed,
+                    "err" => err_kv("link_missing", "no node-to-node connection to a live member"));
+            }
+            missing.push(MissingLink {
+                node_id: id.clone(),
+                since,
+            });
+        }
+        missing.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        self.node.cluster.set_missing_links(missing);
+    }
+
     fn ready_if_synced(&self) {
         if self.synced && !self.node.cluster.data_ready() {
             self.node.cluster.set_data_ready();
@@ -511,7 +698,7 @@ impl ClusterActor {
         self.stats.end(t0);
     }
 
-    fn notified(&mut self, n: OwnedNotification<NodeIdentity>) {
+    fn notified(&mut self, n: OwnedNotification<NodeIdentity>, ctx: &mut Context<Self>) {
         match n {
             OwnedNotification::MemberUp(id) => {
                 if id.node_id == self.identity.node_id {
@@ -537,8 +724,9 @@ impl ClusterActor {
             }
             OwnedNotification::Rejoin(id) => {
                 warn!(self.log, "cluster rejoined as a new generation";
-                    "generation" => id.generation, "previousGeneration" => self.identity.generation);
-                self.identity = id;
+                    "generation" => id.generation, "previousGeneration" => self.identity.generation,
+                    "members" => self.members());
+                self.rejoin(id, ctx);
             }
             OwnedNotification::Active => {
                 info!(self.log, "cluster active"; "members" => self.members());
@@ -557,8 +745,65 @@ impl ClusterActor {
         }
     }
 
+    /// The cluster declared this node down and foca renewed its identity: continue as that
+    /// generation with a fresh membership view. The old view holds the other side of a split
+    /// as down, and would tell them so the moment they accept the new identity, making them
+    /// rejoin too; a fresh one learns the cluster from the members' own answers.
+    fn rejoin(&mut self, id: NodeIdentity, ctx: &mut Context<Self>) {
+        let known: Vec<SocketAddr> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().addr)
+            .collect();
+        self.remember(known);
+        let rng = StdRng::seed_from_u64(rand::random());
+        self.foca = Foca::new(id.clone(), foca_config(self.probe), rng, WireCodec);
+        self.epoch += 1;
+        self.states.clear();
+        self.node.cluster.set_generation(id.generation);
+        self.identity = id;
+        let addrs: Vec<SocketAddr> = self.known_addrs.iter().copied().collect();
+        for addr in addrs {
+            self.announce_to(addr);
+        }
+        if !self.seeds.is_empty() {
+            self.announce_to_seeds(ctx);
+        }
+    }
+
+    fn remember(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for addr in addrs {
+            if self.known_addrs.len() >= MAX_KNOWN_ADDRS {
+                break;
+            }
+            self.known_addrs.insert(addr);
+        }
+    }
+
+    /// A datagram foca must not see: a member this node holds down, telling this node that it
+    /// is the one down, while this node's side is a majority (see [`heeds_down_verdict`]).
+    fn is_ignored_verdict(&self, data: &[u8]) -> bool {
+        let Ok(header) = WireCodec.decode_header(data) else {
+            return false;
+        };
+        if header.message != FocaMessage::TurnUndead {
+            return false;
+        }
+        let (mut known, mut alive, mut sender_down) = (1, 1, false);
+        for m in self.foca.iter_membership_state() {
+            known += 1;
+            match m.state() {
+                State::Alive | State::Suspect => alive += 1,
+                State::Down => sender_down |= m.id() == &header.src,
+            }
+        }
+        sender_down && !heeds_down_verdict(alive, known)
+    }
+
     /// Logs members newly suspected and keeps the state table for the next notification.
     fn watch_states(&mut self) {
+        let addrs: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        self.remember(addrs);
         let mut now: HashMap<NodeIdentity, State> = HashMap::with_capacity(self.states.len());
         for m in self.foca.iter_membership_state() {
             let before = self.states.get(m.id());
@@ -614,7 +859,12 @@ impl ClusterActor {
             ],
             lag: c.take_lag().as_secs_f64(),
             peer_errors: c.take_peer_errors(),
-            links: self.dialled.values().filter(|(_, l)| l.is_some()).count() as i64,
+            links: self.dialled.values().filter(|d| d.link.is_some()).count() as i64,
+            catch_ups: [take(&c.catch_ups_ok), take(&c.catch_ups_failed)],
+            handoffs: [take(&c.handoffs_delivered), take(&c.handoffs_dropped)],
+            handoffs_pending: c
+                .handoffs_pending
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -633,6 +883,11 @@ struct DataReport {
     lag: f64,
     peer_errors: Vec<(&'static str, u64)>,
     links: i64,
+    /// finished, failed.
+    catch_ups: [u64; 2],
+    /// delivered, dropped.
+    handoffs: [u64; 2],
+    handoffs_pending: i64,
 }
 
 impl DataReport {
@@ -654,6 +909,17 @@ impl DataReport {
                 .inc_by(n);
         }
         m.cluster_peer_links.set(self.links);
+        for (outcome, n) in ["ok", "failed"].iter().zip(self.catch_ups) {
+            m.cluster_catch_ups_total
+                .with_label_values(&[outcome])
+                .inc_by(n);
+        }
+        for (outcome, n) in ["delivered", "dropped"].iter().zip(self.handoffs) {
+            m.cluster_handoffs_total
+                .with_label_values(&[outcome])
+                .inc_by(n);
+        }
+        m.cluster_handoffs_pending.set(self.handoffs_pending);
     }
 }
 
@@ -725,6 +991,7 @@ impl Actor for ClusterActor {
             self.report_interval.min(Duration::from_millis(250)),
             |act, _| act.report(),
         );
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.check_links());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -747,6 +1014,8 @@ impl StreamHandler<Datagram> for ClusterActor {
                     // Gone from the cluster: answering would bring us back.
                 } else if data.len() >= MAX_DATAGRAM {
                     self.invalid_datagram(Some(from), "too_big", data.len());
+                } else if self.is_ignored_verdict(&data) {
+                    debug!(self.log, "down verdict of a minority ignored"; "from" => %from);
                 } else if let Err(e) = self.foca.handle_data(&data, &mut self.runtime) {
                     self.invalid_datagram(Some(from), refusal_code(&e), data.len());
                 }
@@ -785,13 +1054,26 @@ impl Handler<LinkUp> for ClusterActor {
     fn handle(&mut self, msg: LinkUp, _: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
         match self.dialled.get_mut(&msg.node_id) {
-            Some((generation, link)) if *generation == msg.generation => {
-                *link = Some(msg.link.clone());
+            Some(dial) if dial.link.is_none() && msg.generation >= dial.generation => {
+                dial.generation = msg.generation;
+                dial.link = Some(msg.link.clone());
+                if dial.reported {
+                    let down = dial
+                        .down_since
+                        .map_or(0, |t| t.elapsed().as_millis() as u64);
+                    info!(self.log, "peer link restored"; "peer" => &msg.node_id,
+                        "downForMs" => down);
+                }
+                dial.down_since = None;
+                let was_reported = std::mem::take(&mut dial.reported);
                 self.node
                     .cluster
                     .with_links(|l| l.insert(msg.node_id, msg.link));
+                if was_reported {
+                    self.check_links();
+                }
             }
-            // The member left or restarted meanwhile.
+            // The member left or restarted meanwhile, or a second dial won the race.
             _ => msg.link.do_send(StopLink),
         }
         self.stats.end(t0);
@@ -808,15 +1090,62 @@ impl Handler<LinkDown> for ClusterActor {
                 l.remove(&msg.node_id);
             }
         });
-        let member = self.node.cluster.table().member(&msg.node_id).cloned();
-        if let Some((generation, link)) = self.dialled.get_mut(&msg.node_id) {
-            if *generation == msg.generation && link.as_ref().is_none_or(|l| *l == msg.link) {
-                *link = None;
-                if let Some(member) = member.filter(|m| m.generation == msg.generation) {
-                    info!(self.log, "peer link lost; redialling"; "peer" => &msg.node_id);
-                    ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&member, ctx));
-                }
+        if let Some(dial) = self.dialled.get_mut(&msg.node_id) {
+            if dial.link.as_ref() == Some(&msg.link) {
+                dial.link = None;
+                dial.down_since = Some(Instant::now());
+                info!(self.log, "peer link lost; redialling"; "peer" => &msg.node_id);
+                let id = msg.node_id.clone();
+                ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&id, ctx));
             }
+        }
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<PeerConnected> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerConnected, ctx: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        if !self.leaving && msg.node_id != self.identity.node_id {
+            debug!(self.log, "peer connected: catch-up requested"; "peer" => &msg.node_id,
+                "generation" => msg.generation);
+            if let Some(at) = self.catchups.request(&msg.node_id, Instant::now()) {
+                self.schedule_catch_up(msg.node_id, at, ctx);
+            }
+        }
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<CatchUpEnded> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CatchUpEnded, ctx: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        let took = msg.started.elapsed().as_millis() as u64;
+        let ok = msg.result.is_ok();
+        let counters = &self.node.cluster.counters;
+        match &msg.result {
+            Ok(records) => {
+                counters
+                    .catch_ups_ok
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!(self.log, "catch-up finished"; "peer" => &msg.peer, "records" => records,
+                    "tookMs" => took);
+            }
+            Err(e) => {
+                counters
+                    .catch_ups_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let attempt = self.catchups.failures(&msg.peer) + 1;
+                warn!(self.log, "catch-up failed; retrying"; "peer" => &msg.peer,
+                    "attempt" => attempt, "tookMs" => took, "err" => err_kv("pull", e));
+            }
+        }
+        if let Some(at) = self.catchups.ended(&msg.peer, ok, Instant::now()) {
+            self.schedule_catch_up(msg.peer, at, ctx);
         }
         self.stats.end(t0);
     }
@@ -901,4 +1230,19 @@ impl Handler<Leave> for ClusterActor {
             }
         })
     }
+}
+
+/// Connects to a peer from this node's own address when `--host` names one, so its peer
+/// traffic comes from the address it advertises (firewalls and the peers' logs see that one).
+async fn connect_from(host: IpAddr, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    if host.is_unspecified() || host.is_ipv4() != to.is_ipv4() {
+        return tokio::net::TcpStream::connect(to).await;
+    }
+    let socket = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(host, 0))?;
+    socket.connect(to).await
 }

@@ -365,11 +365,24 @@ pub fn foca_config(probe: Duration) -> foca::Config {
         frequency: probe * 10,
         num_members: NonZeroUsize::MIN,
     });
+    // How soon the two sides of a healed split find each other again.
     c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: probe * 10,
+        frequency: probe * 3,
         num_members: NonZeroUsize::MIN,
     });
     c
+}
+
+/// Whether this node believes a member it holds down when that member tells it that it is the
+/// one down (foca's `TurnUndead`, which makes a node rejoin as a new generation).
+///
+/// After a split heals both sides tell each other so, and with foca's default every node would
+/// rejoin, also those that were never cut off from the majority; their data links would then
+/// be torn down and rebuilt for nothing. A node whose side (itself and the members it sees
+/// alive) is a strict majority of the members it knows keeps its generation: the other side
+/// rejoins, with a fresh view. Ties and minorities rejoin, as foca would.
+pub fn heeds_down_verdict(alive_with_self: usize, known_with_self: usize) -> bool {
+    alive_with_self * 2 <= known_with_self
 }
 
 #[cfg(test)]
@@ -441,6 +454,18 @@ mod tests {
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
         assert_eq!(new.addr(), old.addr());
+    }
+
+    #[test]
+    fn only_a_side_without_a_majority_believes_it_is_down() {
+        // A alone against B and C: A rejoins, B and C (two of three) do not.
+        assert!(heeds_down_verdict(1, 3));
+        assert!(!heeds_down_verdict(2, 3));
+        // Two against two, and a pair: both sides rejoin.
+        assert!(heeds_down_verdict(2, 4));
+        assert!(heeds_down_verdict(1, 2));
+        // Three of five keep their generation.
+        assert!(!heeds_down_verdict(3, 5));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::actor::{ClusterActor, LinkDown, LinkUp};
+use super::actor::{ClusterActor, LinkDown, LinkUp, PeerConnected};
 use super::replication;
 use super::state::ClusterState;
 use super::wire::{self, Frame, Hello, Kind, Refused, PEER_MAGIC, PEER_VERSION};
@@ -44,6 +44,12 @@ pub const PEER_ERROR_REASONS: [&str; 7] = [
 const REFUSE_FLUSH: Duration = Duration::from_millis(100);
 /// How often waiting requests are checked against the timeout.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// TCP keepalive on peer links: first probe after this much silence, then one per interval;
+/// after this many unanswered the kernel ends the connection (about 5 s in all).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+#[cfg(target_os = "linux")]
+const KEEPALIVE_PROBES: u32 = 3;
 
 pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -104,13 +110,28 @@ pub struct Cast {
 }
 
 pub enum Direction {
-    /// Dialled by this node to a member: (node id, generation) expected in its HELLO.
+    /// Dialled by this node to a member: the node id expected in its HELLO, and the oldest
+    /// generation accepted (the one the partition table knows).
     Outbound {
         node_id: String,
         generation: u64,
         manager: Addr<ClusterActor>,
     },
-    Inbound,
+    /// Dialled by a peer; the manager hears of each accepted HELLO (it schedules catch-ups).
+    Inbound { manager: Addr<ClusterActor> },
+}
+
+/// Whether the HELLO of an outbound link answers as the member dialled: the same node id, at
+/// the generation the table knows or a newer one (the member rejoined as a new generation and
+/// this node's membership has not heard yet). An older generation is a stale process.
+fn check_answer(node_id: &str, generation: u64, hello: &Hello) -> Result<(), String> {
+    if hello.node_id != node_id || hello.generation < generation {
+        return Err(format!(
+            "expected {node_id} generation {generation} or newer, got {} generation {}",
+            hello.node_id, hello.generation
+        ));
+    }
+    Ok(())
 }
 
 pub struct PeerConn {
@@ -131,6 +152,7 @@ impl PeerConn {
     /// Starts the actor on the current arbiter for a connected stream.
     pub fn start(node: Arc<NodeContext>, stream: TcpStream, direction: Direction) -> Addr<Self> {
         let _ = stream.set_nodelay(true);
+        watch_liveness(&stream, node.cluster.timeout);
         let remote = stream
             .peer_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
@@ -139,7 +161,7 @@ impl PeerConn {
             ctx.add_stream(FramedRead::new(read, codec()));
             let dir = match &direction {
                 Direction::Outbound { .. } => "out",
-                Direction::Inbound => "in",
+                Direction::Inbound { .. } => "in",
             };
             let log = node
                 .log
@@ -171,13 +193,17 @@ impl PeerConn {
             magic: PEER_MAGIC.into(),
             version: PEER_VERSION,
             node_id: self.cluster().node_id.clone(),
-            generation: self.cluster().generation,
+            generation: self.cluster().generation(),
         })
     }
 
     fn refuse(&mut self, ctx: &mut Context<Self>, reason: &'static str, detail: String) {
         self.cluster().counters.peer_error(reason);
-        warn!(self.log, "peer refused"; "reason" => reason, "detail" => &detail);
+        if let Some(suppressed) = self.cluster().may_log(reason) {
+            warn!(self.log, "peer refused"; "reason" => reason, "detail" => &detail,
+                "suppressed" => suppressed,
+                "err" => err_kv(reason, &detail));
+        }
         let body = wire::body(&Refused {
             reason: format!("{reason}: {detail}"),
         });
@@ -219,7 +245,8 @@ impl PeerConn {
                 ),
             );
         }
-        if hello.node_id == self.cluster().node_id && hello.generation != self.cluster().generation
+        if hello.node_id == self.cluster().node_id
+            && hello.generation != self.cluster().generation()
         {
             return self.refuse(
                 ctx,
@@ -228,72 +255,36 @@ impl PeerConn {
             );
         }
         match &self.direction {
-            Direction::Inbound => {
+            Direction::Inbound { manager } => {
+                let manager = manager.clone();
                 let body = self.hello();
                 self.send_frame(Kind::Hello, 0, &body);
-                debug!(self.log, "peer connected"; "peer" => &hello.node_id);
-                self.catch_up(&hello.node_id);
+                debug!(self.log, "peer connected"; "peer" => &hello.node_id,
+                    "generation" => hello.generation);
+                manager.do_send(PeerConnected {
+                    node_id: hello.node_id.clone(),
+                    generation: hello.generation,
+                });
             }
             Direction::Outbound {
                 node_id,
                 generation,
                 manager,
             } => {
-                if hello.node_id != *node_id || hello.generation != *generation {
-                    let detail = format!(
-                        "expected {node_id} generation {generation}, got {} generation {}",
-                        hello.node_id, hello.generation
-                    );
+                if let Err(detail) = check_answer(node_id, *generation, &hello) {
                     return self.refuse(ctx, "bad_hello", detail);
                 }
                 manager.do_send(LinkUp {
                     node_id: node_id.clone(),
-                    generation: *generation,
+                    generation: hello.generation,
                     link: ctx.address(),
                 });
-                info!(self.log, "peer link up"; "peer" => node_id, "generation" => generation);
+                info!(self.log, "peer link up"; "peer" => node_id,
+                    "generation" => hello.generation);
             }
         }
         self.log = self.log.new(slog::o!("peer" => hello.node_id.clone()));
         self.peer = Some(hello.node_id);
-    }
-
-    /// A peer dials this node once it has this node in its table, and from then on sends it
-    /// every write. What it applied before (while this node was not in its table yet, or while
-    /// its previous connection was broken) is pulled now: the partitions it owns, and the ones
-    /// this node owns (a join moves ownership from the old owners to the new node). A merge,
-    /// so cheap where nothing is missing.
-    fn catch_up(&self, peer: &str) {
-        let table = self.cluster().table();
-        if table.member(peer).is_none() {
-            // It found this node before this node's membership found it: it is new, and what
-            // it writes from now on reaches this node anyway.
-            debug!(
-                self.log,
-                "peer connected before it is a member here: nothing to catch up"
-            );
-            return;
-        }
-        let me = self.cluster().node_id.as_str();
-        let owned: Vec<u16> = (0..crate::shard::fnv::PARTITION_COUNT)
-            .filter(|&p| {
-                table
-                    .owner(p)
-                    .is_some_and(|m| m.node_id == peer || m.node_id == me)
-            })
-            .collect();
-        if owned.is_empty() {
-            return;
-        }
-        info!(self.log, "peer connected: pulling its partitions to catch up";
-            "partitions" => owned.len());
-        let (node, peer, log) = (self.node.clone(), peer.to_owned(), self.log.clone());
-        actix_rt::spawn(async move {
-            match super::migration::pull(&node, &peer, &owned).await {
-                Ok(records) => info!(log, "catch-up pull finished"; "records" => records),
-                Err(e) => warn!(log, "catch-up pull failed"; "err" => err_kv("pull", &e)),
-            }
-        });
     }
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
@@ -317,7 +308,10 @@ impl PeerConn {
     /// The peer refused this node (another version, a clash): log why and close.
     fn refused_by_peer(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
         let why = wire::decode::<Refused>(&frame.body).map_or_else(|e| e.to_string(), |r| r.reason);
-        warn!(self.log, "peer refused this node"; "reason" => why);
+        if let Some(suppressed) = self.cluster().may_log("refused_by_peer") {
+            warn!(self.log, "peer refused this node"; "reason" => &why,
+                "suppressed" => suppressed, "err" => err_kv("refused_by_peer", &why));
+        }
         ctx.stop();
     }
 
@@ -511,14 +505,11 @@ impl Actor for PeerConn {
         let waiting = self.pending.len();
         self.pending.clear();
         if let Direction::Outbound {
-            node_id,
-            generation,
-            manager,
+            node_id, manager, ..
         } = &self.direction
         {
             manager.do_send(LinkDown {
                 node_id: node_id.clone(),
-                generation: *generation,
                 link: ctx.address(),
             });
         }
@@ -625,17 +616,64 @@ impl Handler<Cast> for PeerConn {
     }
 }
 
+/// A peer that vanishes without closing (a cut network, a host gone) must end its links, or
+/// writes wait on a dead connection until they time out, one after another, and the link is
+/// never redialled: TCP keepalive probes an idle link within seconds, and `TCP_USER_TIMEOUT`
+/// ends one whose data stays unacknowledged for the cluster timeout.
+fn watch_liveness(stream: &TcpStream, timeout: Duration) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    #[cfg(target_os = "linux")]
+    let _ = socket.set_tcp_user_timeout(Some(timeout.max(Duration::from_secs(1))));
+    #[cfg(not(target_os = "linux"))]
+    let _ = timeout;
+}
+
 /// Accepts peer connections on the cluster's TCP listener, one `PeerConn` each.
-pub async fn accept_peers(listener: tokio::net::TcpListener, node: Arc<NodeContext>) {
+pub async fn accept_peers(
+    listener: tokio::net::TcpListener,
+    node: Arc<NodeContext>,
+    manager: Addr<ClusterActor>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                PeerConn::start(node.clone(), stream, Direction::Inbound);
+                let manager = manager.clone();
+                PeerConn::start(node.clone(), stream, Direction::Inbound { manager });
             }
             Err(e) => {
                 warn!(node.log, "cluster accept failed"; "err" => err_kv("accept", e));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(node_id: &str, generation: u64) -> Hello {
+        Hello {
+            magic: PEER_MAGIC.into(),
+            version: PEER_VERSION,
+            node_id: node_id.into(),
+            generation,
+        }
+    }
+
+    #[test]
+    fn an_outbound_link_accepts_the_member_at_its_generation_or_newer() {
+        assert!(check_answer("b", 10, &hello("b", 10)).is_ok());
+        // Rejoined as a new generation before this node's membership heard of it.
+        assert!(check_answer("b", 10, &hello("b", 11)).is_ok());
+        // A stale process, or someone else on the address.
+        assert!(check_answer("b", 10, &hello("b", 9)).is_err());
+        assert!(check_answer("b", 10, &hello("c", 10)).is_err());
     }
 }

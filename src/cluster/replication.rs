@@ -85,7 +85,17 @@ pub fn route_client_write(
             .fetch_add(indexes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         debug!(log, "write forwarded"; "requestId" => trace.request_id.as_deref(),
             "owner" => owner, "ops" => indexes.len());
-        peers.push(ask(node, owner, Kind::WriteForward, body, "owner"));
+        let forward = ask(node, owner, Kind::WriteForward, body.clone(), "owner");
+        let node = node.clone();
+        peers.push(Box::pin(async move {
+            let failure = forward.await;
+            if let Some(f) = &failure {
+                // Applied here already: it must reach the others even if the client never
+                // resends it.
+                super::handoff::hand_off(&node, body, partitions, f.clone());
+            }
+            failure
+        }));
     }
     let local = apply_writes(&node.shards, writer, ops);
     Box::pin(async move {
@@ -148,7 +158,7 @@ pub fn replica_role(cluster: &ClusterState, ops: &[ClientOp]) -> &'static str {
 
 /// Sends `body` to every member but this node and `origin`; resolves once the partitions'
 /// backups confirmed (or at once with `--write-ack owner`). `Some(reason)`: not confirmed.
-fn replicate(
+pub(super) fn replicate(
     node: &Arc<NodeContext>,
     body: Bytes,
     origin: &str,
@@ -204,7 +214,7 @@ fn replicate(
 
 /// A write request to `peer`, failed (with a reason) when there is no link, the peer does
 /// not answer within the timeout, or its apply was not durable.
-fn ask(
+pub(super) fn ask(
     node: &Arc<NodeContext>,
     peer: &str,
     kind: Kind,

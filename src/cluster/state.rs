@@ -14,6 +14,10 @@ use super::table::{PartitionTable, TableMember};
 use crate::config::WriteAck;
 use crate::protocol::types::Timestamp;
 use crate::shard::hlc::{system_millis, Hlc};
+use crate::telemetry::throttle::Throttle;
+
+/// One line per reason of a repeating warning per this interval; the rest are counted in it.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Counters bumped where things happen (any thread) and reported as deltas by the ClusterActor.
 #[derive(Default)]
@@ -24,6 +28,12 @@ pub struct ClusterCounters {
     pub applied_replica: AtomicU64,
     pub migration_records: AtomicU64,
     pub migration_pending: AtomicI64,
+    pub catch_ups_ok: AtomicU64,
+    pub catch_ups_failed: AtomicU64,
+    pub handoffs_pending: AtomicI64,
+    pub handoff_bytes: AtomicI64,
+    pub handoffs_delivered: AtomicU64,
+    pub handoffs_dropped: AtomicU64,
     peer_errors: [AtomicU64; PEER_ERROR_REASONS.len()],
     /// Longest wait for a peer's answer since the last report, µs.
     lag_us: AtomicU64,
@@ -54,9 +64,27 @@ impl ClusterCounters {
     }
 }
 
+/// A member that membership sees alive while this node has no link to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingLink {
+    pub node_id: String,
+    pub since: Instant,
+}
+
+impl MissingLink {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "nodeId": self.node_id,
+            "downForMs": self.since.elapsed().as_millis() as u64,
+        })
+    }
+}
+
 pub struct ClusterState {
     pub node_id: String,
-    pub generation: u64,
+    /// This node's membership generation: its start time in ms, one more after each time the
+    /// cluster declared it down and it rejoined. The peer handshake announces it.
+    generation: AtomicU64,
     pub ws_url: String,
     pub ack: WriteAck,
     /// Longest wait for a peer's answer to a write.
@@ -64,6 +92,14 @@ pub struct ClusterState {
     pub backups: usize,
     table: RwLock<Arc<PartitionTable>>,
     links: RwLock<HashMap<String, Addr<PeerConn>>>,
+    /// Woken on every change of `links`, so a writer waiting for a link needs no polling.
+    links_changed: tokio::sync::Notify,
+    /// Members that membership sees alive and that have had no link for longer than the grace
+    /// period: `/ready` reports them, the ClusterActor keeps the list.
+    missing_links: RwLock<Vec<MissingLink>>,
+    /// Repeating warnings (`peer refused`, handoffs dropped), at most one per reason per
+    /// [`REPEAT_LOG_EVERY`].
+    repeat_log: Mutex<HashMap<&'static str, Throttle>>,
     /// Stamps REMOVEs that came without a record before they leave this node, so every replica
     /// stores the same tombstone.
     clock: Mutex<Hlc>,
@@ -78,16 +114,27 @@ impl ClusterState {
         ClusterState {
             clock: Mutex::new(Hlc::new(me.node_id.clone(), u64::MAX / 4)),
             node_id: me.node_id,
-            generation: me.generation,
+            generation: AtomicU64::new(me.generation),
             ws_url: me.ws_url,
             ack,
             timeout,
             backups,
             table: RwLock::new(Arc::new(table)),
             links: RwLock::new(HashMap::new()),
+            links_changed: tokio::sync::Notify::new(),
+            missing_links: RwLock::new(Vec::new()),
+            repeat_log: Mutex::new(HashMap::new()),
             data_ready: AtomicBool::new(false),
             counters: ClusterCounters::default(),
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Release);
     }
 
     pub fn table(&self) -> Arc<PartitionTable> {
@@ -117,15 +164,18 @@ impl ClusterState {
     /// The link to `node_id`, waiting up to `within` for it while it is a member: right after
     /// a rebalance a new member's link may still be in its handshake.
     pub async fn wait_link(&self, node_id: &str, within: Duration) -> Option<Addr<PeerConn>> {
-        let deadline = Instant::now() + within;
+        let deadline = tokio::time::Instant::now() + within;
         loop {
+            // Registered before the check, so a change between the check and the wait wakes it.
+            let changed = self.links_changed.notified();
             if let Some(link) = self.link(node_id) {
                 return Some(link);
             }
-            if Instant::now() >= deadline || self.table().member(node_id).is_none() {
-                return None;
+            // Not a member (any more): nothing to wait for.
+            self.table().member(node_id)?;
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.link(node_id);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -146,9 +196,38 @@ impl ClusterState {
         &self,
         f: impl FnOnce(&mut HashMap<String, Addr<PeerConn>>) -> R,
     ) -> R {
-        match self.links.write() {
+        let out = match self.links.write() {
             Ok(mut l) => f(&mut l),
             Err(poisoned) => f(&mut poisoned.into_inner()),
+        };
+        self.links_changed.notify_waiters();
+        out
+    }
+
+    /// `Some(suppressed)` when a warning for `reason` may be logged now, with the number of
+    /// warnings for it not logged since the last line.
+    pub fn may_log(&self, reason: &'static str) -> Option<u64> {
+        let mut log = match self.repeat_log.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        log.entry(reason)
+            .or_insert_with(|| Throttle::new(REPEAT_LOG_EVERY))
+            .check(Instant::now())
+    }
+
+    /// Members alive without a link past the grace period (empty when the grid is whole).
+    pub fn missing_links(&self) -> Vec<MissingLink> {
+        match self.missing_links.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(super) fn set_missing_links(&self, missing: Vec<MissingLink>) {
+        match self.missing_links.write() {
+            Ok(mut m) => *m = missing,
+            Err(poisoned) => *poisoned.into_inner() = missing,
         }
     }
 
@@ -197,7 +276,7 @@ impl ClusterState {
             .collect();
         serde_json::json!({
             "nodeId": self.node_id,
-            "generation": self.generation,
+            "generation": self.generation(),
             "tableVersion": table.version,
             "members": members,
             "backupCount": self.backups,
@@ -206,6 +285,8 @@ impl ClusterState {
             "migrationPendingPartitions":
                 self.counters.migration_pending.load(Ordering::Relaxed),
             "dataReady": self.data_ready(),
+            "missingLinks": self.missing_links().iter().map(MissingLink::to_json)
+                .collect::<Vec<_>>(),
         })
     }
 }

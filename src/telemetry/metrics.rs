@@ -125,6 +125,9 @@ pub struct Metrics {
     pub replication_lag_seconds: prometheus::Gauge,
     pub cluster_peer_errors_total: IntCounterVec,
     pub cluster_peer_links: IntGauge,
+    pub cluster_catch_ups_total: IntCounterVec,
+    pub cluster_handoffs_total: IntCounterVec,
+    pub cluster_handoffs_pending: IntGauge,
     pub actor_messages_total: IntCounterVec,
     pub actor_mailbox_depth: IntGaugeVec,
     pub actor_handle_seconds: Arc<HistogramFamily>,
@@ -330,6 +333,20 @@ impl Metrics {
                 "topgun_cluster_peer_links",
                 "Node-to-node connections this node has open to other members (outbound).",
             )?,
+            cluster_catch_ups_total: b.counter_vec(
+                "topgun_cluster_catch_ups_total",
+                "Catch-ups from a peer that (re)connected to this node (a pull of every partition it holds, merged), by outcome: ok or failed (retried).",
+                &["outcome"],
+            )?,
+            cluster_handoffs_total: b.counter_vec(
+                "topgun_cluster_handoffs_total",
+                "Forwards that failed (their client heard ERROR) and were sent to the owner again in the background, by outcome: delivered, or dropped (too many waiting, or not delivered within 2 minutes).",
+                &["outcome"],
+            )?,
+            cluster_handoffs_pending: b.gauge(
+                "topgun_cluster_handoffs_pending",
+                "Failed forwards waiting to be handed to their owner again.",
+            )?,
             log_records_dropped_total: b.counter(
                 "topgun_log_records_dropped_total",
                 "Log lines dropped because the log writer could not keep up.",
@@ -455,6 +472,12 @@ impl Metrics {
         }
         for reason in CLOSE_REASONS {
             m.connections_closed_total.with_label_values(&[reason]);
+        }
+        for outcome in ["ok", "failed"] {
+            m.cluster_catch_ups_total.with_label_values(&[outcome]);
+        }
+        for outcome in ["delivered", "dropped"] {
+            m.cluster_handoffs_total.with_label_values(&[outcome]);
         }
         Ok(Metrics {
             registry: b.registry,
