@@ -196,7 +196,7 @@ fn a_seed_that_does_not_answer_leaves_a_working_cluster_of_one() {
         t0.elapsed()
     );
     node.wait_log(
-        "no cluster member known yet; announcing to seeds again",
+        "no cluster member known; announcing to seeds and former members",
         |l| l["actor"] == "cluster",
     );
     node.wait_log("seed does not resolve", |l| {

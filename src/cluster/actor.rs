@@ -6,10 +6,11 @@
 //! is bound by `node.rs` before any actor starts, so a busy cluster port stops the node whole.
 //!
 //! Seeds (`--seed-nodes`) are resolved off the actor (`tokio::net::lookup_host`) and announced
-//! to at start and again every two probe periods until a member is known; an entry resolving
+//! to at start and, with former members, every two probe periods while no member is known;
+//! with members, one seed or former member outside them every ten; an entry resolving
 //! to this node is ignored, one that does not resolve is logged (at most every 10 s). Garbage on the port is counted
 //! (`topgun_cluster_invalid_datagrams_total`) and logged at most once per 10 s.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,8 +104,13 @@ const REDIAL_AFTER: Duration = Duration::from_millis(300);
 const LINK_GRACE: Duration = Duration::from_secs(3);
 /// While a link stays missing, its warning is repeated this often.
 const MISSING_LINK_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Addresses of former members remembered to re-announce to when alone (bounded).
+/// Addresses of former members remembered to re-announce to when alone (bounded), and for how
+/// long after they were last seen as members.
 const MAX_KNOWN_ADDRS: usize = 1024;
+const KNOWN_ADDR_TTL: Duration = Duration::from_secs(3600);
+/// A node that has members announces to one address outside them every this many ticks of the
+/// announce timer (two probe periods each).
+const OUTSIDE_PROBE_TICKS: u64 = 5;
 /// A pull that failed is retried this many times (after the link is back).
 const PULL_ATTEMPTS: u32 = 5;
 
@@ -122,11 +128,16 @@ struct Round {
 /// A datagram read from the cluster socket (a stream item, never in the mailbox).
 pub struct Datagram(std::io::Result<(Vec<u8>, SocketAddr)>);
 
-/// The outbound link to one member.
+/// The outbound link to one member. At most one attempt is under way at a time: a connect, then
+/// its handshake; whatever ends it (failure, refusal, loss) schedules the next one.
 struct Dial {
     /// The oldest generation accepted: the table's when dialled, the peer's once it answered.
     generation: u64,
     link: Option<Addr<PeerConn>>,
+    /// The attempt under way (unique across dials, so a late answer of a replaced dial is
+    /// recognised), and its connection while the handshake runs.
+    attempt: Option<u64>,
+    handshake: Option<Addr<PeerConn>>,
     /// Since when there is no link (dialled, or lost).
     down_since: Option<Instant>,
     /// The missing link was reported (log line, `/ready`); its recovery is logged too.
@@ -139,9 +150,18 @@ impl Dial {
         Dial {
             generation,
             link: None,
+            attempt: None,
+            handshake: None,
             down_since: Some(Instant::now()),
             reported: false,
             missing_log: Throttle::new(MISSING_LINK_LOG_EVERY),
+        }
+    }
+
+    /// Closes whatever it has open.
+    fn close(self) {
+        for conn in self.link.into_iter().chain(self.handshake) {
+            conn.do_send(StopLink);
         }
     }
 }
@@ -171,12 +191,21 @@ pub struct ClusterActor {
     node: Arc<NodeContext>,
     /// Outbound links by node id.
     dialled: HashMap<String, Dial>,
+    next_attempt: u64,
     /// Bumped when foca is rebuilt after a rejoin, so timers of the old one are ignored.
     epoch: u64,
-    /// Addresses of every member seen: a node left alone announces to them (a split heals
-    /// even when the seeds are gone).
-    known_addrs: BTreeSet<SocketAddr>,
+    /// Addresses of the members seen in the last [`KNOWN_ADDR_TTL`], with when: a node left
+    /// alone announces to them (a split heals even when the seeds are gone).
+    known_addrs: HashMap<SocketAddr, Instant>,
+    /// What the seeds resolved to last time.
+    seed_addrs: Vec<SocketAddr>,
+    /// Ticks of the announce timer, for the slower outside probe.
+    announce_ticks: u64,
     catchups: CatchUps,
+    /// Members that left on purpose (SIGTERM), while foca still lists them as down.
+    left: HashSet<NodeIdentity>,
+    /// Set by a rejoin until the fresh membership view has a member (or a grace passed).
+    rejoined_at: Option<Instant>,
     rebalances: u64,
     /// Every partition was pulled from peers once since start: later rounds only pull the
     /// partitions this node gains a role for.
@@ -220,9 +249,14 @@ impl ClusterActor {
             report_interval,
             node,
             dialled: HashMap::new(),
+            next_attempt: 1,
             epoch: 0,
-            known_addrs: BTreeSet::new(),
+            known_addrs: HashMap::new(),
+            seed_addrs: Vec::new(),
+            announce_ticks: 0,
             catchups: CatchUps::default(),
+            left: HashSet::new(),
+            rejoined_at: None,
             rebalances: 0,
             synced: false,
             rounds: HashMap::new(),
@@ -239,10 +273,15 @@ impl ClusterActor {
         self.foca.num_members() + 1
     }
 
-    /// Resolves the seeds off the actor (host names may take a while) and announces to them.
-    /// One resolution at a time; an entry that is this node is skipped.
+    /// Resolves the seeds off the actor (host names may take a while), then announces: to
+    /// every seed address and former member when this node is alone, else to one of them that
+    /// is not a member now ([`ClusterActor::probe_outside`]). One resolution at a time.
     fn announce_to_seeds(&mut self, ctx: &mut Context<Self>) {
         if self.resolving {
+            return;
+        }
+        if self.seeds.is_empty() {
+            self.announce_resolved(Vec::new(), ctx);
             return;
         }
         self.resolving = true;
@@ -271,19 +310,11 @@ impl ClusterActor {
         if self.leaving {
             return;
         }
-        let mut told: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut seed_addrs = Vec::new();
         for (seed, addrs) in resolved {
             match addrs {
-                // Every address of a seed that is not this node: a name may stand for many.
-                Ok(addrs) => {
-                    for addr in addrs {
-                        if !self.is_self(addr) && told.insert(addr) {
-                            debug!(self.log, "announcing to seed"; "seed" => &seed,
-                                "addr" => %addr);
-                            self.announce_to(addr);
-                        }
-                    }
-                }
+                // Every address of a seed: a name may stand for many.
+                Ok(addrs) => seed_addrs.extend(addrs.into_iter().filter(|a| !self.is_self(*a))),
                 Err(e) => {
                     if let Some(suppressed) = self.seed_log.check(Instant::now()) {
                         warn!(self.log, "seed does not resolve"; "seed" => &seed,
@@ -292,15 +323,41 @@ impl ClusterActor {
                 }
             }
         }
-        // Alone: also every former member, so a split heals without the seeds.
+        seed_addrs.sort();
+        seed_addrs.dedup();
+        self.seed_addrs = seed_addrs;
         if self.foca.num_members() == 0 {
-            let known: Vec<SocketAddr> = self.known_addrs.difference(&told).copied().collect();
-            for addr in known {
-                debug!(self.log, "announcing to a former member"; "addr" => %addr);
+            // Alone: everyone it may find, former members too, so a split heals without seeds.
+            let mut all: BTreeSet<SocketAddr> = self.seed_addrs.iter().copied().collect();
+            all.extend(self.known_addrs.keys().copied());
+            for addr in all {
+                debug!(self.log, "announcing while alone"; "addr" => %addr);
                 self.announce_to(addr);
             }
+        } else {
+            self.probe_outside();
         }
         self.drain(ctx);
+    }
+
+    /// Announces to one seed address or former member that is not a member now. After a split
+    /// longer than foca keeps down members (`remove_down_after`) the two sides have forgotten
+    /// each other, and nothing else would ever cross: this finds the other side again.
+    fn probe_outside(&mut self) {
+        let members: BTreeSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let outside: Vec<SocketAddr> = self
+            .seed_addrs
+            .iter()
+            .chain(self.known_addrs.keys())
+            .copied()
+            .filter(|a| !members.contains(a) && !self.is_self(*a))
+            .collect();
+        if outside.is_empty() {
+            return;
+        }
+        let addr = outside[rand::random_range(0..outside.len())];
+        debug!(self.log, "announcing to an address outside the membership"; "addr" => %addr);
+        self.announce_to(addr);
     }
 
     /// Announces to `addr` unless it is this node.
@@ -376,6 +433,12 @@ impl ClusterActor {
         if self.leaving {
             return;
         }
+        if let Some(at) = self.rejoined_at {
+            if self.foca.num_members() == 0 && at.elapsed() < self.probe * 5 {
+                return;
+            }
+            self.rejoined_at = None;
+        }
         let me = TableMember {
             node_id: self.identity.node_id.clone(),
             peer_addr: self.identity.addr,
@@ -434,17 +497,16 @@ impl ClusterActor {
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            if let Some(Dial {
-                link: Some(link), ..
-            }) = self.dialled.remove(&id)
-            {
-                self.node.cluster.with_links(|l| {
-                    if l.get(&id) == Some(&link) {
-                        l.remove(&id);
-                    }
-                });
+            if let Some(dial) = self.dialled.remove(&id) {
+                if let Some(link) = &dial.link {
+                    self.node.cluster.with_links(|l| {
+                        if l.get(&id) == Some(link) {
+                            l.remove(&id);
+                        }
+                    });
+                }
                 // Stopping it fails its waiting requests now rather than at the timeout.
-                link.do_send(StopLink);
+                dial.close();
             }
         }
         let now = Instant::now();
@@ -459,59 +521,64 @@ impl ClusterActor {
         }
     }
 
+    /// Starts an attempt to link to `member`, unless one is under way or the link is up.
     fn dial(&mut self, member: TableMember, ctx: &mut Context<Self>) {
+        let attempt = self.next_attempt;
+        match self.dialled.get_mut(&member.node_id) {
+            Some(dial) if dial.link.is_none() && dial.attempt.is_none() => {
+                dial.attempt = Some(attempt);
+            }
+            _ => return,
+        }
+        self.next_attempt += 1;
         let connect = tokio::time::timeout(
             Duration::from_secs(2),
             connect_from(self.node.config.host, member.peer_addr),
         );
         ctx.spawn(connect.into_actor(self).map(move |res, act, ctx| {
-            let Some(generation) = act
+            let leaving = act.leaving;
+            let Some(dial) = act
                 .dialled
-                .get(&member.node_id)
-                .filter(|d| d.link.is_none())
-                .map(|d| d.generation)
+                .get_mut(&member.node_id)
+                .filter(|d| d.attempt == Some(attempt))
             else {
+                // Replaced (the member restarted or left meanwhile): the stream just drops.
                 return;
             };
-            if act.leaving {
-                return;
-            }
-            match res {
+            let failure = match res {
+                Ok(Ok(_)) if leaving => return,
                 Ok(Ok(stream)) => {
-                    PeerConn::start(
+                    let conn = PeerConn::start(
                         act.node.clone(),
                         stream,
                         Direction::Outbound {
                             node_id: member.node_id.clone(),
-                            generation,
+                            generation: dial.generation,
                             manager: ctx.address(),
                         },
                     );
+                    dial.handshake = Some(conn);
+                    return;
                 }
-                Ok(Err(e)) => {
-                    act.node.cluster.counters.peer_error("connect");
-                    debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
-                        "addr" => %member.peer_addr, "err" => err_kv("connect", e));
-                    ctx.run_later(REDIAL_AFTER, move |act, ctx| {
-                        act.redial(&member.node_id, ctx)
-                    });
-                }
-                Err(_) => {
-                    act.node.cluster.counters.peer_error("connect");
-                    debug!(act.log, "peer dial timed out"; "peer" => &member.node_id,
-                        "addr" => %member.peer_addr);
-                    ctx.run_later(REDIAL_AFTER, move |act, ctx| {
-                        act.redial(&member.node_id, ctx)
-                    });
-                }
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            dial.attempt = None;
+            act.node.cluster.counters.peer_error("connect");
+            debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
+                "addr" => %member.peer_addr, "err" => err_kv("connect", failure));
+            let id = member.node_id.clone();
+            ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&id, ctx));
         }));
     }
 
-    /// Dials `node_id` again if it is still a member and has no link.
+    /// Dials `node_id` again if it is still a member, has no link and no attempt under way.
     fn redial(&mut self, node_id: &str, ctx: &mut Context<Self>) {
-        let linked = self.dialled.get(node_id).is_none_or(|d| d.link.is_some());
-        if self.leaving || linked {
+        let idle = self
+            .dialled
+            .get(node_id)
+            .is_some_and(|d| d.link.is_none() && d.attempt.is_none());
+        if self.leaving || !idle {
             return;
         }
         if let Some(member) = self.node.cluster.table().member(node_id).cloned() {
@@ -715,6 +782,7 @@ impl ClusterActor {
                 } else {
                     info!(self.log, "member left"; "peer" => &id.node_id, "addr" => %id.addr,
                         "generation" => id.generation, "members" => self.members());
+                    self.left.insert(id);
                 }
             }
             OwnedNotification::Rename(old, new) => {
@@ -760,23 +828,31 @@ impl ClusterActor {
         self.foca = Foca::new(id.clone(), foca_config(self.probe), rng, WireCodec);
         self.epoch += 1;
         self.states.clear();
+        self.left.clear();
+        // Every peer dials the new generation again, and each of those connections asks for
+        // its catch-up: the ones asked for before the rejoin would only come first, for nothing.
+        self.catchups = CatchUps::default();
         self.node.cluster.set_generation(id.generation);
         self.identity = id;
-        let addrs: Vec<SocketAddr> = self.known_addrs.iter().copied().collect();
+        // The fresh view has no members yet: keep the table (and the links) until it has, so
+        // writes are not acknowledged by this node alone meanwhile.
+        self.rejoined_at = Some(Instant::now());
+        let addrs: Vec<SocketAddr> = self.known_addrs.keys().copied().collect();
         for addr in addrs {
             self.announce_to(addr);
         }
-        if !self.seeds.is_empty() {
-            self.announce_to_seeds(ctx);
-        }
+        self.announce_to_seeds(ctx);
     }
 
+    /// Notes `addrs` as member addresses seen now; forgets those unseen for a long time.
     fn remember(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let now = Instant::now();
+        self.known_addrs
+            .retain(|_, seen| now.duration_since(*seen) < KNOWN_ADDR_TTL);
         for addr in addrs {
-            if self.known_addrs.len() >= MAX_KNOWN_ADDRS {
-                break;
+            if self.known_addrs.len() < MAX_KNOWN_ADDRS || self.known_addrs.contains_key(&addr) {
+                self.known_addrs.insert(addr, now);
             }
-            self.known_addrs.insert(addr);
         }
     }
 
@@ -791,10 +867,13 @@ impl ClusterActor {
         }
         let (mut known, mut alive, mut sender_down) = (1, 1, false);
         for m in self.foca.iter_membership_state() {
-            known += 1;
             match m.state() {
                 State::Alive | State::Suspect => alive += 1,
                 State::Down => sender_down |= m.id() == &header.src,
+            }
+            // A member that left on purpose is not part of any side.
+            if !self.left.contains(m.id()) {
+                known += 1;
             }
         }
         sender_down && !heeds_down_verdict(alive, known)
@@ -804,6 +883,11 @@ impl ClusterActor {
     fn watch_states(&mut self) {
         let addrs: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
         self.remember(addrs);
+        if !self.left.is_empty() {
+            let known: HashSet<&NodeIdentity> =
+                self.foca.iter_membership_state().map(|m| m.id()).collect();
+            self.left.retain(|id| known.contains(id));
+        }
         let mut now: HashMap<NodeIdentity, State> = HashMap::with_capacity(self.states.len());
         for m in self.foca.iter_membership_state() {
             let before = self.states.get(m.id());
@@ -975,18 +1059,27 @@ impl Actor for ClusterActor {
         }
         if !self.seeds.is_empty() {
             self.announce_to_seeds(ctx);
-            let every = (self.probe * 2).max(Duration::from_millis(200));
-            ctx.run_interval(every, |act, ctx| {
-                if act.leaving || act.foca.num_members() > 0 {
-                    return;
-                }
+        }
+        // Alone (never joined, or cut off): announce to the seeds and former members every two
+        // probe periods. With members: now and then to one address outside them.
+        let every = (self.probe * 2).max(Duration::from_millis(200));
+        ctx.run_interval(every, |act, ctx| {
+            if act.leaving {
+                return;
+            }
+            act.announce_ticks += 1;
+            let alone = act.foca.num_members() == 0;
+            if alone && (!act.seeds.is_empty() || !act.known_addrs.is_empty()) {
                 if let Some(suppressed) = act.retry_log.check(Instant::now()) {
-                    info!(act.log, "no cluster member known yet; announcing to seeds again";
-                        "seeds" => act.seeds.join(","), "suppressed" => suppressed);
+                    info!(act.log, "no cluster member known; announcing to seeds and former members";
+                        "seeds" => act.seeds.join(","), "formerMembers" => act.known_addrs.len(),
+                        "suppressed" => suppressed);
                 }
                 act.announce_to_seeds(ctx);
-            });
-        }
+            } else if !alone && act.announce_ticks % OUTSIDE_PROBE_TICKS == 0 {
+                act.announce_to_seeds(ctx);
+            }
+        });
         ctx.run_interval(
             self.report_interval.min(Duration::from_millis(250)),
             |act, _| act.report(),
@@ -1054,8 +1147,13 @@ impl Handler<LinkUp> for ClusterActor {
     fn handle(&mut self, msg: LinkUp, _: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
         match self.dialled.get_mut(&msg.node_id) {
-            Some(dial) if dial.link.is_none() && msg.generation >= dial.generation => {
+            Some(dial)
+                if dial.handshake.as_ref() == Some(&msg.link)
+                    && msg.generation >= dial.generation =>
+            {
                 dial.generation = msg.generation;
+                dial.handshake = None;
+                dial.attempt = None;
                 dial.link = Some(msg.link.clone());
                 if dial.reported {
                     let down = dial
@@ -1073,7 +1171,7 @@ impl Handler<LinkUp> for ClusterActor {
                     self.check_links();
                 }
             }
-            // The member left or restarted meanwhile, or a second dial won the race.
+            // The member left or restarted meanwhile: this connection is not its link.
             _ => msg.link.do_send(StopLink),
         }
         self.stats.end(t0);
@@ -1083,6 +1181,8 @@ impl Handler<LinkUp> for ClusterActor {
 impl Handler<LinkDown> for ClusterActor {
     type Result = ();
 
+    /// A link lost, or an attempt that connected and then failed its handshake (refused,
+    /// reset, timed out): either way the member is dialled again.
     fn handle(&mut self, msg: LinkDown, ctx: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
         self.node.cluster.with_links(|l| {
@@ -1091,10 +1191,19 @@ impl Handler<LinkDown> for ClusterActor {
             }
         });
         if let Some(dial) = self.dialled.get_mut(&msg.node_id) {
-            if dial.link.as_ref() == Some(&msg.link) {
+            let redial = if dial.link.as_ref() == Some(&msg.link) {
                 dial.link = None;
                 dial.down_since = Some(Instant::now());
                 info!(self.log, "peer link lost; redialling"; "peer" => &msg.node_id);
+                true
+            } else if dial.handshake.as_ref() == Some(&msg.link) {
+                dial.handshake = None;
+                dial.attempt = None;
+                true
+            } else {
+                false
+            };
+            if redial {
                 let id = msg.node_id.clone();
                 ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&id, ctx));
             }
@@ -1140,8 +1249,11 @@ impl Handler<CatchUpEnded> for ClusterActor {
                     .catch_ups_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let attempt = self.catchups.failures(&msg.peer) + 1;
-                warn!(self.log, "catch-up failed; retrying"; "peer" => &msg.peer,
-                    "attempt" => attempt, "tookMs" => took, "err" => err_kv("pull", e));
+                if let Some(suppressed) = self.node.cluster.may_log("catch_up_failed") {
+                    warn!(self.log, "catch-up failed; retrying"; "peer" => &msg.peer,
+                        "attempt" => attempt, "tookMs" => took, "suppressed" => suppressed,
+                        "err" => err_kv("pull", e));
+                }
             }
         }
         if let Some(at) = self.catchups.ended(&msg.peer, ok, Instant::now()) {

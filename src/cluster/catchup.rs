@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 pub const SETTLE: Duration = Duration::from_millis(200);
 pub const MIN_GAP: Duration = Duration::from_secs(1);
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(300);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Peers tracked at most: a node id only enters by a completed HELLO, but a client of the
-/// cluster port could send many; the idle ones are forgotten first.
+/// cluster port could send many; the idle and parked ones are forgotten first.
 const MAX_PEERS: usize = 1024;
 
 #[derive(Debug, Default)]
@@ -44,8 +44,9 @@ impl CatchUps {
     /// one is scheduled or running already and will cover this connection.
     pub fn request(&mut self, peer: &str, now: Instant) -> Option<Instant> {
         if !self.peers.contains_key(peer) && self.peers.len() >= MAX_PEERS {
-            self.peers
-                .retain(|_, p| p.running || p.scheduled || p.wanted);
+            // Parked ones go too: node ids a client of the cluster port made up stay parked
+            // for ever (they never become members).
+            self.peers.retain(|_, p| p.running || p.scheduled);
         }
         let p = self.peers.entry(peer.to_owned()).or_default();
         p.wanted = true;
@@ -186,6 +187,18 @@ mod tests {
         let at = c.member_now("d", at).expect("scheduled once a member");
         assert!(c.begin("d", true, at));
         assert_eq!(c.member_now("d", at), None, "running: nothing more");
+    }
+
+    #[test]
+    fn made_up_peers_cannot_grow_the_table_without_bound() {
+        let mut c = CatchUps::default();
+        let t0 = Instant::now();
+        for i in 0..(3 * MAX_PEERS) {
+            let id = format!("fake-{i}");
+            let at = c.request(&id, t0).unwrap();
+            assert!(!c.begin(&id, false, at), "never a member: parked");
+        }
+        assert!(c.peers.len() <= MAX_PEERS, "{} tracked", c.peers.len());
     }
 
     #[test]

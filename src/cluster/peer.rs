@@ -491,6 +491,15 @@ impl Actor for PeerConn {
             let body = self.hello();
             self.send_frame(Kind::Hello, 0, &body);
         }
+        // A connection that never completes its handshake (a silent dialler, a peer that
+        // accepted and froze) is not held: an outbound one is dialled again.
+        ctx.run_later(self.cluster().timeout, |act, ctx| {
+            if act.peer.is_none() && !act.refused {
+                act.cluster().counters.peer_error("timeout");
+                debug!(act.log, "peer handshake timed out");
+                ctx.stop();
+            }
+        });
         ctx.run_interval(SWEEP_EVERY, |act, _| act.sweep());
         let every = self.node.config.report_interval;
         ctx.run_interval(every, |act, _| {

@@ -87,14 +87,19 @@ pub fn route_client_write(
             "owner" => owner, "ops" => indexes.len());
         let forward = ask(node, owner, Kind::WriteForward, body.clone(), "owner");
         let node = node.clone();
-        peers.push(Box::pin(async move {
+        // Detached: the handoff must happen even when the caller stops waiting (its client
+        // disconnected), since the records are applied here already.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        actix_rt::spawn(async move {
             let failure = forward.await;
             if let Some(f) = &failure {
-                // Applied here already: it must reach the others even if the client never
-                // resends it.
                 super::handoff::hand_off(&node, body, partitions, f.clone());
             }
-            failure
+            let _ = tx.send(failure);
+        });
+        peers.push(Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Some("the forward was abandoned".to_owned()))
         }));
     }
     let local = apply_writes(&node.shards, writer, ops);

@@ -24,6 +24,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_topgun-node");
+
+/// The node binary the tests start: `TOPGUN_NODE_BIN` when set (scripts/bench-heal times the
+/// release build with the debug test binaries), else the one cargo built with the tests.
+pub fn node_bin() -> String {
+    std::env::var("TOPGUN_NODE_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
 pub const SECRET: &str = "test-secret";
 
 /// How a test wants its node.
@@ -94,7 +100,7 @@ pub struct Node {
 /// A command for the node binary with a clean environment (no variables of the test runner's
 /// shell leak into precedence tests), a temp data dir, fast reports.
 pub fn command(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(node_bin());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TOPGUN_DATA_DIR", dir.join("data"))
