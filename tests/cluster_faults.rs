@@ -300,6 +300,9 @@ async fn wait_converged(
         match not_converged(ms, want).await {
             None => return since.elapsed(),
             Some(seen) if since.elapsed() >= CONVERGE_WITHIN => {
+                for m in ms {
+                    eprintln!("{}: {:#?}", m.id, link_lines(m));
+                }
                 panic!("{what}: not converged within {CONVERGE_WITHIN:?}; last seen: {seen}")
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -321,8 +324,10 @@ fn churn(ms: &[&Member]) -> Vec<(String, f64, usize, usize)> {
         .collect()
 }
 
-/// Nothing keeps happening: the churn counters are the same two seconds apart.
+/// Nothing keeps happening: once a catch-up asked for during the heal had its turn (they are at
+/// least a second apart), the churn counters are the same two seconds apart.
 fn assert_quiet(ms: &[&Member]) {
+    std::thread::sleep(Duration::from_millis(1500));
     let before = churn(ms);
     std::thread::sleep(Duration::from_secs(2));
     let after = churn(ms);
@@ -336,6 +341,13 @@ fn assert_quiet(ms: &[&Member]) {
         "refusals (bad_hello + node_id_clash), catch-ups or rejoins still happening after \
          convergence: (node, refusals, catch-ups, rejoins) before / after 2 s"
     );
+}
+
+/// How many catch-ups each node started so far (the baseline of [`assert_catch_ups_bounded`]).
+fn catch_up_counts(ms: &[&Member]) -> Vec<usize> {
+    ms.iter()
+        .map(|m| count_lines(m, "catch-up started"))
+        .collect()
 }
 
 /// Every catch-up a node started after the fault, per peer: at most `max` each (one per
@@ -406,10 +418,7 @@ async fn one_cut_off_then_healed(a: &Member, b: &Member, c: &Member) -> Duration
     })
     .1;
     eprintln!("split detected on both sides after {took:?}");
-    let catch_ups: Vec<usize> = all
-        .iter()
-        .map(|m| count_lines(m, "catch-up started"))
-        .collect();
+    let catch_ups = catch_up_counts(&all);
 
     let on_a = fresh("side-a", 200, "writer-a");
     let on_b = fresh("side-b", 200, "writer-b");
@@ -487,10 +496,7 @@ async fn a_node_resumed_after_sigstop_catches_up_once() {
     )
     .1;
     eprintln!("pause detected after {took:?}");
-    let catch_ups: Vec<usize> = all
-        .iter()
-        .map(|m| count_lines(m, "catch-up started"))
-        .collect();
+    let catch_ups = catch_up_counts(&all);
     let on_b = fresh("paused-b", 200, "writer-b");
     let on_c = fresh("paused-c", 200, "writer-c");
     write_all(&b, &on_b).await;
@@ -704,9 +710,9 @@ fn status_of(m: &Member) -> (Option<f64>, Option<f64>) {
 // ---- a split with several nodes on each side ------------------------------------------------
 
 /// Three against two: both sides keep serving, and after the heal everything written on either
-/// side is everywhere. The majority side may see a rejoin of its own here (a stale view of the
-/// minority can reach it through a minority node that rejoined first); what must hold is
-/// convergence and quiet.
+/// side is everywhere. The minority nodes rejoin once each; the majority keeps its generation
+/// even though a minority node that has not rejoined yet tells one that has that the majority
+/// is down (a fresh view does not believe down claims for a few probe periods).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healed_three_two_split_converges() {
     if !firewall::available() {
@@ -742,14 +748,30 @@ async fn a_healed_three_two_split_converges() {
     let want = expected(&[&on_minority, &on_majority]);
     let took = wait_converged(&all, &want, healed, "after the 3-2 split healed").await;
     eprintln!("3-2 heal converged in {} ms", took.as_millis());
-    assert_quiet(&all);
-    for m in &all {
+    let rejoins: Vec<(String, usize)> = all
+        .iter()
+        .map(|m| {
+            let n = count_lines(m, "cluster rejoined as a new generation");
+            (m.id.clone(), n)
+        })
+        .collect();
+    eprintln!("rejoins per node (a, b were the minority): {rejoins:?}");
+    for (m, (_, n)) in all.iter().zip(&rejoins) {
+        let most = if minority.iter().any(|x| x.id == m.id) {
+            1
+        } else {
+            0
+        };
         assert!(
-            count_lines(m, "cluster rejoined as a new generation") <= 2,
-            "{}: rejoined more than twice: {:#?}",
+            *n <= most,
+            "{}: {n} rejoins (a minority node rejoins once, the majority keeps its generation): \
+             {:#?}",
             m.id,
             membership_lines(m)
         );
+    }
+    assert_quiet(&all);
+    for m in &all {
         assert_eq!(diff(&want, &read_map(m, MAP).await), None, "{}", m.id);
     }
 }

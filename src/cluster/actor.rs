@@ -27,7 +27,9 @@ use slog::{debug, info, warn, Logger};
 use tokio::net::UdpSocket;
 
 use super::catchup::CatchUps;
-use super::membership::{foca_config, heeds_down_verdict, refusal_code, NodeIdentity, WireCodec};
+use super::membership::{
+    foca_config, heeds_down_verdict, refusal_code, without_down_claims, NodeIdentity, WireCodec,
+};
 use super::migration;
 use super::peer::{Direction, PeerConn};
 use super::state::MissingLink;
@@ -206,6 +208,12 @@ pub struct ClusterActor {
     left: HashSet<NodeIdentity>,
     /// Set by a rejoin until the fresh membership view has a member (or a grace passed).
     rejoined_at: Option<Instant>,
+    /// When the last rejoin happened: for a while after it, down claims are not believed.
+    fresh_since: Option<Instant>,
+    /// Down verdicts of members held down, ignored since when (per sender): after a grace the
+    /// verdict is heeded, so two nodes that each think they are the majority cannot hold each
+    /// other down for good.
+    verdicts_ignored: HashMap<NodeIdentity, Instant>,
     rebalances: u64,
     /// Every partition was pulled from peers once since start: later rounds only pull the
     /// partitions this node gains a role for.
@@ -257,6 +265,8 @@ impl ClusterActor {
             catchups: CatchUps::default(),
             left: HashSet::new(),
             rejoined_at: None,
+            fresh_since: None,
+            verdicts_ignored: HashMap::new(),
             rebalances: 0,
             synced: false,
             rounds: HashMap::new(),
@@ -837,6 +847,8 @@ impl ClusterActor {
         // The fresh view has no members yet: keep the table (and the links) until it has, so
         // writes are not acknowledged by this node alone meanwhile.
         self.rejoined_at = Some(Instant::now());
+        self.fresh_since = self.rejoined_at;
+        self.verdicts_ignored.clear();
         let addrs: Vec<SocketAddr> = self.known_addrs.keys().copied().collect();
         for addr in addrs {
             self.announce_to(addr);
@@ -857,8 +869,10 @@ impl ClusterActor {
     }
 
     /// A datagram foca must not see: a member this node holds down, telling this node that it
-    /// is the one down, while this node's side is a majority (see [`heeds_down_verdict`]).
-    fn is_ignored_verdict(&self, data: &[u8]) -> bool {
+    /// is the one down, while this node's side is a majority (see [`heeds_down_verdict`]) and
+    /// for at most a few probe periods per sender (the other side rejoins within one round
+    /// trip; if it does not, it thinks it is the majority too, and this node gives way).
+    fn is_ignored_verdict(&mut self, data: &[u8]) -> bool {
         let Ok(header) = WireCodec.decode_header(data) else {
             return false;
         };
@@ -876,7 +890,28 @@ impl ClusterActor {
                 known += 1;
             }
         }
-        sender_down && !heeds_down_verdict(alive, known)
+        if !sender_down || heeds_down_verdict(alive, known) {
+            return false;
+        }
+        let now = Instant::now();
+        let grace = self.probe * 3;
+        self.verdicts_ignored
+            .retain(|_, since| now.duration_since(*since) < grace * 10);
+        let since = *self.verdicts_ignored.entry(header.src).or_insert(now);
+        now.duration_since(since) < grace
+    }
+
+    /// What foca gets of a datagram: as it came, or for a few probe periods after a rejoin
+    /// without its down claims (see [`without_down_claims`]).
+    fn believed(&mut self, data: Vec<u8>) -> Vec<u8> {
+        match self.fresh_since {
+            Some(at) if at.elapsed() < self.probe * 5 => without_down_claims(&data).unwrap_or(data),
+            Some(_) => {
+                self.fresh_since = None;
+                data
+            }
+            None => data,
+        }
     }
 
     /// Logs members newly suspected and keeps the state table for the next notification.
@@ -1109,8 +1144,12 @@ impl StreamHandler<Datagram> for ClusterActor {
                     self.invalid_datagram(Some(from), "too_big", data.len());
                 } else if self.is_ignored_verdict(&data) {
                     debug!(self.log, "down verdict of a minority ignored"; "from" => %from);
-                } else if let Err(e) = self.foca.handle_data(&data, &mut self.runtime) {
-                    self.invalid_datagram(Some(from), refusal_code(&e), data.len());
+                } else {
+                    let len = data.len();
+                    let data = self.believed(data);
+                    if let Err(e) = self.foca.handle_data(&data, &mut self.runtime) {
+                        self.invalid_datagram(Some(from), refusal_code(&e), len);
+                    }
                 }
                 self.drain(ctx);
             }

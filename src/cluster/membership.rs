@@ -373,6 +373,39 @@ pub fn foca_config(probe: Duration) -> foca::Config {
     c
 }
 
+/// The datagram without the member updates in it that declare a member down; `None` when it
+/// has none (or cannot be read: foca reports that).
+///
+/// Used for a short while after a rejoin: a node that was cut off with others may still hold
+/// the other side as down and tell the fresh node so, which would make the fresh node, and
+/// through its gossip the other side, hold live members down (down is final in SWIM: they
+/// would have to rejoin too). A fresh node that learns only who is alive probes the rest itself.
+pub fn without_down_claims(data: &[u8]) -> Option<Vec<u8>> {
+    let mut codec = WireCodec;
+    let mut rest = data;
+    let header = codec.decode_header(&mut rest).ok()?;
+    if matches!(header.message, Message::Broadcast | Message::Announce) || rest.remaining() < 2 {
+        return None;
+    }
+    let count = rest.get_u16();
+    let mut members = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        members.push(codec.decode_member(&mut rest).ok()?);
+    }
+    if !members.iter().any(|m| m.state() == State::Down) {
+        return None;
+    }
+    members.retain(|m| m.state() != State::Down);
+    let mut out = Vec::with_capacity(data.len());
+    codec.encode_header(&header, &mut out).ok()?;
+    out.put_u16(u16::try_from(members.len()).ok()?);
+    for m in &members {
+        codec.encode_member(m, &mut out).ok()?;
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
 /// Whether this node believes a member it holds down when that member tells it that it is the
 /// one down (foca's `TurnUndead`, which makes a node rejoin as a new generation).
 ///
@@ -454,6 +487,36 @@ mod tests {
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
         assert_eq!(new.addr(), old.addr());
+    }
+
+    #[test]
+    fn down_claims_are_stripped_and_the_rest_kept() {
+        let mut codec = WireCodec;
+        let header = Header {
+            src: id("a", 1, 10),
+            src_incarnation: 3,
+            dst: id("b", 2, 20),
+            message: Message::Gossip,
+        };
+        let alive = Member::new(id("c", 3, 30), 1, State::Alive);
+        let down = Member::new(id("d", 4, 40), 2, State::Down);
+        let suspect = Member::new(id("e", 5, 50), 0, State::Suspect);
+        let mut data = Vec::new();
+        codec.encode_header(&header, &mut data).unwrap();
+        data.put_u16(3);
+        for m in [&alive, &down, &suspect] {
+            codec.encode_member(m, &mut data).unwrap();
+        }
+        let clean = without_down_claims(&data).expect("one claim to strip");
+        let mut rest = &clean[..];
+        assert_eq!(codec.decode_header(&mut rest).unwrap(), header);
+        assert_eq!(rest.get_u16(), 2);
+        assert_eq!(codec.decode_member(&mut rest).unwrap(), alive);
+        assert_eq!(codec.decode_member(&mut rest).unwrap(), suspect);
+        assert!(rest.is_empty());
+        // Nothing to strip, or not readable: foca gets the datagram as it came.
+        assert_eq!(without_down_claims(&clean), None);
+        assert_eq!(without_down_claims(b"garbage"), None);
     }
 
     #[test]
