@@ -4,13 +4,14 @@
 # node it started, and every background load in BG_PIDS, when the calling script exits (trap
 # set by bench_init).
 #
-# Variables the caller may set before bench_init: BENCH_NO_BUILD=1 (reuse the binaries).
+# Variables the caller may set before bench_init: BENCH_NO_BUILD=1 (reuse the binaries),
+# NODE_BIN (another node binary, e.g. an older build to compare with).
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-NODE_BIN="$TARGET_DIR/release/topgun-node"
+NODE_BIN="${NODE_BIN:-$TARGET_DIR/release/topgun-node}"
 LOAD_BIN="$TARGET_DIR/release/topgun-load"
 # JWT mode: the benchmark measures authenticated connections, as clients use them.
 BENCH_SECRET="bench-secret-$$"

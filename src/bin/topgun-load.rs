@@ -122,6 +122,9 @@ struct Writes {
     /// Distinct keys written across all connections.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
+    /// Padding bytes added to every value (a string field `p`), to fill a node with data.
+    #[arg(long, default_value_t = 0)]
+    value_bytes: usize,
 }
 
 fn fire_opts(common: Common, w: &Writes, window: usize) -> fire::FireOpts {
@@ -131,6 +134,7 @@ fn fire_opts(common: Common, w: &Writes, window: usize) -> fire::FireOpts {
         window: window.max(1),
         map: w.map.clone(),
         keys: w.keys,
+        value_bytes: w.value_bytes,
     }
 }
 

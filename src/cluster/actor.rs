@@ -89,14 +89,15 @@ struct CatchUpEnded {
     result: Result<u64, String>,
 }
 
-/// A pull of partitions from one peer ended.
+/// A pull of partitions from one peer ended (or stopped part way: `pulled.partitions_done` of
+/// `partitions` are merged).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PullEnded {
     round: u64,
     source: String,
     partitions: Vec<u16>,
-    result: Result<u64, String>,
+    pulled: migration::Pulled,
     attempt: u32,
 }
 
@@ -670,12 +671,17 @@ impl ClusterActor {
         let node = self.node.clone();
         let me = ctx.address();
         actix_rt::spawn(async move {
-            let result = migration::pull(&node, &source, &partitions).await;
+            // Progress per partition: the pending gauge falls as the pull goes.
+            let pending = &node.cluster.counters.migration_pending;
+            let pulled = migration::pull(&node, &source, &partitions, |_| {
+                pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .await;
             me.do_send(PullEnded {
                 round,
                 source,
                 partitions,
-                result,
+                pulled,
                 attempt,
             });
         });
@@ -698,7 +704,11 @@ impl ClusterActor {
         let node = self.node.clone();
         let me = ctx.address();
         actix_rt::spawn(async move {
-            let result = migration::pull(&node, &peer, &partitions).await;
+            let pulled = migration::pull(&node, &peer, &partitions, |_| {}).await;
+            let result = match pulled.failure {
+                None => Ok(pulled.records),
+                Some(f) => Err(f),
+            };
             me.do_send(CatchUpEnded {
                 peer,
                 started: now,
@@ -1308,33 +1318,36 @@ impl Handler<PullEnded> for ClusterActor {
     fn handle(&mut self, msg: PullEnded, ctx: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
         let still_member = self.node.cluster.table().member(&msg.source).is_some();
-        match msg.result {
-            Err(e) if msg.attempt < PULL_ATTEMPTS && still_member => {
+        if let Some(round) = self.rounds.get_mut(&msg.round) {
+            round.records += msg.pulled.records;
+        }
+        let left = msg.partitions[msg.pulled.partitions_done.min(msg.partitions.len())..].to_vec();
+        match msg.pulled.failure {
+            Some(e) if msg.attempt < PULL_ATTEMPTS && still_member => {
+                // Resumed where it stopped: the merged partitions are not pulled again.
                 warn!(self.log, "partition pull failed; retrying"; "peer" => &msg.source,
-                    "partitions" => msg.partitions.len(), "attempt" => msg.attempt,
+                    "partitions" => left.len(), "attempt" => msg.attempt,
                     "err" => err_kv("pull", &e));
-                let (round, source, partitions, attempt) =
-                    (msg.round, msg.source, msg.partitions, msg.attempt + 1);
+                let (round, source, attempt) = (msg.round, msg.source, msg.attempt + 1);
                 ctx.run_later(REDIAL_AFTER * attempt, move |act, ctx| {
-                    act.pull(round, source, partitions, attempt, ctx)
+                    act.pull(round, source, left, attempt, ctx)
                 });
                 self.stats.end(t0);
                 return;
             }
-            result => {
-                self.node.cluster.counters.migration_pending.fetch_sub(
-                    msg.partitions.len() as i64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+            failure => {
+                // What was given up no longer counts as pending.
+                self.node
+                    .cluster
+                    .counters
+                    .migration_pending
+                    .fetch_sub(left.len() as i64, std::sync::atomic::Ordering::Relaxed);
                 if let Some(round) = self.rounds.get_mut(&msg.round) {
                     round.pending -= 1;
-                    match result {
-                        Ok(records) => round.records += records,
-                        Err(e) => {
-                            round.failed += 1;
-                            warn!(self.log, "partition pull given up"; "peer" => &msg.source,
-                                "partitions" => msg.partitions.len(), "err" => err_kv("pull", &e));
-                        }
+                    if let Some(e) = failure {
+                        round.failed += 1;
+                        warn!(self.log, "partition pull given up"; "peer" => &msg.source,
+                            "partitions" => left.len(), "err" => err_kv("pull", &e));
                     }
                 }
             }

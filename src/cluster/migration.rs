@@ -1,12 +1,15 @@
-//! Pulling partitions from a peer after a rebalance: the peer streams what its shards hold for
-//! them (`PULL` → `PULL_CHUNK`s → `PULL_DONE`), and each chunk is merged into the local shards
-//! like a write, durably, before the next is read. Merging is LWW/OR, so pulling data this node
-//! already has, or racing live writes, changes nothing that should not change.
+//! Pulling partitions from a peer (after a rebalance, and to catch up): one partition at a
+//! time, the peer streams what its shards hold for it (`PULL` → `PULL_CHUNK`s → `PULL_DONE`),
+//! and each chunk is merged into the local shards like a write, durably, before the next is
+//! read; the next partition is asked for once this one is merged. So neither side holds more
+//! than one partition of the pull in memory (a 1 GiB data set is 271 requests of about 4 MiB),
+//! and a pull that fails part way is resumed where it stopped. Merging is LWW/OR, so pulling
+//! data this node already has, or racing live writes, changes nothing that should not change.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::peer::CallStream;
+use super::peer::{CallStream, PeerConn};
 use super::wire::{self, Kind, Pull, PullChunk, PullDone};
 use crate::net::requests::apply_writes;
 use crate::net::NodeContext;
@@ -14,19 +17,52 @@ use crate::net::NodeContext;
 /// How long a pull waits for the link to its source to come up (it was just dialled).
 const LINK_WAIT: Duration = Duration::from_secs(5);
 
-/// Pulls `partitions` from `source`; the number of records merged.
+/// How a pull ended: the records merged and the partitions completed (a prefix of the ones
+/// asked for), and why it stopped early, if it did.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    pub records: u64,
+    pub partitions_done: usize,
+    pub failure: Option<String>,
+}
+
+/// Pulls `partitions` from `source` in order, calling `done` after each one is merged.
 pub async fn pull(
     node: &Arc<NodeContext>,
     source: &str,
     partitions: &[u16],
+    mut done: impl FnMut(u16),
+) -> Pulled {
+    let mut pulled = Pulled::default();
+    let Some(link) = node.cluster.wait_link(source, LINK_WAIT).await else {
+        pulled.failure = Some(format!("no connection to {source}"));
+        return pulled;
+    };
+    for &partition in partitions {
+        match pull_one(node, &link, source, partition).await {
+            Ok(records) => {
+                pulled.records += records;
+                pulled.partitions_done += 1;
+                done(partition);
+            }
+            Err(failure) => {
+                pulled.failure = Some(failure);
+                break;
+            }
+        }
+    }
+    pulled
+}
+
+/// One partition: its records merged durably, or why not.
+async fn pull_one(
+    node: &Arc<NodeContext>,
+    link: &actix::Addr<PeerConn>,
+    source: &str,
+    partition: u16,
 ) -> Result<u64, String> {
-    let cluster = &node.cluster;
-    let link = cluster
-        .wait_link(source, LINK_WAIT)
-        .await
-        .ok_or_else(|| format!("no connection to {source}"))?;
     let body = wire::body(&Pull {
-        partitions: partitions.to_vec(),
+        partitions: vec![partition],
     });
     let mut answers = link
         .send(CallStream {
@@ -48,7 +84,7 @@ pub async fn pull(
                     return Err(format!("merging pulled records failed: {failure}"));
                 }
                 records += n;
-                cluster
+                node.cluster
                     .counters
                     .migration_records
                     .fetch_add(n, Ordering::Relaxed);

@@ -39,6 +39,8 @@ pub struct FireOpts {
     pub map: String,
     /// Distinct keys written (spread over all connections).
     pub keys: u64,
+    /// Extra bytes of padding in each value (a field `p`), to fill a node with data.
+    pub value_bytes: usize,
 }
 
 /// The measured phase, shared read-only by every task.
@@ -76,10 +78,7 @@ fn frame(opts: &FireOpts, conn_ix: usize, node_id: &str, first_id: u64) -> Clien
             key: format!("k{key}"),
             op_type: Some("PUT".into()),
             record: Some(Some(LwwRecord {
-                value: Mp::Map(vec![
-                    ("n".into(), Mp::from(id)),
-                    ("c".into(), Mp::from(conn_ix as u64)),
-                ]),
+                value: Mp::Map(value_fields(id, conn_ix, opts.value_bytes)),
                 // A valid HLC at wall-clock now: the node refuses clocks too far ahead.
                 timestamp: Timestamp {
                     millis,
@@ -104,6 +103,18 @@ fn frame(opts: &FireOpts, conn_ix: usize, node_id: &str, first_id: u64) -> Clien
         write_concern: None,
         timeout: None,
     })
+}
+
+/// The written value: the op id and connection, and `value_bytes` of padding when asked for.
+fn value_fields(id: u64, conn_ix: usize, value_bytes: usize) -> Vec<(Mp, Mp)> {
+    let mut fields = vec![
+        ("n".into(), Mp::from(id)),
+        ("c".into(), Mp::from(conn_ix as u64)),
+    ];
+    if value_bytes > 0 {
+        fields.push(("p".into(), Mp::from("x".repeat(value_bytes))));
+    }
+    fields
 }
 
 async fn drive(mut ws: Ws, ix: usize, opts: Arc<FireOpts>, phase: Arc<Phase>) -> ConnResult {
@@ -225,7 +236,14 @@ pub async fn run(opts: FireOpts) -> Value {
         ops_left: AtomicU64::new(c.max_ops),
     });
     let scraper = spawn_scraper(c, phase.measure_from, phase.end);
-    let cpu = tokio::spawn(cpu_over(c.server_pid, phase.measure_from, phase.end));
+    // Ends with the phase, or when every connection is done (the --ops bound ran out).
+    let writers_done = Arc::new(tokio::sync::Notify::new());
+    let cpu = tokio::spawn(cpu_until(
+        c.server_pid,
+        phase.measure_from,
+        phase.end,
+        writers_done.clone(),
+    ));
     let tasks: Vec<_> = opened
         .conns
         .into_iter()
@@ -254,6 +272,7 @@ pub async fn run(opts: FireOpts) -> Value {
             Err(_) => panicked += 1,
         }
     }
+    writers_done.notify_one();
     // The window: the measured phase, or less if the --ops bound ended the run early.
     let window_end = match total.last_ack {
         Some(t) if t < phase.end => t,
@@ -304,9 +323,25 @@ pub async fn run(opts: FireOpts) -> Value {
 
 /// CPU used by this process and the server between `from` and `until`.
 pub async fn cpu_over(server: Option<u32>, from: Instant, until: Instant) -> Value {
-    tokio::time::sleep_until(from.into()).await;
+    cpu_until(server, from, until, Arc::new(tokio::sync::Notify::new())).await
+}
+
+/// [`cpu_over`], ending early when `done` is notified.
+async fn cpu_until(
+    server: Option<u32>,
+    from: Instant,
+    until: Instant,
+    done: Arc<tokio::sync::Notify>,
+) -> Value {
+    tokio::select! {
+        _ = tokio::time::sleep_until(from.into()) => {}
+        _ = done.notified() => return probe::CpuMeter::start(server).json(),
+    }
     let meter = probe::CpuMeter::start(server);
-    tokio::time::sleep_until(until.into()).await;
+    tokio::select! {
+        _ = tokio::time::sleep_until(until.into()) => {}
+        _ = done.notified() => {}
+    }
     meter.json()
 }
 
@@ -370,6 +405,7 @@ mod tests {
             window: 1,
             map: "bench".into(),
             keys: 100,
+            value_bytes: 0,
         }
     }
 
