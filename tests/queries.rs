@@ -576,3 +576,190 @@ async fn server_event_reaches_every_connection_with_a_query_on_the_map() {
     }
     assert!(bystander.ping_pong().await.is_empty());
 }
+
+// ---- groupBy and aggregations (protocol.md 6.1) ------------------------------------------------
+
+fn agg(func: &str, field: Option<&str>) -> Value {
+    let mut m = vec![("func", Value::from(func))];
+    if let Some(f) = field {
+        m.push(("field", f.into()));
+    }
+    map(&m)
+}
+
+fn grouped(by: &[&str], aggs: Vec<Value>, extra: &[(&str, Value)]) -> Value {
+    let mut m = vec![
+        (
+            "groupBy",
+            Value::Array(by.iter().map(|b| Value::from(*b)).collect()),
+        ),
+        ("aggregations", Value::Array(aggs)),
+    ];
+    m.extend(extra.iter().cloned());
+    map(&m)
+}
+
+/// A row value's field, as f64 when numeric (the comparison does not care for int widths).
+fn num(row: &Value, field: &str) -> Option<f64> {
+    match get(row, field)? {
+        Value::Integer(i) => i.as_f64(),
+        Value::F64(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// Rows of a QUERY_RESP: bucket id → value.
+fn grouped_rows(resp: &Value) -> BTreeMap<String, Value> {
+    results(resp).into_iter().collect()
+}
+
+#[tokio::test]
+async fn group_by_with_aggregations_answers_one_row_per_group_and_stays_live() {
+    let n = node();
+    let mut c = n.authed_client().await;
+    seed(&mut c).await;
+    let aggs = || {
+        vec![
+            agg("count", None),
+            agg("sum", Some("age")),
+            agg("min", Some("age")),
+            agg("max", Some("age")),
+            agg("avg", Some("age")),
+        ]
+    };
+    // Snapshot: Paris (30, 41, none), Berlin (25, 19), Rome (35).
+    let resp = c
+        .subscribe("g1", "people", grouped(&["city"], aggs(), &[]))
+        .await;
+    assert_eq!(pstr(&resp, "error"), None, "{resp:?}");
+    let rows = grouped_rows(&resp);
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        ["S4:Rome", "S5:Paris", "S6:Berlin"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    let paris = &rows["S5:Paris"];
+    assert_eq!(
+        get(paris, "__key").and_then(Value::as_str),
+        Some("S5:Paris")
+    );
+    assert_eq!(
+        get(paris, "city").and_then(Value::as_str),
+        Some("Paris"),
+        "the column, typed"
+    );
+    assert_eq!(num(paris, "__count"), Some(3.0));
+    assert_eq!(num(paris, "__sum_age"), Some(71.0));
+    assert_eq!(num(paris, "__min_age"), Some(30.0));
+    assert_eq!(num(paris, "__max_age"), Some(41.0));
+    assert_eq!(num(paris, "__avg_age"), Some(35.5));
+    assert_eq!(
+        paris.as_map().map(Vec::len),
+        Some(7),
+        "__key, __count, four aggregations and the column, nothing else: {paris:?}"
+    );
+    assert_eq!(num(&rows["S6:Berlin"], "__avg_age"), Some(22.0));
+
+    // Sort and limit apply to the groups: the two largest by count.
+    let top = c
+        .subscribe(
+            "g2",
+            "people",
+            grouped(
+                &["city"],
+                vec![agg("count", None)],
+                &[
+                    (
+                        "sort",
+                        Value::Array(vec![map(&[
+                            ("field", "__count".into()),
+                            ("direction", "desc".into()),
+                        ])]),
+                    ),
+                    ("limit", 2.into()),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(
+        result_keys(&top),
+        ["S5:Paris", "S6:Berlin"],
+        "sorted by __count desc, cut at 2: {top:?}"
+    );
+    assert_eq!(get(payload(&top), "hasMore"), Some(&Value::from(true)));
+
+    // A filter picks the records that are grouped.
+    let adults = c
+        .subscribe(
+            "g3",
+            "people",
+            grouped(
+                &["city"],
+                vec![agg("count", None)],
+                &[("predicate", leaf("gte", "age", 30.into()))],
+            ),
+        )
+        .await;
+    let adults = grouped_rows(&adults);
+    assert_eq!(num(&adults["S5:Paris"], "__count"), Some(2.0));
+    assert!(!adults.contains_key("S6:Berlin"), "{adults:?}");
+
+    // Live, for the writer too: an update, a new group, a group that empties.
+    let mut w = Writer {
+        c: n.authed_client().await,
+        n: 100,
+    };
+    w.put("p7", person("Gina", Some(50), "Oslo")).await;
+    w.put("p4", person("Dave Brown", Some(36), "Paris")).await;
+    let mut seen: Vec<(String, String, Value)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let want = |seen: &[(String, String, Value)]| {
+        let last = |k: &str| seen.iter().rev().find(|(key, _, _)| key == k);
+        last("S4:Oslo").is_some_and(|(_, t, v)| t == "ENTER" && num(v, "__max_age") == Some(50.0))
+            && last("S4:Rome").is_some_and(|(_, t, _)| t == "LEAVE")
+            && last("S5:Paris").is_some_and(|(_, t, v)| {
+                t == "UPDATE"
+                    && num(v, "__count") == Some(4.0)
+                    && num(v, "__sum_age") == Some(107.0)
+            })
+    };
+    while !want(&seen) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = c.recv_within(left).await else {
+            panic!("grouped live updates incomplete within 5 s: {seen:?}");
+        };
+        if msg_type(&v) == "QUERY_UPDATE" && pstr(&v, "queryId") == Some("g1") {
+            seen.push((
+                pstr(&v, "key").unwrap_or_default().to_owned(),
+                pstr(&v, "changeType").unwrap_or_default().to_owned(),
+                get(payload(&v), "value").cloned().unwrap_or(Value::Nil),
+            ));
+        }
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|(k, t, _)| k == "S6:Berlin" && t != "UPDATE"),
+        "Berlin did not change: {seen:?}"
+    );
+
+    // Aggregations without groupBy: one row over every matching record.
+    let all = c
+        .subscribe(
+            "g4",
+            "people",
+            map(&[("aggregations", Value::Array(vec![agg("sum", Some("age"))]))]),
+        )
+        .await;
+    let all = grouped_rows(&all);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(num(&all["*"], "__count"), Some(7.0));
+    assert_eq!(
+        num(&all["*"], "__sum_age"),
+        Some(30.0 + 25.0 + 41.0 + 36.0 + 19.0 + 50.0)
+    );
+}

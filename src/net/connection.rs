@@ -157,6 +157,8 @@ pub struct ConnectionActor {
     pub(super) subscriptions: HashSet<Arc<str>>,
     /// Live windows of this connection's `limit` queries, by query id.
     pub(super) windows: std::collections::HashMap<Arc<str>, LiveQuery>,
+    /// Live grouped (`groupBy`/`aggregations`) queries, by query id.
+    pub(super) groups: std::collections::HashMap<Arc<str>, super::grouped::LiveGroups>,
 }
 
 impl ConnectionActor {
@@ -190,6 +192,7 @@ impl ConnectionActor {
             outbound: None,
             subscriptions: HashSet::new(),
             windows: std::collections::HashMap::new(),
+            groups: std::collections::HashMap::new(),
             node,
         }
     }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod conn_telemetry;
 pub mod connection;
 pub mod gate;
+pub mod grouped;
 pub mod http_sync;
 pub mod ops;
 pub mod pipeline;

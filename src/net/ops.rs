@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::protocol::{self, ClientOp, OpKind as WireOpKind};
 use crate::shard::actor::{OpKind, ShardOp};
+use crate::shard::aggregate::{AggFunc, GroupSpec};
 use crate::shard::query::{Filter, Predicate, PredicateOp, QuerySpec, SortDirection, SortField};
 
 /// The `type` label of `topgun_ops_total` for a client op.
@@ -60,11 +61,24 @@ pub fn shard_op(op: ClientOp) -> Result<Option<ShardOp>, String> {
 
 /// The model query for a `QUERY_SUB`. Errors name what is not supported.
 pub fn query_spec(q: &protocol::Query, fields: Option<&Vec<String>>) -> Result<QuerySpec, String> {
-    if q.group_by.as_ref().is_some_and(|g| !g.is_empty())
-        || q.aggregations.as_ref().is_some_and(|a| !a.is_empty())
-    {
-        return Err("groupBy/aggregations are not supported".into());
-    }
+    let group_by = q.group_by.as_deref().unwrap_or_default();
+    let aggregations = q.aggregations.as_deref().unwrap_or_default();
+    let group = (!group_by.is_empty() || !aggregations.is_empty()).then(|| {
+        let aggs: Vec<(AggFunc, Option<String>)> = aggregations
+            .iter()
+            .map(|a| {
+                let func = match a.func {
+                    protocol::AggregateFunc::Count => AggFunc::Count,
+                    protocol::AggregateFunc::Sum => AggFunc::Sum,
+                    protocol::AggregateFunc::Min => AggFunc::Min,
+                    protocol::AggregateFunc::Max => AggFunc::Max,
+                    protocol::AggregateFunc::Avg => AggFunc::Avg,
+                };
+                (func, a.field.clone())
+            })
+            .collect();
+        GroupSpec::new(group_by, &aggs)
+    });
     // protocol.md 6.1: send one of them; the reference disagrees with itself when both are
     // present. We honour `predicate` when present, as its live path does.
     let filter = match (&q.predicate, &q.where_) {
@@ -90,6 +104,7 @@ pub fn query_spec(q: &protocol::Query, fields: Option<&Vec<String>>) -> Result<Q
         limit: q.limit,
         cursor: q.cursor.clone(),
         fields: fields.cloned(),
+        group,
     })
 }
 
@@ -193,11 +208,24 @@ mod tests {
     }
 
     #[test]
-    fn aggregations_are_refused() {
+    fn group_by_and_aggregations_make_a_grouped_spec() {
         let q = protocol::Query {
             group_by: Some(vec!["a".into()]),
+            aggregations: Some(vec![protocol::Aggregation {
+                func: protocol::AggregateFunc::Avg,
+                field: Some("b".into()),
+            }]),
             ..Default::default()
         };
-        assert!(query_spec(&q, None).is_err());
+        let spec = query_spec(&q, None).expect("grouped queries are answered");
+        assert_eq!(
+            spec.group,
+            Some(GroupSpec::new(
+                &["a".into()],
+                &[(AggFunc::Avg, Some("b".into()))]
+            ))
+        );
+        let plain = query_spec(&protocol::Query::default(), None).expect("plain query");
+        assert_eq!(plain.group, None);
     }
 }

@@ -26,9 +26,10 @@ use crate::queue::actor::{
 use crate::queue::subscriptions::SubKey;
 use crate::queue::ConnId;
 use crate::shard::actor::{
-    ApplyOps, LeafRecords, MerkleLeaves, OpOutcome, OrEntries, OrLeaves, OrSelect, RunQuery,
-    ShardActor, ShardOp,
+    ApplyOps, GroupQuery, LeafRecords, MerkleLeaves, OpOutcome, OrEntries, OrLeaves, OrSelect,
+    RunQuery, ShardActor, ShardOp,
 };
+use crate::shard::aggregate::{GroupSpec, Groups};
 use crate::shard::live::LiveQuery;
 use crate::shard::merkle::MerkleUnion;
 use crate::shard::query::{CompiledQuery, PartialResult};
@@ -106,6 +107,10 @@ pub async fn run_query(
     query: Arc<CompiledQuery>,
     cap: usize,
 ) -> (crate::shard::query::QueryPage, Vec<u64>, Vec<PartialResult>) {
+    if let Some(spec) = query.group().cloned() {
+        let (page, seen) = run_grouped(shards, map, &query, &spec, cap).await;
+        return (page, seen, Vec::new());
+    }
     let requests: Vec<_> = shards
         .mailboxes
         .iter()
@@ -129,6 +134,44 @@ pub async fn run_query(
         }
     }
     (query.merge(&parts, cap), seen, parts)
+}
+
+/// A grouped query over every shard: the shards' groups merged, then the group rows through
+/// the query's sort, limit, cursor and fields.
+async fn run_grouped(
+    shards: &Shards,
+    map: Arc<str>,
+    query: &CompiledQuery,
+    spec: &GroupSpec,
+    cap: usize,
+) -> (crate::shard::query::QueryPage, Vec<u64>) {
+    let query_arc = Arc::new(query.clone());
+    let requests: Vec<_> = shards
+        .mailboxes
+        .iter()
+        .map(|s| {
+            s.send(GroupQuery {
+                map: map.clone(),
+                query: query_arc.clone(),
+            })
+        })
+        .collect();
+    let mut groups = Groups::default();
+    let mut seen = Vec::with_capacity(requests.len());
+    for req in requests {
+        match req.await {
+            Ok((part, seq)) => {
+                groups.merge(part);
+                seen.push(seq);
+            }
+            Err(_) => seen.push(u64::MAX),
+        }
+    }
+    let rows = groups.rows(spec);
+    let page = query
+        .rows_query()
+        .run(rows.iter().map(|(k, v)| (k.as_str(), v)), cap);
+    (page, seen)
 }
 
 type ShardRequest<M> = actix::dev::Request<ShardActor, M>;
@@ -259,6 +302,8 @@ pub enum After {
         seen: Arc<[u64]>,
         /// A `limit` query's window, seeded with what the QUERY_RESP sent.
         window: Option<LiveQuery>,
+        /// A grouped query's rows as the QUERY_RESP sent them.
+        groups: Option<super::grouped::LiveGroups>,
     },
 }
 
@@ -293,7 +338,16 @@ impl ConnectionActor {
                 members,
                 seen,
                 window,
+                groups,
             }) => {
+                match groups {
+                    Some(g) => {
+                        self.groups.insert(key.1.clone(), g);
+                    }
+                    None => {
+                        self.groups.remove(&key.1);
+                    }
+                }
                 match window {
                     Some(w) => {
                         self.windows.insert(key.1.clone(), w);
@@ -535,12 +589,15 @@ impl ConnectionActor {
             for r in registrations {
                 let _ = r.await;
             }
-            let (page, seen, parts) = run_query(&shards, map, query.clone(), cap).await;
-            let window = query.limit().map(|_| {
+            let (page, seen, parts) = run_query(&shards, map.clone(), query.clone(), cap).await;
+            let grouped = query.group().is_some();
+            let window = query.limit().filter(|_| !grouped).map(|_| {
                 let mut live = LiveQuery::new((*query).clone(), WINDOW_RESERVE);
                 live.seed(&parts, cap);
                 live
             });
+            let groups = grouped
+                .then(|| super::grouped::LiveGroups::new(map, query.clone(), page.rows.clone()));
             let mut members: Vec<Vec<Arc<str>>> = vec![Vec::new(); queue.stripes.len()];
             let results = page
                 .rows
@@ -578,6 +635,7 @@ impl ConnectionActor {
                     members,
                     seen: seen.into(),
                     window,
+                    groups,
                 }),
             }
         });
@@ -592,6 +650,9 @@ impl ConnectionActor {
         value: Option<&rmpv::Value>,
         own: bool,
     ) {
+        if self.groups.contains_key(query_id) {
+            return self.on_group_change(ctx, query_id);
+        }
         let Some(window) = self.windows.get_mut(query_id) else {
             return;
         };
@@ -620,6 +681,7 @@ impl ConnectionActor {
         let query_id: Arc<str> = Arc::from(m.query_id.as_str());
         self.subscriptions.remove(&query_id);
         self.windows.remove(&query_id);
+        self.groups.remove(&query_id);
         for s in self.node.queue.stripes.iter() {
             s.mailbox.do_send(Unsubscribe((self.id, query_id.clone())));
         }

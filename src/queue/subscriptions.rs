@@ -76,7 +76,8 @@ impl Registry {
             key,
             Subscription {
                 map,
-                windowed: query.limit().is_some(),
+                // Grouped queries too: any change of the map can change a group.
+                windowed: query.limit().is_some() || query.group().is_some(),
                 query,
                 members: HashSet::new(),
                 pending: Some(Vec::new()),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use slog::{debug, warn, Logger};
 
+use super::aggregate::Groups;
 use super::hlc::{system_millis, Hlc};
 use super::lww::MergeOutcome;
 use super::merkle::LeafPath;
@@ -73,6 +74,14 @@ pub struct RunQuery {
     pub map: Arc<str>,
     pub query: Arc<CompiledQuery>,
     pub cap: usize,
+}
+
+/// A grouped query's groups over this shard's matching records, and its apply sequence.
+#[derive(Message)]
+#[rtype(result = "(Groups, u64)")]
+pub struct GroupQuery {
+    pub map: Arc<str>,
+    pub query: Arc<CompiledQuery>,
 }
 
 /// Merkle leaf hashes of a map (the connection unions them across shards), and a fresh HLC
@@ -478,6 +487,17 @@ impl Handler<RunQuery> for ShardActor {
             .query(&msg.map, &msg.query, system_millis(), msg.cap);
         self.stats.end(t0);
         MessageResult((part, self.seq))
+    }
+}
+
+impl Handler<GroupQuery> for ShardActor {
+    type Result = MessageResult<GroupQuery>;
+
+    fn handle(&mut self, msg: GroupQuery, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let groups = self.store.group(&msg.map, &msg.query, system_millis());
+        self.stats.end(t0);
+        MessageResult((groups, self.seq))
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`live`]: per-subscription ENTER / UPDATE / LEAVE decisions (6.3).
 //! - [`store`]: [`MapStore`], the maps of one set of partitions.
 pub mod actor;
+pub mod aggregate;
 pub mod fnv;
 pub mod hlc;
 pub mod live;

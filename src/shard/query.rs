@@ -25,10 +25,12 @@
 //!   such queries with an error.
 use std::cmp::Ordering;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
 use rmpv::Value;
 
+use crate::shard::aggregate::GroupSpec;
 use crate::shard::fnv::Fnv1a;
 
 /// Compiled regexes may use at most this much memory (the pattern comes from a client).
@@ -158,6 +160,9 @@ pub struct QuerySpec {
     pub cursor: Option<String>,
     /// Top-level keys to keep in map values (`QUERY_SUB.payload.fields`).
     pub fields: Option<Vec<String>>,
+    /// `groupBy`/`aggregations`: the filter picks records, then sort, limit, cursor and
+    /// fields apply to the group rows.
+    pub group: Option<GroupSpec>,
 }
 
 /// `QUERY_RESP.cursorStatus` (`expired` is never produced: cursors do not expire).
@@ -339,11 +344,12 @@ pub struct CompiledQuery {
     limit: Option<usize>,
     cursor: CursorState,
     fields: Option<Vec<String>>,
+    group: Option<Arc<GroupSpec>>,
     /// Ties cursors to the sort spec they were made for.
     fingerprint: u32,
 }
 
-fn split_path(p: &str) -> Vec<String> {
+pub(crate) fn split_path(p: &str) -> Vec<String> {
     p.split('.').map(str::to_string).collect()
 }
 
@@ -409,7 +415,7 @@ fn compile_node(p: &Predicate) -> Node {
 }
 
 /// Follows a dot path through nested maps (string keys). The empty path is the value itself.
-fn resolve<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
+pub(crate) fn resolve<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
     for seg in path {
         v = v
             .as_map()?
@@ -421,7 +427,7 @@ fn resolve<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 #[allow(clippy::cast_precision_loss)] // 6.1: numbers compare as f64, like JS.
-fn as_f64(v: &Value) -> Option<f64> {
+pub(crate) fn as_f64(v: &Value) -> Option<f64> {
     match v {
         Value::Integer(i) => i
             .as_i64()
@@ -600,7 +606,7 @@ fn eval(node: &Node, record: &Value) -> bool {
 }
 
 /// JS-like string form of a non-number, non-nil value, for sorting (6.1).
-fn string_form(v: &Value, out: &mut String) {
+pub(crate) fn string_form(v: &Value, out: &mut String) {
     match v {
         Value::String(s) => match s.as_str() {
             Some(s) => out.push_str(s),
@@ -679,6 +685,10 @@ impl CompiledQuery {
                 b'+'
             });
         }
+        if spec.group.is_some() {
+            // A cursor over group rows is not one over records.
+            fp.write_char_ascii(b'G');
+        }
         let fingerprint = fp.finish();
         let cursor = match &spec.cursor {
             None => CursorState::None,
@@ -693,7 +703,23 @@ impl CompiledQuery {
             limit: spec.limit.map(|l| l as usize),
             cursor,
             fields: spec.fields.clone(),
+            group: spec.group.clone().map(Arc::new),
             fingerprint,
+        }
+    }
+
+    /// The grouping of a `groupBy`/`aggregations` query.
+    pub fn group(&self) -> Option<&Arc<GroupSpec>> {
+        self.group.as_ref()
+    }
+
+    /// For a grouped query: the query its group rows go through (no filter, no grouping; the
+    /// same sort, limit, cursor and fields).
+    pub fn rows_query(&self) -> CompiledQuery {
+        CompiledQuery {
+            filter: Node::All,
+            group: None,
+            ..self.clone()
         }
     }
 

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::protocol::types::{LwwRecord, OrMapRecord};
 use crate::protocol::ClientOp;
+use crate::shard::aggregate::Groups;
 use crate::shard::fnv::{partition_of, PARTITION_COUNT};
 use crate::shard::lww::{LwwMap, MergeOutcome, Swept};
 use crate::shard::merkle::LeafPath;
@@ -200,6 +201,20 @@ impl MapStore {
             Some(m) => query.select(m.iter_live(now).map(|(k, r)| (k, &r.value)), cap),
             None => PartialResult::default(),
         }
+    }
+
+    /// The groups of a grouped query over this store's live matching records (empty for an
+    /// ungrouped query).
+    pub fn group(&self, map: &str, query: &CompiledQuery, now: u64) -> Groups {
+        let mut groups = Groups::default();
+        if let (Some(spec), Some(m)) = (query.group(), self.lww.get(map)) {
+            for (_, record) in m.iter_live(now) {
+                if query.matches(&record.value) {
+                    groups.add(spec, &record.value);
+                }
+            }
+        }
+        groups
     }
 
     /// A whole page when this store is the only one holding the map.
