@@ -763,3 +763,58 @@ async fn group_by_with_aggregations_answers_one_row_per_group_and_stays_live() {
         Some(30.0 + 25.0 + 41.0 + 36.0 + 19.0 + 50.0)
     );
 }
+
+/// `POST /sync` answers a grouped query with the same rows as `QUERY_SUB`.
+#[tokio::test]
+async fn post_sync_answers_grouped_queries_too() {
+    let n = node();
+    let mut c = n.authed_client().await;
+    seed(&mut c).await;
+    let body = map(&[
+        ("clientId", "http-client".into()),
+        ("clientHlc", Ts::new(now_millis(), 0, "http").wire()),
+        (
+            "queries",
+            Value::Array(vec![map(&[
+                ("queryId", "hg".into()),
+                ("mapName", "people".into()),
+                (
+                    "query",
+                    grouped(&["city"], vec![agg("max", Some("age"))], &[]),
+                ),
+            ])]),
+        ),
+    ]);
+    let (status, resp) = http_bytes(
+        n.port,
+        "POST",
+        "/sync",
+        &[("Content-Type", "application/msgpack")],
+        &encode(&body),
+    )
+    .expect("POST /sync");
+    assert_eq!(status, 200);
+    let resp = rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body");
+    let results = get(&resp, "queryResults")
+        .and_then(Value::as_array)
+        .and_then(|q| q.first())
+        .and_then(|q| get(q, "results"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_else(|| panic!("no grouped results: {resp:?}"));
+    let rows: BTreeMap<String, Value> = results
+        .iter()
+        .map(|r| {
+            (
+                get(r, "key")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                get(r, "value").cloned().unwrap_or(Value::Nil),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(num(&rows["S5:Paris"], "__max_age"), Some(41.0));
+    assert_eq!(num(&rows["S4:Rome"], "__count"), Some(1.0));
+}
