@@ -1257,3 +1257,71 @@ async fn two_backups_make_every_node_a_synchronous_copy() {
         Ack::Lost(why) => panic!("no answer: {why}"),
     }
 }
+
+// ---- 11 -------------------------------------------------------------------------------------
+
+/// The next PARTITION_MAP pushed to `c` (or answered) that `pred` accepts; panics after
+/// `within` with the versions and members of the ones seen.
+async fn next_map(
+    c: &mut Client,
+    who: &str,
+    within: Duration,
+    pred: impl Fn(&Table) -> bool,
+) -> Table {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = c.recv_type_within("PARTITION_MAP", left).await else {
+            panic!("{who}: no fitting PARTITION_MAP within {within:?}; saw {seen:?}");
+        };
+        let t = Table::parse(who, payload(&v));
+        if pred(&t) {
+            return t;
+        }
+        seen.push((t.version, t.nodes.keys().cloned().collect::<Vec<_>>()));
+    }
+}
+
+/// TopGun's cluster client routes by PARTITION_MAP and only takes a map with a higher version
+/// than its own. After a node stops, clients connected to the others get, without asking, a
+/// map with a higher version that no longer names it, within 15 s at the default probe period;
+/// and versions are comparable across nodes, so the new map is higher than any old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_clients_get_a_newer_map_without_a_stopped_node() {
+    let [a, b, mut c] = cluster::<3>(&["--cluster-probe-ms", "1000"]);
+    let mut clients = Vec::new();
+    let mut before = 0;
+    for m in [&a, &b] {
+        let mut client = connect(m).await;
+        client
+            .send(&map(&[("type", "PARTITION_MAP_REQUEST".into())]))
+            .await;
+        let t = next_map(&mut client, &m.id, Duration::from_secs(10), |t| {
+            t.nodes.len() == 3
+        })
+        .await;
+        before = before.max(t.version);
+        clients.push((m.id.clone(), client));
+    }
+    c.node.kill9();
+    let killed = Instant::now();
+    for (id, client) in &mut clients {
+        let t = next_map(client, id, Duration::from_secs(15), |t| {
+            !t.nodes.contains_key("node-c")
+        })
+        .await;
+        assert!(
+            t.version > before,
+            "{id}: the map without node-c has version {} <= {before} of the maps before it",
+            t.version
+        );
+        assert_eq!(t.nodes.len(), 2, "{id}: {:?}", t.nodes);
+        t.check_shape();
+        eprintln!(
+            "{id}: map v{} without node-c pushed {:?} after the kill",
+            t.version,
+            killed.elapsed()
+        );
+    }
+}

@@ -178,7 +178,7 @@ ROWS = [
         ("Partition table version, rebalances in the last hour", "ts", "none",
          [(f'topgun_partition_table_version{{{S}}}', "version {{instance}}"),
           (f'sum by (instance) (increase(topgun_rebalance_total{{{S}}}[1h]))', "rebalances {{instance}}")],
-         "The version grows by one per rebalance, per node: nodes may show different numbers for the same placement."),
+         "The version is the second of the last change (since 2024-01-01): nodes show the same or nearby numbers for the same placement, a later change a higher one."),
         ("Migration: partitions pending", "ts", "none",
          [(f'topgun_migration_partitions_pending{{{S}}}', "{{instance}}")],
          "Partitions still being pulled after a rebalance. Alert TopGunMigrationStuck: above 0 for 10 minutes."),

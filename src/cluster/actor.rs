@@ -33,7 +33,7 @@ use super::membership::{
 use super::migration;
 use super::peer::{Direction, PeerConn};
 use super::state::MissingLink;
-use super::table::{PartitionTable, Role, TableMember};
+use super::table::{next_version, PartitionTable, Role, TableMember};
 use crate::net::NodeContext;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::telemetry::logging::err_kv;
@@ -471,7 +471,14 @@ impl ClusterActor {
         if old.has_members(members.clone()) {
             return;
         }
-        let candidate = PartitionTable::compute(members, cluster.backups, old.version + 1);
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let candidate = PartitionTable::compute(
+            members,
+            cluster.backups,
+            next_version(old.version, now_secs),
+        );
         let moved = candidate.moved_owners(&old);
         let (owned, backup) = candidate.counts(&cluster.node_id);
         self.rebalances += 1;
@@ -482,6 +489,10 @@ impl ClusterActor {
             "memberIds" => candidate.members().iter().map(|m| m.node_id.as_str())
                 .collect::<Vec<_>>().join(","));
         cluster.set_table(candidate.clone());
+        // Cluster clients route by the map: they get the new one without asking.
+        self.node
+            .gate
+            .do_send(crate::net::gate::PartitionTableChanged);
         self.sync_links(&candidate, ctx);
         self.start_migration(&old, &candidate, ctx);
     }

@@ -44,6 +44,21 @@ pub struct PartitionTable {
     replicas: Vec<Vec<usize>>,
 }
 
+/// Table versions count seconds from this instant (2024-01-01T00:00:00Z), so they fit a u32
+/// until 2160.
+const VERSION_EPOCH_SECS: u64 = 1_704_067_200;
+
+/// The version of the table that follows one of version `previous`, decided at `now_secs`
+/// (Unix time): the seconds since [`VERSION_EPOCH_SECS`], or one more than `previous` if that
+/// is not more. Every node decides a change within the failure-detection spread of the others,
+/// so the versions of one table differ by seconds between nodes while a later table always
+/// gets a higher one: a cluster client that takes a map only when its version is higher
+/// (TopGun's `PartitionRouter`) never goes back to an older table when it moves between nodes.
+pub fn next_version(previous: u32, now_secs: u64) -> u32 {
+    let clock = u32::try_from(now_secs.saturating_sub(VERSION_EPOCH_SECS)).unwrap_or(u32::MAX);
+    clock.max(previous.saturating_add(1))
+}
+
 impl PartitionTable {
     /// The table for `members` (this node included). Two entries with one node id (a clash, or
     /// a restarted node not yet declared down) are one member: the newest generation, then the
@@ -205,6 +220,27 @@ mod tests {
 
     fn three() -> Vec<TableMember> {
         vec![member("a", 1), member("b", 2), member("c", 3)]
+    }
+
+    #[test]
+    fn versions_follow_the_clock_and_never_go_back() {
+        let t = VERSION_EPOCH_SECS + 100;
+        assert_eq!(
+            next_version(1, t),
+            100,
+            "the clock, from the first change on"
+        );
+        assert_eq!(next_version(100, t), 101, "two changes in one second");
+        assert_eq!(
+            next_version(500, t),
+            501,
+            "a clock behind the previous decision"
+        );
+        assert_eq!(next_version(u32::MAX, t), u32::MAX);
+        // Two nodes deciding the same change a second apart, then a later change on the
+        // slower one: the later table is higher than the first one's version of the earlier.
+        let (a, b) = (next_version(7, t), next_version(7, t + 1));
+        assert!(next_version(b, t + 5) > a.max(b));
     }
 
     #[test]

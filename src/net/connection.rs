@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use slog::debug;
 
 use super::conn_telemetry::ConnectionTelemetry;
-use super::gate::{HandshakeFinished, Register, Unregister};
+use super::gate::{HandshakeFinished, Register, Unregister, WantsPartitionMap};
 use super::pipeline::Pipeline;
 use super::requests::Completion;
 use super::token_bucket::TokenBucket;
@@ -81,6 +81,11 @@ const CLOSE_SHUTDOWN: Close = Close {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// The partition table changed: a cluster client gets the new map without asking.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PushPartitionMap;
 
 /// A live event for this client, from the event queue.
 #[derive(Message)]
@@ -159,6 +164,8 @@ pub struct ConnectionActor {
     pub(super) windows: std::collections::HashMap<Arc<str>, LiveQuery>,
     /// Live grouped (`groupBy`/`aggregations`) queries, by query id.
     pub(super) groups: std::collections::HashMap<Arc<str>, super::grouped::LiveGroups>,
+    /// A cluster client: it asked for the partition map once, and gets every new one.
+    wants_partition_map: bool,
 }
 
 impl ConnectionActor {
@@ -193,12 +200,18 @@ impl ConnectionActor {
             subscriptions: HashSet::new(),
             windows: std::collections::HashMap::new(),
             groups: std::collections::HashMap::new(),
+            wants_partition_map: false,
             node,
         }
     }
 
     pub fn depth_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicI64> {
         self.tel.stats.depth_counter()
+    }
+
+    fn send_partition_map(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let map = self.node.cluster.table().to_wire(wall_millis());
+        self.send(ctx, &ServerMessage::PartitionMap { payload: map });
     }
 
     pub(super) fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
@@ -392,8 +405,10 @@ impl ConnectionActor {
             ClientMessage::OrmapDiffRequest(m) => self.on_ormap_diff_request(m),
             ClientMessage::OrmapPushDiff(m) => self.on_ormap_push_diff(m),
             ClientMessage::PartitionMapRequest(_) => {
-                let map = self.node.cluster.table().to_wire(wall_millis());
-                self.send(ctx, &ServerMessage::PartitionMap { payload: map });
+                if !std::mem::replace(&mut self.wants_partition_map, true) {
+                    self.node.gate.do_send(WantsPartitionMap { id: self.id });
+                }
+                self.send_partition_map(ctx);
             }
             ClientMessage::TopicSub(m) => self.on_topic_sub(m.topic),
             ClientMessage::TopicUnsub(m) => self.on_topic_unsub(m.topic),
@@ -617,6 +632,18 @@ impl Handler<Shutdown> for ConnectionActor {
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         let t0 = self.tel.stats.begin();
         self.close(ctx, CLOSE_SHUTDOWN);
+        self.tel.stats.end(t0);
+    }
+}
+
+impl Handler<PushPartitionMap> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: PushPartitionMap, ctx: &mut Self::Context) {
+        let t0 = self.tel.stats.begin();
+        if !self.closing {
+            self.send_partition_map(ctx);
+        }
         self.tel.stats.end(t0);
     }
 }

@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
-use super::connection::{ConnectionActor, Shutdown};
+use super::connection::{ConnectionActor, PushPartitionMap, Shutdown};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
 use crate::telemetry::report::{
     ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta, UNBOUNDED_MAILBOX,
@@ -75,6 +75,18 @@ pub struct Unregister {
 #[rtype(result = "usize")]
 pub struct CloseAll;
 
+/// A cluster client asked for the partition map: every later map is pushed to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WantsPartitionMap {
+    pub id: u64,
+}
+
+/// The partition table changed: push the new map to the connections that asked for one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PartitionTableChanged;
+
 /// Counts open connections now (the shutdown sequence waits for 0).
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -88,6 +100,8 @@ pub struct ConnectionGateActor {
     next_id: u64,
     pending: HashSet<u64>,
     connections: HashMap<u64, Option<Mailbox<ConnectionActor>>>,
+    /// Connections of cluster clients (they sent PARTITION_MAP_REQUEST).
+    map_clients: HashSet<u64>,
     accepted: u64,
     rejected: u64,
     current_second: u64,
@@ -118,6 +132,7 @@ impl ConnectionGateActor {
             next_id: 1,
             pending: HashSet::new(),
             connections: HashMap::new(),
+            map_clients: HashSet::new(),
             accepted: 0,
             rejected: 0,
             current_second: 0,
@@ -286,6 +301,7 @@ impl Handler<Unregister> for ConnectionGateActor {
         let t0 = self.stats.begin();
         self.pending.remove(&msg.id);
         self.connections.remove(&msg.id);
+        self.map_clients.remove(&msg.id);
         self.stats.end(t0);
     }
 }
@@ -305,6 +321,35 @@ impl Handler<CloseAll> for ConnectionGateActor {
         self.report();
         self.stats.end(t0);
         told
+    }
+}
+
+impl Handler<WantsPartitionMap> for ConnectionGateActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WantsPartitionMap, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        if self.connections.contains_key(&msg.id) {
+            self.map_clients.insert(msg.id);
+        }
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<PartitionTableChanged> for ConnectionGateActor {
+    type Result = ();
+
+    fn handle(&mut self, _: PartitionTableChanged, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        let mut pushed = 0usize;
+        for id in &self.map_clients {
+            if let Some(Some(mailbox)) = self.connections.get(id) {
+                mailbox.do_send(PushPartitionMap);
+                pushed += 1;
+            }
+        }
+        debug!(self.log, "partition map pushed to cluster clients"; "connections" => pushed);
+        self.stats.end(t0);
     }
 }
 
