@@ -1,8 +1,11 @@
 //! `topgun-node`: one node of the TopGun real-time, local-first data grid.
 //!
 //! # Layout
-//! - [`cluster`]: membership (ClusterActor, foca SWIM over UDP); partitions are still per node.
+//! - [`cluster`]: membership (ClusterActor, foca SWIM), the partition table, the node-to-node
+//!   transport, write routing and replication, migration and catch-up.
 //! - [`config`]: flags, environment, TOML file; precedence and validation.
+//! - [`data`]: the data plane shared by client connections and peers: the local write and read
+//!   paths, wire ops and queries translated for the shards.
 //! - [`node`]: wiring of the actors in dependency order, the HTTP server, the shutdown sequence.
 //! - [`http`]: the routes (`/ws`, `/`, `/metrics`, `/health`, `/ready`), kept thin.
 //! - [`protocol`]: the client wire types and their MessagePack codec; plain Rust, no actix.
@@ -13,6 +16,7 @@
 //! - [`telemetry`]: Pino-shaped logging, the `MetricsActor`, the reporting path.
 pub mod cluster;
 pub mod config;
+pub mod data;
 pub mod http;
 pub mod load;
 pub mod net;

@@ -22,6 +22,7 @@ use crate::cluster::membership::NodeIdentity;
 use crate::cluster::state::ClusterState;
 use crate::cluster::table::TableMember;
 use crate::config::{AuthMode, Config, StorageBackend};
+use crate::data::DataPlane;
 use crate::http;
 use crate::net::auth::Verifier;
 use crate::net::gate::{CloseAll, ConnectionGateActor, OpenConnections};
@@ -265,20 +266,23 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         "eventQueueCapacity" => queue.capacity());
 
     let ready = Arc::new(AtomicBool::new(false));
-    let node = Arc::new(NodeContext {
+    let data_plane = Arc::new(DataPlane {
         config: config.clone(),
         node_id: node_id.clone(),
-        verifier,
-        gate: gate.clone(),
         metrics: metrics.clone(),
         log: log.clone(),
-        log_level: logging.level_handle(),
-        ready: ready.clone(),
         shards,
         queue,
         pending_batches,
-        public_url,
         cluster: cluster_state,
+    });
+    let node = Arc::new(NodeContext {
+        data: data_plane.clone(),
+        verifier,
+        gate: gate.clone(),
+        log_level: logging.level_handle(),
+        ready: ready.clone(),
+        public_url,
     });
 
     let with_metrics = config.metrics_port.is_none();
@@ -327,6 +331,16 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
 
     // Both ports are bound: nothing can fail half-started any more.
     gate_ctx.run(gate_actor);
+    // Cluster clients route by the partition map: every new table is pushed to them.
+    {
+        let mut changes = data_plane.cluster.table_changes();
+        let gate = gate.clone();
+        actix_rt::spawn(async move {
+            while changes.changed().await.is_ok() {
+                gate.do_send(crate::net::gate::PartitionTableChanged);
+            }
+        });
+    }
     let cluster = {
         let actor = ClusterActor::new(
             cluster_identity,
@@ -337,7 +351,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             metrics.clone(),
             config.report_interval,
             timed,
-            node.clone(),
+            data_plane.clone(),
         );
         let depth = actor.depth_counter();
         Mailbox::new(actor.start(), depth)
@@ -346,7 +360,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         Ok(listener) => {
             actix_rt::spawn(crate::cluster::peer::accept_peers(
                 listener,
-                node.clone(),
+                data_plane.clone(),
                 cluster.addr.clone(),
             ));
         }

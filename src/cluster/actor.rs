@@ -34,7 +34,7 @@ use super::migration;
 use super::peer::{Direction, PeerConn};
 use super::state::MissingLink;
 use super::table::{next_version, PartitionTable, Role, TableMember};
-use crate::net::NodeContext;
+use crate::data::DataPlane;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::metrics::{Metrics, MetricsActor};
@@ -191,7 +191,7 @@ pub struct ClusterActor {
     log: Logger,
     metrics: Mailbox<MetricsActor>,
     report_interval: Duration,
-    node: Arc<NodeContext>,
+    node: Arc<DataPlane>,
     /// Outbound links by node id.
     dialled: HashMap<String, Dial>,
     next_attempt: u64,
@@ -234,7 +234,7 @@ impl ClusterActor {
         metrics: Mailbox<MetricsActor>,
         report_interval: Duration,
         timed: bool,
-        node: Arc<NodeContext>,
+        node: Arc<DataPlane>,
     ) -> Self {
         let rng = StdRng::seed_from_u64(rand::random());
         let foca = Foca::new(identity.clone(), foca_config(probe), rng, WireCodec);
@@ -489,10 +489,6 @@ impl ClusterActor {
             "memberIds" => candidate.members().iter().map(|m| m.node_id.as_str())
                 .collect::<Vec<_>>().join(","));
         cluster.set_table(candidate.clone());
-        // Cluster clients route by the map: they get the new one without asking.
-        self.node
-            .gate
-            .do_send(crate::net::gate::PartitionTableChanged);
         self.sync_links(&candidate, ctx);
         self.start_migration(&old, &candidate, ctx);
     }

@@ -22,7 +22,7 @@ use slog::{debug, warn};
 
 use super::replication::{ask, replicate};
 use super::wire::Kind;
-use crate::net::NodeContext;
+use crate::data::DataPlane;
 use crate::telemetry::logging::err_kv;
 
 /// Forwards waiting for a handoff at most, and their bodies' bytes at most.
@@ -35,7 +35,7 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// Retries, in the background, a forward of `body` (ops of `partitions`) that failed with
 /// `failure`.
-pub fn hand_off(node: &Arc<NodeContext>, body: Bytes, partitions: BTreeSet<u16>, failure: String) {
+pub fn hand_off(node: &Arc<DataPlane>, body: Bytes, partitions: BTreeSet<u16>, failure: String) {
     let counters = &node.cluster.counters;
     let size = body.len() as i64;
     let waiting = counters.handoffs_pending.fetch_add(1, Ordering::Relaxed);
@@ -78,7 +78,7 @@ pub fn hand_off(node: &Arc<NodeContext>, body: Bytes, partitions: BTreeSet<u16>,
 /// Sends the forward to the current owner until one confirms it; the owner's node id, or the
 /// last failure once [`GIVE_UP_AFTER`] passed.
 async fn retry(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     body: Bytes,
     partitions: &BTreeSet<u16>,
 ) -> Result<String, String> {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use super::peer::{CallStream, PeerConn};
 use super::wire::{self, Kind, Pull, PullChunk, PullDone};
-use crate::net::requests::apply_writes;
-use crate::net::NodeContext;
+use crate::data::writes::apply_writes;
+use crate::data::DataPlane;
 
 /// How long a pull waits for the link to its source to come up (it was just dialled).
 const LINK_WAIT: Duration = Duration::from_secs(5);
@@ -28,7 +28,7 @@ pub struct Pulled {
 
 /// Pulls `partitions` from `source` in order, calling `done` after each one is merged.
 pub async fn pull(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     source: &str,
     partitions: &[u16],
     mut done: impl FnMut(u16),
@@ -56,7 +56,7 @@ pub async fn pull(
 
 /// One partition: its records merged durably, or why not.
 async fn pull_one(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     link: &actix::Addr<PeerConn>,
     source: &str,
     partition: u16,

@@ -23,7 +23,7 @@ use super::actor::{ClusterActor, LinkDown, LinkUp, PeerConnected};
 use super::replication;
 use super::state::ClusterState;
 use super::wire::{self, Frame, Hello, Kind, Refused, PEER_MAGIC, PEER_VERSION};
-use crate::net::NodeContext;
+use crate::data::DataPlane;
 use crate::queue::actor::TopicPublish;
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::report::Reported;
@@ -135,7 +135,7 @@ fn check_answer(node_id: &str, generation: u64, hello: &Hello) -> Result<(), Str
 }
 
 pub struct PeerConn {
-    node: Arc<NodeContext>,
+    node: Arc<DataPlane>,
     writer: FramedWrite<Bytes, OwnedWriteHalf, LengthDelimitedCodec>,
     direction: Direction,
     /// The peer's node id once its HELLO was accepted.
@@ -150,7 +150,7 @@ pub struct PeerConn {
 
 impl PeerConn {
     /// Starts the actor on the current arbiter for a connected stream.
-    pub fn start(node: Arc<NodeContext>, stream: TcpStream, direction: Direction) -> Addr<Self> {
+    pub fn start(node: Arc<DataPlane>, stream: TcpStream, direction: Direction) -> Addr<Self> {
         let _ = stream.set_nodelay(true);
         watch_liveness(&stream, node.cluster.timeout);
         let remote = stream
@@ -646,7 +646,7 @@ fn watch_liveness(stream: &TcpStream, timeout: Duration) {
 /// Accepts peer connections on the cluster's TCP listener, one `PeerConn` each.
 pub async fn accept_peers(
     listener: tokio::net::TcpListener,
-    node: Arc<NodeContext>,
+    node: Arc<DataPlane>,
     manager: Addr<ClusterActor>,
 ) {
     loop {

@@ -21,8 +21,8 @@ use super::state::ClusterState;
 use super::table::Role;
 use super::wire::{self, Kind, Trace, WriteDone};
 use crate::config::WriteAck;
-use crate::net::requests::{apply_writes, WriteOutcome};
-use crate::net::NodeContext;
+use crate::data::writes::{apply_writes, WriteOutcome};
+use crate::data::DataPlane;
 use crate::protocol::types::LwwRecord;
 use crate::protocol::{ClientOp, OpKind};
 use crate::queue::ConnId;
@@ -47,7 +47,7 @@ pub struct ChunkRef<'a> {
 
 /// The origin's part: apply locally, forward to owners, replicate what this node owns.
 pub fn route_client_write(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     writer: ConnId,
     trace: Trace,
     mut ops: Vec<ClientOp>,
@@ -116,7 +116,7 @@ pub fn route_client_write(
 
 /// The owner's part for a forwarded write: apply, and replicate to everyone but the origin.
 pub fn own(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     body: Bytes,
     write: wire::Write,
 ) -> impl std::future::Future<Output = WriteDone> + 'static {
@@ -135,7 +135,7 @@ pub fn own(
 
 /// A backup's or replica's part: apply.
 pub fn replica(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     write: wire::Write,
 ) -> impl std::future::Future<Output = WriteDone> + 'static {
     let local = apply_writes(&node.shards, 0, write.ops);
@@ -164,7 +164,7 @@ pub fn replica_role(cluster: &ClusterState, ops: &[ClientOp]) -> &'static str {
 /// Sends `body` to every member but this node and `origin`; resolves once the partitions'
 /// backups confirmed (or at once with `--write-ack owner`). `Some(reason)`: not confirmed.
 pub(super) fn replicate(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     body: Bytes,
     origin: &str,
     partitions: &BTreeSet<u16>,
@@ -220,7 +220,7 @@ pub(super) fn replicate(
 /// A write request to `peer`, failed (with a reason) when there is no link, the peer does
 /// not answer within the timeout, or its apply was not durable.
 pub(super) fn ask(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     peer: &str,
     kind: Kind,
     body: Bytes,
@@ -284,7 +284,7 @@ fn stamp_bare_removes(cluster: &ClusterState, ops: &mut [ClientOp]) {
 /// Everything the shards hold for `partitions`, for a peer's pull; `Err` when a shard did not
 /// answer (a partial export must not pass for a complete one).
 pub fn export(
-    node: &Arc<NodeContext>,
+    node: &Arc<DataPlane>,
     partitions: Vec<u16>,
 ) -> impl std::future::Future<Output = Result<Vec<ClientOp>, String>> + 'static {
     let mut marked = vec![false; usize::from(PARTITION_COUNT)];

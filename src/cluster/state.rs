@@ -91,6 +91,8 @@ pub struct ClusterState {
     pub timeout: Duration,
     pub backups: usize,
     table: RwLock<Arc<PartitionTable>>,
+    /// The version of every new table, for whoever must know (cluster clients get it pushed).
+    table_changes: tokio::sync::watch::Sender<u32>,
     links: RwLock<HashMap<String, Addr<PeerConn>>>,
     /// Woken on every change of `links`, so a writer waiting for a link needs no polling.
     links_changed: tokio::sync::Notify,
@@ -119,6 +121,7 @@ impl ClusterState {
             ack,
             timeout,
             backups,
+            table_changes: tokio::sync::watch::Sender::new(table.version),
             table: RwLock::new(Arc::new(table)),
             links: RwLock::new(HashMap::new()),
             links_changed: tokio::sync::Notify::new(),
@@ -144,12 +147,20 @@ impl ClusterState {
         }
     }
 
+    /// Wakes on every new partition table.
+    pub fn table_changes(&self) -> tokio::sync::watch::Receiver<u32> {
+        self.table_changes.subscribe()
+    }
+
     pub(super) fn set_table(&self, table: PartitionTable) {
+        let version = table.version;
         let table = Arc::new(table);
         match self.table.write() {
             Ok(mut t) => *t = table,
             Err(poisoned) => *poisoned.into_inner() = table,
         }
+        // After the store: whoever wakes reads this table or a newer one.
+        self.table_changes.send_replace(version);
     }
 
     /// The open link to `node_id`, if its handshake finished.

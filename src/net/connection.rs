@@ -8,7 +8,6 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +25,7 @@ use super::token_bucket::TokenBucket;
 use super::NodeContext;
 use crate::protocol::{self, ClientMessage, ServerMessage};
 use crate::queue::actor::ConnectionClosed;
+use crate::queue::outbound::{Deliver, Outbound};
 use crate::queue::subscriptions::Delivery;
 use crate::shard::live::LiveQuery;
 use crate::telemetry::events::{
@@ -86,47 +86,6 @@ pub struct Shutdown;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PushPartitionMap;
-
-/// A live event for this client, from the event queue.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver(pub Delivery);
-
-/// After this many live broadcasts in a row found the outbound queue full, the connection is
-/// closed so that the client reconnects and resyncs instead of silently missing events.
-const MAX_CONSECUTIVE_DROPS: u32 = 256;
-
-/// The connection's outbound queue as the event queue sees it: its mailbox (bounded at
-/// `outbound_queue` messages) and the slow-consumer bookkeeping shared by all stripes.
-pub struct Outbound {
-    mailbox: Mailbox<ConnectionActor>,
-    consecutive_drops: AtomicU32,
-    evict: AtomicBool,
-}
-
-impl Outbound {
-    /// A live broadcast: best effort. False when it was dropped (queue full or connection gone).
-    pub fn deliver(&self, delivery: Delivery) -> bool {
-        match self.mailbox.try_send(Deliver(delivery)) {
-            Ok(()) => {
-                self.consecutive_drops.store(0, Ordering::Relaxed);
-                true
-            }
-            Err(SendError::Full(_)) => {
-                let n = self.consecutive_drops.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= MAX_CONSECUTIVE_DROPS {
-                    self.evict.store(true, Ordering::Relaxed);
-                }
-                false
-            }
-            Err(SendError::Closed(_)) => false,
-        }
-    }
-
-    fn must_evict(&self) -> bool {
-        self.evict.load(Ordering::Relaxed)
-    }
-}
 
 enum AuthState {
     /// JWT mode, no valid AUTH yet.
@@ -486,11 +445,10 @@ impl Actor for ConnectionActor {
         // this actor is not polled, the mailbox fills and live broadcasts are refused.
         ctx.set_mailbox_capacity(self.node.config.outbound_queue);
         let mailbox = Mailbox::new(ctx.address(), self.depth_counter());
-        self.outbound = Some(Arc::new(Outbound {
-            mailbox: mailbox.clone(),
-            consecutive_drops: AtomicU32::new(0),
-            evict: AtomicBool::new(false),
-        }));
+        self.outbound = Some(Arc::new(Outbound::new(
+            ctx.address().recipient(),
+            self.depth_counter(),
+        )));
         self.node.gate.do_send(Register {
             id: self.id,
             mailbox,

@@ -15,7 +15,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use super::connection::ConnectionActor;
-use super::requests::run_query;
+use crate::data::reads::run_query;
 use crate::protocol::{self, ServerMessage};
 use crate::shard::query::{CompiledQuery, QueryRow};
 

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::ops::{op_label, query_spec};
-use super::requests::{reserve_within, run_query};
+use super::requests::reserve_within;
 use super::NodeContext;
+use crate::data::ops::{op_label, query_spec};
+use crate::data::reads::run_query;
 use crate::protocol::http_sync::{
     HttpQueryResult, HttpSyncError, HttpSyncRequest, HttpSyncResponse,
 };
@@ -73,7 +74,7 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
                     client_id: req.client_id.clone().unwrap_or_else(|| "http".into()),
                 };
                 let outcome = crate::cluster::replication::route_client_write(
-                    &node, 0, trace, ops, &node.log,
+                    &node.data, 0, trace, ops, &node.log,
                 )
                 .await;
                 node.pending_batches.fetch_sub(1, Ordering::AcqRel);

@@ -11,10 +11,11 @@ use actix_web_actors::ws;
 use slog::{debug, warn};
 
 use super::connection::ConnectionActor;
-use super::ops::{op_label, query_spec, shard_op};
+use crate::data::ops::{op_label, query_spec};
+use crate::data::reads::run_query;
 use crate::protocol::{
-    self, ClientOp, LeafRecord, MerkleReqBucket, OpRejected, QueryResp, QueryResultItem, QuerySub,
-    QueryUnsub, ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
+    self, ClientOp, LeafRecord, MerkleReqBucket, QueryResp, QueryResultItem, QuerySub, QueryUnsub,
+    ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
 };
 use crate::protocol::{
     OrMapRecord, OrmapDiffRequest, OrmapDiffResponse, OrmapPushDiff, OrmapSyncInit,
@@ -24,155 +25,10 @@ use crate::queue::actor::{
     SnapshotLoaded, Subscribe, TopicPublish, TopicSubscribe, TopicUnsubscribe, Unsubscribe,
 };
 use crate::queue::subscriptions::SubKey;
-use crate::queue::ConnId;
-use crate::shard::actor::{
-    ApplyOps, GroupQuery, LeafRecords, MerkleLeaves, OpOutcome, OrEntries, OrLeaves, OrSelect,
-    RunQuery, ShardActor, ShardOp,
-};
-use crate::shard::aggregate::{GroupSpec, Groups};
+use crate::shard::actor::{LeafRecords, MerkleLeaves, OrEntries, OrLeaves, OrSelect, ShardActor};
 use crate::shard::live::LiveQuery;
 use crate::shard::merkle::MerkleUnion;
-use crate::shard::query::{CompiledQuery, PartialResult};
-use crate::shard::router::Shards;
-
-/// What became of a write batch.
-pub struct WriteOutcome {
-    pub rejected: Vec<OpRejected>,
-    /// Why the batch must not be acknowledged (a shard did not answer, or a storage commit
-    /// failed): the client keeps its ops and resends them, which LWW makes harmless.
-    pub failure: Option<String>,
-}
-
-/// Splits a batch per shard and sends one `ApplyOps` to each (now, so that later requests of
-/// the same sender queue behind it); the future resolves once every shard answered.
-pub fn apply_writes(
-    shards: &Shards,
-    writer: ConnId,
-    ops: Vec<ClientOp>,
-) -> impl std::future::Future<Output = WriteOutcome> + 'static {
-    let mut per_shard: Vec<(Vec<Option<String>>, Vec<ShardOp>)> = (0..shards.len())
-        .map(|_| (Vec::new(), Vec::new()))
-        .collect();
-    let mut rejected = Vec::new();
-    for mut op in ops {
-        let id = op.id.take();
-        let s = shards.of_key(&op.key);
-        match shard_op(op) {
-            Ok(Some(sop)) => {
-                per_shard[s].0.push(id);
-                per_shard[s].1.push(sop);
-            }
-            Ok(None) => {}
-            Err(reason) => rejected.push(rejection(id, reason)),
-        }
-    }
-    let requests: Vec<_> = per_shard
-        .into_iter()
-        .enumerate()
-        .filter(|(_, (_, ops))| !ops.is_empty())
-        .map(|(s, (ids, ops))| (ids, shards.mailboxes[s].send(ApplyOps { writer, ops })))
-        .collect();
-    async move {
-        let mut failure = None;
-        for (ids, req) in requests {
-            match req.await {
-                Ok(outcomes) => {
-                    for (id, outcome) in ids.into_iter().zip(outcomes) {
-                        match outcome {
-                            OpOutcome::Rejected { reason } => rejected.push(rejection(id, reason)),
-                            OpOutcome::NotDurable { reason } => failure = Some(reason),
-                            OpOutcome::Applied | OpOutcome::Stale => {}
-                        }
-                    }
-                }
-                Err(_) => failure = Some("shard unavailable".to_owned()),
-            }
-        }
-        WriteOutcome { rejected, failure }
-    }
-}
-
-fn rejection(id: Option<String>, reason: String) -> OpRejected {
-    OpRejected {
-        op_id: id.unwrap_or_else(|| "unknown".into()),
-        reason,
-        code: Some(400),
-    }
-}
-
-/// One query over every shard: the merged page, and each shard's apply sequence at the time.
-pub async fn run_query(
-    shards: &Shards,
-    map: Arc<str>,
-    query: Arc<CompiledQuery>,
-    cap: usize,
-) -> (crate::shard::query::QueryPage, Vec<u64>, Vec<PartialResult>) {
-    if let Some(spec) = query.group().cloned() {
-        let (page, seen) = run_grouped(shards, map, &query, &spec, cap).await;
-        return (page, seen, Vec::new());
-    }
-    let requests: Vec<_> = shards
-        .mailboxes
-        .iter()
-        .map(|s| {
-            s.send(RunQuery {
-                map: map.clone(),
-                query: query.clone(),
-                cap,
-            })
-        })
-        .collect();
-    let mut parts = Vec::with_capacity(requests.len());
-    let mut seen = Vec::with_capacity(requests.len());
-    for req in requests {
-        match req.await {
-            Ok((part, seq)) => {
-                parts.push(part);
-                seen.push(seq);
-            }
-            Err(_) => seen.push(u64::MAX),
-        }
-    }
-    (query.merge(&parts, cap), seen, parts)
-}
-
-/// A grouped query over every shard: the shards' groups merged, then the group rows through
-/// the query's sort, limit, cursor and fields.
-async fn run_grouped(
-    shards: &Shards,
-    map: Arc<str>,
-    query: &CompiledQuery,
-    spec: &GroupSpec,
-    cap: usize,
-) -> (crate::shard::query::QueryPage, Vec<u64>) {
-    let query_arc = Arc::new(query.clone());
-    let requests: Vec<_> = shards
-        .mailboxes
-        .iter()
-        .map(|s| {
-            s.send(GroupQuery {
-                map: map.clone(),
-                query: query_arc.clone(),
-            })
-        })
-        .collect();
-    let mut groups = Groups::default();
-    let mut seen = Vec::with_capacity(requests.len());
-    for req in requests {
-        match req.await {
-            Ok((part, seq)) => {
-                groups.merge(part);
-                seen.push(seq);
-            }
-            Err(_) => seen.push(u64::MAX),
-        }
-    }
-    let rows = groups.rows(spec);
-    let page = query
-        .rows_query()
-        .run(rows.iter().map(|(k, v)| (k.as_str(), v)), cap);
-    (page, seen)
-}
+use crate::shard::query::CompiledQuery;
 
 type ShardRequest<M> = actix::dev::Request<ShardActor, M>;
 
@@ -444,7 +300,7 @@ impl ConnectionActor {
             client_id: self.client_id.to_string(),
         };
         let applied_future = crate::cluster::replication::route_client_write(
-            &self.node,
+            &self.node.data,
             self.id,
             trace,
             ops,
@@ -802,7 +658,7 @@ impl ConnectionActor {
                 client_id: self.client_id.to_string(),
             };
             let applied = crate::cluster::replication::route_client_write(
-                &self.node,
+                &self.node.data,
                 self.id,
                 trace,
                 ops,

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use rmpv::Value;
 use slog::{info, warn, Logger};
 
+use super::outbound::Outbound;
 use super::subscriptions::{Delivery, Registry, Routed, SubKey};
 use super::{ChangeEvent, ConnId};
-use crate::net::connection::Outbound;
 use crate::protocol::{self, ServerMessage, TopicMessage};
 use crate::shard::hlc::system_millis;
 use crate::shard::query::CompiledQuery;

@@ -12,6 +12,7 @@
 //! the same stripes (for their order) but are not change events: they are not counted in the
 //! event-queue families and are bounded by the publisher's token bucket instead.
 pub mod actor;
+pub mod outbound;
 pub mod subscriptions;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

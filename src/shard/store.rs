@@ -353,7 +353,7 @@ mod tests {
     fn import(into: &mut MapStore, ops: Vec<ClientOp>) {
         use crate::shard::actor::OpKind;
         for op in ops {
-            let Some(sop) = crate::net::ops::shard_op(op).unwrap() else {
+            let Some(sop) = crate::data::ops::shard_op(op).unwrap() else {
                 continue;
             };
             match sop.kind {

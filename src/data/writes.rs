@@ -1,0 +1,73 @@
+//! The local write path: a batch of client ops split per shard, applied, and the outcome that
+//! decides the client's acknowledgement. Client connections and peers call it alike.
+use crate::protocol::{ClientOp, OpRejected};
+use crate::queue::ConnId;
+use crate::shard::actor::{ApplyOps, OpOutcome, ShardOp};
+use crate::shard::router::Shards;
+
+use super::ops::shard_op;
+
+/// What became of a write batch.
+pub struct WriteOutcome {
+    pub rejected: Vec<OpRejected>,
+    /// Why the batch must not be acknowledged (a shard did not answer, or a storage commit
+    /// failed): the client keeps its ops and resends them, which LWW makes harmless.
+    pub failure: Option<String>,
+}
+
+/// Splits a batch per shard and sends one `ApplyOps` to each (now, so that later requests of
+/// the same sender queue behind it); the future resolves once every shard answered.
+pub fn apply_writes(
+    shards: &Shards,
+    writer: ConnId,
+    ops: Vec<ClientOp>,
+) -> impl std::future::Future<Output = WriteOutcome> + 'static {
+    let mut per_shard: Vec<(Vec<Option<String>>, Vec<ShardOp>)> = (0..shards.len())
+        .map(|_| (Vec::new(), Vec::new()))
+        .collect();
+    let mut rejected = Vec::new();
+    for mut op in ops {
+        let id = op.id.take();
+        let s = shards.of_key(&op.key);
+        match shard_op(op) {
+            Ok(Some(sop)) => {
+                per_shard[s].0.push(id);
+                per_shard[s].1.push(sop);
+            }
+            Ok(None) => {}
+            Err(reason) => rejected.push(rejection(id, reason)),
+        }
+    }
+    let requests: Vec<_> = per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, ops))| !ops.is_empty())
+        .map(|(s, (ids, ops))| (ids, shards.mailboxes[s].send(ApplyOps { writer, ops })))
+        .collect();
+    async move {
+        let mut failure = None;
+        for (ids, req) in requests {
+            match req.await {
+                Ok(outcomes) => {
+                    for (id, outcome) in ids.into_iter().zip(outcomes) {
+                        match outcome {
+                            OpOutcome::Rejected { reason } => rejected.push(rejection(id, reason)),
+                            OpOutcome::NotDurable { reason } => failure = Some(reason),
+                            OpOutcome::Applied | OpOutcome::Stale => {}
+                        }
+                    }
+                }
+                Err(_) => failure = Some("shard unavailable".to_owned()),
+            }
+        }
+        WriteOutcome { rejected, failure }
+    }
+}
+
+fn rejection(id: Option<String>, reason: String) -> OpRejected {
+    OpRejected {
+        op_id: id.unwrap_or_else(|| "unknown".into()),
+        reason,
+        code: Some(400),
+    }
+}
