@@ -113,6 +113,45 @@ impl fmt::Display for WriteAck {
     }
 }
 
+/// Which partitions a cluster node keeps: every one (each node a full copy, reads answered
+/// locally), or only those it owns or backs up (capacity grows with the nodes, reads are
+/// gathered from the holders).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Placement {
+    Full,
+    Partitioned,
+}
+
+impl FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Placement::Full),
+            "partitioned" => Ok(Placement::Partitioned),
+            other => Err(format!(
+                "unknown placement {other:?} (expected full or partitioned)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Placement {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Placement::Full => "full",
+            Placement::Partitioned => "partitioned",
+        })
+    }
+}
+
 /// Pino's level names; the numbers are Pino's too (see `telemetry::logging`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -287,6 +326,9 @@ pub struct Overrides {
     /// When a cluster write is acknowledged: owner, or owner+backup [default: owner+backup]
     #[arg(long, env = "TOPGUN_WRITE_ACK")]
     pub write_ack: Option<WriteAck>,
+    /// Partitions a node keeps: full (every one) or partitioned (those it owns or backs up) [default: full]
+    #[arg(long, env = "TOPGUN_PLACEMENT")]
+    pub placement: Option<Placement>,
     /// How long a replicated write waits for a backup, ms (an owner gets twice that) [default: 5000]
     #[arg(long, env = "TOPGUN_CLUSTER_TIMEOUT_MS")]
     pub cluster_timeout_ms: Option<u64>,
@@ -432,6 +474,7 @@ pub struct Config {
     pub cluster_probe: Duration,
     pub backup_count: u8,
     pub write_ack: WriteAck,
+    pub placement: Placement,
     /// Longest wait for a peer's answer to a forwarded or replicated write.
     pub cluster_timeout: Duration,
     /// Longest wait for the seeds (and the first data pull) before serving alone.
@@ -533,6 +576,7 @@ impl Default for Config {
             cluster_probe: Duration::from_millis(1000),
             backup_count: 1,
             write_ack: WriteAck::OwnerAndBackup,
+            placement: Placement::Full,
             cluster_timeout: Duration::from_millis(5000),
             cluster_join_timeout: Duration::from_millis(10_000),
             metrics_port: None,
@@ -646,6 +690,7 @@ impl Config {
                 .map_or(d.cluster_probe, ms),
             backup_count: pick!(backup_count, d.backup_count),
             write_ack: pick!(write_ack, d.write_ack),
+            placement: pick!(placement, d.placement),
             cluster_timeout: cli
                 .cluster_timeout_ms
                 .or(file.cluster_timeout_ms)

@@ -210,6 +210,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         config.write_ack,
         config.cluster_timeout,
         usize::from(config.backup_count),
+        config.placement,
     ));
 
     let timed = config.actor_telemetry;

@@ -206,6 +206,13 @@ ROWS = [
          [(f'topgun_cluster_handoffs_pending{{{S}}}', "pending {{instance}}"),
           (f'sum by (instance, outcome) (increase(topgun_cluster_handoffs_total{{{S}}}[5m]))', "{{outcome}} in 5m {{instance}}")],
          "Forwards that failed (their client got ERROR) sent to the owner again in the background. Dropped ones (more than 10,000 or 64 MiB waiting, or 2 minutes without success) are left to the client's resend and the next catch-up."),
+        ("Records by role", "ts", "none",
+         [(f'sum by (instance, role) (topgun_partition_records{{{S}}})', "{{role}} {{instance}}"),
+          (f'sum by (instance) (increase(topgun_partitions_released_total{{{S}}}[5m]))', "partitions handed over in 5m {{instance}}")],
+         "Records stored on each node by its role for their partition. Full placement: every node stores every record (replica = the copies of partitions it neither owns nor backs up). Partitioned: owner + backup only, about records x (1 + backups) / nodes each; replica is what waits to be handed over after a rebalance and returns to 0."),
+        ("Gathered reads", "ts", "cps",
+         [(f'sum by (instance, outcome) (rate(topgun_cluster_gathers_total{{{S}}}[{R}]))', "{{outcome}} {{instance}}")],
+         "Partitioned placement: query snapshots and POST /sync queries read from the partitions' holders. retried = a member's share asked again of another holder (it was down, slow or no longer held it); failed = the client got an error because no holder answered for a partition."),
     ]),
 ]
 

@@ -221,7 +221,23 @@ pub struct ClusterActor {
     synced: bool,
     rounds: HashMap<u64, Round>,
     next_round: u64,
+    /// A handover pass ([`super::release`]) is running.
+    releasing: bool,
+    /// Records stored here by this node's role for their partition, as of the last pass.
+    records_by_role: [u64; 3],
+    /// Partitions handed over and dropped since the last report.
+    released: u64,
+    release_log: Throttle,
 }
+
+/// One handover pass ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReleaseEnded(super::release::Released);
+
+/// How often records are counted by role and, with partitioned placement, partitions this
+/// node no longer keeps are handed over.
+const RELEASE_EVERY: Duration = Duration::from_secs(5);
 
 impl ClusterActor {
     #[allow(clippy::too_many_arguments)]
@@ -272,6 +288,10 @@ impl ClusterActor {
             synced: false,
             rounds: HashMap::new(),
             next_round: 1,
+            releasing: false,
+            records_by_role: [0; 3],
+            released: 0,
+            release_log: Throttle::new(WARN_EVERY),
         }
     }
 
@@ -620,7 +640,12 @@ impl ClusterActor {
             let after = new.role(p, me);
             let gained = (after != Role::Replica && before == Role::Replica)
                 || (after == Role::Owner && before != Role::Owner);
-            if !(initial || gained) {
+            let wanted = if initial {
+                self.node.cluster.keeps(new, p)
+            } else {
+                gained
+            };
+            if !wanted {
                 continue;
             }
             let source = old
@@ -663,6 +688,7 @@ impl ClusterActor {
             },
         );
         for (source, parts) in plan {
+            self.node.cluster.set_arriving(&parts, true);
             self.pull(round, source, parts, 1, ctx);
         }
     }
@@ -680,8 +706,9 @@ impl ClusterActor {
         actix_rt::spawn(async move {
             // Progress per partition: the pending gauge falls as the pull goes.
             let pending = &node.cluster.counters.migration_pending;
-            let pulled = migration::pull(&node, &source, &partitions, |_| {
+            let pulled = migration::pull(&node, &source, &partitions, |p| {
                 pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                node.cluster.set_arriving(&[p], false);
             })
             .await;
             me.do_send(PullEnded {
@@ -699,14 +726,17 @@ impl ClusterActor {
         ctx.run_later(after, move |act, ctx| act.catch_up(peer, ctx));
     }
 
-    /// Pulls every partition from `peer` (it holds a copy of each) and merges it.
+    /// Pulls from `peer` every partition this node keeps and merges it.
     fn catch_up(&mut self, peer: String, ctx: &mut Context<Self>) {
-        let is_member = self.node.cluster.table().member(&peer).is_some();
+        let table = self.node.cluster.table();
+        let is_member = table.member(&peer).is_some();
         let now = Instant::now();
         if self.leaving || !self.catchups.begin(&peer, is_member, now) {
             return;
         }
-        let partitions: Vec<u16> = (0..PARTITION_COUNT).collect();
+        let partitions: Vec<u16> = (0..PARTITION_COUNT)
+            .filter(|&p| self.node.cluster.keeps(&table, p))
+            .collect();
         info!(self.log, "catch-up started"; "peer" => &peer, "partitions" => partitions.len());
         let node = self.node.clone();
         let me = ctx.address();
@@ -721,6 +751,22 @@ impl ClusterActor {
                 started: now,
                 result,
             });
+        });
+    }
+
+    /// Counts records by role, and with partitioned placement hands over the partitions this
+    /// node no longer keeps (not while a migration runs: the table is still moving).
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        if self.releasing || self.leaving {
+            return;
+        }
+        self.releasing = true;
+        let hand_over = self.node.cluster.partitioned() && self.rounds.is_empty();
+        let node = self.node.clone();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let released = super::release::release(&node, hand_over).await;
+            me.do_send(ReleaseEnded(released));
         });
     }
 
@@ -998,6 +1044,15 @@ impl ClusterActor {
             links: self.dialled.values().filter(|d| d.link.is_some()).count() as i64,
             catch_ups: [take(&c.catch_ups_ok), take(&c.catch_ups_failed)],
             handoffs: [take(&c.handoffs_delivered), take(&c.handoffs_dropped)],
+            records_by_role: self
+                .records_by_role
+                .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            released: std::mem::take(&mut self.released),
+            gathers: [
+                take(&c.gathers_ok),
+                take(&c.gathers_failed),
+                take(&c.gathers_retried),
+            ],
             handoffs_pending: c
                 .handoffs_pending
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -1023,6 +1078,11 @@ struct DataReport {
     catch_ups: [u64; 2],
     /// delivered, dropped.
     handoffs: [u64; 2],
+    /// ok, failed, retried.
+    gathers: [u64; 3],
+    /// owner, backup, replica.
+    records_by_role: [i64; 3],
+    released: u64,
     handoffs_pending: i64,
 }
 
@@ -1056,6 +1116,18 @@ impl DataReport {
                 .inc_by(n);
         }
         m.cluster_handoffs_pending.set(self.handoffs_pending);
+        for (role, n) in ["owner", "backup", "replica"]
+            .iter()
+            .zip(self.records_by_role)
+        {
+            m.partition_records.with_label_values(&[role]).set(n);
+        }
+        m.partitions_released_total.inc_by(self.released);
+        for (outcome, n) in ["ok", "failed", "retried"].iter().zip(self.gathers) {
+            m.cluster_gathers_total
+                .with_label_values(&[outcome])
+                .inc_by(n);
+        }
     }
 }
 
@@ -1137,6 +1209,7 @@ impl Actor for ClusterActor {
             |act, _| act.report(),
         );
         ctx.run_interval(Duration::from_secs(1), |act, _| act.check_links());
+        ctx.run_interval(RELEASE_EVERY, |act, ctx| act.release(ctx));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -1343,12 +1416,13 @@ impl Handler<PullEnded> for ClusterActor {
                 return;
             }
             failure => {
-                // What was given up no longer counts as pending.
+                // What was given up no longer counts as pending, and is served as it is.
                 self.node
                     .cluster
                     .counters
                     .migration_pending
                     .fetch_sub(left.len() as i64, std::sync::atomic::Ordering::Relaxed);
+                self.node.cluster.set_arriving(&left, false);
                 if let Some(round) = self.rounds.get_mut(&msg.round) {
                     round.pending -= 1;
                     if let Some(e) = failure {
@@ -1370,8 +1444,34 @@ impl Handler<PullEnded> for ClusterActor {
                     self.ready_if_synced();
                 }
             }
+            if self.rounds.is_empty() && self.node.cluster.partitioned() {
+                // What this node gave up can be handed over now.
+                self.release(ctx);
+            }
         }
         self.stats.end(t0);
+    }
+}
+
+impl Handler<ReleaseEnded> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseEnded, _: &mut Context<Self>) {
+        let r = msg.0;
+        self.releasing = false;
+        self.records_by_role = r.records_by_role;
+        self.released += r.partitions as u64;
+        if r.partitions > 0 {
+            info!(self.log, "partitions handed over"; "partitions" => r.partitions,
+                "records" => r.records, "keptBack" => r.kept_back);
+        }
+        if let Some(e) = &r.failure {
+            if let Some(suppressed) = self.release_log.check(Instant::now()) {
+                warn!(self.log, "partition handover incomplete; retrying";
+                    "keptBack" => r.kept_back, "suppressed" => suppressed,
+                    "err" => err_kv("handover", e));
+            }
+        }
     }
 }
 

@@ -95,7 +95,9 @@ async fn retry(
         let failure = if owner == node.cluster.node_id {
             replicate(node, body.clone(), &owner, partitions).await
         } else {
-            ask(node, &owner, Kind::WriteForward, body.clone(), "owner").await
+            ask(node, &owner, Kind::WriteForward, body.clone(), "owner")
+                .await
+                .failure
         };
         match failure {
             None => return Ok(owner),

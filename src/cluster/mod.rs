@@ -6,10 +6,12 @@
 //! view the rest of the node reads ([`state`]). `docs/cluster.md` is the operator's view.
 pub mod actor;
 pub mod catchup;
+pub mod gather;
 pub mod handoff;
 pub mod membership;
 pub mod migration;
 pub mod peer;
+pub mod release;
 pub mod replication;
 pub mod state;
 pub mod table;

@@ -30,8 +30,9 @@ use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
 
 /// `reason` values of `topgun_cluster_peer_errors_total`.
-pub const PEER_ERROR_REASONS: [&str; 7] = [
+pub const PEER_ERROR_REASONS: [&str; 8] = [
     "version",
+    "placement",
     "bad_frame",
     "bad_hello",
     "node_id_clash",
@@ -194,6 +195,7 @@ impl PeerConn {
             version: PEER_VERSION,
             node_id: self.cluster().node_id.clone(),
             generation: self.cluster().generation(),
+            placement: self.cluster().placement.to_string(),
         })
     }
 
@@ -242,6 +244,17 @@ impl PeerConn {
                 format!(
                     "peer speaks version {}, this node {PEER_VERSION}",
                     hello.version
+                ),
+            );
+        }
+        let placement = self.cluster().placement.to_string();
+        if hello.placement != placement {
+            return self.refuse(
+                ctx,
+                "placement",
+                format!(
+                    "peer keeps {} placement, this node {placement}",
+                    hello.placement
                 ),
             );
         }
@@ -298,8 +311,11 @@ impl PeerConn {
         match frame.kind {
             Kind::WriteForward | Kind::WriteReplicate => self.serve_write(frame, ctx),
             Kind::Pull => self.serve_pull(frame, ctx),
+            Kind::Query => self.serve_query(frame, ctx),
             Kind::Topic => self.serve_topic(frame),
-            Kind::WriteDone | Kind::PullChunk | Kind::PullDone => self.answered(frame),
+            Kind::WriteDone | Kind::PullChunk | Kind::PullDone | Kind::QueryDone => {
+                self.answered(frame)
+            }
             Kind::Refused => self.refused_by_peer(&frame, ctx),
             Kind::Hello => self.refuse(ctx, "bad_hello", "second HELLO".into()),
         }
@@ -321,7 +337,9 @@ impl PeerConn {
             // Timed out already: the caller has its answer.
             return;
         };
-        self.cluster().counters.observe_lag(p.sent.elapsed());
+        if frame.kind == Kind::WriteDone {
+            self.cluster().counters.observe_lag(p.sent.elapsed());
+        }
         let reply = Reply {
             kind: frame.kind,
             body: frame.body,
@@ -436,6 +454,42 @@ impl PeerConn {
             act.send_frame(Kind::PullDone, corr, &wire::body(&done));
             info!(act.log, "partitions sent to peer"; "partitions" => partitions,
                 "records" => records, "tookMs" => t0.elapsed().as_millis() as u64);
+        }));
+    }
+
+    fn serve_query(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let corr = frame.corr;
+        let query: wire::Query = match wire::decode(&frame.body) {
+            Ok(q) => q,
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                let done = wire::QueryDone {
+                    table_version: self.cluster().table().version,
+                    error: Some(format!("undecodable query: {e}")),
+                    ..wire::QueryDone::default()
+                };
+                self.send_frame(Kind::QueryDone, corr, &wire::body(&done));
+                return;
+            }
+        };
+        let served = super::gather::serve(self.node.clone(), query);
+        ctx.spawn(served.into_actor(self).map(move |done, act, _| {
+            let mut body = wire::body(&done);
+            if body.len() + 9 > wire::MAX_PEER_FRAME {
+                // The asker would close the link on a frame this size: answer an error.
+                let too_big = wire::QueryDone {
+                    table_version: done.table_version,
+                    error: Some(format!(
+                        "a share of the answer is {} MiB, over the {} MiB node-to-node frame \
+                         limit: ask for fewer rows (limit) or fields",
+                        body.len() >> 20,
+                        wire::MAX_PEER_FRAME >> 20
+                    )),
+                    ..wire::QueryDone::default()
+                };
+                body = wire::body(&too_big);
+            }
+            act.send_frame(Kind::QueryDone, corr, &body);
         }));
     }
 
@@ -673,6 +727,7 @@ mod tests {
             version: PEER_VERSION,
             node_id: node_id.into(),
             generation,
+            placement: "full".into(),
         }
     }
 

@@ -34,9 +34,9 @@ const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serializes exactly like [`wire::Write`] without copying the ops.
 #[derive(Serialize)]
-struct WriteRef<'a> {
-    trace: &'a Trace,
-    ops: Vec<&'a ClientOp>,
+pub(super) struct WriteRef<'a> {
+    pub trace: &'a Trace,
+    pub ops: Vec<&'a ClientOp>,
 }
 
 /// Serializes exactly like [`wire::PullChunk`].
@@ -45,7 +45,8 @@ pub struct ChunkRef<'a> {
     pub ops: &'a [ClientOp],
 }
 
-/// The origin's part: apply locally, forward to owners, replicate what this node owns.
+/// The origin's part: apply locally what this node keeps, forward to owners, replicate what
+/// this node owns.
 pub fn route_client_write(
     node: &Arc<DataPlane>,
     writer: ConnId,
@@ -59,9 +60,9 @@ pub fn route_client_write(
         return Box::pin(apply_writes(&node.shards, writer, ops));
     }
     stamp_bare_removes(cluster, &mut ops);
+    let partitions_of_ops: Vec<u16> = ops.iter().map(|op| partition_of(&op.key)).collect();
     let mut groups: BTreeMap<&str, (Vec<usize>, BTreeSet<u16>)> = BTreeMap::new();
-    for (i, op) in ops.iter().enumerate() {
-        let partition = partition_of(&op.key);
+    for (i, &partition) in partitions_of_ops.iter().enumerate() {
         let owner = table
             .owner(partition)
             .map_or(cluster.node_id.as_str(), |m| m.node_id.as_str());
@@ -69,14 +70,20 @@ pub fn route_client_write(
         group.0.push(i);
         group.1.insert(partition);
     }
-    let mut peers: Vec<LocalBoxFuture<'static, Option<String>>> = Vec::new();
+    let mut peers: Vec<LocalBoxFuture<'static, WriteDone>> = Vec::new();
     for (owner, (indexes, partitions)) in groups {
         let body = wire::body(&WriteRef {
             trace: &trace,
             ops: indexes.iter().map(|&i| &ops[i]).collect(),
         });
         if owner == cluster.node_id {
-            peers.push(replicate(node, body, &cluster.node_id, &partitions));
+            let replicated = replicate(node, body, &cluster.node_id, &partitions);
+            peers.push(Box::pin(async move {
+                WriteDone {
+                    rejected: Vec::new(),
+                    failure: replicated.await,
+                }
+            }));
             continue;
         }
         cluster
@@ -86,27 +93,46 @@ pub fn route_client_write(
         debug!(log, "write forwarded"; "requestId" => trace.request_id.as_deref(),
             "owner" => owner, "ops" => indexes.len());
         let forward = ask(node, owner, Kind::WriteForward, body.clone(), "owner");
+        let applied_here = partitions.iter().any(|&p| cluster.keeps(&table, p));
         let node = node.clone();
         // Detached: the handoff must happen even when the caller stops waiting (its client
         // disconnected), since the records are applied here already.
         let (tx, rx) = tokio::sync::oneshot::channel();
         actix_rt::spawn(async move {
-            let failure = forward.await;
-            if let Some(f) = &failure {
+            let done = forward.await;
+            if let (Some(f), true) = (&done.failure, applied_here) {
                 super::handoff::hand_off(&node, body, partitions, f.clone());
             }
-            let _ = tx.send(failure);
+            let _ = tx.send(done);
         });
         peers.push(Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Some("the forward was abandoned".to_owned()))
+            rx.await.unwrap_or_else(|_| WriteDone {
+                rejected: Vec::new(),
+                failure: Some("the forward was abandoned".to_owned()),
+            })
         }));
     }
-    let local = apply_writes(&node.shards, writer, ops);
+    let kept: Vec<ClientOp> = if cluster.partitioned() {
+        ops.into_iter()
+            .zip(partitions_of_ops)
+            .filter(|(_, p)| cluster.keeps(&table, *p))
+            .map(|(op, _)| op)
+            .collect()
+    } else {
+        ops
+    };
+    let local = apply_writes(&node.shards, writer, kept);
     Box::pin(async move {
         let mut outcome = local.await;
         for peer in peers {
-            if let Some(failure) = peer.await {
+            let done = peer.await;
+            // An op this node applied too was rejected here already, by the same rules.
+            for r in done.rejected {
+                if !outcome.rejected.iter().any(|o| o.op_id == r.op_id) {
+                    outcome.rejected.push(r);
+                }
+            }
+            if let Some(failure) = done.failure {
                 outcome.failure.get_or_insert(failure);
             }
         }
@@ -161,8 +187,8 @@ pub fn replica_role(cluster: &ClusterState, ops: &[ClientOp]) -> &'static str {
     }
 }
 
-/// Sends `body` to every member but this node and `origin`; resolves once the partitions'
-/// backups confirmed (or at once with `--write-ack owner`). `Some(reason)`: not confirmed.
+/// Sends `body` to every member but this node and `origin` (with partitioned placement, to the
+/// partitions' backups only); resolves once the backups confirmed (or at once with `--write-ack owner`). `Some(reason)`: not confirmed.
 pub(super) fn replicate(
     node: &Arc<DataPlane>,
     body: Bytes,
@@ -172,30 +198,59 @@ pub(super) fn replicate(
     let cluster = &node.cluster;
     let table = cluster.table();
     let mut backups: BTreeSet<&str> = BTreeSet::new();
-    if cluster.ack == WriteAck::OwnerAndBackup {
-        for &p in partitions {
-            backups.extend(table.backups(p).map(|m| m.node_id.as_str()));
-        }
+    for &p in partitions {
+        backups.extend(table.backups(p).map(|m| m.node_id.as_str()));
     }
-    backups.remove(cluster.node_id.as_str());
-    backups.remove(origin);
+    let waited = cluster.ack == WriteAck::OwnerAndBackup;
+    // Partitioned: a backup gets only the ops of the partitions it backs up.
+    let mut decoded: Option<Option<wire::Write>> = None;
     let mut waits = Vec::new();
     for member in table.members() {
         let id = member.node_id.as_str();
         if id == cluster.node_id || id == origin {
             continue;
         }
-        if backups.contains(id) {
-            waits.push(ask(node, id, Kind::WriteReplicate, body.clone(), "backup"));
+        let body = if cluster.partitioned() {
+            if !backups.contains(id) {
+                continue;
+            }
+            let backs_up_all = partitions
+                .iter()
+                .all(|&p| table.backups(p).any(|m| m.node_id == id));
+            if backs_up_all {
+                body.clone()
+            } else {
+                let write = decoded.get_or_insert_with(|| wire::decode(&body).ok());
+                match write {
+                    Some(w) => wire::body(&WriteRef {
+                        trace: &w.trace,
+                        ops: w
+                            .ops
+                            .iter()
+                            .filter(|o| {
+                                table.backups(partition_of(&o.key)).any(|m| m.node_id == id)
+                            })
+                            .collect(),
+                    }),
+                    // Our own encoding: cannot fail to decode; the whole body is still correct.
+                    None => body.clone(),
+                }
+            }
+        } else {
+            body.clone()
+        };
+        if waited && backups.contains(id) {
+            let wait = ask(node, id, Kind::WriteReplicate, body, "backup");
+            waits.push(async move { wait.await.failure });
         } else if let Some(link) = cluster.link(id) {
             link.do_send(Notify {
                 kind: Kind::WriteReplicate,
-                body: body.clone(),
+                body,
             });
         } else {
             // A member whose link is still in its handshake (it just joined) gets the write
             // once the link is up; missing it would leave that replica behind for good.
-            let (node, id, body) = (node.clone(), id.to_owned(), body.clone());
+            let (node, id) = (node.clone(), id.to_owned());
             actix_rt::spawn(async move {
                 if let Some(link) = node.cluster.wait_link(&id, LINK_WAIT).await {
                     link.do_send(Notify {
@@ -225,7 +280,7 @@ pub(super) fn ask(
     kind: Kind,
     body: Bytes,
     role: &'static str,
-) -> LocalBoxFuture<'static, Option<String>> {
+) -> LocalBoxFuture<'static, WriteDone> {
     let peer = peer.to_owned();
     // An owner answers after its own wait for the backups, so the origin gives it two.
     let timeout = if kind == Kind::WriteForward {
@@ -246,25 +301,35 @@ pub(super) fn ask(
             Some(call) => call,
             None => match node.cluster.wait_link(&peer, LINK_WAIT.min(timeout)).await {
                 Some(link) => link.send(Call { kind, body }),
-                None => return Some(format!("no connection to {role} {peer}")),
+                None => return failed(format!("no connection to {role} {peer}")),
             },
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(Ok(reply))) => match wire::decode::<WriteDone>(&reply.body) {
-                Ok(done) => done.failure.map(|f| format!("{role} {peer}: {f}")),
-                Err(e) => Some(format!("{role} {peer} answered garbage: {e}")),
+                Ok(done) => WriteDone {
+                    rejected: done.rejected,
+                    failure: done.failure.map(|f| format!("{role} {peer}: {f}")),
+                },
+                Err(e) => failed(format!("{role} {peer} answered garbage: {e}")),
             },
-            Ok(Ok(Err(e))) => Some(format!("{role} {peer}: {e}")),
-            Ok(Err(_)) => Some(format!("{role} {peer}: connection closed")),
+            Ok(Ok(Err(e))) => failed(format!("{role} {peer}: {e}")),
+            Ok(Err(_)) => failed(format!("{role} {peer}: connection closed")),
             Err(_) => {
                 node.cluster.counters.peer_error("timeout");
-                Some(format!(
+                failed(format!(
                     "{role} {peer} did not confirm within {} ms",
                     timeout.as_millis()
                 ))
             }
         }
     })
+}
+
+fn failed(failure: String) -> WriteDone {
+    WriteDone {
+        rejected: Vec::new(),
+        failure: Some(failure),
+    }
 }
 
 /// A REMOVE without a record would be stamped by each replica's own clock, and replicas would

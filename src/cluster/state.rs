@@ -11,8 +11,9 @@ use actix::Addr;
 
 use super::peer::{PeerConn, PEER_ERROR_REASONS};
 use super::table::{PartitionTable, TableMember};
-use crate::config::WriteAck;
+use crate::config::{Placement, WriteAck};
 use crate::protocol::types::Timestamp;
+use crate::shard::fnv::PARTITION_COUNT;
 use crate::shard::hlc::{system_millis, Hlc};
 use crate::telemetry::throttle::Throttle;
 
@@ -34,6 +35,10 @@ pub struct ClusterCounters {
     pub handoff_bytes: AtomicI64,
     pub handoffs_delivered: AtomicU64,
     pub handoffs_dropped: AtomicU64,
+    /// Gathered reads answered whole, failed, and shares asked again of another holder.
+    pub gathers_ok: AtomicU64,
+    pub gathers_failed: AtomicU64,
+    pub gathers_retried: AtomicU64,
     peer_errors: [AtomicU64; PEER_ERROR_REASONS.len()],
     /// Longest wait for a peer's answer since the last report, µs.
     lag_us: AtomicU64,
@@ -90,6 +95,10 @@ pub struct ClusterState {
     /// Longest wait for a peer's answer to a write.
     pub timeout: Duration,
     pub backups: usize,
+    pub placement: Placement,
+    /// Per partition: this node gained a role for it and is still pulling it, so it must not
+    /// answer a gathered read for it yet (its copy may be missing records).
+    arriving: Vec<AtomicBool>,
     table: RwLock<Arc<PartitionTable>>,
     /// The version of every new table, for whoever must know (cluster clients get it pushed).
     table_changes: tokio::sync::watch::Sender<u32>,
@@ -111,7 +120,13 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    pub fn new(me: TableMember, ack: WriteAck, timeout: Duration, backups: usize) -> Self {
+    pub fn new(
+        me: TableMember,
+        ack: WriteAck,
+        timeout: Duration,
+        backups: usize,
+        placement: Placement,
+    ) -> Self {
         let table = PartitionTable::compute(vec![me.clone()], backups, 1);
         ClusterState {
             clock: Mutex::new(Hlc::new(me.node_id.clone(), u64::MAX / 4)),
@@ -121,6 +136,10 @@ impl ClusterState {
             ack,
             timeout,
             backups,
+            placement,
+            arriving: (0..PARTITION_COUNT)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             table_changes: tokio::sync::watch::Sender::new(table.version),
             table: RwLock::new(Arc::new(table)),
             links: RwLock::new(HashMap::new()),
@@ -129,6 +148,36 @@ impl ClusterState {
             repeat_log: Mutex::new(HashMap::new()),
             data_ready: AtomicBool::new(false),
             counters: ClusterCounters::default(),
+        }
+    }
+
+    /// Whether this node keeps only the partitions it owns or backs up.
+    pub fn partitioned(&self) -> bool {
+        self.placement == Placement::Partitioned
+    }
+
+    /// Whether this node keeps `partition` under `table` (always, with full placement).
+    pub fn keeps(&self, table: &PartitionTable, partition: u16) -> bool {
+        !self.partitioned() || table.role(partition, &self.node_id) != super::table::Role::Replica
+    }
+
+    /// Whether this node can answer a read for `partition` now: it keeps it and is not still
+    /// pulling it.
+    pub fn serves(&self, table: &PartitionTable, partition: u16) -> bool {
+        self.keeps(table, partition) && !self.is_arriving(partition)
+    }
+
+    pub fn is_arriving(&self, partition: u16) -> bool {
+        self.arriving
+            .get(usize::from(partition))
+            .is_some_and(|a| a.load(Ordering::Acquire))
+    }
+
+    pub(super) fn set_arriving(&self, partitions: &[u16], arriving: bool) {
+        for &p in partitions {
+            if let Some(a) = self.arriving.get(usize::from(p)) {
+                a.store(arriving, Ordering::Release);
+            }
         }
     }
 
@@ -292,6 +341,7 @@ impl ClusterState {
             "members": members,
             "backupCount": self.backups,
             "writeAck": self.ack.to_string(),
+            "placement": self.placement.to_string(),
             "timeoutMs": self.timeout.as_millis() as u64,
             "migrationPendingPartitions":
                 self.counters.migration_pending.load(Ordering::Relaxed),

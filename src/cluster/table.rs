@@ -30,8 +30,8 @@ pub struct TableMember {
 pub enum Role {
     Owner,
     Backup,
-    /// Neither: the node still holds a copy (every node replicates every partition), written
-    /// asynchronously and never waited for.
+    /// Neither: with full placement the node still holds a copy, written asynchronously and
+    /// never waited for; with partitioned placement it holds nothing of the partition.
     Replica,
 }
 
@@ -109,6 +109,15 @@ impl PartitionTable {
             .get(usize::from(partition))
             .into_iter()
             .flat_map(|r| r.iter().skip(1))
+            .map(|&i| &self.members[i])
+    }
+
+    /// The owner of `partition`, then its backups.
+    pub fn holders(&self, partition: u16) -> impl Iterator<Item = &TableMember> + '_ {
+        self.replicas
+            .get(usize::from(partition))
+            .into_iter()
+            .flatten()
             .map(|&i| &self.members[i])
     }
 

@@ -5,11 +5,11 @@
 //! no answer wanted), and a MessagePack body (named fields, so a capture reads as maps).
 //! A frame over [`MAX_PEER_FRAME`] bytes ends the connection.
 //!
-//! Each side opens with `HELLO {magic, version, nodeId, generation}`; a receiver that speaks
-//! another version (or sees garbage, or its own node id from another process) answers
+//! Each side opens with `HELLO {magic, version, nodeId, generation, placement}`; a receiver that
+//! speaks another version or placement (or sees garbage, or its own node id from another process) answers
 //! `REFUSED {reason}` and closes. Requests carry a fresh correlation id and are answered with
 //! the same one: `WRITE_FORWARD`/`WRITE_REPLICATE` by `WRITE_DONE`, `PULL` by any number of
-//! `PULL_CHUNK`s then `PULL_DONE`. `TOPIC` is one-way.
+//! `PULL_CHUNK`s then `PULL_DONE`, `QUERY` by `QUERY_DONE`. `TOPIC` is one-way.
 //!
 //! Write bodies are encoded once and sent as they are to every replica: the owner re-sends the
 //! forwarded body with kind `WRITE_REPLICATE`, so the trace (`requestId`, origin node and
@@ -42,6 +42,9 @@ pub enum Kind {
     Pull = 7,
     PullChunk = 8,
     PullDone = 9,
+    /// One node's share of a gathered read: a query over the partitions it was asked for.
+    Query = 10,
+    QueryDone = 11,
 }
 
 impl Kind {
@@ -56,6 +59,8 @@ impl Kind {
             7 => Kind::Pull,
             8 => Kind::PullChunk,
             9 => Kind::PullDone,
+            10 => Kind::Query,
+            11 => Kind::QueryDone,
             _ => return None,
         })
     }
@@ -68,6 +73,14 @@ pub struct Hello {
     pub version: u16,
     pub node_id: String,
     pub generation: u64,
+    /// `full` or `partitioned` (absent from nodes before it: `full`). Members must agree: a
+    /// full node expects every write, a partitioned one only its partitions'.
+    #[serde(default = "full_placement")]
+    pub placement: String,
+}
+
+fn full_placement() -> String {
+    "full".to_owned()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,6 +135,37 @@ pub struct PullChunk {
 pub struct PullDone {
     pub records: u64,
     pub failure: Option<String>,
+}
+
+/// A share of a gathered read: the client's query (as it came, compiled again by the peer)
+/// over `partitions` only, which the asker's table `tableVersion` gives this peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Query {
+    pub map: String,
+    pub query: crate::protocol::Query,
+    pub fields: Option<Vec<String>>,
+    pub partitions: Vec<u16>,
+    pub cap: u32,
+    pub table_version: u32,
+}
+
+/// The answer to [`Query`]: rows (in query order, at most a page) or groups, for the
+/// partitions it serves; `refused` lists the ones it does not (it keeps no role for them, or
+/// is still pulling them), so the asker takes them from another holder.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryDone {
+    #[serde(default)]
+    pub rows: Vec<(String, rmpv::Value)>,
+    #[serde(default)]
+    pub has_more: bool,
+    #[serde(default)]
+    pub groups: Option<crate::shard::aggregate::Groups>,
+    #[serde(default)]
+    pub refused: Vec<u16>,
+    pub table_version: u32,
+    pub error: Option<String>,
 }
 
 /// One received frame: its kind, correlation id and undecoded body.

@@ -1,5 +1,6 @@
 //! The local read path of a query: every shard's share merged into one page (rows, or groups for
-//! a grouped query), with each shard's apply sequence for the live handshake.
+//! a grouped query), with each shard's apply sequence for the live handshake. A share may be
+//! restricted to some partitions: a gathered read takes each partition from one holder.
 use std::sync::Arc;
 
 use crate::shard::actor::{GroupQuery, RunQuery};
@@ -7,7 +8,11 @@ use crate::shard::aggregate::{GroupSpec, Groups};
 use crate::shard::query::{CompiledQuery, PartialResult, QueryPage};
 use crate::shard::router::Shards;
 
-/// One query over every shard: the merged page, and each shard's apply sequence at the time.
+/// Partitions by id: whether a share includes it. `None`: every partition.
+pub type PartitionMask = Option<Arc<Vec<bool>>>;
+
+/// One query over every shard: the merged page, each shard's apply sequence at the time, and
+/// the shards' shares (a live window is seeded from them).
 pub async fn run_query(
     shards: &Shards,
     map: Arc<str>,
@@ -15,9 +20,22 @@ pub async fn run_query(
     cap: usize,
 ) -> (QueryPage, Vec<u64>, Vec<PartialResult>) {
     if let Some(spec) = query.group().cloned() {
-        let (page, seen) = run_grouped(shards, map, &query, &spec, cap).await;
-        return (page, seen, Vec::new());
+        let (groups, seen) = local_groups(shards, map, query.clone(), None).await;
+        return (grouped_page(&query, &spec, groups, cap), seen, Vec::new());
     }
+    let (parts, seen) = local_rows(shards, map, query.clone(), cap, None).await;
+    (query.merge(&parts, cap), seen, parts)
+}
+
+/// Every shard's share of an ungrouped query over `partitions`, and each shard's apply
+/// sequence (`u64::MAX` for a shard that did not answer).
+pub async fn local_rows(
+    shards: &Shards,
+    map: Arc<str>,
+    query: Arc<CompiledQuery>,
+    cap: usize,
+    partitions: PartitionMask,
+) -> (Vec<PartialResult>, Vec<u64>) {
     let requests: Vec<_> = shards
         .mailboxes
         .iter()
@@ -26,6 +44,7 @@ pub async fn run_query(
                 map: map.clone(),
                 query: query.clone(),
                 cap,
+                partitions: partitions.clone(),
             })
         })
         .collect();
@@ -40,26 +59,25 @@ pub async fn run_query(
             Err(_) => seen.push(u64::MAX),
         }
     }
-    (query.merge(&parts, cap), seen, parts)
+    (parts, seen)
 }
 
-/// A grouped query over every shard: the shards' groups merged, then the group rows through
-/// the query's sort, limit, cursor and fields.
-async fn run_grouped(
+/// The groups of a grouped query over `partitions`, merged across shards, and each shard's
+/// apply sequence.
+pub async fn local_groups(
     shards: &Shards,
     map: Arc<str>,
-    query: &CompiledQuery,
-    spec: &GroupSpec,
-    cap: usize,
-) -> (QueryPage, Vec<u64>) {
-    let query_arc = Arc::new(query.clone());
+    query: Arc<CompiledQuery>,
+    partitions: PartitionMask,
+) -> (Groups, Vec<u64>) {
     let requests: Vec<_> = shards
         .mailboxes
         .iter()
         .map(|s| {
             s.send(GroupQuery {
                 map: map.clone(),
-                query: query_arc.clone(),
+                query: query.clone(),
+                partitions: partitions.clone(),
             })
         })
         .collect();
@@ -74,9 +92,18 @@ async fn run_grouped(
             Err(_) => seen.push(u64::MAX),
         }
     }
+    (groups, seen)
+}
+
+/// The group rows of merged groups through the query's sort, limit, cursor and fields.
+pub fn grouped_page(
+    query: &CompiledQuery,
+    spec: &GroupSpec,
+    groups: Groups,
+    cap: usize,
+) -> QueryPage {
     let rows = groups.rows(spec);
-    let page = query
+    query
         .rows_query()
-        .run(rows.iter().map(|(k, v)| (k.as_str(), v)), cap);
-    (page, seen)
+        .run(rows.iter().map(|(k, v)| (k.as_str(), v)), cap)
 }

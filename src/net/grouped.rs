@@ -15,7 +15,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use super::connection::ConnectionActor;
-use crate::data::reads::run_query;
+use crate::cluster::gather::{self, ReadRequest};
 use crate::protocol::{self, ServerMessage};
 use crate::shard::query::{CompiledQuery, QueryRow};
 
@@ -24,6 +24,8 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(50);
 
 pub struct LiveGroups {
     map: Arc<str>,
+    /// The query as the client sent it, for gathering from the holders.
+    wire: Box<protocol::Query>,
     query: Arc<CompiledQuery>,
     /// The rows the client holds, in the page's order.
     sent: Vec<QueryRow>,
@@ -33,9 +35,15 @@ pub struct LiveGroups {
 }
 
 impl LiveGroups {
-    pub fn new(map: Arc<str>, query: Arc<CompiledQuery>, sent: Vec<QueryRow>) -> Self {
+    pub fn new(
+        map: Arc<str>,
+        wire: protocol::Query,
+        query: Arc<CompiledQuery>,
+        sent: Vec<QueryRow>,
+    ) -> Self {
         LiveGroups {
             map,
+            wire: Box::new(wire),
             query,
             sent,
             dirty: false,
@@ -108,16 +116,30 @@ impl ConnectionActor {
         };
         live.dirty = false;
         live.running = true;
-        let (shards, map, query) = (
-            self.node.shards.clone(),
-            live.map.clone(),
-            live.query.clone(),
+        let data = self.node.data.clone();
+        let read = ReadRequest {
+            map: live.map.clone(),
+            wire: (*live.wire).clone(),
+            fields: None,
+            query: live.query.clone(),
+            cap: self.node.config.query_max_results,
+        };
+        let recompute = async move { gather::read(&data, read).await.map(|g| g.page.rows) };
+        ctx.spawn(
+            recompute
+                .into_actor(self)
+                .map(move |rows, act, ctx| match rows {
+                    Ok(rows) => act.on_groups_refreshed(ctx, Refreshed { query_id: id, rows }),
+                    // Not readable now (a holder is missing): the rows stay as the client has them,
+                    // and the next change tries again.
+                    Err(_) => {
+                        if let Some(live) = act.groups.get_mut(&id) {
+                            live.running = false;
+                            live.dirty = true;
+                        }
+                    }
+                }),
         );
-        let cap = self.node.config.query_max_results;
-        let recompute = async move { run_query(&shards, map, query, cap).await.0.rows };
-        ctx.spawn(recompute.into_actor(self).map(move |rows, act, ctx| {
-            act.on_groups_refreshed(ctx, Refreshed { query_id: id, rows });
-        }));
     }
 
     fn on_groups_refreshed(&mut self, ctx: &mut ws::WebsocketContext<Self>, r: Refreshed) {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use super::requests::reserve_within;
 use super::NodeContext;
+use crate::cluster::gather::{self, ReadRequest};
 use crate::data::ops::{op_label, query_spec};
-use crate::data::reads::run_query;
 use crate::protocol::http_sync::{
     HttpQueryResult, HttpSyncError, HttpSyncRequest, HttpSyncResponse,
 };
@@ -124,9 +124,24 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
                 continue;
             }
         };
-        let query = Arc::new(CompiledQuery::new(&spec));
-        let map: Arc<str> = Arc::from(q.map_name.as_str());
-        let (page, _, _) = run_query(&node.shards, map, query, node.config.query_max_results).await;
+        let read = ReadRequest {
+            map: Arc::from(q.map_name.as_str()),
+            wire: q.query,
+            fields: None,
+            query: Arc::new(CompiledQuery::new(&spec)),
+            cap: node.config.query_max_results,
+        };
+        let page = match gather::read(&node.data, read).await {
+            Ok(g) => g.page,
+            Err(message) => {
+                errors.push(HttpSyncError {
+                    code: 503,
+                    message,
+                    context: Some(q.query_id),
+                });
+                continue;
+            }
+        };
         query_results.push(HttpQueryResult {
             query_id: q.query_id,
             results: page

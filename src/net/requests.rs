@@ -11,8 +11,8 @@ use actix_web_actors::ws;
 use slog::{debug, warn};
 
 use super::connection::ConnectionActor;
+use crate::cluster::gather::{self, Gathered, ReadRequest};
 use crate::data::ops::{op_label, query_spec};
-use crate::data::reads::run_query;
 use crate::protocol::{
     self, ClientOp, LeafRecord, MerkleReqBucket, QueryResp, QueryResultItem, QuerySub, QueryUnsub,
     ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
@@ -150,6 +150,8 @@ impl Completion {
 }
 
 /// Follow-ups that must happen after the reply was written.
+// One per request, alive until its frames are out: boxing the big variant saves nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum After {
     /// The QUERY_RESP is out: stripes may now route this subscription's live updates.
     SnapshotLoaded {
@@ -161,6 +163,9 @@ pub enum After {
         /// A grouped query's rows as the QUERY_RESP sent them.
         groups: Option<super::grouped::LiveGroups>,
     },
+    /// The snapshot could not be read (the QUERY_RESP carries the error): the subscription
+    /// registered for it is dropped.
+    SnapshotFailed { query_id: Arc<str> },
 }
 
 /// Why a write batch did not go through flow control.
@@ -220,6 +225,7 @@ impl ConnectionActor {
                     });
                 }
             }
+            Some(After::SnapshotFailed { query_id }) => self.drop_subscription(query_id),
         }
     }
 
@@ -438,22 +444,51 @@ impl ConnectionActor {
                 })
             })
             .collect();
-        let shards = self.node.shards.clone();
+        let data = self.node.data.clone();
         let queue = self.node.queue.clone();
         let cap = self.node.config.query_max_results;
+        let wire = m.query.clone();
+        let read = ReadRequest {
+            map: map.clone(),
+            wire: m.query.clone(),
+            fields: m.fields.clone(),
+            query: query.clone(),
+            cap,
+        };
         self.start_request(async move {
             for r in registrations {
                 let _ = r.await;
             }
-            let (page, seen, parts) = run_query(&shards, map.clone(), query.clone(), cap).await;
+            let Gathered { page, seen, parts } = match gather::read(&data, read).await {
+                Ok(g) => g,
+                Err(error) => {
+                    let reply = ServerMessage::QueryResp {
+                        payload: QueryResp {
+                            query_id: m.query_id,
+                            results: Vec::new(),
+                            next_cursor: None,
+                            has_more: None,
+                            cursor_status: None,
+                            merkle_root_hash: None,
+                            error: Some(error),
+                            code: Some("unavailable".into()),
+                        },
+                    };
+                    return Completion {
+                        frames: vec![protocol::encode(&reply)],
+                        after: Some(After::SnapshotFailed { query_id: key.1 }),
+                    };
+                }
+            };
             let grouped = query.group().is_some();
             let window = query.limit().filter(|_| !grouped).map(|_| {
                 let mut live = LiveQuery::new((*query).clone(), WINDOW_RESERVE);
                 live.seed(&parts, cap);
                 live
             });
-            let groups = grouped
-                .then(|| super::grouped::LiveGroups::new(map, query.clone(), page.rows.clone()));
+            let groups = grouped.then(|| {
+                super::grouped::LiveGroups::new(map, wire, query.clone(), page.rows.clone())
+            });
             let mut members: Vec<Vec<Arc<str>>> = vec![Vec::new(); queue.stripes.len()];
             let results = page
                 .rows
@@ -534,7 +569,10 @@ impl ConnectionActor {
 
     pub(super) fn on_query_unsub(&mut self, m: QueryUnsub) {
         debug!(self.tel.log, "query unsubscribed"; "requestId" => &m.query_id);
-        let query_id: Arc<str> = Arc::from(m.query_id.as_str());
+        self.drop_subscription(Arc::from(m.query_id.as_str()));
+    }
+
+    fn drop_subscription(&mut self, query_id: Arc<str>) {
         self.subscriptions.remove(&query_id);
         self.windows.remove(&query_id);
         self.groups.remove(&query_id);

@@ -74,6 +74,8 @@ pub struct RunQuery {
     pub map: Arc<str>,
     pub query: Arc<CompiledQuery>,
     pub cap: usize,
+    /// Only these partitions (indexed by id); `None`: every one.
+    pub partitions: Option<Arc<Vec<bool>>>,
 }
 
 /// A grouped query's groups over this shard's matching records, and its apply sequence.
@@ -82,6 +84,7 @@ pub struct RunQuery {
 pub struct GroupQuery {
     pub map: Arc<str>,
     pub query: Arc<CompiledQuery>,
+    pub partitions: Option<Arc<Vec<bool>>>,
 }
 
 /// Merkle leaf hashes of a map (the connection unions them across shards), and a fresh HLC
@@ -128,6 +131,27 @@ pub struct OrEntries {
 #[rtype(result = "Vec<crate::protocol::ClientOp>")]
 pub struct ExportPartitions {
     pub partitions: Arc<Vec<bool>>,
+}
+
+/// Per partition of this shard with anything stored: (partition, keys, last change).
+#[derive(Message)]
+#[rtype(result = "Vec<(u16, u64, u64)>")]
+pub struct PartitionCensus;
+
+/// Everything stored for one partition, and its last change, to hand it to its holders.
+#[derive(Message)]
+#[rtype(result = "(Vec<crate::protocol::ClientOp>, u64)")]
+pub struct HandOver {
+    pub partition: u16,
+}
+
+/// Deletes a partition handed over, from memory and durably from storage, if it did not
+/// change since `touched`. `Ok(keys dropped)`, `Err` when it changed or storage failed.
+#[derive(Message)]
+#[rtype(result = "Result<u64, String>")]
+pub struct DropPartition {
+    pub partition: u16,
+    pub touched: u64,
 }
 
 /// Reads of the data-model knobs that matter to a shard.
@@ -206,7 +230,7 @@ impl ShardActor {
                     store.apply_or_remove(&map, &key, &tag);
                     map
                 }
-                Mutation::Purge { map, .. } => map,
+                Mutation::Purge { map, .. } | Mutation::PurgeOr { map, .. } => map,
             };
             if !dirty_maps.iter().any(|d| **d == *map) {
                 dirty_maps.push(Arc::from(map.as_str()));
@@ -482,9 +506,13 @@ impl Handler<RunQuery> for ShardActor {
 
     fn handle(&mut self, msg: RunQuery, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin();
-        let part = self
-            .store
-            .query(&msg.map, &msg.query, system_millis(), msg.cap);
+        let part = self.store.query_within(
+            &msg.map,
+            &msg.query,
+            system_millis(),
+            msg.cap,
+            msg.partitions.as_deref().map(Vec::as_slice),
+        );
         self.stats.end(t0);
         MessageResult((part, self.seq))
     }
@@ -495,7 +523,12 @@ impl Handler<GroupQuery> for ShardActor {
 
     fn handle(&mut self, msg: GroupQuery, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin();
-        let groups = self.store.group(&msg.map, &msg.query, system_millis());
+        let groups = self.store.group(
+            &msg.map,
+            &msg.query,
+            system_millis(),
+            msg.partitions.as_deref().map(Vec::as_slice),
+        );
         self.stats.end(t0);
         MessageResult((groups, self.seq))
     }
@@ -611,6 +644,73 @@ impl Handler<LeafRecords> for ShardActor {
             .unwrap_or_default();
         self.stats.end(t0);
         MessageResult(records)
+    }
+}
+
+impl Handler<PartitionCensus> for ShardActor {
+    type Result = MessageResult<PartitionCensus>;
+
+    fn handle(&mut self, _: PartitionCensus, _: &mut Context<Self>) -> Self::Result {
+        let census = self
+            .store
+            .partitions()
+            .map(|p| {
+                let (keys, touched) = self.store.census(p);
+                (p, keys, touched)
+            })
+            .filter(|(_, keys, _)| *keys > 0)
+            .collect();
+        MessageResult(census)
+    }
+}
+
+impl Handler<HandOver> for ShardActor {
+    type Result = MessageResult<HandOver>;
+
+    fn handle(&mut self, msg: HandOver, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let mut marked = vec![false; usize::from(crate::shard::fnv::PARTITION_COUNT)];
+        if let Some(slot) = marked.get_mut(usize::from(msg.partition)) {
+            *slot = true;
+        }
+        let ops = self.store.export(&marked);
+        let (_, touched) = self.store.census(msg.partition);
+        self.stats.end(t0);
+        MessageResult((ops, touched))
+    }
+}
+
+impl Handler<DropPartition> for ShardActor {
+    type Result = ResponseFuture<Result<u64, String>>;
+
+    fn handle(&mut self, msg: DropPartition, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let (keys, _) = self.store.census(msg.partition);
+        let Some(purges) = self.store.drop_partition(msg.partition, msg.touched) else {
+            self.stats.end(t0);
+            return Box::pin(async { Err("written to since it was handed over".to_owned()) });
+        };
+        for map in self.store.map_names() {
+            let map: Arc<str> = Arc::from(map);
+            if !self.dirty_maps.contains(&map) {
+                self.dirty_maps.push(map);
+            }
+        }
+        let persist = match &self.storage {
+            Some(storage) if !purges.is_empty() => Some(storage.send(Persist(purges))),
+            _ => None,
+        };
+        self.stats.end(t0);
+        Box::pin(async move {
+            let Some(persist) = persist else {
+                return Ok(keys);
+            };
+            match persist.await {
+                Ok(Ok(())) => Ok(keys),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("storage unavailable".to_owned()),
+            }
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use rmpv::Value;
+use serde::{Deserialize, Serialize};
 
 use super::query::{as_f64, resolve, split_path, string_form};
 
@@ -101,13 +102,13 @@ impl GroupSpec {
 }
 
 /// A number with the value it came as (min and max answer the original).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Num {
     n: f64,
     value: Value,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum Acc {
     /// The sum as f64, and exactly while every input was an integer and it fits.
     Sum {
@@ -202,20 +203,34 @@ impl Acc {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Group {
     columns: Vec<Value>,
     count: u64,
     accs: Vec<Acc>,
 }
 
-/// The groups of some records, mergeable with the groups of others.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The groups of some records, mergeable with the groups of others (also across nodes: it
+/// travels as MessagePack in a gathered query's answer).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Groups {
     groups: BTreeMap<String, Group>,
 }
 
 impl Groups {
+    /// Whether every group has the shape `spec` gives (one column per `groupBy` field, one
+    /// accumulator of the right kind per aggregation): a peer's groups are checked before
+    /// they are merged.
+    pub fn fits(&self, spec: &GroupSpec) -> bool {
+        self.groups.values().all(|g| {
+            g.columns.len() == spec.columns.len()
+                && g.accs.len() == spec.aggs.len()
+                && g.accs.iter().zip(&spec.aggs).all(|(acc, (f, _, _))| {
+                    std::mem::discriminant(acc) == std::mem::discriminant(&Acc::new(*f))
+                })
+        })
+    }
+
     /// Folds one matching record in.
     pub fn add(&mut self, spec: &GroupSpec, value: &Value) {
         let (id, columns) = spec.bucket(value);

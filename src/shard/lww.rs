@@ -215,6 +215,29 @@ impl LwwMap {
         swept
     }
 
+    /// Removes every key `drop` selects, from the map and the Merkle tree (a partition handed
+    /// to its new holders); returns the removed keys.
+    pub fn remove_keys(&mut self, mut drop: impl FnMut(&str) -> bool) -> Vec<String> {
+        let mut removed = Vec::new();
+        let mut uncounted = (0, 0);
+        self.entries.retain(|key, r| {
+            if !drop(key) {
+                return true;
+            }
+            let (t, l) = Self::weights(r);
+            uncounted.0 += t;
+            uncounted.1 += l;
+            removed.push(key.to_string());
+            false
+        });
+        self.tombstones -= uncounted.0;
+        self.with_ttl -= uncounted.1;
+        for key in &removed {
+            self.tree.remove(key);
+        }
+        removed
+    }
+
     pub fn merkle(&self) -> &MerkleTree {
         &self.tree
     }

@@ -136,16 +136,54 @@ impl OrMap {
     /// Drops expired records. Their tags are not tombstoned: a re-delivered add carries the
     /// same TTL and is expired again.
     pub fn sweep(&mut self, now: u64) -> usize {
+        self.sweep_keys(now).0
+    }
+
+    /// [`OrMap::sweep`], also returning the keys left with nothing (they are gone).
+    pub fn sweep_keys(&mut self, now: u64) -> (usize, Vec<Box<str>>) {
         let mut dropped = 0;
         for e in self.entries.values_mut() {
             let before = e.records.len();
             e.records.retain(|_, r| !expired(r, now));
             dropped += before - e.records.len();
         }
-        self.entries
-            .retain(|_, e| !e.records.is_empty() || !e.removed.is_empty());
+        let mut gone = Vec::new();
+        self.entries.retain(|k, e| {
+            let keep = !e.records.is_empty() || !e.removed.is_empty();
+            if !keep {
+                gone.push(k.clone());
+            }
+            keep
+        });
         self.records -= dropped;
-        dropped
+        (dropped, gone)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Removes every key `drop` selects, with its records and removed tags: (key, tags of its
+    /// records, removed tags), so storage can delete them too.
+    pub fn remove_keys(
+        &mut self,
+        mut drop: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, Vec<String>, Vec<String>)> {
+        let mut out = Vec::new();
+        self.entries.retain(|k, e| {
+            if !drop(k) {
+                return true;
+            }
+            let tags: Vec<String> = e.records.keys().cloned().collect();
+            let removed: Vec<String> = e.removed.iter().cloned().collect();
+            out.push((k.to_string(), tags, removed));
+            false
+        });
+        for (_, tags, removed) in &out {
+            self.records -= tags.len();
+            self.removed -= removed.len();
+        }
+        out
     }
 }
 

@@ -292,6 +292,17 @@ pub struct PartialResult {
 }
 
 impl PartialResult {
+    /// The rows as (key, value), in query order, and whether rows were cut: what a node sends
+    /// for its share of a gathered query.
+    pub fn into_rows(self) -> (Vec<(String, Value)>, bool) {
+        let rows = self
+            .rows
+            .into_iter()
+            .map(|(sk, v)| (sk.key.into_string(), v))
+            .collect();
+        (rows, self.has_more)
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -848,6 +859,33 @@ impl CompiledQuery {
             rows.truncate(k);
         }
         (rows, has_more)
+    }
+
+    /// Several stores' shares as one share, cut to the page size: a node's answer for its
+    /// partitions of a gathered query.
+    pub fn combine(&self, parts: Vec<PartialResult>, cap: usize) -> PartialResult {
+        let mut has_more = parts.iter().any(|p| p.has_more);
+        let mut rows: Vec<(SortKey, Value)> = parts.into_iter().flat_map(|p| p.rows).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let k = self.page_size(cap);
+        if rows.len() > k {
+            has_more = true;
+            rows.truncate(k);
+        }
+        PartialResult { rows, has_more }
+    }
+
+    /// Another node's share, selected again here: a peer's answer cannot bring rows this
+    /// query would not select, or more than a page of them.
+    pub fn share_from_peer(
+        &self,
+        rows: &[(String, Value)],
+        has_more: bool,
+        cap: usize,
+    ) -> PartialResult {
+        let mut part = self.select(rows.iter().map(|(k, v)| (k.as_str(), v)), cap);
+        part.has_more |= has_more;
+        part
     }
 
     /// `select` + `merge` for a single store.

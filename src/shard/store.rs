@@ -18,6 +18,7 @@ use crate::shard::lww::{LwwMap, MergeOutcome, Swept};
 use crate::shard::merkle::LeafPath;
 use crate::shard::ormap::{OrAddOutcome, OrMap};
 use crate::shard::query::{CompiledQuery, PartialResult, QueryPage};
+use crate::storage::Mutation;
 
 /// Per-map counters for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,12 +30,27 @@ pub struct MapStats {
     pub or_tombstones: usize,
 }
 
+/// Whether `key` is in `partitions` (no set: every key).
+fn within(partitions: Option<&[bool]>, key: &str) -> bool {
+    partitions.is_none_or(|set| {
+        set.get(usize::from(partition_of(key)))
+            .copied()
+            .unwrap_or(false)
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct MapStore {
     /// Indexed by partition id: whether this store owns it.
     owned: Vec<bool>,
     lww: HashMap<String, LwwMap>,
     or: HashMap<String, OrMap>,
+    /// Indexed by partition id: keys stored (LWW keys with tombstones, and OR keys).
+    keys: Vec<u64>,
+    /// Indexed by partition id: the value of `changes` at the partition's last change, so a
+    /// partition handed to its new holders is dropped only if nothing changed since.
+    touched: Vec<u64>,
+    changes: u64,
 }
 
 impl MapStore {
@@ -50,6 +66,9 @@ impl MapStore {
             owned,
             lww: HashMap::new(),
             or: HashMap::new(),
+            keys: vec![0; usize::from(PARTITION_COUNT)],
+            touched: vec![0; usize::from(PARTITION_COUNT)],
+            changes: 0,
         }
     }
 
@@ -77,24 +96,95 @@ impl MapStore {
 
     /// PUT or REMOVE (a tombstone record) under the LWW rule.
     pub fn apply_lww(&mut self, map: &str, key: &str, record: LwwRecord) -> MergeOutcome {
-        match self.lww.get_mut(map) {
+        let outcome = match self.lww.get_mut(map) {
             Some(m) => m.merge(key, record),
             None => self.lww_mut(map).merge(key, record),
+        };
+        if let MergeOutcome::Applied { previous } = &outcome {
+            self.note_change(key, previous.is_none());
         }
+        outcome
     }
 
     pub fn apply_or_add(&mut self, map: &str, key: &str, record: OrMapRecord) -> OrAddOutcome {
-        match self.or.get_mut(map) {
+        let new_key = !self.or.get(map).is_some_and(|m| m.contains_key(key));
+        let outcome = match self.or.get_mut(map) {
             Some(m) => m.add(key, record),
             None => self.or_mut(map).add(key, record),
-        }
+        };
+        self.note_change(key, new_key);
+        outcome
     }
 
     pub fn apply_or_remove(&mut self, map: &str, key: &str, tag: &str) -> Option<OrMapRecord> {
-        match self.or.get_mut(map) {
+        let new_key = !self.or.get(map).is_some_and(|m| m.contains_key(key));
+        let removed = match self.or.get_mut(map) {
             Some(m) => m.remove(key, tag),
             None => self.or_mut(map).remove(key, tag),
+        };
+        self.note_change(key, new_key);
+        removed
+    }
+
+    fn note_change(&mut self, key: &str, new_key: bool) {
+        let p = usize::from(partition_of(key));
+        self.changes += 1;
+        if let Some(t) = self.touched.get_mut(p) {
+            *t = self.changes;
         }
+        if new_key {
+            if let Some(k) = self.keys.get_mut(p) {
+                *k += 1;
+            }
+        }
+    }
+
+    fn note_gone(&mut self, key: &str) {
+        if let Some(k) = self.keys.get_mut(usize::from(partition_of(key))) {
+            *k = k.saturating_sub(1);
+        }
+    }
+
+    /// Keys stored for `partition`, and its last change (see `touched`).
+    pub fn census(&self, partition: u16) -> (u64, u64) {
+        let p = usize::from(partition);
+        (
+            self.keys.get(p).copied().unwrap_or(0),
+            self.touched.get(p).copied().unwrap_or(0),
+        )
+    }
+
+    /// Removes everything stored for `partition` if it did not change since `touched` (its
+    /// records were handed to their new holders as of then): the storage mutations that
+    /// delete it, or `None` when it changed (hand it over again).
+    pub fn drop_partition(&mut self, partition: u16, touched: u64) -> Option<Vec<Mutation>> {
+        if self.census(partition).1 != touched {
+            return None;
+        }
+        let mut purges = Vec::new();
+        let of_partition = |k: &str| partition_of(k) == partition;
+        for (map, m) in &mut self.lww {
+            for key in m.remove_keys(of_partition) {
+                purges.push(Mutation::Purge {
+                    map: map.clone(),
+                    key,
+                });
+            }
+        }
+        for (map, m) in &mut self.or {
+            for (key, tags, removed) in m.remove_keys(of_partition) {
+                purges.push(Mutation::PurgeOr {
+                    map: map.clone(),
+                    key,
+                    tags,
+                    removed,
+                });
+            }
+        }
+        if let Some(k) = self.keys.get_mut(usize::from(partition)) {
+            *k = 0;
+        }
+        Some(purges)
     }
 
     /// The visible LWW record of `key` in `map`.
@@ -197,18 +287,42 @@ impl MapStore {
     /// This store's share of a query over the visible records of LWW map `map` (6.1: only LWW
     /// records take part). Combine shares with `CompiledQuery::merge`.
     pub fn query(&self, map: &str, query: &CompiledQuery, now: u64, cap: usize) -> PartialResult {
+        self.query_within(map, query, now, cap, None)
+    }
+
+    /// [`MapStore::query`] over the keys of `partitions` only (indexed by partition id), so
+    /// that a gathered read counts each partition at one holder.
+    pub fn query_within(
+        &self,
+        map: &str,
+        query: &CompiledQuery,
+        now: u64,
+        cap: usize,
+        partitions: Option<&[bool]>,
+    ) -> PartialResult {
         match self.lww.get(map) {
-            Some(m) => query.select(m.iter_live(now).map(|(k, r)| (k, &r.value)), cap),
+            Some(m) => query.select(
+                m.iter_live(now)
+                    .filter(|(k, _)| within(partitions, k))
+                    .map(|(k, r)| (k, &r.value)),
+                cap,
+            ),
             None => PartialResult::default(),
         }
     }
 
     /// The groups of a grouped query over this store's live matching records (empty for an
     /// ungrouped query).
-    pub fn group(&self, map: &str, query: &CompiledQuery, now: u64) -> Groups {
+    pub fn group(
+        &self,
+        map: &str,
+        query: &CompiledQuery,
+        now: u64,
+        partitions: Option<&[bool]>,
+    ) -> Groups {
         let mut groups = Groups::default();
         if let (Some(spec), Some(m)) = (query.group(), self.lww.get(map)) {
-            for (_, record) in m.iter_live(now) {
+            for (_, record) in m.iter_live(now).filter(|(k, _)| within(partitions, k)) {
                 if query.matches(&record.value) {
                     groups.add(spec, &record.value);
                 }
@@ -249,13 +363,18 @@ impl MapStore {
     /// swept LWW keys per map; `Expired` ones need a LEAVE for live queries holding them.
     pub fn sweep(&mut self, now: u64, tombstone_max_age_ms: u64) -> Vec<(String, Swept)> {
         let mut out = Vec::new();
+        let mut gone: Vec<Box<str>> = Vec::new();
         for (name, m) in &mut self.lww {
             for s in m.sweep(now, tombstone_max_age_ms) {
+                gone.push(s.key.as_str().into());
                 out.push((name.clone(), s));
             }
         }
         for m in self.or.values_mut() {
-            m.sweep(now);
+            gone.extend(m.sweep_keys(now).1);
+        }
+        for key in gone {
+            self.note_gone(&key);
         }
         out
     }

@@ -28,8 +28,16 @@ pub enum Mutation {
         key: String,
         tag: String,
     },
-    /// A swept LWW key (expired TTL or garbage-collected tombstone).
+    /// A swept LWW key (expired TTL or garbage-collected tombstone), or one of a partition
+    /// this node no longer keeps.
     Purge { map: String, key: String },
+    /// An OR-Map key of a partition this node no longer keeps: its records and removed tags.
+    PurgeOr {
+        map: String,
+        key: String,
+        tags: Vec<String>,
+        removed: Vec<String>,
+    },
 }
 
 impl Mutation {
@@ -47,7 +55,8 @@ impl Mutation {
             Mutation::Lww { key, .. }
             | Mutation::OrAdd { key, .. }
             | Mutation::OrRemove { key, .. }
-            | Mutation::Purge { key, .. } => key,
+            | Mutation::Purge { key, .. }
+            | Mutation::PurgeOr { key, .. } => key,
         }
     }
 }

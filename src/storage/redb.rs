@@ -176,6 +176,23 @@ impl Backend for RedbBackend {
                         lww.remove((map.as_str(), key.as_str()))
                             .map_err(commit_error)?;
                     }
+                    Mutation::PurgeOr {
+                        map,
+                        key,
+                        tags,
+                        removed,
+                    } => {
+                        for tag in tags {
+                            or_records
+                                .remove((map.as_str(), key.as_str(), tag.as_str()))
+                                .map_err(commit_error)?;
+                        }
+                        for tag in removed {
+                            or_removed
+                                .remove((map.as_str(), key.as_str(), tag.as_str()))
+                                .map_err(commit_error)?;
+                        }
+                    }
                     Mutation::OrAdd { map, key, record } => {
                         or_records
                             .insert(

@@ -128,6 +128,9 @@ pub struct Metrics {
     pub cluster_catch_ups_total: IntCounterVec,
     pub cluster_handoffs_total: IntCounterVec,
     pub cluster_handoffs_pending: IntGauge,
+    pub cluster_gathers_total: IntCounterVec,
+    pub partition_records: IntGaugeVec,
+    pub partitions_released_total: IntCounter,
     pub actor_messages_total: IntCounterVec,
     pub actor_mailbox_depth: IntGaugeVec,
     pub actor_handle_seconds: Arc<HistogramFamily>,
@@ -326,7 +329,7 @@ impl Metrics {
             },
             cluster_peer_errors_total: b.counter_vec(
                 "topgun_cluster_peer_errors_total",
-                "Trouble on node-to-node connections, by reason: version (another protocol version), bad_frame (undecodable), bad_hello, node_id_clash, connect (dial failed), lost (connection dropped), timeout (a peer did not answer in time).",
+                "Trouble on node-to-node connections, by reason: version (another protocol version), placement (the peer keeps another placement), bad_frame (undecodable), bad_hello, node_id_clash, connect (dial failed), lost (connection dropped), timeout (a peer did not answer in time).",
                 &["reason"],
             )?,
             cluster_peer_links: b.gauge(
@@ -346,6 +349,20 @@ impl Metrics {
             cluster_handoffs_pending: b.gauge(
                 "topgun_cluster_handoffs_pending",
                 "Failed forwards waiting to be handed to their owner again.",
+            )?,
+            partition_records: b.gauge_vec(
+                "topgun_partition_records",
+                "Records (LWW keys, tombstones included, and OR-Map keys) stored on this node, by its role for their partition: owner, backup, or replica (full placement: the copy every node keeps; partitioned: records waiting to be handed over). Counted every 5 s.",
+                &["role"],
+            )?,
+            partitions_released_total: b.counter(
+                "topgun_partitions_released_total",
+                "Partitions this node no longer keeps that it handed to their holders (each holder confirmed every record durably) and then dropped (partitioned placement).",
+            )?,
+            cluster_gathers_total: b.counter_vec(
+                "topgun_cluster_gathers_total",
+                "Reads gathered from the partitions' holders (partitioned placement), by outcome: ok (answered whole), failed (answered with an error: a partition had no holder that answered), retried (a member's share asked again of another holder).",
+                &["outcome"],
             )?,
             log_records_dropped_total: b.counter(
                 "topgun_log_records_dropped_total",
@@ -478,6 +495,12 @@ impl Metrics {
         }
         for outcome in ["delivered", "dropped"] {
             m.cluster_handoffs_total.with_label_values(&[outcome]);
+        }
+        for outcome in ["ok", "failed", "retried"] {
+            m.cluster_gathers_total.with_label_values(&[outcome]);
+        }
+        for role in ["owner", "backup", "replica"] {
+            m.partition_records.with_label_values(&[role]);
         }
         Ok(Metrics {
             registry: b.registry,

@@ -1,0 +1,422 @@
+//! Scatter-gather reads: with partitioned placement no node holds every partition, so a query
+//! from any node is answered by the holders of the partitions. Each partition is taken from
+//! one member that serves it (this node when it can, else the owner, else a backup): one
+//! request per member, not per partition. Each member answers its share cut to one page (a
+//! top-k for sort + limit), or its partial groups; the asking node merges them exactly as it
+//! merges its own shards' shares, so the answer is the one a node holding everything gives.
+//!
+//! A member that does not answer in time, answers garbage, or no longer serves a partition
+//! (`refused`: the table moved it, or it is still pulling it) is passed over, and its
+//! partitions are asked of their next holder. When a partition has no holder left to ask,
+//! the read fails with an error naming it: never a partial answer passed off as whole.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+
+use super::peer::Call;
+use super::table::PartitionTable;
+use super::wire::{self, Kind, QueryDone};
+use crate::data::reads::{grouped_page, local_groups, local_rows, run_query, PartitionMask};
+use crate::data::DataPlane;
+use crate::protocol;
+use crate::shard::aggregate::Groups;
+use crate::shard::fnv::PARTITION_COUNT;
+use crate::shard::query::{CompiledQuery, PartialResult, QueryPage};
+
+/// Which member is asked for which partitions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub local: Vec<u16>,
+    pub remote: BTreeMap<String, Vec<u16>>,
+    /// No holder is left to ask.
+    pub unavailable: Vec<u16>,
+}
+
+/// Plans `partitions`: this node for those it serves, else the first holder (owner, then
+/// backups) not in `passed_over`.
+pub fn plan(
+    table: &PartitionTable,
+    me: &str,
+    partitions: impl IntoIterator<Item = u16>,
+    serves_here: impl Fn(u16) -> bool,
+    passed_over: &BTreeSet<String>,
+) -> Plan {
+    let mut out = Plan::default();
+    for p in partitions {
+        if serves_here(p) {
+            out.local.push(p);
+            continue;
+        }
+        let holder = table
+            .holders(p)
+            .find(|m| m.node_id != me && !passed_over.contains(&m.node_id));
+        match holder {
+            Some(m) => out.remote.entry(m.node_id.clone()).or_default().push(p),
+            None => out.unavailable.push(p),
+        }
+    }
+    out
+}
+
+/// What a gathered read needs of the client's request.
+pub struct ReadRequest {
+    pub map: Arc<str>,
+    /// The query as the client sent it: peers compile it themselves.
+    pub wire: protocol::Query,
+    pub fields: Option<Vec<String>>,
+    pub query: Arc<CompiledQuery>,
+    pub cap: usize,
+}
+
+/// A gathered answer: the page, this node's shards' apply sequences (for the live handshake)
+/// and every share, local and remote (a live window is seeded from them).
+pub struct Gathered {
+    pub page: QueryPage,
+    pub seen: Vec<u64>,
+    pub parts: Vec<PartialResult>,
+}
+
+/// Answers `request` over every partition: locally with full placement (or alone), gathered
+/// from the holders with partitioned placement. `Err` names what could not be read.
+pub async fn read(node: &Arc<DataPlane>, request: ReadRequest) -> Result<Gathered, String> {
+    let cluster = &node.cluster;
+    let table = cluster.table();
+    if !cluster.partitioned() || table.members().len() <= 1 {
+        let (page, seen, parts) = run_query(
+            &node.shards,
+            request.map.clone(),
+            request.query.clone(),
+            request.cap,
+        )
+        .await;
+        return Ok(Gathered { page, seen, parts });
+    }
+    let result = gather(node, &table, &request).await;
+    let counter = match &result {
+        Ok(_) => &cluster.counters.gathers_ok,
+        Err(_) => &cluster.counters.gathers_failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    result
+}
+
+enum Share {
+    Rows(Vec<PartialResult>),
+    Groups(Groups),
+}
+
+async fn gather(
+    node: &Arc<DataPlane>,
+    table: &PartitionTable,
+    request: &ReadRequest,
+) -> Result<Gathered, String> {
+    let cluster = &node.cluster;
+    let spec = request.query.group().cloned();
+    let mut passed_over: BTreeSet<String> = BTreeSet::new();
+    let mut why: Vec<String> = Vec::new();
+    let mut todo: Vec<u16> = (0..PARTITION_COUNT).collect();
+    let mut rows: Vec<PartialResult> = Vec::new();
+    let mut groups = Groups::default();
+    let mut seen = Vec::new();
+    let mut local_done = false;
+    // Each round passes over at least one member, so the rounds end.
+    while !todo.is_empty() {
+        let plan = plan(
+            table,
+            &cluster.node_id,
+            todo.iter().copied(),
+            |p| !local_done && cluster.serves(table, p),
+            &passed_over,
+        );
+        if !plan.unavailable.is_empty() {
+            why.sort();
+            why.dedup();
+            return Err(format!(
+                "{} partition(s) of map {} could not be read from any holder (first: {}): {}",
+                plan.unavailable.len(),
+                request.map,
+                plan.unavailable[0],
+                why.join("; ")
+            ));
+        }
+        let local = (!plan.local.is_empty()).then(|| mask(&plan.local));
+        let asks = plan
+            .remote
+            .iter()
+            .map(|(peer, parts)| ask(node, table, request, peer, parts));
+        let local_share = async {
+            match &local {
+                None => None,
+                Some(m) => Some(local_share(node, request, m.clone()).await),
+            }
+        };
+        let (local_result, answers) = futures_util::future::join(local_share, join_all(asks)).await;
+        if let Some((share, s)) = local_result {
+            local_done = true;
+            seen = s;
+            match share {
+                Share::Rows(p) => rows.extend(p),
+                Share::Groups(g) => groups.merge(g),
+            }
+        }
+        todo.clear();
+        for ((peer, parts), answer) in plan.remote.iter().zip(answers) {
+            match answer.and_then(|done| accept(request, spec.is_some(), parts, done)) {
+                Ok((share, refused)) => {
+                    match share {
+                        Share::Rows(p) => rows.extend(p),
+                        Share::Groups(g) => groups.merge(g),
+                    }
+                    if !refused.is_empty() {
+                        cluster
+                            .counters
+                            .gathers_retried
+                            .fetch_add(1, Ordering::Relaxed);
+                        why.push(format!("{peer} does not serve them now"));
+                        passed_over.insert(peer.clone());
+                        todo.extend(refused);
+                    }
+                }
+                Err(e) => {
+                    cluster
+                        .counters
+                        .gathers_retried
+                        .fetch_add(1, Ordering::Relaxed);
+                    why.push(e);
+                    passed_over.insert(peer.clone());
+                    todo.extend(parts.iter().copied());
+                }
+            }
+        }
+    }
+    let page = match &spec {
+        Some(spec) => grouped_page(&request.query, spec, groups, request.cap),
+        None => request.query.merge(&rows, request.cap),
+    };
+    Ok(Gathered {
+        page,
+        seen,
+        parts: rows,
+    })
+}
+
+fn mask(partitions: &[u16]) -> Arc<Vec<bool>> {
+    let mut m = vec![false; usize::from(PARTITION_COUNT)];
+    for &p in partitions {
+        if let Some(slot) = m.get_mut(usize::from(p)) {
+            *slot = true;
+        }
+    }
+    Arc::new(m)
+}
+
+async fn local_share(
+    node: &Arc<DataPlane>,
+    request: &ReadRequest,
+    partitions: Arc<Vec<bool>>,
+) -> (Share, Vec<u64>) {
+    let partitions: PartitionMask = Some(partitions);
+    if request.query.group().is_some() {
+        let (g, seen) = local_groups(
+            &node.shards,
+            request.map.clone(),
+            request.query.clone(),
+            partitions,
+        )
+        .await;
+        (Share::Groups(g), seen)
+    } else {
+        let (p, seen) = local_rows(
+            &node.shards,
+            request.map.clone(),
+            request.query.clone(),
+            request.cap,
+            partitions,
+        )
+        .await;
+        (Share::Rows(p), seen)
+    }
+}
+
+/// One member's share, or why there is none.
+async fn ask(
+    node: &Arc<DataPlane>,
+    table: &PartitionTable,
+    request: &ReadRequest,
+    peer: &str,
+    partitions: &[u16],
+) -> Result<QueryDone, String> {
+    let body = wire::body(&wire::Query {
+        map: request.map.to_string(),
+        query: request.wire.clone(),
+        fields: request.fields.clone(),
+        partitions: partitions.to_vec(),
+        cap: u32::try_from(request.cap).unwrap_or(u32::MAX),
+        table_version: table.version,
+    });
+    let Some(link) = node.cluster.link(peer) else {
+        return Err(format!("no connection to {peer}"));
+    };
+    let timeout = node.cluster.timeout;
+    let call = link.send(Call {
+        kind: Kind::Query,
+        body,
+    });
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(Ok(reply))) if reply.kind == Kind::QueryDone => {
+            wire::decode::<QueryDone>(&reply.body).map_err(|e| {
+                node.cluster.counters.peer_error("bad_frame");
+                format!("{peer} answered garbage: {e}")
+            })
+        }
+        Ok(Ok(Ok(reply))) => {
+            node.cluster.counters.peer_error("bad_frame");
+            Err(format!("{peer} answered {:?} to a query", reply.kind))
+        }
+        Ok(Ok(Err(e))) => Err(format!("{peer}: {e}")),
+        Ok(Err(_)) => Err(format!("{peer}: connection closed")),
+        Err(_) => {
+            node.cluster.counters.peer_error("timeout");
+            Err(format!(
+                "{peer} did not answer within {} ms",
+                timeout.as_millis()
+            ))
+        }
+    }
+}
+
+/// A member's answer checked against what was asked: its share, and the partitions it
+/// refused (a subset of `asked`, else the answer is garbage).
+fn accept(
+    request: &ReadRequest,
+    grouped: bool,
+    asked: &[u16],
+    done: QueryDone,
+) -> Result<(Share, Vec<u16>), String> {
+    if let Some(e) = done.error {
+        return Err(e);
+    }
+    if done.refused.iter().any(|p| !asked.contains(p)) {
+        return Err("a peer refused partitions it was not asked for".to_owned());
+    }
+    let share = if grouped {
+        let groups = done.groups.unwrap_or_default();
+        match request.query.group() {
+            Some(spec) if groups.fits(spec) => Share::Groups(groups),
+            _ => return Err("a peer answered groups of another shape".to_owned()),
+        }
+    } else {
+        Share::Rows(vec![request.query.share_from_peer(
+            &done.rows,
+            done.has_more,
+            request.cap,
+        )])
+    };
+    Ok((share, done.refused))
+}
+
+/// A peer's side: this node's share of `query` over the asked partitions it serves.
+pub async fn serve(node: Arc<DataPlane>, query: wire::Query) -> QueryDone {
+    let table = node.cluster.table();
+    let spec = match crate::data::ops::query_spec(&query.query, query.fields.as_ref()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return QueryDone {
+                table_version: table.version,
+                error: Some(e),
+                ..QueryDone::default()
+            }
+        }
+    };
+    let compiled = Arc::new(CompiledQuery::new(&spec));
+    let (served, refused): (Vec<u16>, Vec<u16>) = query
+        .partitions
+        .iter()
+        .filter(|&&p| p < PARTITION_COUNT)
+        .partition(|&&p| node.cluster.serves(&table, p));
+    let request = ReadRequest {
+        map: Arc::from(query.map.as_str()),
+        wire: query.query,
+        fields: query.fields,
+        query: compiled.clone(),
+        cap: (query.cap as usize).min(node.config.query_max_results),
+    };
+    let (share, _) = local_share(&node, &request, mask(&served)).await;
+    let mut done = QueryDone {
+        refused,
+        table_version: table.version,
+        ..QueryDone::default()
+    };
+    match share {
+        Share::Rows(parts) => {
+            let (rows, has_more) = compiled.combine(parts, request.cap).into_rows();
+            done.rows = rows;
+            done.has_more = has_more;
+        }
+        Share::Groups(g) => done.groups = Some(g),
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::table::TableMember;
+
+    fn table(ids: &[&str]) -> PartitionTable {
+        let members = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| TableMember {
+                node_id: (*id).to_owned(),
+                peer_addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                generation: 1,
+                ws_url: String::new(),
+            })
+            .collect();
+        PartitionTable::compute(members, 1, 1)
+    }
+
+    #[test]
+    fn each_partition_is_asked_of_one_member_and_each_member_once() {
+        let t = table(&["a", "b", "c"]);
+        let serves_a = |p: u16| t.role(p, "a") != crate::cluster::table::Role::Replica;
+        let plan = plan(&t, "a", 0..PARTITION_COUNT, serves_a, &BTreeSet::new());
+        let mut all: Vec<u16> = plan.local.clone();
+        for parts in plan.remote.values() {
+            all.extend(parts);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..PARTITION_COUNT).collect::<Vec<_>>());
+        assert!(plan.unavailable.is_empty());
+        assert!(!plan.remote.contains_key("a"));
+        // What a keeps is read here; the rest from its owner (never a: it keeps none of it).
+        for (peer, parts) in &plan.remote {
+            for &p in parts {
+                assert_eq!(t.owner(p).map(|m| m.node_id.as_str()), Some(peer.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_passed_over_is_replaced_by_the_next_holder_or_the_partition_is_unavailable() {
+        let t = table(&["a", "b", "c"]);
+        let nothing_here = |_| false;
+        let passed: BTreeSet<String> = ["b".to_owned()].into();
+        let plan = plan(&t, "a", 0..PARTITION_COUNT, nothing_here, &passed);
+        for (peer, parts) in &plan.remote {
+            assert_ne!(peer, "b");
+            for &p in parts {
+                assert!(t.holders(p).any(|m| &m.node_id == peer));
+            }
+        }
+        // Held by b and a only (owner and backup): a cannot serve them, b is passed over.
+        for &p in &plan.unavailable {
+            let holders: BTreeSet<&str> = t.holders(p).map(|m| m.node_id.as_str()).collect();
+            assert!(!holders.contains("c"));
+        }
+        assert!(!plan.unavailable.is_empty());
+    }
+}

@@ -1,0 +1,136 @@
+//! Handing over the partitions this node no longer keeps (partitioned placement).
+//!
+//! After a rebalance a node may still store partitions it has no role for any more (it was
+//! their owner or backup before), and a stale forward can leave records of a partition on a
+//! node that does not keep it. Such a partition is dropped only once its current holders
+//! confirmed they have every record of it durably: one partition at a time, this node sends
+//! what it stores (in chunks, as replicated writes the holders merge and answer once durable),
+//! then deletes it, from memory and storage, if nothing was written to it meanwhile; otherwise
+//! it keeps it and hands it over again next time. So a drop never loses a record, and the
+//! node holds at most one partition of the handover in memory besides its data.
+//!
+//! The same pass counts the records stored here by this node's role for their partition,
+//! for `topgun_partition_records{role}`.
+use std::sync::Arc;
+
+use super::replication::{ask, WriteRef};
+use super::table::{PartitionTable, Role};
+use super::wire::{self, Kind, Trace};
+use crate::data::DataPlane;
+use crate::shard::actor::{DropPartition, HandOver, PartitionCensus};
+use crate::shard::router::shard_of_partition;
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Released {
+    /// Records stored here per role of this node for their partition: owner, backup, none.
+    pub records_by_role: [u64; 3],
+    pub partitions: usize,
+    pub records: u64,
+    /// Handed over but kept: written to meanwhile, or a holder did not confirm.
+    pub kept_back: usize,
+    pub failure: Option<String>,
+}
+
+/// Counts records by role and, when `hand_over`, hands over and drops the partitions this
+/// node does not keep.
+pub async fn release(node: &Arc<DataPlane>, hand_over: bool) -> Released {
+    let mut out = Released::default();
+    let table = node.cluster.table();
+    let census = census(node).await;
+    let me = node.cluster.node_id.as_str();
+    let mut strays = Vec::new();
+    for &(p, keys, touched) in &census {
+        let role = match table.role(p, me) {
+            Role::Owner => 0,
+            Role::Backup => 1,
+            Role::Replica => 2,
+        };
+        out.records_by_role[role] += keys;
+        if role == 2 && !node.cluster.keeps(&table, p) {
+            strays.push((p, touched));
+        }
+    }
+    if !hand_over || table.members().len() <= 1 {
+        return out;
+    }
+    for (p, _) in strays {
+        match hand_over_one(node, &table, p).await {
+            Ok(keys) => {
+                out.partitions += 1;
+                out.records += keys;
+            }
+            Err(e) => {
+                out.kept_back += 1;
+                out.failure.get_or_insert(e);
+            }
+        }
+    }
+    out
+}
+
+async fn census(node: &Arc<DataPlane>) -> Vec<(u16, u64, u64)> {
+    let requests: Vec<_> = node
+        .shards
+        .mailboxes
+        .iter()
+        .map(|s| s.send(PartitionCensus))
+        .collect();
+    let mut all = Vec::new();
+    for r in requests {
+        // A shard that does not answer is counted next time.
+        if let Ok(c) = r.await {
+            all.extend(c);
+        }
+    }
+    all
+}
+
+/// Sends partition `p` to its holders, then drops it here: the keys dropped.
+async fn hand_over_one(
+    node: &Arc<DataPlane>,
+    table: &PartitionTable,
+    p: u16,
+) -> Result<u64, String> {
+    let shard = &node.shards.mailboxes[shard_of_partition(p, node.shards.len())];
+    let (ops, touched) = shard
+        .send(HandOver { partition: p })
+        .await
+        .map_err(|_| "a shard did not answer".to_owned())?;
+    let trace = Trace {
+        request_id: None,
+        origin_node_id: node.cluster.node_id.clone(),
+        client_id: "handover".to_owned(),
+    };
+    let holders: Vec<String> = table
+        .holders(p)
+        .filter(|m| m.node_id != node.cluster.node_id)
+        .map(|m| m.node_id.clone())
+        .collect();
+    if holders.is_empty() {
+        return Err(format!("partition {p} has no other holder"));
+    }
+    for chunk in ops.chunks(wire::PULL_CHUNK_OPS) {
+        let body = wire::body(&WriteRef {
+            trace: &trace,
+            ops: chunk.iter().collect(),
+        });
+        let confirmations: Vec<_> = holders
+            .iter()
+            .map(|h| ask(node, h, Kind::WriteReplicate, body.clone(), "holder"))
+            .collect();
+        for done in futures_util::future::join_all(confirmations).await {
+            if let Some(f) = done.failure {
+                return Err(format!("partition {p} not handed over: {f}"));
+            }
+        }
+    }
+    shard
+        .send(DropPartition {
+            partition: p,
+            touched,
+        })
+        .await
+        .map_err(|_| "a shard did not answer".to_owned())?
+        .map_err(|e| format!("partition {p} kept: {e}"))
+}
