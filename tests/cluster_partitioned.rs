@@ -387,3 +387,89 @@ async fn a_joining_node_takes_its_share_and_the_others_drop_what_they_handed_ove
         assert!(s.value_or_zero("topgun_partition_records", &[("role", "backup")]) > 0.0);
     }
 }
+
+/// Writes the same LWW records (fixed timestamps) and OR adds and removes through `via`.
+async fn sync_data(via: &[&Member]) {
+    for (n, m) in via.iter().enumerate() {
+        let mut c = connect(m).await;
+        let ops: Vec<Value> = (0..300)
+            .filter(|i| i % via.len() == n)
+            .map(|i| {
+                put_op(
+                    &format!("m-{i}"),
+                    "synced",
+                    &format!("doc-{i}"),
+                    Value::from(i as i64),
+                    &Ts::new(1_700_000_000_000 + i as u64, 0, "writer"),
+                )
+            })
+            .collect();
+        let last = ops
+            .last()
+            .and_then(|op| get(op, "id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        write_acked(&mut c, &m.id, &op_batch(ops), &last.expect("ops")).await;
+        for i in (0..60).filter(|i| i % via.len() == n) {
+            let t = Ts::new(1_700_000_000_000 + i as u64, 1, "writer");
+            c.send_acked(&or_add(
+                &format!("tag-{i}"),
+                &format!("t{i}"),
+                Value::from(i as i64),
+                &t,
+            ))
+            .await;
+            if i % 4 == 0 {
+                c.send_acked(&or_remove(&format!("tag-{i}"), &format!("t{i}")))
+                    .await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merkle_and_ormap_sync_from_any_node_are_those_of_one_node_holding_everything() {
+    let [a, b, c] = cluster::<3>(&PARTITIONED);
+    let solo = start("solo", None, 0, &[]);
+    sync_data(&[&a, &b, &c]).await;
+    sync_data(&[&solo]).await;
+    let mut model = Tree::default();
+    for i in 0..300 {
+        model.insert(
+            &format!("doc-{i}"),
+            &Ts::new(1_700_000_000_000 + i as u64, 0, "writer"),
+        );
+    }
+    let mut solo_client = connect(&solo).await;
+    let solo_root = solo_client.sync_root("synced").await;
+    assert_eq!(
+        solo_root,
+        model.root(),
+        "the single node's root is the client's"
+    );
+    let solo_or = or_walk(&mut solo_client).await;
+    assert_eq!(solo_or.len(), 60);
+    for m in [&a, &b, &c] {
+        let mut cl = connect(m).await;
+        assert_eq!(
+            cl.sync_root("synced").await,
+            solo_root,
+            "{}: LWW root",
+            m.id
+        );
+        let walk = cl.walk("synced").await;
+        assert_eq!(walk.records.len(), 300, "{}: records walked", m.id);
+        assert_eq!(walk.tree().root(), model.root(), "{}", m.id);
+        assert_eq!(walk.buckets[""], model.buckets(""), "{}: top buckets", m.id);
+        assert_eq!(or_walk(&mut cl).await, solo_or, "{}: OR-Map walk", m.id);
+    }
+    for m in [&a, &b, &c] {
+        let s = m.node.scrape();
+        assert_eq!(
+            s.value_or_zero("topgun_cluster_gathers_total", &[("outcome", "failed")]),
+            0.0,
+            "{}",
+            m.id
+        );
+    }
+}

@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, LocalBoxFuture};
 
 use super::peer::Call;
 use super::table::PartitionTable;
 use super::wire::{self, Kind, QueryDone};
 use crate::data::reads::{grouped_page, local_groups, local_rows, run_query, PartitionMask};
+use crate::data::sync::{local_sync, SyncAsk, SyncShare};
 use crate::data::DataPlane;
 use crate::protocol;
 use crate::shard::aggregate::Groups;
@@ -107,19 +108,25 @@ enum Share {
     Groups(Groups),
 }
 
-async fn gather(
-    node: &Arc<DataPlane>,
-    table: &PartitionTable,
-    request: &ReadRequest,
-) -> Result<Gathered, String> {
+/// One member's share of a gathered read and the asked partitions it refused.
+type Answer<T> = Result<(T, Vec<u16>), String>;
+
+/// Asks every partition of one member that serves it: this node's share from `local` (over
+/// the partitions it serves), the others' from `remote` (peer, its partitions). Shares that
+/// fail or refuse partitions are asked again of the next holders, until every partition has
+/// a share or one has no holder left (`Err`). Local share first when there is one.
+async fn scatter<'a, T>(
+    node: &'a Arc<DataPlane>,
+    table: &'a PartitionTable,
+    what: &str,
+    local: impl Fn(Arc<Vec<bool>>) -> LocalBoxFuture<'a, T>,
+    remote: impl Fn(String, Vec<u16>) -> LocalBoxFuture<'a, Answer<T>>,
+) -> Result<Vec<T>, String> {
     let cluster = &node.cluster;
-    let spec = request.query.group().cloned();
     let mut passed_over: BTreeSet<String> = BTreeSet::new();
     let mut why: Vec<String> = Vec::new();
     let mut todo: Vec<u16> = (0..PARTITION_COUNT).collect();
-    let mut rows: Vec<PartialResult> = Vec::new();
-    let mut groups = Groups::default();
-    let mut seen = Vec::new();
+    let mut shares = Vec::new();
     let mut local_done = false;
     // Each round passes over at least one member, so the rounds end.
     while !todo.is_empty() {
@@ -134,61 +141,99 @@ async fn gather(
             why.sort();
             why.dedup();
             return Err(format!(
-                "{} partition(s) of map {} could not be read from any holder (first: {}): {}",
+                "{} partition(s) of {what} could not be read from any holder (first: {}): {}",
                 plan.unavailable.len(),
-                request.map,
                 plan.unavailable[0],
                 why.join("; ")
             ));
         }
-        let local = (!plan.local.is_empty()).then(|| mask(&plan.local));
+        let local_share = async {
+            match plan.local.is_empty() {
+                true => None,
+                false => Some(local(mask(&plan.local)).await),
+            }
+        };
         let asks = plan
             .remote
             .iter()
-            .map(|(peer, parts)| ask(node, table, request, peer, parts));
-        let local_share = async {
-            match &local {
-                None => None,
-                Some(m) => Some(local_share(node, request, m.clone()).await),
-            }
-        };
-        let (local_result, answers) = futures_util::future::join(local_share, join_all(asks)).await;
-        if let Some((share, s)) = local_result {
+            .map(|(peer, parts)| remote(peer.clone(), parts.clone()));
+        let (mine, answers) = futures_util::future::join(local_share, join_all(asks)).await;
+        if let Some(share) = mine {
             local_done = true;
-            seen = s;
-            match share {
-                Share::Rows(p) => rows.extend(p),
-                Share::Groups(g) => groups.merge(g),
-            }
+            shares.push(share);
         }
         todo.clear();
         for ((peer, parts), answer) in plan.remote.iter().zip(answers) {
-            match answer.and_then(|done| accept(request, spec.is_some(), parts, done)) {
+            let refused = match answer {
                 Ok((share, refused)) => {
-                    match share {
-                        Share::Rows(p) => rows.extend(p),
-                        Share::Groups(g) => groups.merge(g),
+                    shares.push(share);
+                    if refused.is_empty() {
+                        continue;
                     }
-                    if !refused.is_empty() {
-                        cluster
-                            .counters
-                            .gathers_retried
-                            .fetch_add(1, Ordering::Relaxed);
-                        why.push(format!("{peer} does not serve them now"));
-                        passed_over.insert(peer.clone());
-                        todo.extend(refused);
-                    }
+                    why.push(format!("{peer} does not serve them now"));
+                    refused
                 }
                 Err(e) => {
-                    cluster
-                        .counters
-                        .gathers_retried
-                        .fetch_add(1, Ordering::Relaxed);
                     why.push(e);
-                    passed_over.insert(peer.clone());
-                    todo.extend(parts.iter().copied());
+                    parts.clone()
                 }
-            }
+            };
+            cluster
+                .counters
+                .gathers_retried
+                .fetch_add(1, Ordering::Relaxed);
+            passed_over.insert(peer.clone());
+            todo.extend(refused);
+        }
+    }
+    Ok(shares)
+}
+
+/// A query share, with this node's shards' apply sequences when it is the local one.
+struct QueryShare {
+    share: Share,
+    seen: Option<Vec<u64>>,
+}
+
+async fn gather(
+    node: &Arc<DataPlane>,
+    table: &PartitionTable,
+    request: &ReadRequest,
+) -> Result<Gathered, String> {
+    let spec = request.query.group().cloned();
+    let grouped = spec.is_some();
+    let shares = scatter(
+        node,
+        table,
+        &format!("map {}", request.map),
+        |m| {
+            Box::pin(async move {
+                let (share, seen) = local_share(node, request, m).await;
+                QueryShare {
+                    share,
+                    seen: Some(seen),
+                }
+            })
+        },
+        |peer, parts| {
+            Box::pin(async move {
+                let done = ask(node, table, request, &peer, &parts).await?;
+                let (share, refused) = accept(request, grouped, &parts, done)?;
+                Ok((QueryShare { share, seen: None }, refused))
+            })
+        },
+    )
+    .await?;
+    let mut rows: Vec<PartialResult> = Vec::new();
+    let mut groups = Groups::default();
+    let mut seen = Vec::new();
+    for s in shares {
+        if let Some(s) = s.seen {
+            seen = s;
+        }
+        match s.share {
+            Share::Rows(p) => rows.extend(p),
+            Share::Groups(g) => groups.merge(g),
         }
     }
     let page = match &spec {
@@ -200,6 +245,137 @@ async fn gather(
         seen,
         parts: rows,
     })
+}
+
+/// A Merkle or OR-Map sync step over every partition: this node's shards with full placement
+/// (or alone), gathered from the holders with partitioned placement.
+pub async fn sync_read(
+    node: &Arc<DataPlane>,
+    map: Arc<str>,
+    ask: SyncAsk,
+) -> Result<SyncShare, String> {
+    let cluster = &node.cluster;
+    let table = cluster.table();
+    if !cluster.partitioned() || table.members().len() <= 1 {
+        return Ok(local_sync(&node.shards, map, &ask, None).await);
+    }
+    let (map_ref, ask_ref, table_ref) = (&map, &ask, &table);
+    let shares = scatter(
+        node,
+        table_ref,
+        &format!("map {map}"),
+        |m| {
+            Box::pin(
+                async move { local_sync(&node.shards, map_ref.clone(), ask_ref, Some(m)).await },
+            )
+        },
+        |peer, parts| {
+            Box::pin(async move {
+                let body = wire::body(&wire::SyncRead {
+                    map: map_ref.to_string(),
+                    ask: ask_ref.clone(),
+                    partitions: parts.clone(),
+                    table_version: table_ref.version,
+                });
+                let reply = call(node, &peer, Kind::SyncRead, Kind::SyncDone, body).await?;
+                let done: wire::SyncDone = wire::decode(&reply).map_err(|e| {
+                    node.cluster.counters.peer_error("bad_frame");
+                    format!("{peer} answered garbage: {e}")
+                })?;
+                if let Some(e) = done.error {
+                    return Err(format!("{peer}: {e}"));
+                }
+                check_sync_share(&done.share, &parts, &done.refused)
+                    .inspect_err(|_| node.cluster.counters.peer_error("bad_frame"))
+                    .map_err(|e| format!("{peer} answered garbage: {e}"))?;
+                Ok((done.share, done.refused))
+            })
+        },
+    )
+    .await;
+    let counter = match &shares {
+        Ok(_) => &cluster.counters.gathers_ok,
+        Err(_) => &cluster.counters.gathers_failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let mut all = SyncShare::default();
+    for s in shares? {
+        all.merge(s);
+    }
+    Ok(all)
+}
+
+/// A peer's sync share must name only leaves that exist and keys of the partitions it served.
+fn check_sync_share(share: &SyncShare, asked: &[u16], refused: &[u16]) -> Result<(), String> {
+    if share.leaves.iter().any(|(p, _)| p.iter().any(|&n| n > 15)) {
+        return Err("a leaf path outside the tree".to_owned());
+    }
+    let served = |key: &str| {
+        let p = crate::shard::fnv::partition_of(key);
+        asked.contains(&p) && !refused.contains(&p)
+    };
+    if share.records.iter().any(|(k, _)| !served(k))
+        || share.entries.iter().any(|e| !served(&e.key))
+    {
+        return Err("records of partitions it was not asked for".to_owned());
+    }
+    if refused.iter().any(|p| !asked.contains(p)) {
+        return Err("refused partitions it was not asked for".to_owned());
+    }
+    Ok(())
+}
+
+/// A peer's side of a sync step: its share over the asked partitions it serves.
+pub async fn serve_sync(node: Arc<DataPlane>, read: wire::SyncRead) -> wire::SyncDone {
+    let table = node.cluster.table();
+    let (served, refused): (Vec<u16>, Vec<u16>) = read
+        .partitions
+        .iter()
+        .filter(|&&p| p < PARTITION_COUNT)
+        .partition(|&&p| node.cluster.serves(&table, p));
+    let share = local_sync(
+        &node.shards,
+        Arc::from(read.map.as_str()),
+        &read.ask,
+        Some(mask(&served)),
+    )
+    .await;
+    wire::SyncDone {
+        share,
+        refused,
+        table_version: table.version,
+        error: None,
+    }
+}
+
+/// A request to `peer` answered with `answer_kind` within the cluster timeout: its body.
+async fn call(
+    node: &Arc<DataPlane>,
+    peer: &str,
+    kind: Kind,
+    answer_kind: Kind,
+    body: bytes::Bytes,
+) -> Result<bytes::Bytes, String> {
+    let Some(link) = node.cluster.link(peer) else {
+        return Err(format!("no connection to {peer}"));
+    };
+    let timeout = node.cluster.timeout;
+    match tokio::time::timeout(timeout, link.send(Call { kind, body })).await {
+        Ok(Ok(Ok(reply))) if reply.kind == answer_kind => Ok(reply.body),
+        Ok(Ok(Ok(reply))) => {
+            node.cluster.counters.peer_error("bad_frame");
+            Err(format!("{peer} answered {:?} to {kind:?}", reply.kind))
+        }
+        Ok(Ok(Err(e))) => Err(format!("{peer}: {e}")),
+        Ok(Err(_)) => Err(format!("{peer}: connection closed")),
+        Err(_) => {
+            node.cluster.counters.peer_error("timeout");
+            Err(format!(
+                "{peer} did not answer within {} ms",
+                timeout.as_millis()
+            ))
+        }
+    }
 }
 
 fn mask(partitions: &[u16]) -> Arc<Vec<bool>> {
@@ -256,35 +432,11 @@ async fn ask(
         cap: u32::try_from(request.cap).unwrap_or(u32::MAX),
         table_version: table.version,
     });
-    let Some(link) = node.cluster.link(peer) else {
-        return Err(format!("no connection to {peer}"));
-    };
-    let timeout = node.cluster.timeout;
-    let call = link.send(Call {
-        kind: Kind::Query,
-        body,
-    });
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(Ok(reply))) if reply.kind == Kind::QueryDone => {
-            wire::decode::<QueryDone>(&reply.body).map_err(|e| {
-                node.cluster.counters.peer_error("bad_frame");
-                format!("{peer} answered garbage: {e}")
-            })
-        }
-        Ok(Ok(Ok(reply))) => {
-            node.cluster.counters.peer_error("bad_frame");
-            Err(format!("{peer} answered {:?} to a query", reply.kind))
-        }
-        Ok(Ok(Err(e))) => Err(format!("{peer}: {e}")),
-        Ok(Err(_)) => Err(format!("{peer}: connection closed")),
-        Err(_) => {
-            node.cluster.counters.peer_error("timeout");
-            Err(format!(
-                "{peer} did not answer within {} ms",
-                timeout.as_millis()
-            ))
-        }
-    }
+    let reply = call(node, peer, Kind::Query, Kind::QueryDone, body).await?;
+    wire::decode::<QueryDone>(&reply).map_err(|e| {
+        node.cluster.counters.peer_error("bad_frame");
+        format!("{peer} answered garbage: {e}")
+    })
 }
 
 /// A member's answer checked against what was asked: its share, and the partitions it

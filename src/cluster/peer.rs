@@ -312,10 +312,13 @@ impl PeerConn {
             Kind::WriteForward | Kind::WriteReplicate => self.serve_write(frame, ctx),
             Kind::Pull => self.serve_pull(frame, ctx),
             Kind::Query => self.serve_query(frame, ctx),
+            Kind::SyncRead => self.serve_sync(frame, ctx),
             Kind::Topic => self.serve_topic(frame),
-            Kind::WriteDone | Kind::PullChunk | Kind::PullDone | Kind::QueryDone => {
-                self.answered(frame)
-            }
+            Kind::WriteDone
+            | Kind::PullChunk
+            | Kind::PullDone
+            | Kind::QueryDone
+            | Kind::SyncDone => self.answered(frame),
             Kind::Refused => self.refused_by_peer(&frame, ctx),
             Kind::Hello => self.refuse(ctx, "bad_hello", "second HELLO".into()),
         }
@@ -490,6 +493,40 @@ impl PeerConn {
                 body = wire::body(&too_big);
             }
             act.send_frame(Kind::QueryDone, corr, &body);
+        }));
+    }
+
+    fn serve_sync(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let corr = frame.corr;
+        let read: wire::SyncRead = match wire::decode(&frame.body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                let done = wire::SyncDone {
+                    table_version: self.cluster().table().version,
+                    error: Some(format!("undecodable sync read: {e}")),
+                    ..wire::SyncDone::default()
+                };
+                self.send_frame(Kind::SyncDone, corr, &wire::body(&done));
+                return;
+            }
+        };
+        let served = super::gather::serve_sync(self.node.clone(), read);
+        ctx.spawn(served.into_actor(self).map(move |done, act, _| {
+            let mut body = wire::body(&done);
+            if body.len() + 9 > wire::MAX_PEER_FRAME {
+                let too_big = wire::SyncDone {
+                    table_version: done.table_version,
+                    error: Some(format!(
+                        "a sync share is {} MiB, over the {} MiB node-to-node frame limit",
+                        body.len() >> 20,
+                        wire::MAX_PEER_FRAME >> 20
+                    )),
+                    ..wire::SyncDone::default()
+                };
+                body = wire::body(&too_big);
+            }
+            act.send_frame(Kind::SyncDone, corr, &body);
         }));
     }
 

@@ -9,7 +9,7 @@
 //! speaks another version or placement (or sees garbage, or its own node id from another process) answers
 //! `REFUSED {reason}` and closes. Requests carry a fresh correlation id and are answered with
 //! the same one: `WRITE_FORWARD`/`WRITE_REPLICATE` by `WRITE_DONE`, `PULL` by any number of
-//! `PULL_CHUNK`s then `PULL_DONE`, `QUERY` by `QUERY_DONE`. `TOPIC` is one-way.
+//! `PULL_CHUNK`s then `PULL_DONE`, `QUERY` by `QUERY_DONE`, `SYNC_READ` by `SYNC_DONE`. `TOPIC` is one-way.
 //!
 //! Write bodies are encoded once and sent as they are to every replica: the owner re-sends the
 //! forwarded body with kind `WRITE_REPLICATE`, so the trace (`requestId`, origin node and
@@ -45,6 +45,9 @@ pub enum Kind {
     /// One node's share of a gathered read: a query over the partitions it was asked for.
     Query = 10,
     QueryDone = 11,
+    /// One node's share of a gathered Merkle or OR-Map sync step.
+    SyncRead = 12,
+    SyncDone = 13,
 }
 
 impl Kind {
@@ -61,6 +64,8 @@ impl Kind {
             9 => Kind::PullDone,
             10 => Kind::Query,
             11 => Kind::QueryDone,
+            12 => Kind::SyncRead,
+            13 => Kind::SyncDone,
             _ => return None,
         })
     }
@@ -162,6 +167,27 @@ pub struct QueryDone {
     pub has_more: bool,
     #[serde(default)]
     pub groups: Option<crate::shard::aggregate::Groups>,
+    #[serde(default)]
+    pub refused: Vec<u16>,
+    pub table_version: u32,
+    pub error: Option<String>,
+}
+
+/// A share of a gathered sync step over `partitions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRead {
+    pub map: String,
+    pub ask: crate::data::sync::SyncAsk,
+    pub partitions: Vec<u16>,
+    pub table_version: u32,
+}
+
+/// The answer to [`SyncRead`]: the share over the partitions served, the ones refused.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncDone {
+    pub share: crate::data::sync::SyncShare,
     #[serde(default)]
     pub refused: Vec<u16>,
     pub table_version: u32,

@@ -5,6 +5,7 @@
 //! Nothing here knows client connections.
 pub mod ops;
 pub mod reads;
+pub mod sync;
 pub mod writes;
 
 use std::sync::atomic::AtomicI64;

@@ -11,8 +11,9 @@ use actix_web_actors::ws;
 use slog::{debug, warn};
 
 use super::connection::ConnectionActor;
-use crate::cluster::gather::{self, Gathered, ReadRequest};
+use crate::cluster::gather::{self, sync_read, Gathered, ReadRequest};
 use crate::data::ops::{op_label, query_spec};
+use crate::data::sync::SyncAsk;
 use crate::protocol::{
     self, ClientOp, LeafRecord, MerkleReqBucket, QueryResp, QueryResultItem, QuerySub, QueryUnsub,
     ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
@@ -25,56 +26,31 @@ use crate::queue::actor::{
     SnapshotLoaded, Subscribe, TopicPublish, TopicSubscribe, TopicUnsubscribe, Unsubscribe,
 };
 use crate::queue::subscriptions::SubKey;
-use crate::shard::actor::{LeafRecords, MerkleLeaves, OrEntries, OrLeaves, OrSelect, ShardActor};
 use crate::shard::live::LiveQuery;
-use crate::shard::merkle::MerkleUnion;
 use crate::shard::query::CompiledQuery;
 
-type ShardRequest<M> = actix::dev::Request<ShardActor, M>;
-
-/// The node-wide tree of a map from every shard's leaf hashes (LWW `MerkleLeaves` or OR
-/// `OrLeaves`), and the newest HLC timestamp the shards handed out.
-async fn gather_leaves<M>(
-    requests: Vec<ShardRequest<M>>,
-) -> (MerkleUnion, Option<crate::protocol::Timestamp>)
-where
-    M: Message<
-            Result = (
-                Vec<(crate::shard::merkle::LeafPath, u32)>,
-                crate::protocol::Timestamp,
-            ),
-        > + Send
-        + 'static,
-    ShardActor: Handler<M>,
-{
-    let mut union = MerkleUnion::new();
-    let mut timestamp = None;
-    for req in requests {
-        if let Ok((leaves, ts)) = req.await {
-            for (path, hash) in leaves {
-                union.add_leaf(path, hash);
-            }
-            timestamp = timestamp.max(Some(ts));
-        }
-    }
-    (union, timestamp)
+/// An ERROR for a sync step that could not be read (no holder answered for a partition).
+fn sync_failed(why: &str) -> Completion {
+    Completion::frames(vec![protocol::encode(&ServerMessage::error(500, why))])
 }
 
-/// Every shard's answer concatenated (leaf records, OR entries); a shard that cannot answer
-/// contributes nothing.
-async fn gather_all<M, T>(requests: Vec<ShardRequest<M>>) -> Vec<T>
-where
-    M: Message<Result = Vec<T>> + Send + 'static,
-    T: Send + 'static,
-    ShardActor: Handler<M>,
-{
-    let mut all = Vec::new();
-    for req in requests {
-        if let Ok(part) = req.await {
-            all.extend(part);
-        }
-    }
-    all
+/// Leaf records sorted by key: gathered from several shards or nodes, in one order whatever
+/// answered first.
+fn leaf_records_in_key_order(
+    mut records: Vec<(String, crate::protocol::types::LwwRecord)>,
+) -> Vec<LeafRecord> {
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    records
+        .into_iter()
+        .map(|(key, record)| LeafRecord { key, record })
+        .collect()
+}
+
+fn entries_in_key_order(
+    mut entries: Vec<crate::protocol::OrMapEntry>,
+) -> Vec<crate::protocol::OrMapEntry> {
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries
 }
 
 fn or_op(map: &str, key: &str, record: Option<OrMapRecord>, tag: Option<String>) -> ClientOp {
@@ -333,23 +309,22 @@ impl ConnectionActor {
         });
     }
 
-    /// SYNC_INIT: the root of the map's client-shaped tree over every shard.
+    /// SYNC_INIT: the root of the map's client-shaped tree over every partition.
     pub(super) fn on_sync_init(&mut self, m: SyncInit) {
         self.tel.count_ops("GET", &m.map_name, 1);
-        let map: Arc<str> = Arc::from(m.map_name.as_str());
-        let requests = self.to_all_shards(|| MerkleLeaves { map: map.clone() });
+        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
         self.start_request(async move {
-            let (union, timestamp) = gather_leaves(requests).await;
-            let Some(timestamp) = timestamp else {
-                return Completion::frames(vec![protocol::encode(&ServerMessage::error(
-                    500,
-                    "sync unavailable",
-                ))]);
+            let share = match sync_read(&data, map, SyncAsk::Leaves).await {
+                Ok(share) => share,
+                Err(e) => return sync_failed(&e),
+            };
+            let Some(timestamp) = share.timestamp.clone() else {
+                return sync_failed("sync unavailable");
             };
             Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespRoot {
                 payload: SyncRespRoot {
                     map_name: m.map_name,
-                    root_hash: union.root(),
+                    root_hash: share.union().root(),
                     timestamp,
                 },
             })])
@@ -363,39 +338,38 @@ impl ConnectionActor {
             debug!(self.tel.log, "merkle path ignored"; "map" => &m.map_name, "path" => &m.path);
             return;
         }
-        let map: Arc<str> = Arc::from(m.map_name.as_str());
-        if m.path.len() == 3 {
-            let requests = self.to_all_shards(|| LeafRecords {
-                map: map.clone(),
+        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
+        let ask = if m.path.len() == 3 {
+            SyncAsk::LeafRecords {
                 path: m.path.clone(),
-            });
-            self.start_request(async move {
-                let records = gather_all(requests)
-                    .await
-                    .into_iter()
-                    .map(|(key, record)| LeafRecord { key, record })
-                    .collect();
-                Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespLeaf {
+            }
+        } else {
+            SyncAsk::Leaves
+        };
+        self.start_request(async move {
+            let share = match sync_read(&data, map, ask).await {
+                Ok(share) => share,
+                Err(e) => return sync_failed(&e),
+            };
+            let reply = if m.path.len() == 3 {
+                ServerMessage::SyncRespLeaf {
                     payload: SyncRespLeaf {
                         map_name: m.map_name,
                         path: m.path,
-                        records,
+                        records: leaf_records_in_key_order(share.records),
                     },
-                })])
-            });
-        } else {
-            let requests = self.to_all_shards(|| MerkleLeaves { map: map.clone() });
-            self.start_request(async move {
-                let (union, _) = gather_leaves(requests).await;
-                Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespBuckets {
+                }
+            } else {
+                ServerMessage::SyncRespBuckets {
                     payload: SyncRespBuckets {
                         map_name: m.map_name,
-                        buckets: union.buckets(&m.path).unwrap_or_default(),
+                        buckets: share.union().buckets(&m.path).unwrap_or_default(),
                         path: m.path,
                     },
-                })])
-            });
-        }
+                }
+            };
+            Completion::frames(vec![protocol::encode(&reply)])
+        });
     }
 
     /// QUERY_SUB: register with every stripe (events are buffered from then on), take the
@@ -581,22 +555,22 @@ impl ConnectionActor {
         }
     }
 
-    /// ORMAP_SYNC_INIT: the root of the node's OR tree for the map over every shard.
+    /// ORMAP_SYNC_INIT: the root of the node's OR tree for the map over every partition.
     pub(super) fn on_ormap_sync_init(&mut self, m: OrmapSyncInit) {
         self.tel.count_ops("GET", &m.map_name, 1);
-        let requests = self.or_leaves(&m.map_name);
+        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
         self.start_request(async move {
-            let (union, timestamp) = gather_leaves(requests).await;
-            let Some(timestamp) = timestamp else {
-                return Completion::frames(vec![protocol::encode(&ServerMessage::error(
-                    500,
-                    "sync unavailable",
-                ))]);
+            let share = match sync_read(&data, map, SyncAsk::OrLeaves).await {
+                Ok(share) => share,
+                Err(e) => return sync_failed(&e),
+            };
+            let Some(timestamp) = share.timestamp.clone() else {
+                return sync_failed("sync unavailable");
             };
             Completion::frames(vec![protocol::encode(&ServerMessage::OrmapSyncRespRoot {
                 payload: OrmapSyncRespRoot {
                     map_name: m.map_name,
-                    root_hash: union.root(),
+                    root_hash: share.union().root(),
                     timestamp,
                     covering_epoch: None,
                     full_resync: None,
@@ -611,64 +585,54 @@ impl ConnectionActor {
         if !valid_merkle_path(&m.path) {
             return;
         }
-        if m.path.len() == 3 {
-            let map: Arc<str> = Arc::from(m.map_name.as_str());
-            let requests = self.to_all_shards(|| OrEntries {
-                map: map.clone(),
-                select: OrSelect::Path(m.path.clone()),
-            });
-            self.start_request(async move {
-                let entries = gather_all(requests).await;
-                Completion::frames(vec![protocol::encode(&ServerMessage::OrmapSyncRespLeaf {
+        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
+        let ask = if m.path.len() == 3 {
+            SyncAsk::OrPath {
+                path: m.path.clone(),
+            }
+        } else {
+            SyncAsk::OrLeaves
+        };
+        self.start_request(async move {
+            let share = match sync_read(&data, map, ask).await {
+                Ok(share) => share,
+                Err(e) => return sync_failed(&e),
+            };
+            let reply = if m.path.len() == 3 {
+                ServerMessage::OrmapSyncRespLeaf {
                     payload: OrmapSyncRespLeaf {
                         map_name: m.map_name,
                         path: m.path,
-                        entries,
+                        entries: entries_in_key_order(share.entries),
                         covering_epoch: None,
                     },
-                })])
-            });
-        } else {
-            let requests = self.or_leaves(&m.map_name);
-            self.start_request(async move {
-                let (union, _) = gather_leaves(requests).await;
-                Completion::frames(vec![protocol::encode(
-                    &ServerMessage::OrmapSyncRespBuckets {
-                        payload: SyncRespBuckets {
-                            map_name: m.map_name,
-                            buckets: union.buckets(&m.path).unwrap_or_default(),
-                            path: m.path,
-                        },
+                }
+            } else {
+                ServerMessage::OrmapSyncRespBuckets {
+                    payload: SyncRespBuckets {
+                        map_name: m.map_name,
+                        buckets: share.union().buckets(&m.path).unwrap_or_default(),
+                        path: m.path,
                     },
-                )])
-            });
-        }
+                }
+            };
+            Completion::frames(vec![protocol::encode(&reply)])
+        });
     }
 
-    /// ORMAP_DIFF_REQUEST: the entries of the named keys, each from the shard owning it.
+    /// ORMAP_DIFF_REQUEST: the entries of the named keys, each from a holder of its partition.
     pub(super) fn on_ormap_diff_request(&mut self, m: OrmapDiffRequest) {
-        let map: Arc<str> = Arc::from(m.map_name.as_str());
-        let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); self.node.shards.len()];
-        for key in m.keys {
-            per_shard[self.node.shards.of_key(&key)].push(key);
-        }
-        let requests: Vec<_> = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, keys)| !keys.is_empty())
-            .map(|(s, keys)| {
-                self.node.shards.mailboxes[s].send(OrEntries {
-                    map: map.clone(),
-                    select: OrSelect::Keys(keys),
-                })
-            })
-            .collect();
+        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
+        let ask = SyncAsk::OrKeys { keys: m.keys };
         self.start_request(async move {
-            let entries = gather_all(requests).await;
+            let share = match sync_read(&data, map, ask).await {
+                Ok(share) => share,
+                Err(e) => return sync_failed(&e),
+            };
             Completion::frames(vec![protocol::encode(&ServerMessage::OrmapDiffResponse {
                 payload: OrmapDiffResponse {
                     map_name: m.map_name,
-                    entries,
+                    entries: share.entries,
                 },
             })])
         });
@@ -706,26 +670,6 @@ impl ConnectionActor {
                 applied.await;
             });
         }
-    }
-
-    fn or_leaves(&self, map_name: &str) -> Vec<ShardRequest<OrLeaves>> {
-        let map: Arc<str> = Arc::from(map_name);
-        self.to_all_shards(|| OrLeaves { map: map.clone() })
-    }
-
-    /// One request per shard (scatter); the caller gathers.
-    fn to_all_shards<M>(&self, make: impl Fn() -> M) -> Vec<ShardRequest<M>>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        ShardActor: Handler<M>,
-    {
-        self.node
-            .shards
-            .mailboxes
-            .iter()
-            .map(|s| s.send(make()))
-            .collect()
     }
 
     pub(super) fn on_topic_sub(&mut self, topic: String) {

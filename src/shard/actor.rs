@@ -93,6 +93,8 @@ pub struct GroupQuery {
 #[rtype(result = "(Vec<(LeafPath, u32)>, Timestamp)")]
 pub struct MerkleLeaves {
     pub map: Arc<str>,
+    /// Only keys of these partitions (a gathered sync); `None`: every key, from the tree.
+    pub partitions: crate::data::reads::PartitionMask,
 }
 
 /// The records of one Merkle leaf path (tombstones included, expired entries not).
@@ -101,6 +103,7 @@ pub struct MerkleLeaves {
 pub struct LeafRecords {
     pub map: Arc<str>,
     pub path: String,
+    pub partitions: crate::data::reads::PartitionMask,
 }
 
 /// OR-Map sync: this shard's leaf hashes of a map's OR keys, and a fresh HLC timestamp.
@@ -108,6 +111,7 @@ pub struct LeafRecords {
 #[rtype(result = "(Vec<(LeafPath, u32)>, Timestamp)")]
 pub struct OrLeaves {
     pub map: Arc<str>,
+    pub partitions: crate::data::reads::PartitionMask,
 }
 
 /// Which OR-Map entries to read.
@@ -123,6 +127,7 @@ pub enum OrSelect {
 pub struct OrEntries {
     pub map: Arc<str>,
     pub select: OrSelect,
+    pub partitions: crate::data::reads::PartitionMask,
 }
 
 /// Everything this shard stores for the marked partitions (indexed by partition id), as
@@ -539,7 +544,9 @@ impl Handler<MerkleLeaves> for ShardActor {
 
     fn handle(&mut self, msg: MerkleLeaves, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin();
-        let leaves = self.store.merkle_leaf_hashes(&msg.map);
+        let leaves = self
+            .store
+            .merkle_leaf_hashes_within(&msg.map, msg.partitions.as_deref().map(Vec::as_slice));
         let ts = self.hlc.now(system_millis());
         self.stats.end(t0);
         MessageResult((leaves, ts))
@@ -588,8 +595,9 @@ impl Handler<OrLeaves> for ShardActor {
         // Built per request: OR-Map sync is rare next to LWW traffic, and this keeps writes
         // free of a second tree.
         let mut tree = super::merkle::MerkleTree::new();
+        let mask = msg.partitions.as_deref().map(Vec::as_slice);
         if let Some(or) = self.store.or_map(&msg.map) {
-            for key in or.keys() {
+            for key in or.keys().filter(|k| MapStore::within(mask, k)) {
                 tree.update_item(key, or_item_hash(or, key, now));
             }
         }
@@ -605,20 +613,22 @@ impl Handler<OrEntries> for ShardActor {
     fn handle(&mut self, msg: OrEntries, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin();
         let now = system_millis();
+        let mask = msg.partitions.as_deref().map(Vec::as_slice);
         let entries = match self.store.or_map(&msg.map) {
             None => Vec::new(),
             Some(or) => match msg.select {
                 OrSelect::Path(path) => or
                     .keys()
                     .filter(|k| {
-                        super::merkle::path_string(&super::merkle::leaf_path_of(k))
-                            .starts_with(&path)
+                        MapStore::within(mask, k)
+                            && super::merkle::path_string(&super::merkle::leaf_path_of(k))
+                                .starts_with(&path)
                     })
                     .map(|k| or_entry(or, k, now))
                     .collect(),
                 OrSelect::Keys(keys) => keys
                     .iter()
-                    .filter(|k| or.keys().any(|have| have == k.as_str()))
+                    .filter(|k| MapStore::within(mask, k) && or.contains_key(k))
                     .map(|k| or_entry(or, k, now))
                     .collect(),
             },
@@ -637,7 +647,9 @@ impl Handler<LeafRecords> for ShardActor {
             .store
             .leaf_records(&msg.map, &msg.path, system_millis())
             .map(|rs| {
+                let mask = msg.partitions.as_deref().map(Vec::as_slice);
                 rs.into_iter()
+                    .filter(|(k, _)| MapStore::within(mask, k))
                     .map(|(k, r)| (k.to_owned(), r.clone()))
                     .collect()
             })

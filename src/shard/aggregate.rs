@@ -322,6 +322,26 @@ mod tests {
     }
 
     #[test]
+    fn groups_travel_as_messagepack_and_are_checked_against_the_spec() {
+        let s = spec();
+        let mut g = Groups::default();
+        for r in [rec("a", 10.into()), rec("b", Value::F64(2.5))] {
+            g.add(&s, &r);
+        }
+        let bytes = rmp_serde::to_vec_named(&g).unwrap();
+        let back: Groups = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, g);
+        assert!(back.fits(&s));
+        let other = GroupSpec::new(&["owner".into()], &[(AggFunc::Count, None)]);
+        assert!(!back.fits(&other), "another aggregation list");
+        let mut merged = Groups::default();
+        merged.merge(back);
+        merged.merge(g.clone());
+        let row = &merged.rows(&s)[0].1;
+        assert_eq!(field(row, "__count"), &Value::from(2));
+    }
+
+    #[test]
     fn one_row_per_group_with_count_and_each_aggregation() {
         let s = spec();
         let mut g = Groups::default();

@@ -288,6 +288,26 @@ impl MerkleTree {
         leaf_at(&self.root, path).map(|l| l.hash)
     }
 
+    /// The leaves of the keys `keep` selects, hashed from their items: the tree those keys
+    /// alone would make (only leaves holding one of them), in path order.
+    pub fn leaf_hashes_where(&self, keep: impl Fn(&str) -> bool) -> Vec<(LeafPath, u32)> {
+        let mut out = Vec::new();
+        for_each_leaf(&self.root, |p, l| {
+            let mut hash = 0u32;
+            let mut any = false;
+            for (key, item) in &l.items {
+                if keep(key) {
+                    hash = hash.wrapping_add(mix(*item));
+                    any = true;
+                }
+            }
+            if any {
+                out.push((p, hash));
+            }
+        });
+        out
+    }
+
     /// Every existing leaf with its hash (emptied leaves too, with 0), in path order. Feed
     /// these from several stores into a [`MerkleUnion`] to get the tree of their union.
     pub fn leaf_hashes(&self) -> Vec<(LeafPath, u32)> {

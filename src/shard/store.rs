@@ -354,6 +354,25 @@ impl MapStore {
             .unwrap_or_default()
     }
 
+    /// This store's leaves of `map` over the keys of `partitions` only (see
+    /// `MerkleTree::leaf_hashes_where`); every leaf with `None`.
+    pub fn merkle_leaf_hashes_within(
+        &self,
+        map: &str,
+        partitions: Option<&[bool]>,
+    ) -> Vec<(LeafPath, u32)> {
+        match (partitions, self.lww.get(map)) {
+            (_, None) => Vec::new(),
+            (None, Some(m)) => m.merkle_leaf_hashes(),
+            (Some(_), Some(m)) => m.merkle().leaf_hashes_where(|k| within(partitions, k)),
+        }
+    }
+
+    /// Whether `key` is in `partitions` (`None`: every key).
+    pub fn within(partitions: Option<&[bool]>, key: &str) -> bool {
+        within(partitions, key)
+    }
+
     /// This store's part of a `SYNC_RESP_LEAF` (see `LwwMap::leaf_records`).
     pub fn leaf_records(&self, map: &str, path: &str, now: u64) -> Option<Vec<(&str, &LwwRecord)>> {
         self.lww.get(map)?.leaf_records(path, now)
@@ -421,6 +440,56 @@ mod tests {
             whole.apply_lww("m", &key, r);
         }
         (parts, whole)
+    }
+
+    #[test]
+    fn a_partition_is_counted_and_dropped_whole_only_if_unchanged_since_its_handover() {
+        let mut store = MapStore::new(0..PARTITION_COUNT);
+        let keys: Vec<String> = (0..500).map(|i| format!("k{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            store.apply_lww("m", k, rec(i as i64, 10));
+        }
+        store.apply_or_add(
+            "o",
+            &keys[0],
+            OrMapRecord {
+                value: Value::from(1),
+                timestamp: rec(0, 10).timestamp,
+                tag: "t1".into(),
+                ttl_ms: None,
+            },
+        );
+        let p = partition_of(&keys[0]);
+        let in_p: Vec<&String> = keys.iter().filter(|k| partition_of(k) == p).collect();
+        let (count, touched) = store.census(p);
+        assert_eq!(count, in_p.len() as u64 + 1, "LWW keys and the OR key");
+        // A stale write does not count as a change; a new one does.
+        store.apply_lww("m", in_p[0], rec(0, 5));
+        assert_eq!(store.census(p).1, touched);
+        store.apply_lww("m", in_p[0], rec(1, 20));
+        assert!(store.drop_partition(p, touched).is_none(), "changed since");
+        let (_, touched) = store.census(p);
+        let purges = store.drop_partition(p, touched).expect("unchanged");
+        assert_eq!(purges.len(), in_p.len() + 1);
+        assert!(purges
+            .iter()
+            .any(|m| matches!(m, Mutation::PurgeOr { tags, .. } if tags == &["t1".to_string()])));
+        assert_eq!(store.census(p).0, 0);
+        for k in &keys {
+            let gone = partition_of(k) == p;
+            assert_eq!(store.get("m", k, 0).is_none(), gone, "{k}");
+        }
+        // The rest of the map and its Merkle tree are what a store without p would hold.
+        let mut without = MapStore::new(0..PARTITION_COUNT);
+        for (i, k) in keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| partition_of(k) != p)
+        {
+            without.apply_lww("m", k, rec(i as i64, 10));
+        }
+        assert_eq!(store.merkle_root("m"), without.merkle_root("m"));
+        assert_eq!(store.stats("m"), without.stats("m"));
     }
 
     #[test]
