@@ -394,6 +394,40 @@ async fn a_node_without_seeds_cut_off_finds_the_cluster_again() {
     eprintln!("seedless heal converged in {} ms", took.as_millis());
 }
 
+/// The same split with partitioned placement: each side keeps only its partitions' records, and
+/// after the heal the reads, gathered from the holders, and the gathered Merkle roots agree;
+/// what a node stored for partitions it no longer keeps is handed over and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_split_converges_with_partitioned_placement_too() {
+    if !firewall::available() {
+        return;
+    }
+    let [a, b, c] = three_apart(17, &["--placement", "partitioned"]);
+    let took = one_cut_off_then_healed(&a, &b, &c).await;
+    eprintln!("partitioned heal converged in {} ms", took.as_millis());
+    // 100 before + 200 + 200 on the two sides + 20 on both: 520 keys, two copies each.
+    let all = [&a, &b, &c];
+    wait_for(
+        "two copies of every record",
+        Duration::from_secs(20),
+        || {
+            let held: Vec<f64> = all
+                .iter()
+                .map(|m| {
+                    m.node
+                        .scrape()
+                        .value_or_zero("topgun_map_size_items", &[("map", MAP)])
+                })
+                .collect();
+            if held.iter().sum::<f64>() == 1040.0 {
+                Ok(())
+            } else {
+                Err(format!("held per node: {held:?}"))
+            }
+        },
+    );
+}
+
 /// Cuts `a` from `b` and `c` until both sides declared the other down, writes on both sides
 /// (some keys on both), heals, and checks everything issue 22 asks for; the time from heal to
 /// converged.

@@ -477,21 +477,11 @@ impl PeerConn {
         };
         let served = super::gather::serve(self.node.clone(), query);
         ctx.spawn(served.into_actor(self).map(move |done, act, _| {
-            let mut body = wire::body(&done);
-            if body.len() + 9 > wire::MAX_PEER_FRAME {
-                // The asker would close the link on a frame this size: answer an error.
-                let too_big = wire::QueryDone {
-                    table_version: done.table_version,
-                    error: Some(format!(
-                        "a share of the answer is {} MiB, over the {} MiB node-to-node frame \
-                         limit: ask for fewer rows (limit) or fields",
-                        body.len() >> 20,
-                        wire::MAX_PEER_FRAME >> 20
-                    )),
-                    ..wire::QueryDone::default()
-                };
-                body = wire::body(&too_big);
-            }
+            let body = bounded(&done, |why| wire::QueryDone {
+                table_version: done.table_version,
+                error: Some(format!("{why}: ask for fewer rows (limit) or fields")),
+                ..wire::QueryDone::default()
+            });
             act.send_frame(Kind::QueryDone, corr, &body);
         }));
     }
@@ -513,19 +503,11 @@ impl PeerConn {
         };
         let served = super::gather::serve_sync(self.node.clone(), read);
         ctx.spawn(served.into_actor(self).map(move |done, act, _| {
-            let mut body = wire::body(&done);
-            if body.len() + 9 > wire::MAX_PEER_FRAME {
-                let too_big = wire::SyncDone {
-                    table_version: done.table_version,
-                    error: Some(format!(
-                        "a sync share is {} MiB, over the {} MiB node-to-node frame limit",
-                        body.len() >> 20,
-                        wire::MAX_PEER_FRAME >> 20
-                    )),
-                    ..wire::SyncDone::default()
-                };
-                body = wire::body(&too_big);
-            }
+            let body = bounded(&done, |why| wire::SyncDone {
+                table_version: done.table_version,
+                error: Some(why),
+                ..wire::SyncDone::default()
+            });
             act.send_frame(Kind::SyncDone, corr, &body);
         }));
     }
@@ -752,6 +734,23 @@ pub async fn accept_peers(
             }
         }
     }
+}
+
+/// The encoded answer, or the error answer `too_big` makes when it would not fit a frame (the
+/// asker would close the link on it).
+fn bounded<T: serde::Serialize, E: serde::Serialize>(
+    answer: &T,
+    too_big: impl FnOnce(String) -> E,
+) -> Bytes {
+    let body = wire::body(answer);
+    if body.len() + 9 <= wire::MAX_PEER_FRAME {
+        return body;
+    }
+    wire::body(&too_big(format!(
+        "a share of {} MiB is over the {} MiB node-to-node frame limit",
+        body.len() >> 20,
+        wire::MAX_PEER_FRAME >> 20
+    )))
 }
 
 #[cfg(test)]

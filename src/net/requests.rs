@@ -13,7 +13,7 @@ use slog::{debug, warn};
 use super::connection::ConnectionActor;
 use crate::cluster::gather::{self, sync_read, Gathered, ReadRequest};
 use crate::data::ops::{op_label, query_spec};
-use crate::data::sync::SyncAsk;
+use crate::data::sync::{SyncAsk, SyncShare};
 use crate::protocol::{
     self, ClientOp, LeafRecord, MerkleReqBucket, QueryResp, QueryResultItem, QuerySub, QueryUnsub,
     ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
@@ -28,11 +28,6 @@ use crate::queue::actor::{
 use crate::queue::subscriptions::SubKey;
 use crate::shard::live::LiveQuery;
 use crate::shard::query::CompiledQuery;
-
-/// An ERROR for a sync step that could not be read (no holder answered for a partition).
-fn sync_failed(why: &str) -> Completion {
-    Completion::frames(vec![protocol::encode(&ServerMessage::error(500, why))])
-}
 
 /// Leaf records sorted by key: gathered from several shards or nodes, in one order whatever
 /// answered first.
@@ -312,22 +307,15 @@ impl ConnectionActor {
     /// SYNC_INIT: the root of the map's client-shaped tree over every partition.
     pub(super) fn on_sync_init(&mut self, m: SyncInit) {
         self.tel.count_ops("GET", &m.map_name, 1);
-        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
-        self.start_request(async move {
-            let share = match sync_read(&data, map, SyncAsk::Leaves).await {
-                Ok(share) => share,
-                Err(e) => return sync_failed(&e),
-            };
-            let Some(timestamp) = share.timestamp.clone() else {
-                return sync_failed("sync unavailable");
-            };
-            Completion::frames(vec![protocol::encode(&ServerMessage::SyncRespRoot {
+        let map_name = m.map_name.clone();
+        self.sync_step(&m.map_name, SyncAsk::Leaves, move |share| {
+            Some(ServerMessage::SyncRespRoot {
                 payload: SyncRespRoot {
-                    map_name: m.map_name,
+                    map_name,
                     root_hash: share.union().root(),
-                    timestamp,
+                    timestamp: share.timestamp?,
                 },
-            })])
+            })
         });
     }
 
@@ -338,37 +326,49 @@ impl ConnectionActor {
             debug!(self.tel.log, "merkle path ignored"; "map" => &m.map_name, "path" => &m.path);
             return;
         }
-        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
-        let ask = if m.path.len() == 3 {
-            SyncAsk::LeafRecords {
-                path: m.path.clone(),
-            }
-        } else {
-            SyncAsk::Leaves
-        };
-        self.start_request(async move {
-            let share = match sync_read(&data, map, ask).await {
-                Ok(share) => share,
-                Err(e) => return sync_failed(&e),
-            };
-            let reply = if m.path.len() == 3 {
-                ServerMessage::SyncRespLeaf {
+        let MerkleReqBucket { map_name, path } = m;
+        if path.len() == 3 {
+            let ask = SyncAsk::LeafRecords { path: path.clone() };
+            self.sync_step(&map_name.clone(), ask, move |share| {
+                Some(ServerMessage::SyncRespLeaf {
                     payload: SyncRespLeaf {
-                        map_name: m.map_name,
-                        path: m.path,
+                        map_name,
+                        path,
                         records: leaf_records_in_key_order(share.records),
                     },
-                }
-            } else {
-                ServerMessage::SyncRespBuckets {
+                })
+            });
+        } else {
+            self.sync_step(&map_name.clone(), SyncAsk::Leaves, move |share| {
+                Some(ServerMessage::SyncRespBuckets {
                     payload: SyncRespBuckets {
-                        map_name: m.map_name,
-                        buckets: share.union().buckets(&m.path).unwrap_or_default(),
-                        path: m.path,
+                        map_name,
+                        buckets: share.union().buckets(&path).unwrap_or_default(),
+                        path,
                     },
+                })
+            });
+        }
+    }
+
+    /// One step of a Merkle or OR-Map sync: `ask` read over every partition (gathered from
+    /// the holders with partitioned placement), answered with `reply` of it, or with ERROR
+    /// when it could not be read (or `reply` found nothing to answer with).
+    fn sync_step(
+        &mut self,
+        map_name: &str,
+        ask: SyncAsk,
+        reply: impl FnOnce(SyncShare) -> Option<ServerMessage> + 'static,
+    ) {
+        let (data, map) = (self.node.data.clone(), Arc::from(map_name));
+        self.start_request(async move {
+            let message = match sync_read(&data, map, ask).await {
+                Ok(share) => {
+                    reply(share).unwrap_or_else(|| ServerMessage::error(500, "sync unavailable"))
                 }
+                Err(e) => ServerMessage::error(500, &e),
             };
-            Completion::frames(vec![protocol::encode(&reply)])
+            Completion::frames(vec![protocol::encode(&message)])
         });
     }
 
@@ -558,24 +558,17 @@ impl ConnectionActor {
     /// ORMAP_SYNC_INIT: the root of the node's OR tree for the map over every partition.
     pub(super) fn on_ormap_sync_init(&mut self, m: OrmapSyncInit) {
         self.tel.count_ops("GET", &m.map_name, 1);
-        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
-        self.start_request(async move {
-            let share = match sync_read(&data, map, SyncAsk::OrLeaves).await {
-                Ok(share) => share,
-                Err(e) => return sync_failed(&e),
-            };
-            let Some(timestamp) = share.timestamp.clone() else {
-                return sync_failed("sync unavailable");
-            };
-            Completion::frames(vec![protocol::encode(&ServerMessage::OrmapSyncRespRoot {
+        let map_name = m.map_name.clone();
+        self.sync_step(&m.map_name, SyncAsk::OrLeaves, move |share| {
+            Some(ServerMessage::OrmapSyncRespRoot {
                 payload: OrmapSyncRespRoot {
-                    map_name: m.map_name,
+                    map_name,
                     root_hash: share.union().root(),
-                    timestamp,
+                    timestamp: share.timestamp?,
                     covering_epoch: None,
                     full_resync: None,
                 },
-            })])
+            })
         });
     }
 
@@ -585,57 +578,47 @@ impl ConnectionActor {
         if !valid_merkle_path(&m.path) {
             return;
         }
-        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
-        let ask = if m.path.len() == 3 {
-            SyncAsk::OrPath {
-                path: m.path.clone(),
-            }
-        } else {
-            SyncAsk::OrLeaves
-        };
-        self.start_request(async move {
-            let share = match sync_read(&data, map, ask).await {
-                Ok(share) => share,
-                Err(e) => return sync_failed(&e),
-            };
-            let reply = if m.path.len() == 3 {
-                ServerMessage::OrmapSyncRespLeaf {
+        let MerkleReqBucket { map_name, path } = m;
+        if path.len() == 3 {
+            let ask = SyncAsk::OrPath { path: path.clone() };
+            self.sync_step(&map_name.clone(), ask, move |share| {
+                Some(ServerMessage::OrmapSyncRespLeaf {
                     payload: OrmapSyncRespLeaf {
-                        map_name: m.map_name,
-                        path: m.path,
+                        map_name,
+                        path,
                         entries: entries_in_key_order(share.entries),
                         covering_epoch: None,
                     },
-                }
-            } else {
-                ServerMessage::OrmapSyncRespBuckets {
+                })
+            });
+        } else {
+            self.sync_step(&map_name.clone(), SyncAsk::OrLeaves, move |share| {
+                Some(ServerMessage::OrmapSyncRespBuckets {
                     payload: SyncRespBuckets {
-                        map_name: m.map_name,
-                        buckets: share.union().buckets(&m.path).unwrap_or_default(),
-                        path: m.path,
+                        map_name,
+                        buckets: share.union().buckets(&path).unwrap_or_default(),
+                        path,
                     },
-                }
-            };
-            Completion::frames(vec![protocol::encode(&reply)])
-        });
+                })
+            });
+        }
     }
 
     /// ORMAP_DIFF_REQUEST: the entries of the named keys, each from a holder of its partition.
     pub(super) fn on_ormap_diff_request(&mut self, m: OrmapDiffRequest) {
-        let (data, map) = (self.node.data.clone(), Arc::from(m.map_name.as_str()));
-        let ask = SyncAsk::OrKeys { keys: m.keys };
-        self.start_request(async move {
-            let share = match sync_read(&data, map, ask).await {
-                Ok(share) => share,
-                Err(e) => return sync_failed(&e),
-            };
-            Completion::frames(vec![protocol::encode(&ServerMessage::OrmapDiffResponse {
-                payload: OrmapDiffResponse {
-                    map_name: m.map_name,
-                    entries: share.entries,
-                },
-            })])
-        });
+        let map_name = m.map_name.clone();
+        self.sync_step(
+            &m.map_name,
+            SyncAsk::OrKeys { keys: m.keys },
+            move |share| {
+                Some(ServerMessage::OrmapDiffResponse {
+                    payload: OrmapDiffResponse {
+                        map_name,
+                        entries: share.entries,
+                    },
+                })
+            },
+        );
     }
 
     /// ORMAP_PUSH_DIFF: the client's records and removed tags are writes like OR_ADD /
