@@ -342,6 +342,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             }
         });
     }
+    // Partitioned placement: live events of other nodes' partitions come from their holders.
+    crate::cluster::live::start(&data_plane);
     let cluster = {
         let actor = ClusterActor::new(
             cluster_identity,
@@ -446,6 +448,8 @@ fn start_event_queue(
 ) -> EventQueue {
     let n = config.event_queue_stripes;
     let per_stripe = config.event_queue_capacity / n;
+    let cross = Arc::new(crate::queue::cross::CrossNode::default());
+    let partitioned = config.placement == crate::config::Placement::Partitioned;
     let stripes: Vec<StripeHandle> = (0..n)
         .map(|i| {
             let arbiter = &data_threads[i % data_threads.len()];
@@ -457,6 +461,8 @@ fn start_event_queue(
                 metrics.clone(),
                 config.report_interval,
                 config.actor_telemetry,
+                cross.clone(),
+                partitioned,
             );
             let queued = actor.queued_counter();
             let depth = actor.depth_counter();
@@ -466,6 +472,7 @@ fn start_event_queue(
         .collect();
     EventQueue {
         stripes: stripes.into(),
+        cross,
     }
 }
 

@@ -213,6 +213,9 @@ ROWS = [
         ("Gathered reads", "ts", "cps",
          [(f'sum by (instance, outcome) (rate(topgun_cluster_gathers_total{{{S}}}[{R}]))', "{{outcome}} {{instance}}")],
          "Partitioned placement: query snapshots and POST /sync queries read from the partitions' holders. retried = a member's share asked again of another holder (it was down, slow or no longer held it); failed = the client got an error because no holder answered for a partition."),
+        ("Live events between nodes", "ts", "cps",
+         [(f'sum by (instance, outcome) (rate(topgun_cluster_live_events_total{{{S}}}[{R}]))', "{{outcome}} {{instance}}")],
+         "Partitioned placement: changes every holder sends to nodes with live subscribers on the map. duplicate = a copy from a second holder, routed once (about one per sent change with one backup); dropped = a full channel or stripe, subscribers elsewhere then recover by sync."),
     ]),
 ]
 

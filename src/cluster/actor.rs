@@ -706,7 +706,12 @@ impl ClusterActor {
         actix_rt::spawn(async move {
             // Progress per partition: the pending gauge falls as the pull goes.
             let pending = &node.cluster.counters.migration_pending;
-            let pulled = migration::pull(&node, &source, &partitions, |p| {
+            let merge = if node.cluster.partitioned() {
+                migration::Merge::Quiet
+            } else {
+                migration::Merge::Announced
+            };
+            let pulled = migration::pull(&node, &source, &partitions, merge, |p| {
                 pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 node.cluster.set_arriving(&[p], false);
             })
@@ -741,7 +746,14 @@ impl ClusterActor {
         let node = self.node.clone();
         let me = ctx.address();
         actix_rt::spawn(async move {
-            let pulled = migration::pull(&node, &peer, &partitions, |_| {}).await;
+            let pulled = migration::pull(
+                &node,
+                &peer,
+                &partitions,
+                migration::Merge::Announced,
+                |_| {},
+            )
+            .await;
             let result = match pulled.failure {
                 None => Ok(pulled.records),
                 Some(f) => Err(f),
@@ -1047,6 +1059,11 @@ impl ClusterActor {
             records_by_role: self
                 .records_by_role
                 .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            live: [
+                take(&c.live_sent),
+                take(&c.live_received),
+                take(&self.node.queue.cross.dropped),
+            ],
             released: std::mem::take(&mut self.released),
             gathers: [
                 take(&c.gathers_ok),
@@ -1082,6 +1099,8 @@ struct DataReport {
     gathers: [u64; 3],
     /// owner, backup, replica.
     records_by_role: [i64; 3],
+    /// Live events sent, received, dropped.
+    live: [u64; 3],
     released: u64,
     handoffs_pending: i64,
 }
@@ -1123,6 +1142,11 @@ impl DataReport {
             m.partition_records.with_label_values(&[role]).set(n);
         }
         m.partitions_released_total.inc_by(self.released);
+        for (outcome, n) in ["sent", "received", "dropped"].iter().zip(self.live) {
+            m.cluster_live_events_total
+                .with_label_values(&[outcome])
+                .inc_by(n);
+        }
         for (outcome, n) in ["ok", "failed", "retried"].iter().zip(self.gathers) {
             m.cluster_gathers_total
                 .with_label_values(&[outcome])

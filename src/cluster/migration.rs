@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::peer::{CallStream, PeerConn};
 use super::wire::{self, Kind, Pull, PullChunk, PullDone};
-use crate::data::writes::apply_writes;
+use crate::data::writes::{apply_writes, merge_quietly};
 use crate::data::DataPlane;
 
 /// How long a pull waits for the link to its source to come up (it was just dialled).
@@ -26,11 +26,22 @@ pub struct Pulled {
     pub failure: Option<String>,
 }
 
+/// How pulled records are merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// Like writes, live events included (a catch-up brings changes subscribers missed).
+    Announced,
+    /// Without live events: a partition moved here with partitioned placement, whose holders
+    /// sent its changes to every subscriber as they happened.
+    Quiet,
+}
+
 /// Pulls `partitions` from `source` in order, calling `done` after each one is merged.
 pub async fn pull(
     node: &Arc<DataPlane>,
     source: &str,
     partitions: &[u16],
+    merge: Merge,
     mut done: impl FnMut(u16),
 ) -> Pulled {
     let mut pulled = Pulled::default();
@@ -39,7 +50,7 @@ pub async fn pull(
         return pulled;
     };
     for &partition in partitions {
-        match pull_one(node, &link, source, partition).await {
+        match pull_one(node, &link, source, partition, merge).await {
             Ok(records) => {
                 pulled.records += records;
                 pulled.partitions_done += 1;
@@ -60,6 +71,7 @@ async fn pull_one(
     link: &actix::Addr<PeerConn>,
     source: &str,
     partition: u16,
+    merge: Merge,
 ) -> Result<u64, String> {
     let body = wire::body(&Pull {
         partitions: vec![partition],
@@ -79,7 +91,10 @@ async fn pull_one(
             Kind::PullChunk => {
                 let chunk: PullChunk = wire::decode(&reply.body).map_err(|e| e.to_string())?;
                 let n = chunk.ops.len() as u64;
-                let outcome = apply_writes(&node.shards, 0, chunk.ops).await;
+                let outcome = match merge {
+                    Merge::Announced => apply_writes(&node.shards, 0, chunk.ops).await,
+                    Merge::Quiet => merge_quietly(&node.shards, chunk.ops).await,
+                };
                 if let Some(failure) = outcome.failure {
                     return Err(format!("merging pulled records failed: {failure}"));
                 }

@@ -8,6 +8,7 @@ pub mod actor;
 pub mod catchup;
 pub mod gather;
 pub mod handoff;
+pub mod live;
 pub mod membership;
 pub mod migration;
 pub mod peer;

@@ -314,6 +314,7 @@ impl PeerConn {
             Kind::Query => self.serve_query(frame, ctx),
             Kind::SyncRead => self.serve_sync(frame, ctx),
             Kind::Topic => self.serve_topic(frame),
+            Kind::Interest | Kind::Events => self.live_from_peer(frame),
             Kind::WriteDone
             | Kind::PullChunk
             | Kind::PullDone
@@ -510,6 +511,22 @@ impl PeerConn {
             });
             act.send_frame(Kind::SyncDone, corr, &body);
         }));
+    }
+
+    fn live_from_peer(&mut self, frame: Frame) {
+        let Some(peer) = self.peer.clone() else {
+            return;
+        };
+        let decoded = match frame.kind {
+            Kind::Interest => wire::decode(&frame.body)
+                .map(|i| super::live::interest_received(&self.node, &peer, i)),
+            _ => wire::decode(&frame.body).map(|e| super::live::events_received(&self.node, e)),
+        };
+        if let Err(e) = decoded {
+            self.cluster().counters.peer_error("bad_frame");
+            debug!(self.log, "undecodable live message from peer"; "kind" => ?frame.kind,
+                "err" => err_kv("bad_frame", &e));
+        }
     }
 
     fn serve_topic(&mut self, frame: Frame) {

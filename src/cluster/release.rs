@@ -101,6 +101,7 @@ async fn hand_over_one(
         request_id: None,
         origin_node_id: node.cluster.node_id.clone(),
         client_id: "handover".to_owned(),
+        writer: None,
     };
     let holders: Vec<String> = table
         .holders(p)

@@ -21,7 +21,7 @@ use super::state::ClusterState;
 use super::table::Role;
 use super::wire::{self, Kind, Trace, WriteDone};
 use crate::config::WriteAck;
-use crate::data::writes::{apply_writes, WriteOutcome};
+use crate::data::writes::{apply_writes, apply_writes_from, WriteOutcome};
 use crate::data::DataPlane;
 use crate::protocol::types::LwwRecord;
 use crate::protocol::{ClientOp, OpKind};
@@ -59,6 +59,10 @@ pub fn route_client_write(
     if table.members().len() <= 1 {
         return Box::pin(apply_writes(&node.shards, writer, ops));
     }
+    let mut trace = trace;
+    if writer != 0 {
+        trace.writer = Some(writer);
+    }
     stamp_bare_removes(cluster, &mut ops);
     let partitions_of_ops: Vec<u16> = ops.iter().map(|op| partition_of(&op.key)).collect();
     let mut groups: BTreeMap<&str, (Vec<usize>, BTreeSet<u16>)> = BTreeMap::new();
@@ -77,7 +81,7 @@ pub fn route_client_write(
             ops: indexes.iter().map(|&i| &ops[i]).collect(),
         });
         if owner == cluster.node_id {
-            let replicated = replicate(node, body, &cluster.node_id, &partitions);
+            let replicated = replicate_or_hand_off(node, body, &cluster.node_id, partitions);
             peers.push(Box::pin(async move {
                 WriteDone {
                     rejected: Vec::new(),
@@ -147,8 +151,8 @@ pub fn own(
     write: wire::Write,
 ) -> impl std::future::Future<Output = WriteDone> + 'static {
     let partitions: BTreeSet<u16> = write.ops.iter().map(|o| partition_of(&o.key)).collect();
-    let replicated = replicate(node, body, &write.trace.origin_node_id, &partitions);
-    let local = apply_writes(&node.shards, 0, write.ops);
+    let replicated = replicate_or_hand_off(node, body, &write.trace.origin_node_id, partitions);
+    let local = apply_writes_from(&node.shards, 0, origin_of(&write.trace), write.ops);
     async move {
         let outcome = local.await;
         let failure = replicated.await;
@@ -159,12 +163,36 @@ pub fn own(
     }
 }
 
+/// [`replicate`], and with partitioned placement, when a backup did not confirm, the write
+/// handed to the partitions' holders again in the background ([`super::handoff`]): a backup
+/// that missed it (it was down, or the table moved while the write was under way and a new
+/// backup pulled the partition before it was applied here) has no other copy to get it from.
+fn replicate_or_hand_off(
+    node: &Arc<DataPlane>,
+    body: Bytes,
+    origin: &str,
+    partitions: BTreeSet<u16>,
+) -> LocalBoxFuture<'static, Option<String>> {
+    let replicated = replicate(node, body.clone(), origin, &partitions);
+    if !node.cluster.partitioned() {
+        return replicated;
+    }
+    let node = node.clone();
+    Box::pin(async move {
+        let failure = replicated.await;
+        if let Some(f) = &failure {
+            super::handoff::hand_off(&node, body, partitions, f.clone());
+        }
+        failure
+    })
+}
+
 /// A backup's or replica's part: apply.
 pub fn replica(
     node: &Arc<DataPlane>,
     write: wire::Write,
 ) -> impl std::future::Future<Output = WriteDone> + 'static {
-    let local = apply_writes(&node.shards, 0, write.ops);
+    let local = apply_writes_from(&node.shards, 0, origin_of(&write.trace), write.ops);
     async move {
         let outcome = local.await;
         WriteDone {
@@ -172,6 +200,14 @@ pub fn replica(
             failure: outcome.failure,
         }
     }
+}
+
+/// Where a peer's write came from, for its change events.
+fn origin_of(trace: &Trace) -> Option<Arc<crate::queue::Origin>> {
+    Some(Arc::new(crate::queue::Origin {
+        node: trace.origin_node_id.clone(),
+        writer: trace.writer.unwrap_or(0),
+    }))
 }
 
 /// "backup" when this node backs up any partition of the ops, else "replica".

@@ -2,7 +2,7 @@
 //! partition table, the open links to peers, the write settings, readiness, and the counters the
 //! `ClusterActor` reports. Connections (on HTTP worker threads) and peer connections read it on
 //! every write, so reads are a lock and an `Arc` clone, never a round trip to an actor.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -35,6 +35,9 @@ pub struct ClusterCounters {
     pub handoff_bytes: AtomicI64,
     pub handoffs_delivered: AtomicU64,
     pub handoffs_dropped: AtomicU64,
+    /// Live events sent to peers and received from them (partitioned placement).
+    pub live_sent: AtomicU64,
+    pub live_received: AtomicU64,
     /// Gathered reads answered whole, failed, and shares asked again of another holder.
     pub gathers_ok: AtomicU64,
     pub gathers_failed: AtomicU64,
@@ -85,6 +88,9 @@ impl MissingLink {
     }
 }
 
+/// The maps each peer has live subscriptions on, by node id.
+pub type PeerInterest = HashMap<String, Arc<HashSet<Arc<str>>>>;
+
 pub struct ClusterState {
     pub node_id: String,
     /// This node's membership generation: its start time in ms, one more after each time the
@@ -99,6 +105,8 @@ pub struct ClusterState {
     /// Per partition: this node gained a role for it and is still pulling it, so it must not
     /// answer a gathered read for it yet (its copy may be missing records).
     arriving: Vec<AtomicBool>,
+    /// The maps each peer has live subscriptions on (its last `INTEREST`).
+    peer_interest: RwLock<Arc<PeerInterest>>,
     table: RwLock<Arc<PartitionTable>>,
     /// The version of every new table, for whoever must know (cluster clients get it pushed).
     table_changes: tokio::sync::watch::Sender<u32>,
@@ -140,6 +148,7 @@ impl ClusterState {
             arriving: (0..PARTITION_COUNT)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            peer_interest: RwLock::new(Arc::new(HashMap::new())),
             table_changes: tokio::sync::watch::Sender::new(table.version),
             table: RwLock::new(Arc::new(table)),
             links: RwLock::new(HashMap::new()),
@@ -178,6 +187,26 @@ impl ClusterState {
             if let Some(a) = self.arriving.get(usize::from(p)) {
                 a.store(arriving, Ordering::Release);
             }
+        }
+    }
+
+    /// Records `peer`'s interest; returns the union of every peer's maps.
+    pub fn set_peer_interest(&self, peer: &str, maps: HashSet<Arc<str>>) -> HashSet<Arc<str>> {
+        let mut all = match self.peer_interest.write() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next: PeerInterest = (**all).clone();
+        next.insert(peer.to_owned(), Arc::new(maps));
+        let union = next.values().flat_map(|m| m.iter().cloned()).collect();
+        *all = Arc::new(next);
+        union
+    }
+
+    pub fn peer_interest(&self) -> Arc<PeerInterest> {
+        match self.peer_interest.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 

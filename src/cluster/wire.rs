@@ -48,6 +48,10 @@ pub enum Kind {
     /// One node's share of a gathered Merkle or OR-Map sync step.
     SyncRead = 12,
     SyncDone = 13,
+    /// The maps the sender has live subscriptions on (partitioned placement); one-way.
+    Interest = 14,
+    /// Changes applied by the sender, for its live subscribers' maps; one-way.
+    Events = 15,
 }
 
 impl Kind {
@@ -66,6 +70,8 @@ impl Kind {
             11 => Kind::QueryDone,
             12 => Kind::SyncRead,
             13 => Kind::SyncDone,
+            14 => Kind::Interest,
+            15 => Kind::Events,
             _ => return None,
         })
     }
@@ -101,6 +107,10 @@ pub struct Trace {
     pub request_id: Option<String>,
     pub origin_node_id: String,
     pub client_id: String,
+    /// The client's connection on the origin node, so live events of the write reach every
+    /// subscriber but the writer, from whichever node sends them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -194,6 +204,35 @@ pub struct SyncDone {
     pub error: Option<String>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Interest {
+    pub maps: Vec<String>,
+}
+
+/// One change, as a holder sends it to a node with live subscribers on its map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub map: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lww: Option<crate::protocol::types::LwwRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub or_add: Option<crate::protocol::types::OrMapRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub or_remove: Option<String>,
+    /// The write's origin node and client connection there (no echo to the writer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<(String, u64)>,
+    #[serde(default)]
+    pub expiry: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Events {
+    pub events: Vec<Event>,
+}
+
 /// One received frame: its kind, correlation id and undecoded body.
 #[derive(Debug)]
 pub struct Frame {
@@ -260,6 +299,7 @@ mod tests {
                 request_id: Some("op-7".into()),
                 origin_node_id: "node-a".into(),
                 client_id: "c1".into(),
+                writer: None,
             },
             ops: vec![
                 ClientOp {

@@ -1,7 +1,9 @@
 //! The local write path: a batch of client ops split per shard, applied, and the outcome that
 //! decides the client's acknowledgement. Client connections and peers call it alike.
 use crate::protocol::{ClientOp, OpRejected};
-use crate::queue::ConnId;
+use std::sync::Arc;
+
+use crate::queue::{ConnId, Origin};
 use crate::shard::actor::{ApplyOps, OpOutcome, ShardOp};
 use crate::shard::router::Shards;
 
@@ -20,6 +22,36 @@ pub struct WriteOutcome {
 pub fn apply_writes(
     shards: &Shards,
     writer: ConnId,
+    ops: Vec<ClientOp>,
+) -> impl std::future::Future<Output = WriteOutcome> + 'static {
+    apply(shards, writer, None, true, ops)
+}
+
+/// [`apply_writes`] of records moved here (a migration with partitioned placement): merged
+/// and stored like writes, but no live events (the partition's holders sent them already).
+pub fn merge_quietly(
+    shards: &Shards,
+    ops: Vec<ClientOp>,
+) -> impl std::future::Future<Output = WriteOutcome> + 'static {
+    apply(shards, 0, None, false, ops)
+}
+
+/// [`apply_writes`] of a peer's write: its change events carry `origin` (so the writer's
+/// connection, on its own node, gets no echo from any other node).
+pub fn apply_writes_from(
+    shards: &Shards,
+    writer: ConnId,
+    origin: Option<Arc<Origin>>,
+    ops: Vec<ClientOp>,
+) -> impl std::future::Future<Output = WriteOutcome> + 'static {
+    apply(shards, writer, origin, true, ops)
+}
+
+fn apply(
+    shards: &Shards,
+    writer: ConnId,
+    origin: Option<Arc<Origin>>,
+    announce: bool,
     ops: Vec<ClientOp>,
 ) -> impl std::future::Future<Output = WriteOutcome> + 'static {
     let mut per_shard: Vec<(Vec<Option<String>>, Vec<ShardOp>)> = (0..shards.len())
@@ -42,7 +74,18 @@ pub fn apply_writes(
         .into_iter()
         .enumerate()
         .filter(|(_, (_, ops))| !ops.is_empty())
-        .map(|(s, (ids, ops))| (ids, shards.mailboxes[s].send(ApplyOps { writer, ops })))
+        .map(|(s, (ids, ops))| {
+            let origin = origin.clone();
+            (
+                ids,
+                shards.mailboxes[s].send(ApplyOps {
+                    writer,
+                    ops,
+                    origin,
+                    announce,
+                }),
+            )
+        })
         .collect();
     async move {
         let mut failure = None;

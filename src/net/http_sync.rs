@@ -72,6 +72,7 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
                     request_id: last_id.clone(),
                     origin_node_id: node.node_id.clone(),
                     client_id: req.client_id.clone().unwrap_or_else(|| "http".into()),
+                    writer: None,
                 };
                 let outcome = crate::cluster::replication::route_client_write(
                     &node.data, 0, trace, ops, &node.log,

@@ -275,6 +275,7 @@ impl ConnectionActor {
             request_id: last_id.clone(),
             origin_node_id: self.node.node_id.clone(),
             client_id: self.client_id.to_string(),
+            writer: None,
         };
         let applied_future = crate::cluster::replication::route_client_write(
             &self.node.data,
@@ -641,6 +642,7 @@ impl ConnectionActor {
                 request_id: None,
                 origin_node_id: self.node.node_id.clone(),
                 client_id: self.client_id.to_string(),
+                writer: None,
             };
             let applied = crate::cluster::replication::route_client_write(
                 &self.node.data,

@@ -91,6 +91,10 @@ pub struct StripeActor {
     log: Logger,
     metrics: Mailbox<MetricsActor>,
     report_interval: Duration,
+    cross: Arc<super::cross::CrossNode>,
+    /// Partitioned placement: changes of other nodes arrive from each holder, and are
+    /// routed once (see `recency`).
+    recency: Option<super::recency::Recency>,
 }
 
 #[derive(Default)]
@@ -101,9 +105,12 @@ struct StripeCounters {
     /// Subscriber count → number of routed events that had it.
     subscribers: HashMap<u64, u64>,
     outbound_dropped: u64,
+    /// Copies of a change already routed (from another holder), dropped.
+    duplicates: u64,
 }
 
 impl StripeActor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         stripes: usize,
@@ -112,6 +119,8 @@ impl StripeActor {
         metrics: Mailbox<MetricsActor>,
         report_interval: Duration,
         timed: bool,
+        cross: Arc<super::cross::CrossNode>,
+        partitioned: bool,
     ) -> Self {
         StripeActor {
             index,
@@ -126,6 +135,16 @@ impl StripeActor {
             log: log.new(slog::o!("actor" => "event_queue", "stripe" => index)),
             metrics,
             report_interval,
+            cross,
+            recency: partitioned.then(super::recency::Recency::default),
+        }
+    }
+
+    /// Stripe 0 holds every subscription (each registers with every stripe): it tells the
+    /// cluster which maps this node has live subscribers for.
+    fn publish_interest(&self) {
+        if self.index == 0 {
+            self.cross.publish_local(self.registry.maps().cloned());
         }
     }
 
@@ -196,6 +215,9 @@ impl Report for StripeReport {
         m.events_routed_total.inc_by(c.routed);
         m.events_filtered_by_subscription.inc_by(c.filtered);
         m.outbound_dropped_total.inc_by(c.outbound_dropped);
+        m.cluster_live_events_total
+            .with_label_values(&["duplicate"])
+            .inc_by(c.duplicates);
         m.subscribers_per_event.observe_counts(c.subscribers);
         m.event_queue_stripe_size
             .with_label_values(&[&self.index.to_string()])
@@ -220,6 +242,13 @@ impl Actor for StripeActor {
         // Bounded by the `queued` reservation, not by the mailbox.
         ctx.set_mailbox_capacity(crate::telemetry::report::UNBOUNDED_MAILBOX);
         ctx.run_interval(self.report_interval, |act, _| act.report());
+        if self.recency.is_some() {
+            ctx.run_interval(super::recency::WINDOW, |act, _| {
+                if let Some(r) = &mut act.recency {
+                    r.expire(std::time::Instant::now());
+                }
+            });
+        }
     }
 }
 
@@ -231,7 +260,16 @@ impl Handler<RouteEvents> for StripeActor {
         self.watch_fill();
         let now = system_millis();
         let n = msg.0.len();
+        let instant = std::time::Instant::now();
         for ev in &msg.0 {
+            if let Some(recency) = &mut self.recency {
+                // Another holder's copy, or this node's own apply of a change a holder sent
+                // first: routed once. An expiry carries the old timestamp on purpose.
+                if !recency.fresh(ev, instant) && !ev.expiry {
+                    self.tel.duplicates += 1;
+                    continue;
+                }
+            }
             let routed = self.registry.route(ev, now);
             self.tel.routed += 1;
             if routed.recipients == 0 {
@@ -259,6 +297,7 @@ impl Handler<Subscribe> for StripeActor {
         let t0 = self.stats.begin();
         self.outbound.insert(msg.key.0, msg.outbound);
         self.registry.subscribe(msg.key, msg.map, msg.query);
+        self.publish_interest();
         self.stats.end(t0);
     }
 }
@@ -282,6 +321,7 @@ impl Handler<Unsubscribe> for StripeActor {
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         let t0 = self.stats.begin();
         self.registry.unsubscribe(&msg.0);
+        self.publish_interest();
         self.stats.end(t0);
     }
 }
@@ -337,6 +377,7 @@ impl Handler<ConnectionClosed> for StripeActor {
         let t0 = self.stats.begin();
         self.registry.connection_closed(msg.0);
         self.outbound.remove(&msg.0);
+        self.publish_interest();
         self.stats.end(t0);
     }
 }

@@ -12,7 +12,9 @@
 //! the same stripes (for their order) but are not change events: they are not counted in the
 //! event-queue families and are bounded by the publisher's token bucket instead.
 pub mod actor;
+pub mod cross;
 pub mod outbound;
+pub mod recency;
 pub mod subscriptions;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,9 +49,28 @@ pub struct ChangeEvent {
     /// The connection that wrote it (gets no echo); 0 for writes with no client.
     pub writer: ConnId,
     /// The shard that applied it and its apply sequence number there, so a subscription
-    /// seeded from a snapshot can tell which events the snapshot already contains.
+    /// seeded from a snapshot can tell which events the snapshot already contains
+    /// ([`REMOTE_SHARD`] for an event another node applied).
     pub shard: u16,
     pub seq: u64,
+    /// The node and connection a peer's write came from, when a peer sent it here.
+    pub origin: Option<Arc<Origin>>,
+    /// Another node applied it (partitioned placement) and sent it here: every holder of the
+    /// partition does, so a copy may arrive more than once.
+    pub from_peer: bool,
+    /// A TTL ran out (the sweep): announced with the old record's timestamp.
+    pub expiry: bool,
+}
+
+/// The `shard` of events another node applied: no local snapshot sequence covers them.
+pub const REMOTE_SHARD: u16 = u16::MAX;
+
+/// Where a peer's write came from: its origin node and the client connection there, so the
+/// writer gets no echo of its own write from any node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub node: String,
+    pub writer: ConnId,
 }
 
 /// The sending side of one stripe: its mailbox and the shared count of events in it.
@@ -87,6 +108,8 @@ impl StripeHandle {
 #[derive(Clone)]
 pub struct EventQueue {
     pub stripes: Arc<[StripeHandle]>,
+    /// Live events across nodes (partitioned placement).
+    pub cross: Arc<cross::CrossNode>,
 }
 
 impl EventQueue {

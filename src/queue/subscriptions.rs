@@ -118,6 +118,11 @@ impl Registry {
         routed
     }
 
+    /// Maps with at least one subscription.
+    pub fn maps(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.by_map.keys()
+    }
+
     pub fn unsubscribe(&mut self, key: &SubKey) {
         if let Some(sub) = self.subs.remove(key) {
             if let Some(list) = self.by_map.get_mut(&sub.map) {
@@ -415,6 +420,9 @@ mod tests {
             writer,
             shard: 0,
             seq,
+            origin: None,
+            from_peer: false,
+            expiry: false,
         }
     }
 

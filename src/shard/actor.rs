@@ -65,6 +65,11 @@ pub enum OpOutcome {
 pub struct ApplyOps {
     pub writer: ConnId,
     pub ops: Vec<ShardOp>,
+    /// Where a peer's write came from (its change events carry it to other nodes).
+    pub origin: Option<Arc<crate::queue::Origin>>,
+    /// Raise change events for live subscribers (not for a partition moved here with
+    /// partitioned placement: its holders sent every change of it to the subscribers already).
+    pub announce: bool,
 }
 
 /// This shard's share of a query, and how far it had applied (for the live-update replay).
@@ -270,7 +275,7 @@ impl ShardActor {
     fn apply_one(
         &mut self,
         op: ShardOp,
-        writer: ConnId,
+        (writer, origin): (ConnId, &Option<Arc<crate::queue::Origin>>),
         now: u64,
         events: &mut Vec<ChangeEvent>,
     ) -> OpOutcome {
@@ -325,6 +330,9 @@ impl ShardActor {
             writer,
             shard: self.index,
             seq: self.seq,
+            origin: origin.clone(),
+            from_peer: false,
+            expiry: false,
         });
         OpOutcome::Applied
     }
@@ -335,6 +343,8 @@ impl ShardActor {
         if events.is_empty() {
             return;
         }
+        // Subscribers on nodes that do not keep these partitions hear of them from here.
+        self.queue.cross.offer(&events);
         let stripes = self.queue.stripes.len();
         let mut per_stripe: Vec<Vec<ChangeEvent>> = (0..stripes).map(|_| Vec::new()).collect();
         for ev in events {
@@ -393,6 +403,9 @@ impl ShardActor {
                     writer: 0,
                     shard: self.index,
                     seq: self.seq,
+                    origin: None,
+                    from_peer: false,
+                    expiry: true,
                 });
             }
             purges.push(Mutation::Purge { map, key: s.key });
@@ -474,7 +487,7 @@ impl Handler<ApplyOps> for ShardActor {
         let outcomes: Vec<OpOutcome> = msg
             .ops
             .into_iter()
-            .map(|op| self.apply_one(op, msg.writer, now, &mut events))
+            .map(|op| self.apply_one(op, (msg.writer, &msg.origin), now, &mut events))
             .collect();
         let persist = match &self.storage {
             Some(storage) if !events.is_empty() => {
@@ -482,7 +495,9 @@ impl Handler<ApplyOps> for ShardActor {
             }
             _ => None,
         };
-        self.enqueue(events);
+        if msg.announce {
+            self.enqueue(events);
+        }
         self.stats.end(t0);
         Box::pin(async move {
             let Some(persist) = persist else {

@@ -129,6 +129,7 @@ pub struct Metrics {
     pub cluster_handoffs_total: IntCounterVec,
     pub cluster_handoffs_pending: IntGauge,
     pub cluster_gathers_total: IntCounterVec,
+    pub cluster_live_events_total: IntCounterVec,
     pub partition_records: IntGaugeVec,
     pub partitions_released_total: IntCounter,
     pub actor_messages_total: IntCounterVec,
@@ -359,6 +360,11 @@ impl Metrics {
                 "topgun_partitions_released_total",
                 "Partitions this node no longer keeps that it handed to their holders (each holder confirmed every record durably) and then dropped (partitioned placement).",
             )?,
+            cluster_live_events_total: b.counter_vec(
+                "topgun_cluster_live_events_total",
+                "Changes sent between nodes for live subscribers (partitioned placement: every holder of a partition sends what it applies to the nodes with subscribers on the map that do not keep it), by outcome: sent, received, duplicate (a copy from another holder, routed once), dropped (the sending channel or a stripe was full).",
+                &["outcome"],
+            )?,
             cluster_gathers_total: b.counter_vec(
                 "topgun_cluster_gathers_total",
                 "Reads gathered from the partitions' holders (partitioned placement), by outcome: ok (answered whole), failed (answered with an error: a partition had no holder that answered), retried (a member's share asked again of another holder).",
@@ -501,6 +507,9 @@ impl Metrics {
         }
         for role in ["owner", "backup", "replica"] {
             m.partition_records.with_label_values(&[role]);
+        }
+        for outcome in ["sent", "received", "duplicate", "dropped"] {
+            m.cluster_live_events_total.with_label_values(&[outcome]);
         }
         Ok(Metrics {
             registry: b.registry,
