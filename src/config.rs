@@ -113,9 +113,9 @@ impl fmt::Display for WriteAck {
     }
 }
 
-/// Which partitions a cluster node keeps: every one (each node a full copy, reads answered
-/// locally), or only those it owns or backs up (capacity grows with the nodes, reads are
-/// gathered from the holders).
+/// Which partitions a cluster node keeps: only those it owns or backs up (the default:
+/// capacity grows with the nodes, reads are gathered from the holders), or every one (each
+/// node a full copy, reads answered locally: the behaviour of builds before issue 14).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "String")]
 pub enum Placement {
@@ -326,7 +326,7 @@ pub struct Overrides {
     /// When a cluster write is acknowledged: owner, or owner+backup [default: owner+backup]
     #[arg(long, env = "TOPGUN_WRITE_ACK")]
     pub write_ack: Option<WriteAck>,
-    /// Partitions a node keeps: full (every one) or partitioned (those it owns or backs up) [default: full]
+    /// Partitions a node keeps: partitioned (those it owns or backs up) or full (every one) [default: partitioned]
     #[arg(long, env = "TOPGUN_PLACEMENT")]
     pub placement: Option<Placement>,
     /// How long a replicated write waits for a backup, ms (an owner gets twice that) [default: 5000]
@@ -576,7 +576,7 @@ impl Default for Config {
             cluster_probe: Duration::from_millis(1000),
             backup_count: 1,
             write_ack: WriteAck::OwnerAndBackup,
-            placement: Placement::Full,
+            placement: Placement::Partitioned,
             cluster_timeout: Duration::from_millis(5000),
             cluster_join_timeout: Duration::from_millis(10_000),
             metrics_port: None,

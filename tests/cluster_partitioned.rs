@@ -285,7 +285,7 @@ async fn a_node_with_the_other_placement_is_refused_and_counted() {
         "node-b",
         Some(a.cluster_port),
         0,
-        &["--cluster-join-timeout-ms", "1000"],
+        &["--placement", "full", "--cluster-join-timeout-ms", "1000"],
     );
     wait_for(
         "the placement refusal counted",
@@ -431,7 +431,7 @@ async fn sync_data(via: &[&Member]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merkle_and_ormap_sync_from_any_node_are_those_of_one_node_holding_everything() {
     let [a, b, c] = cluster::<3>(&PARTITIONED);
-    let solo = start("solo", None, 0, &[]);
+    let solo = start("solo", None, 0, &["--placement", "full"]);
     sync_data(&[&a, &b, &c]).await;
     sync_data(&[&solo]).await;
     let mut model = Tree::default();

@@ -42,6 +42,13 @@ fn hello(version: u64, node_id: &str, generation: u64) -> Vec<u8> {
         ("version".into(), version.into()),
         ("nodeId".into(), node_id.into()),
         ("generation".into(), generation.into()),
+        // The placement the nodes under test keep (a member must agree to be heard at all).
+        (
+            "placement".into(),
+            std::env::var("TOPGUN_TEST_PLACEMENT")
+                .unwrap_or_else(|_| "partitioned".into())
+                .into(),
+        ),
     ]);
     frame(1, 0, &body)
 }

@@ -107,6 +107,10 @@ pub fn command(dir: &std::path::Path) -> Command {
         .env("TOPGUN_REPORT_INTERVAL_MS", "100")
         .env("TOPGUN_CLUSTER_PORT", "0")
         .stdin(Stdio::null());
+    // Runs a whole suite under another placement than the default: TOPGUN_TEST_PLACEMENT=full.
+    if let Ok(placement) = std::env::var("TOPGUN_TEST_PLACEMENT") {
+        cmd.env("TOPGUN_PLACEMENT", placement);
+    }
     cmd
 }
 
