@@ -235,24 +235,37 @@ async fn each_record_lives_on_its_owner_and_backup_and_every_node_answers_for_al
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_holder_loses_no_acknowledged_write_and_its_copies_are_made_again() {
-    let [a, mut b, c] = cluster::<3>(&PARTITIONED);
-    let load = Load::start(&[&a, &c], "ledger", 3_000, Duration::from_secs(20));
+/// Writes up to `max_ops` through `writers`, kills `victim` with -9 once `at` were sent, lets
+/// the writers finish; every acknowledged key → value (at least `at` of them).
+async fn kill_under_load(
+    writers: &[&Member],
+    map_name: &str,
+    max_ops: usize,
+    at: usize,
+    victim: &mut Member,
+) -> BTreeMap<String, Value> {
+    let load = Load::start(writers, map_name, max_ops, Duration::from_secs(20));
     wait_for("writes under way", Duration::from_secs(10), || {
-        if load.sent() >= 500 {
+        if load.sent() >= at {
             Ok(())
         } else {
             Err(format!("{} sent", load.sent()))
         }
     });
-    b.node.kill9();
+    victim.node.kill9();
     let acked = load.join().await;
     assert!(
-        acked.len() >= 500,
+        acked.len() >= at,
         "only {} writes acknowledged",
         acked.len()
     );
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_loses_no_acknowledged_write_and_its_copies_are_made_again() {
+    let [a, mut b, c] = cluster::<3>(&PARTITIONED);
+    let acked = kill_under_load(&[&a, &c], "ledger", 3_000, 500, &mut b).await;
     wait_members(&[&a, &c], 2, Duration::from_secs(15));
 
     // Every partition is back to 1 + backup-count copies: with two nodes, each holds every
@@ -516,21 +529,7 @@ async fn live_queries_on_any_node_get_every_change_once_through_an_owner_kill() 
     let counting = tokio::spawn(count_updates(sub, "watch", stop.clone()));
     let echoes = tokio::spawn(count_updates(writer, "own", stop.clone()));
 
-    let load = Load::start(&[&a, &c], "live", 1_500, Duration::from_secs(20));
-    wait_for("writes under way", Duration::from_secs(10), || {
-        if load.sent() >= 400 {
-            Ok(())
-        } else {
-            Err(format!("{} sent", load.sent()))
-        }
-    });
-    b.node.kill9();
-    let acked = load.join().await;
-    assert!(
-        acked.len() >= 400,
-        "only {} writes acknowledged",
-        acked.len()
-    );
+    let acked = kill_under_load(&[&a, &c], "live", 1_500, 400, &mut b).await;
     // Every acknowledged write reaches the subscriber (give the last ones a moment).
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

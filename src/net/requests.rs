@@ -29,6 +29,22 @@ use crate::queue::subscriptions::SubKey;
 use crate::shard::live::LiveQuery;
 use crate::shard::query::CompiledQuery;
 
+/// A QUERY_RESP that answers a subscription with an error instead of rows.
+fn query_refused(query_id: String, error: String, code: &str) -> ServerMessage {
+    ServerMessage::QueryResp {
+        payload: QueryResp {
+            query_id,
+            results: Vec::new(),
+            next_cursor: None,
+            has_more: None,
+            cursor_status: None,
+            merkle_root_hash: None,
+            error: Some(error),
+            code: Some(code.into()),
+        },
+    }
+}
+
 /// Leaf records sorted by key: gathered from several shards or nodes, in one order whatever
 /// answered first.
 fn leaf_records_in_key_order(
@@ -381,18 +397,7 @@ impl ConnectionActor {
         let spec = match query_spec(&m.query, m.fields.as_ref()) {
             Ok(spec) => spec,
             Err(reason) => {
-                let reply = ServerMessage::QueryResp {
-                    payload: QueryResp {
-                        query_id: m.query_id,
-                        results: Vec::new(),
-                        next_cursor: None,
-                        has_more: None,
-                        cursor_status: None,
-                        merkle_root_hash: None,
-                        error: Some(reason),
-                        code: Some("unsupported_query".into()),
-                    },
-                };
+                let reply = query_refused(m.query_id, reason, "unsupported_query");
                 self.send(ctx, &reply);
                 return;
             }
@@ -437,18 +442,7 @@ impl ConnectionActor {
             let Gathered { page, seen, parts } = match gather::read(&data, read).await {
                 Ok(g) => g,
                 Err(error) => {
-                    let reply = ServerMessage::QueryResp {
-                        payload: QueryResp {
-                            query_id: m.query_id,
-                            results: Vec::new(),
-                            next_cursor: None,
-                            has_more: None,
-                            cursor_status: None,
-                            merkle_root_hash: None,
-                            error: Some(error),
-                            code: Some("unavailable".into()),
-                        },
-                    };
+                    let reply = query_refused(m.query_id, error, "unavailable");
                     return Completion {
                         frames: vec![protocol::encode(&reply)],
                         after: Some(After::SnapshotFailed { query_id: key.1 }),
