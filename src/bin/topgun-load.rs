@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use topgun_node::load::{self, conn, fanout, fire, idle, parse_duration, storm, Common};
+use topgun_node::load::{self, conn, fanout, fire, idle, parse_duration, query, storm, Common};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,6 +105,17 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         keys: u64,
     },
+    /// Sorted, limited QUERY_SUB round trips on a filled map; QUERY_SUB→QUERY_RESP latency.
+    Query {
+        /// The map to query (fill it first, e.g. fire-and-wait --map).
+        #[arg(long, default_value = "bench")]
+        map: String,
+        /// Field to sort by, descending (fire-and-wait writes the op id as `n`).
+        #[arg(long, default_value = "n")]
+        sort: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
     /// K connections at once: accepted, rejected (HTTP 429), time.
     ConnectStorm,
     /// N idle authenticated connections sending PING every 5 s; RSS per connection (--pid).
@@ -191,6 +202,15 @@ fn main() -> ExitCode {
                     rate: *rate,
                     map: map.clone(),
                     keys: *keys,
+                })
+                .await
+            }
+            Scenario::Query { map, sort, limit } => {
+                query::run(query::QueryOpts {
+                    common,
+                    map: map.clone(),
+                    sort: sort.clone(),
+                    limit: *limit,
                 })
                 .await
             }

@@ -4,7 +4,7 @@
 //! `n mod count` ([`conn::Target`]).
 //!
 //! Owns: connecting and authenticating clients ([`conn`]), the scenarios ([`fire`],
-//! [`fanout`], [`storm`], [`idle`]), latency and counter bookkeeping ([`stats`]), and the few
+//! [`fanout`], [`query`], [`storm`], [`idle`]), latency and counter bookkeeping ([`stats`]), and the few
 //! observations of the server from outside ([`probe`]: `/metrics` scrape time, VmRSS from
 //! `/proc`). Leaves to `src/bin/topgun-load.rs` the command line and the output format, and
 //! to `scripts/bench*` starting and stopping servers.
@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod fire;
 pub mod idle;
 pub mod probe;
+pub mod query;
 pub mod stats;
 pub mod storm;
 
