@@ -36,6 +36,9 @@ fn frame(kind: u8, corr: u64, body: &Value) -> Vec<u8> {
     out
 }
 
+/// The node-to-node format version the node speaks (`PEER_VERSION` in src/cluster/wire.rs).
+const PEER_VERSION: u64 = 2;
+
 fn hello(version: u64, node_id: &str, generation: u64) -> Vec<u8> {
     let body = Value::Map(vec![
         ("magic".into(), "topgun-peer".into()),
@@ -135,7 +138,7 @@ fn another_protocol_version_is_refused_and_counted() {
 #[test]
 fn a_second_process_with_this_node_id_is_refused_and_counted() {
     let (node, port) = start();
-    let back = exchange(port, &hello(1, "node-x", 12345));
+    let back = exchange(port, &hello(PEER_VERSION, "node-x", 12345));
     let (kind, body) = first_frame(&back);
     assert_eq!(kind, 2, "REFUSED");
     assert!(reason(&body).starts_with("node_id_clash"), "{body:?}");
@@ -155,7 +158,7 @@ fn oversized_frames_and_requests_before_hello_end_the_connection() {
     assert_eq!(first_frame(&back).0, 2, "REFUSED");
     wait_errors(&node, "bad_hello", 1.0);
     // A well-formed HELLO, then a frame of an unknown kind.
-    let mut bytes = hello(1, "node-z", 1);
+    let mut bytes = hello(PEER_VERSION, "node-z", 1);
     bytes.extend(frame(200, 0, &Value::Nil));
     let back = exchange(port, &bytes);
     assert_eq!(first_frame(&back).0, 1, "the node answered the HELLO first");

@@ -739,10 +739,14 @@ impl ClusterActor {
         if self.leaving || !self.catchups.begin(&peer, is_member, now) {
             return;
         }
-        let partitions: Vec<u16> = (0..PARTITION_COUNT)
+        let kept: Vec<u16> = (0..PARTITION_COUNT)
             .filter(|&p| self.node.cluster.keeps(&table, p))
             .collect();
-        info!(self.log, "catch-up started"; "peer" => &peer, "partitions" => partitions.len());
+        // A migration pull asked the peer for some of them since it connected: those come
+        // whole with it.
+        let partitions = self.node.cluster.not_pulled_since_connected(&peer, &kept);
+        info!(self.log, "catch-up started"; "peer" => &peer, "partitions" => partitions.len(),
+            "coveredByPull" => kept.len() - partitions.len());
         let node = self.node.clone();
         let me = ctx.address();
         actix_rt::spawn(async move {
@@ -1453,6 +1457,12 @@ impl Handler<PullEnded> for ClusterActor {
                         round.failed += 1;
                         warn!(self.log, "partition pull given up"; "peer" => &msg.source,
                             "partitions" => left.len(), "err" => err_kv("pull", &e));
+                    }
+                }
+                if !left.is_empty() {
+                    // A catch-up from the source may have skipped these for this pull.
+                    if let Some(at) = self.catchups.request(&msg.source, Instant::now()) {
+                        self.schedule_catch_up(msg.source.clone(), at, ctx);
                     }
                 }
             }

@@ -12,7 +12,10 @@
 //! - a connection while a catch-up runs asks for one more after it, never a parallel one;
 //! - two catch-ups from one peer start at least [`MIN_GAP`] apart;
 //! - a failed catch-up is retried with a doubling backoff up to [`MAX_BACKOFF`];
-//! - a peer that is not a member (yet) is parked until the partition table lists it.
+//! - a peer that is not a member (yet) is parked until the partition table lists it;
+//! - a catch-up skips the partitions a pull already asked of that peer since it connected
+//!   ([`PullLog`]): that pull's export holds everything the peer applied before, so a node
+//!   that just joined does not receive its data a second time.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -117,6 +120,70 @@ fn schedule(p: &mut Peer, now: Instant, delay: Duration) -> Option<Instant> {
     Some(at)
 }
 
+/// When each peer last connected to this node (its HELLO) and when a pull last asked it for
+/// each partition.
+#[derive(Debug, Default)]
+pub struct PullLog {
+    peers: HashMap<String, PeerPulls>,
+}
+
+#[derive(Debug, Default)]
+struct PeerPulls {
+    connected: Option<Instant>,
+    /// By partition id.
+    asked: HashMap<u16, Instant>,
+}
+
+impl PullLog {
+    /// `peer`'s connection to this node was accepted at `at`.
+    pub fn connected(&mut self, peer: &str, at: Instant) {
+        if !self.peers.contains_key(peer) && self.peers.len() >= MAX_PEERS {
+            // Made-up node ids of a client of the cluster port: the ones never pulled from go.
+            self.peers.retain(|_, p| !p.asked.is_empty());
+        }
+        self.peers.entry(peer.to_owned()).or_default().connected = Some(at);
+    }
+
+    pub fn connected_at(&self, peer: &str) -> Option<Instant> {
+        self.peers.get(peer).and_then(|p| p.connected)
+    }
+
+    /// A pull asked `peer` for `partitions` at `at`.
+    pub fn asked(&mut self, peer: &str, partitions: &[u16], at: Instant) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            // Never connected to this node: a catch-up from it will come with its HELLO.
+            return;
+        };
+        for &partition in partitions {
+            p.asked.insert(partition, at);
+        }
+    }
+
+    /// A pull of `partitions` from `peer` was given up: they are not covered.
+    pub fn forget(&mut self, peer: &str, partitions: &[u16]) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            for partition in partitions {
+                p.asked.remove(partition);
+            }
+        }
+    }
+
+    /// Of `partitions`, the ones no pull asked `peer` for since its latest connection.
+    pub fn not_covered(&self, peer: &str, partitions: &[u16]) -> Vec<u16> {
+        let Some(p) = self.peers.get(peer) else {
+            return partitions.to_vec();
+        };
+        let Some(connected) = p.connected else {
+            return partitions.to_vec();
+        };
+        partitions
+            .iter()
+            .copied()
+            .filter(|q| p.asked.get(q).is_none_or(|at| *at < connected))
+            .collect()
+    }
+}
+
 /// 300 ms, 600 ms, 1.2 s, ... up to [`MAX_BACKOFF`].
 pub fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF
@@ -127,6 +194,28 @@ pub fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catch_up_skips_what_a_pull_asked_of_the_peer_since_it_connected() {
+        let mut log = PullLog::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![1, 2, 3]);
+        // Asked before b ever connected: not recorded, nothing covered.
+        log.asked("b", &[1], ms(0));
+        log.connected("b", ms(10));
+        assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![1, 2, 3]);
+        log.asked("b", &[1, 2], ms(20));
+        assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![3]);
+        // Another peer's pulls cover nothing of b's.
+        assert_eq!(log.not_covered("c", &[1, 2]), vec![1, 2]);
+        // b reconnected after the pull: what it applied meanwhile may be missing again.
+        log.connected("b", ms(30));
+        assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![1, 2, 3]);
+        log.asked("b", &[1, 2, 3], ms(40));
+        log.forget("b", &[2]);
+        assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![2]);
+    }
 
     #[test]
     fn connections_that_come_together_share_one_catch_up() {

@@ -1,18 +1,24 @@
-//! Pulling partitions from a peer (after a rebalance, and to catch up): one partition at a
-//! time, the peer streams what its shards hold for it (`PULL` → `PULL_CHUNK`s → `PULL_DONE`),
-//! and each chunk is merged into the local shards like a write, durably, before the next is
-//! read; the next partition is asked for once this one is merged. So neither side holds more
-//! than one partition of the pull in memory (a 1 GiB data set is 271 requests of about 4 MiB),
-//! and a pull that fails part way is resumed where it stopped. Merging is LWW/OR, so pulling
-//! data this node already has, or racing live writes, changes nothing that should not change.
+//! Pulling partitions from a peer (after a rebalance, and to catch up). One `PULL` names the
+//! partitions; the peer exports them in that order in chunks of about 1 MiB
+//! (`cluster::export`), each marked with its partition and the last one of a partition as
+//! such, and sends at most [`WINDOW`] chunks ahead of this node's grants (`PULL_MORE`, one per
+//! chunk merged). Each chunk is merged into the local shards like a write, durably, before its
+//! grant goes out. So neither side holds more than a few chunks of the pull in memory,
+//! whatever the size of a partition, and a pull that fails part way resumes at the first
+//! partition not complete. Merging is LWW/OR, so pulling data this node already has, or racing
+//! live writes, changes nothing that should not change.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::peer::{CallStream, PeerConn};
+use futures_util::future::Either;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+
+use super::peer::{CallStream, Grant};
 use super::wire::{self, Kind, Pull, PullChunk, PullDone};
 use crate::data::writes::{apply_writes, merge_quietly};
 use crate::data::DataPlane;
+use crate::shard::fnv::partition_of;
 
 /// How long a pull waits for the link to its source to come up (it was just dialled).
 const LINK_WAIT: Duration = Duration::from_secs(5);
@@ -36,8 +42,31 @@ pub enum Merge {
     Quiet,
 }
 
+/// Chunks the exporter may send ahead of the merges: enough to keep the link busy while one
+/// merges, few enough that a pull costs a few MiB in flight.
+pub const WINDOW: u32 = 4;
+
 /// Pulls `partitions` from `source` in order, calling `done` after each one is merged.
 pub async fn pull(
+    node: &Arc<DataPlane>,
+    source: &str,
+    partitions: &[u16],
+    merge: Merge,
+    done: impl FnMut(u16),
+) -> Pulled {
+    if partitions.is_empty() {
+        return Pulled::default();
+    }
+    let pulled = pull_in_order(node, source, partitions, merge, done).await;
+    if pulled.failure.is_some() {
+        // What was asked and not merged must not count as covering a catch-up.
+        let left = &partitions[pulled.partitions_done.min(partitions.len())..];
+        node.cluster.pull_incomplete(source, left);
+    }
+    pulled
+}
+
+async fn pull_in_order(
     node: &Arc<DataPlane>,
     source: &str,
     partitions: &[u16],
@@ -49,72 +78,143 @@ pub async fn pull(
         pulled.failure = Some(format!("no connection to {source}"));
         return pulled;
     };
-    for &partition in partitions {
-        match pull_one(node, &link, source, partition, merge).await {
-            Ok(records) => {
-                pulled.records += records;
-                pulled.partitions_done += 1;
-                done(partition);
-            }
-            Err(failure) => {
-                pulled.failure = Some(failure);
-                break;
-            }
-        }
-    }
-    pulled
-}
-
-/// One partition: its records merged durably, or why not.
-async fn pull_one(
-    node: &Arc<DataPlane>,
-    link: &actix::Addr<PeerConn>,
-    source: &str,
-    partition: u16,
-    merge: Merge,
-) -> Result<u64, String> {
+    // Asked once the source's own connection to this node is up, this pull covers the
+    // catch-up that connection triggers (`catchup::PullLog`): the data comes once.
+    node.cluster.wait_connected(source, LINK_WAIT).await;
+    node.cluster.pull_asked(source, partitions);
     let body = wire::body(&Pull {
-        partitions: vec![partition],
+        partitions: partitions.to_vec(),
+        window: WINDOW,
     });
-    let mut answers = link
+    let Ok((corr, mut answers)) = link
         .send(CallStream {
             kind: Kind::Pull,
             body,
         })
         .await
-        .map_err(|_| format!("connection to {source} closed"))?;
-    let mut records = 0u64;
-    // The peer's connection fails the stream (closes it) after a silence of the cluster
-    // timeout, so this loop cannot wait forever.
-    while let Some(reply) = answers.recv().await {
-        match reply.kind {
-            Kind::PullChunk => {
-                let chunk: PullChunk = wire::decode(&reply.body).map_err(|e| e.to_string())?;
-                let n = chunk.ops.len() as u64;
-                let outcome = match merge {
-                    Merge::Announced => apply_writes(&node.shards, 0, chunk.ops).await,
-                    Merge::Quiet => merge_quietly(&node.shards, chunk.ops).await,
-                };
-                if let Some(failure) = outcome.failure {
-                    return Err(format!("merging pulled records failed: {failure}"));
+    else {
+        pulled.failure = Some(format!("connection to {source} closed"));
+        return pulled;
+    };
+    // Chunks are merged as they come, up to [`WINDOW`] at a time (consecutive partitions
+    // live on different shards, so their merges run side by side); they complete in order,
+    // and each completion grants the exporter one more chunk. The peer's connection fails the
+    // stream (closes it) after a silence of the cluster timeout, so this cannot wait forever.
+    let mut merging = FuturesOrdered::new();
+    // Index in `partitions` of the partition the next chunk must belong to.
+    let mut arriving = 0usize;
+    let mut ended: Option<Option<String>> = None;
+    let failure = loop {
+        if ended.is_some() && merging.is_empty() {
+            break ended.flatten();
+        }
+        tokio::select! {
+            biased;
+            Some(merged) = merging.next(), if !merging.is_empty() => match merged {
+                Ok(Merged { records, completed }) => {
+                    link.do_send(Grant { corr, granted: 1 });
+                    pulled.records += records;
+                    node.cluster
+                        .counters
+                        .migration_records
+                        .fetch_add(records, Ordering::Relaxed);
+                    if let Some(p) = completed {
+                        pulled.partitions_done += 1;
+                        done(p);
+                    }
                 }
-                records += n;
-                node.cluster
-                    .counters
-                    .migration_records
-                    .fetch_add(n, Ordering::Relaxed);
-            }
-            Kind::PullDone => {
-                let done: PullDone = wire::decode(&reply.body).map_err(|e| e.to_string())?;
-                return match done.failure {
-                    Some(f) => Err(format!("{source} could not export: {f}")),
-                    None => Ok(records),
+                Err(failure) => break Some(failure),
+            },
+            reply = answers.recv(), if ended.is_none() && merging.len() < WINDOW as usize => {
+                let Some(reply) = reply else {
+                    break Some(format!(
+                        "pull from {source} ended early (connection lost or timed out)"
+                    ));
                 };
+                match reply.kind {
+                    Kind::PullChunk => {
+                        let chunk = match wire::decode::<PullChunk>(&reply.body) {
+                            Ok(chunk) => chunk,
+                            Err(e) => break Some(format!("undecodable chunk from {source}: {e}")),
+                        };
+                        let expected = partitions.get(arriving).copied();
+                        if let Err(e) = check_chunk(&chunk, expected) {
+                            break Some(format!("{source} sent garbage: {e}"));
+                        }
+                        if chunk.last {
+                            arriving += 1;
+                        }
+                        merging.push_back(merge_chunk(node, chunk, merge));
+                    }
+                    Kind::PullDone => {
+                        ended = Some(match wire::decode::<PullDone>(&reply.body) {
+                            Ok(PullDone { failure: None, .. }) if arriving == partitions.len() => {
+                                None
+                            }
+                            Ok(PullDone { failure: None, .. }) => Some(format!(
+                                "{source} ended the pull after {arriving} of {} partitions",
+                                partitions.len()
+                            )),
+                            Ok(PullDone {
+                                failure: Some(f), ..
+                            }) => Some(format!("{source} could not export: {f}")),
+                            Err(e) => Some(format!("undecodable end of pull from {source}: {e}")),
+                        });
+                    }
+                    other => break Some(format!("unexpected {other:?} in a pull")),
+                }
             }
-            other => return Err(format!("unexpected {other:?} in a pull")),
+        }
+    };
+    pulled.failure = failure;
+    pulled
+}
+
+struct Merged {
+    records: u64,
+    /// The partition this chunk completed.
+    completed: Option<u16>,
+}
+
+/// A chunk is of the partition due and holds only keys of it.
+fn check_chunk(chunk: &PullChunk, expected: Option<u16>) -> Result<(), String> {
+    if expected != Some(chunk.partition) {
+        return Err(format!(
+            "a chunk of partition {} where {expected:?} was due",
+            chunk.partition
+        ));
+    }
+    match chunk
+        .ops
+        .iter()
+        .find(|op| partition_of(&op.key) != chunk.partition)
+    {
+        Some(stray) => Err(format!(
+            "a chunk of partition {} holds key {:?} of partition {}",
+            chunk.partition,
+            stray.key,
+            partition_of(&stray.key)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Merges one chunk durably.
+fn merge_chunk(
+    node: &Arc<DataPlane>,
+    chunk: PullChunk,
+    merge: Merge,
+) -> impl std::future::Future<Output = Result<Merged, String>> + 'static {
+    let records = chunk.ops.len() as u64;
+    let completed = chunk.last.then_some(chunk.partition);
+    let applied = match merge {
+        Merge::Announced => Either::Left(apply_writes(&node.shards, 0, chunk.ops)),
+        Merge::Quiet => Either::Right(merge_quietly(&node.shards, chunk.ops)),
+    };
+    async move {
+        match applied.await.failure {
+            Some(failure) => Err(format!("merging pulled records failed: {failure}")),
+            None => Ok(Merged { records, completed }),
         }
     }
-    Err(format!(
-        "pull from {source} ended early (connection lost or timed out)"
-    ))
 }

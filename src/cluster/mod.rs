@@ -1,11 +1,13 @@
 //! The cluster: membership ([`actor::ClusterActor`] over foca, [`membership`]), the partition
 //! table ([`table`]), the node-to-node transport ([`wire`], [`peer`]), write routing and
-//! replication ([`replication`]), migration after a rebalance ([`migration`]), catching up
+//! replication ([`replication`]), migration after a rebalance ([`migration`]) of partitions
+//! exported in bounded pieces ([`export`]), catching up
 //! from a peer that (re)connects ([`catchup`]), handing failed forwards off again
 //! ([`handoff`]), and the shared
 //! view the rest of the node reads ([`state`]). `docs/cluster.md` is the operator's view.
 pub mod actor;
 pub mod catchup;
+pub mod export;
 pub mod gather;
 pub mod handoff;
 pub mod live;

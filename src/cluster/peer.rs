@@ -86,12 +86,31 @@ pub struct Call {
     pub body: Bytes,
 }
 
-/// A request whose answers (`PULL_CHUNK`s, then `PULL_DONE`) arrive on a channel.
+/// A request whose answers (`PULL_CHUNK`s, then `PULL_DONE`) arrive on a channel; the
+/// request's correlation id names it in [`Grant`]s.
 #[derive(Message)]
-#[rtype(result = "mpsc::UnboundedReceiver<Reply>")]
+#[rtype(result = "(u64, mpsc::UnboundedReceiver<Reply>)")]
 pub struct CallStream {
     pub kind: Kind,
     pub body: Bytes,
+}
+
+/// The puller's `PULL_MORE` for the pull `corr`: the exporter may send `granted` more chunks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Grant {
+    pub corr: u64,
+    pub granted: u32,
+}
+
+/// One answer frame of a request this connection serves, from the task that produces it
+/// (an export).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Answer {
+    kind: Kind,
+    corr: u64,
+    body: Bytes,
 }
 
 /// A request nobody waits for; its answer only measures the lag.
@@ -143,6 +162,8 @@ pub struct PeerConn {
     peer: Option<String>,
     next_corr: u64,
     pending: HashMap<u64, Pending>,
+    /// Exports this connection serves, by the pull's correlation id: where its grants go.
+    exports: HashMap<u64, mpsc::UnboundedSender<u32>>,
     /// Refused: closing, the rest of the stream is ignored.
     refused: bool,
     stats: ActorStats,
@@ -175,6 +196,7 @@ impl PeerConn {
                 peer: None,
                 next_corr: 1,
                 pending: HashMap::new(),
+                exports: HashMap::new(),
                 refused: false,
                 log,
             }
@@ -270,6 +292,7 @@ impl PeerConn {
         match &self.direction {
             Direction::Inbound { manager } => {
                 let manager = manager.clone();
+                self.cluster().peer_connected(&hello.node_id);
                 let body = self.hello();
                 self.send_frame(Kind::Hello, 0, &body);
                 debug!(self.log, "peer connected"; "peer" => &hello.node_id,
@@ -311,6 +334,7 @@ impl PeerConn {
         match frame.kind {
             Kind::WriteForward | Kind::WriteReplicate => self.serve_write(frame, ctx),
             Kind::Pull => self.serve_pull(frame, ctx),
+            Kind::PullMore => self.granted(frame),
             Kind::Query => self.serve_query(frame, ctx),
             Kind::SyncRead => self.serve_sync(frame, ctx),
             Kind::Topic => self.serve_topic(frame),
@@ -431,34 +455,33 @@ impl PeerConn {
                 return;
             }
         };
-        let partitions = pull.partitions.len();
-        let export = replication::export(&self.node, pull.partitions);
-        let t0 = Instant::now();
-        ctx.spawn(export.into_actor(self).map(move |exported, act, _| {
-            let ops = match exported {
-                Ok(ops) => ops,
-                Err(failure) => {
-                    let done = wire::PullDone {
-                        records: 0,
-                        failure: Some(failure),
-                    };
-                    act.send_frame(Kind::PullDone, corr, &wire::body(&done));
-                    return;
+        let (grants, granted) = mpsc::unbounded_channel();
+        self.exports.insert(corr, grants);
+        let stall = self.cluster().timeout * 2;
+        actix_rt::spawn(stream_export(
+            self.node.clone(),
+            ctx.address(),
+            corr,
+            pull,
+            granted,
+            stall,
+            self.log.clone(),
+        ));
+    }
+
+    /// A `PULL_MORE` of a pull this connection serves (one that ended is ignored).
+    fn granted(&mut self, frame: Frame) {
+        match wire::decode::<wire::PullMore>(&frame.body) {
+            Ok(more) => {
+                if let Some(grants) = self.exports.get(&frame.corr) {
+                    let _ = grants.send(more.granted);
                 }
-            };
-            let records = ops.len() as u64;
-            for chunk in ops.chunks(wire::PULL_CHUNK_OPS) {
-                let body = wire::body(&replication::ChunkRef { ops: chunk });
-                act.send_frame(Kind::PullChunk, corr, &body);
             }
-            let done = wire::PullDone {
-                records,
-                failure: None,
-            };
-            act.send_frame(Kind::PullDone, corr, &wire::body(&done));
-            info!(act.log, "partitions sent to peer"; "partitions" => partitions,
-                "records" => records, "tookMs" => t0.elapsed().as_millis() as u64);
-        }));
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                debug!(self.log, "undecodable PULL_MORE from peer"; "err" => err_kv("bad_frame", &e));
+            }
+        }
     }
 
     fn serve_query(&mut self, frame: Frame, ctx: &mut Context<Self>) {
@@ -555,9 +578,12 @@ impl PeerConn {
     fn sweep(&mut self) {
         let timeout = self.cluster().timeout * 2;
         let mut expired = Vec::new();
+        self.exports.retain(|_, grants| !grants.is_closed());
         for (corr, p) in &self.pending {
             let waited = p.sent.elapsed();
-            self.cluster().counters.observe_lag(waited);
+            if !matches!(p.waiter, Waiter::Stream(_)) {
+                self.cluster().counters.observe_lag(waited);
+            }
             if waited >= timeout {
                 expired.push(*corr);
             }
@@ -690,7 +716,126 @@ impl Handler<CallStream> for PeerConn {
         let corr = self.register(Waiter::Stream(tx));
         self.send_frame(msg.kind, corr, &msg.body);
         self.stats.end(t0);
-        MessageResult(rx)
+        MessageResult((corr, rx))
+    }
+}
+
+impl Handler<Grant> for PeerConn {
+    type Result = ();
+
+    fn handle(&mut self, msg: Grant, _: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        let body = wire::body(&wire::PullMore {
+            granted: msg.granted,
+        });
+        self.send_frame(Kind::PullMore, msg.corr, &body);
+        self.stats.end(t0);
+    }
+}
+
+impl Handler<Answer> for PeerConn {
+    type Result = ();
+
+    fn handle(&mut self, msg: Answer, _: &mut Context<Self>) {
+        let t0 = self.stats.begin_item();
+        self.send_frame(msg.kind, msg.corr, &msg.body);
+        self.stats.end(t0);
+    }
+}
+
+/// Reads the chunks of `partitions` into `out` until the export ends, fails, or nobody reads.
+async fn read_chunks(
+    node: Arc<DataPlane>,
+    partitions: Vec<u16>,
+    out: mpsc::Sender<Result<Option<super::export::Chunk>, String>>,
+) {
+    let mut exporter = match super::export::Exporter::new(node, &partitions).await {
+        Ok(e) => e,
+        Err(f) => {
+            let _ = out.send(Err(f)).await;
+            return;
+        }
+    };
+    loop {
+        let next = exporter.next().await;
+        let more = matches!(next, Ok(Some(_)));
+        if out.send(next).await.is_err() || !more {
+            return;
+        }
+    }
+}
+
+/// Serves a pull: the partitions' chunks, at most the granted number ahead of the puller
+/// (it grants one per chunk merged), then `PULL_DONE`. A puller that grants nothing for
+/// `stall` is given up on; a closed connection ends the export.
+async fn stream_export(
+    node: Arc<DataPlane>,
+    conn: Addr<PeerConn>,
+    corr: u64,
+    pull: wire::Pull,
+    mut granted: mpsc::UnboundedReceiver<u32>,
+    stall: Duration,
+    log: Logger,
+) {
+    let t0 = Instant::now();
+    let mut credit = u64::from(pull.window.max(1));
+    let mut records = 0u64;
+    // The next chunk is read while this one waits for its grant and goes out.
+    let (read_ahead, mut chunks) = mpsc::channel(1);
+    actix_rt::spawn(read_chunks(node, pull.partitions.clone(), read_ahead));
+    let failure = loop {
+        let chunk = match chunks.recv().await {
+            Some(Ok(Some(chunk))) => chunk,
+            Some(Ok(None)) => break None,
+            Some(Err(f)) => break Some(f),
+            None => break Some("the export stopped".to_owned()),
+        };
+        while credit == 0 {
+            match tokio::time::timeout(stall, granted.recv()).await {
+                Ok(Some(n)) => credit += u64::from(n),
+                // The connection is gone: nobody to answer.
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        if credit == 0 {
+            break Some(format!(
+                "the puller granted no chunk for {} ms",
+                stall.as_millis()
+            ));
+        }
+        credit -= 1;
+        records += chunk.ops.len() as u64;
+        let body = wire::body(&wire::PullChunk {
+            partition: chunk.partition,
+            ops: chunk.ops,
+            last: chunk.last,
+        });
+        let answer = Answer {
+            kind: Kind::PullChunk,
+            corr,
+            body,
+        };
+        if conn.send(answer).await.is_err() {
+            return;
+        }
+    };
+    let done = wire::PullDone {
+        records,
+        failure: failure.clone(),
+    };
+    let _ = conn
+        .send(Answer {
+            kind: Kind::PullDone,
+            corr,
+            body: wire::body(&done),
+        })
+        .await;
+    match failure {
+        None => info!(log, "partitions sent to peer"; "partitions" => pull.partitions.len(),
+            "records" => records, "tookMs" => t0.elapsed().as_millis() as u64),
+        Some(f) => warn!(log, "partitions not sent to peer"; "partitions" => pull.partitions.len(),
+            "records" => records, "err" => err_kv("export", &f)),
     }
 }
 

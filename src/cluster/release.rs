@@ -7,17 +7,18 @@
 //! what it stores (in chunks, as replicated writes the holders merge and answer once durable),
 //! then deletes it, from memory and storage, if nothing was written to it meanwhile; otherwise
 //! it keeps it and hands it over again next time. So a drop never loses a record, and the
-//! node holds at most one partition of the handover in memory besides its data.
+//! node holds at most one chunk of the handover in memory besides its data.
 //!
 //! The same pass counts the records stored here by this node's role for their partition,
 //! for `topgun_partition_records{role}`.
 use std::sync::Arc;
 
+use super::export::Exporter;
 use super::replication::{ask, WriteRef};
 use super::table::{PartitionTable, Role};
 use super::wire::{self, Kind, Trace};
 use crate::data::DataPlane;
-use crate::shard::actor::{DropPartition, HandOver, PartitionCensus};
+use crate::shard::actor::{DropPartition, PartitionCensus};
 use crate::shard::router::shard_of_partition;
 
 /// What one pass did.
@@ -86,23 +87,13 @@ async fn census(node: &Arc<DataPlane>) -> Vec<(u16, u64, u64)> {
     all
 }
 
-/// Sends partition `p` to its holders, then drops it here: the keys dropped.
+/// Sends partition `p` to its holders, a chunk at a time (each confirmed durable by every
+/// holder before the next is read), then drops it here: the keys dropped.
 async fn hand_over_one(
     node: &Arc<DataPlane>,
     table: &PartitionTable,
     p: u16,
 ) -> Result<u64, String> {
-    let shard = &node.shards.mailboxes[shard_of_partition(p, node.shards.len())];
-    let (ops, touched) = shard
-        .send(HandOver { partition: p })
-        .await
-        .map_err(|_| "a shard did not answer".to_owned())?;
-    let trace = Trace {
-        request_id: None,
-        origin_node_id: node.cluster.node_id.clone(),
-        client_id: "handover".to_owned(),
-        writer: None,
-    };
     let holders: Vec<String> = table
         .holders(p)
         .filter(|m| m.node_id != node.cluster.node_id)
@@ -111,10 +102,24 @@ async fn hand_over_one(
     if holders.is_empty() {
         return Err(format!("partition {p} has no other holder"));
     }
-    for chunk in ops.chunks(wire::PULL_CHUNK_OPS) {
+    let trace = Trace {
+        request_id: None,
+        origin_node_id: node.cluster.node_id.clone(),
+        client_id: "handover".to_owned(),
+        writer: None,
+    };
+    let mut exporter = Exporter::new(node.clone(), &[p]).await?;
+    let mut touched = None;
+    while let Some(chunk) = exporter.next().await? {
+        if chunk.last {
+            touched = Some(chunk.touched);
+        }
+        if chunk.ops.is_empty() {
+            continue;
+        }
         let body = wire::body(&WriteRef {
             trace: &trace,
-            ops: chunk.iter().collect(),
+            ops: chunk.ops.iter().collect(),
         });
         let confirmations: Vec<_> = holders
             .iter()
@@ -126,6 +131,8 @@ async fn hand_over_one(
             }
         }
     }
+    let touched = touched.ok_or_else(|| format!("partition {p} was not exported whole"))?;
+    let shard = &node.shards.mailboxes[shard_of_partition(p, node.shards.len())];
     shard
         .send(DropPartition {
             partition: p,

@@ -1,13 +1,13 @@
 //! Where a write goes in a cluster, and when it may be acknowledged.
 //!
-//! Every node keeps a copy of every partition; the partition table says who must have a write
-//! durably before its client hears OP_ACK. The node the client sent the batch to (the origin)
-//! applies it locally and forwards each group of ops to its partitions' owner. The owner applies
-//! it and re-sends the same body to every other member: the partitions' backups are waited for
-//! (with `--write-ack owner+backup`), the rest are asynchronous replicas. The origin acks when
-//! its own apply, the owners and (through them) the backups are durable. A peer that does not
-//! answer within the cluster timeout fails the batch: the client gets ERROR, keeps its ops and
-//! resends them, which the LWW/OR merge makes harmless.
+//! The partition table says who must have a write durably before its client hears OP_ACK. The
+//! node the client sent the batch to (the origin) applies the ops of the partitions it keeps
+//! and forwards each group of ops to its partitions' owner. The owner applies it and re-sends
+//! the same body to the partitions' backups, which are waited for with `--write-ack
+//! owner+backup`; with `--placement full` every other member gets it too, asynchronously. The
+//! origin acks when its own apply, the owners and (through them) the backups are durable. A
+//! peer that does not answer within the cluster timeout fails the batch: the client gets
+//! ERROR, keeps its ops and resends them, which the LWW/OR merge makes harmless.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -26,8 +26,7 @@ use crate::data::DataPlane;
 use crate::protocol::types::LwwRecord;
 use crate::protocol::{ClientOp, OpKind};
 use crate::queue::ConnId;
-use crate::shard::actor::ExportPartitions;
-use crate::shard::fnv::{partition_of, PARTITION_COUNT};
+use crate::shard::fnv::partition_of;
 
 /// How long a write waits for the link to a member that just joined.
 const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -37,12 +36,6 @@ const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub(super) struct WriteRef<'a> {
     pub trace: &'a Trace,
     pub ops: Vec<&'a ClientOp>,
-}
-
-/// Serializes exactly like [`wire::PullChunk`].
-#[derive(Serialize)]
-pub struct ChunkRef<'a> {
-    pub ops: &'a [ClientOp],
 }
 
 /// The origin's part: apply locally what this node keeps, forward to owners, replicate what
@@ -379,38 +372,6 @@ fn stamp_bare_removes(cluster: &ClusterState, ops: &mut [ClientOp]) {
                 ttl_ms: None,
             }));
         }
-    }
-}
-
-/// Everything the shards hold for `partitions`, for a peer's pull; `Err` when a shard did not
-/// answer (a partial export must not pass for a complete one).
-pub fn export(
-    node: &Arc<DataPlane>,
-    partitions: Vec<u16>,
-) -> impl std::future::Future<Output = Result<Vec<ClientOp>, String>> + 'static {
-    let mut marked = vec![false; usize::from(PARTITION_COUNT)];
-    for p in partitions {
-        if let Some(slot) = marked.get_mut(usize::from(p)) {
-            *slot = true;
-        }
-    }
-    let marked = Arc::new(marked);
-    let requests: Vec<_> = node
-        .shards
-        .mailboxes
-        .iter()
-        .map(|s| {
-            s.send(ExportPartitions {
-                partitions: marked.clone(),
-            })
-        })
-        .collect();
-    async move {
-        let mut out = Vec::new();
-        for r in requests {
-            out.extend(r.await.map_err(|_| "a shard did not answer".to_owned())?);
-        }
-        Ok(out)
     }
 }
 

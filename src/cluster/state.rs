@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 
+use super::catchup::PullLog;
 use super::peer::{PeerConn, PEER_ERROR_REASONS};
 use super::table::{PartitionTable, TableMember};
 use crate::config::{Placement, WriteAck};
@@ -16,6 +17,12 @@ use crate::protocol::types::Timestamp;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::shard::hlc::{system_millis, Hlc};
 use crate::telemetry::throttle::Throttle;
+
+/// A held lock even if a panicking holder poisoned it: the data behind these locks stays
+/// consistent between statements.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// One line per reason of a repeating warning per this interval; the rest are counted in it.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -124,6 +131,8 @@ pub struct ClusterState {
     clock: Mutex<Hlc>,
     /// Joined (or alone by choice) and the first pull from peers done: `/ready` may say yes.
     data_ready: AtomicBool,
+    /// Which pulls cover which catch-ups.
+    pulls: Mutex<PullLog>,
     pub counters: ClusterCounters,
 }
 
@@ -156,6 +165,7 @@ impl ClusterState {
             missing_links: RwLock::new(Vec::new()),
             repeat_log: Mutex::new(HashMap::new()),
             data_ready: AtomicBool::new(false),
+            pulls: Mutex::new(PullLog::default()),
             counters: ClusterCounters::default(),
         }
     }
@@ -268,6 +278,42 @@ impl ClusterState {
         }
     }
 
+    /// `peer`'s connection to this node was accepted (its HELLO).
+    pub fn peer_connected(&self, peer: &str) {
+        lock(&self.pulls).connected(peer, Instant::now());
+        self.links_changed.notify_waiters();
+    }
+
+    /// Waits up to `within` for `peer` to have connected to this node: a pull asked after
+    /// that covers the catch-up its connection triggers.
+    pub async fn wait_connected(&self, peer: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.links_changed.notified();
+            if lock(&self.pulls).connected_at(peer).is_some() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A pull is asking `peer` for `partitions` now.
+    pub fn pull_asked(&self, peer: &str, partitions: &[u16]) {
+        lock(&self.pulls).asked(peer, partitions, Instant::now());
+    }
+
+    /// A pull of `partitions` from `peer` did not complete them.
+    pub fn pull_incomplete(&self, peer: &str, partitions: &[u16]) {
+        lock(&self.pulls).forget(peer, partitions);
+    }
+
+    /// Of `partitions`, the ones no pull asked `peer` for since its latest connection.
+    pub fn not_pulled_since_connected(&self, peer: &str, partitions: &[u16]) -> Vec<u16> {
+        lock(&self.pulls).not_covered(peer, partitions)
+    }
+
     /// Every open link but the ones to `except`.
     pub fn links_except(&self, except: &[&str]) -> Vec<(String, Addr<PeerConn>)> {
         let links = match self.links.read() {
@@ -296,11 +342,8 @@ impl ClusterState {
     /// `Some(suppressed)` when a warning for `reason` may be logged now, with the number of
     /// warnings for it not logged since the last line.
     pub fn may_log(&self, reason: &'static str) -> Option<u64> {
-        let mut log = match self.repeat_log.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        log.entry(reason)
+        lock(&self.repeat_log)
+            .entry(reason)
             .or_insert_with(|| Throttle::new(REPEAT_LOG_EVERY))
             .check(Instant::now())
     }
@@ -322,10 +365,7 @@ impl ClusterState {
 
     /// A timestamp for a REMOVE that came without a record.
     pub fn stamp(&self) -> Timestamp {
-        match self.clock.lock() {
-            Ok(mut c) => c.now(system_millis()),
-            Err(poisoned) => poisoned.into_inner().now(system_millis()),
-        }
+        lock(&self.clock).now(system_millis())
     }
 
     pub fn data_ready(&self) -> bool {

@@ -9,7 +9,8 @@
 //! speaks another version or placement (or sees garbage, or its own node id from another process) answers
 //! `REFUSED {reason}` and closes. Requests carry a fresh correlation id and are answered with
 //! the same one: `WRITE_FORWARD`/`WRITE_REPLICATE` by `WRITE_DONE`, `PULL` by any number of
-//! `PULL_CHUNK`s then `PULL_DONE`, `QUERY` by `QUERY_DONE`, `SYNC_READ` by `SYNC_DONE`. `TOPIC` is one-way.
+//! `PULL_CHUNK`s then `PULL_DONE` (the puller grants chunks with `PULL_MORE`, one-way, under
+//! the pull's correlation id), `QUERY` by `QUERY_DONE`, `SYNC_READ` by `SYNC_DONE`. `TOPIC` is one-way.
 //!
 //! Write bodies are encoded once and sent as they are to every replica: the owner re-sends the
 //! forwarded body with kind `WRITE_REPLICATE`, so the trace (`requestId`, origin node and
@@ -20,13 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::{ClientOp, OpRejected};
 
 /// Version of this format; a peer with another one is refused (and counted).
-pub const PEER_VERSION: u16 = 1;
+pub const PEER_VERSION: u16 = 2;
 /// First field of every HELLO: anything else on the port is not a TopGun node.
 pub const PEER_MAGIC: &str = "topgun-peer";
 /// Largest frame accepted: a full client batch (16 MiB by default) with room for the header.
 pub const MAX_PEER_FRAME: usize = 64 << 20;
-/// Ops per `PULL_CHUNK`: keeps frames small and lets the receiver apply as data arrives.
-pub const PULL_CHUNK_OPS: usize = 2_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -52,6 +51,8 @@ pub enum Kind {
     Interest = 14,
     /// Changes applied by the sender, for its live subscribers' maps; one-way.
     Events = 15,
+    /// The puller merged chunks of a pull: the exporter may send that many more; one-way.
+    PullMore = 16,
 }
 
 impl Kind {
@@ -72,6 +73,7 @@ impl Kind {
             13 => Kind::SyncDone,
             14 => Kind::Interest,
             15 => Kind::Events,
+            16 => Kind::PullMore,
             _ => return None,
         })
     }
@@ -134,16 +136,28 @@ pub struct Topic {
     pub origin_node_id: String,
 }
 
+/// Pulls `partitions`, exported in that order. The exporter sends at most `window` chunks
+/// ahead of the puller's `PULL_MORE` grants, so neither side buffers more than that.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pull {
     pub partitions: Vec<u16>,
+    pub window: u32,
 }
 
-/// Records as client ops: PUT (LWW record, tombstones included), OR_ADD, OR_REMOVE (a removed
-/// tag). Applying them is an LWW/OR merge, so a chunk applied twice changes nothing.
+/// Records of `partition` as client ops: PUT (LWW record, tombstones included), OR_ADD,
+/// OR_REMOVE (a removed tag). Applying them is an LWW/OR merge, so a chunk applied twice
+/// changes nothing. `last`: the partition is complete (an empty one is one such chunk).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PullChunk {
+    pub partition: u16,
     pub ops: Vec<ClientOp>,
+    pub last: bool,
+}
+
+/// Chunks the exporter may send besides those granted before.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullMore {
+    pub granted: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

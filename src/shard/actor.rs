@@ -135,25 +135,29 @@ pub struct OrEntries {
     pub partitions: crate::data::reads::PartitionMask,
 }
 
-/// Everything this shard stores for the marked partitions (indexed by partition id), as
-/// client ops, for migrating them to another node.
+/// The keys this shard stores for the marked partitions it owns (indexed by partition id),
+/// one entry per such partition, empty ones included: the first step of an export in pieces
+/// (`shard::export`).
 #[derive(Message)]
-#[rtype(result = "Vec<crate::protocol::ClientOp>")]
-pub struct ExportPartitions {
+#[rtype(result = "Vec<crate::shard::export::PartitionKeys>")]
+pub struct ListKeys {
     pub partitions: Arc<Vec<bool>>,
+}
+
+/// The records of keys taken from the end of `keys`, up to about `max_bytes` or `max_ops`,
+/// and the keys left.
+#[derive(Message)]
+#[rtype(result = "(Vec<crate::protocol::ClientOp>, crate::shard::export::MapKeys)")]
+pub struct ReadChunk {
+    pub keys: crate::shard::export::MapKeys,
+    pub max_bytes: usize,
+    pub max_ops: usize,
 }
 
 /// Per partition of this shard with anything stored: (partition, keys, last change).
 #[derive(Message)]
 #[rtype(result = "Vec<(u16, u64, u64)>")]
 pub struct PartitionCensus;
-
-/// Everything stored for one partition, and its last change, to hand it to its holders.
-#[derive(Message)]
-#[rtype(result = "(Vec<crate::protocol::ClientOp>, u64)")]
-pub struct HandOver {
-    pub partition: u16,
-}
 
 /// Deletes a partition handed over, from memory and durably from storage, if it did not
 /// change since `touched`. `Ok(keys dropped)`, `Err` when it changed or storage failed.
@@ -691,19 +695,30 @@ impl Handler<PartitionCensus> for ShardActor {
     }
 }
 
-impl Handler<HandOver> for ShardActor {
-    type Result = MessageResult<HandOver>;
+impl Handler<ListKeys> for ShardActor {
+    type Result = MessageResult<ListKeys>;
 
-    fn handle(&mut self, msg: HandOver, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ListKeys, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin();
-        let mut marked = vec![false; usize::from(crate::shard::fnv::PARTITION_COUNT)];
-        if let Some(slot) = marked.get_mut(usize::from(msg.partition)) {
-            *slot = true;
-        }
-        let ops = self.store.export(&marked);
-        let (_, touched) = self.store.census(msg.partition);
+        let listed = crate::shard::export::list_keys(&self.store, &msg.partitions);
         self.stats.end(t0);
-        MessageResult((ops, touched))
+        MessageResult(listed)
+    }
+}
+
+impl Handler<ReadChunk> for ShardActor {
+    type Result = MessageResult<ReadChunk>;
+
+    fn handle(&mut self, mut msg: ReadChunk, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let ops = crate::shard::export::read_chunk(
+            &self.store,
+            &mut msg.keys,
+            msg.max_bytes,
+            msg.max_ops,
+        );
+        self.stats.end(t0);
+        MessageResult((ops, msg.keys))
     }
 }
 
@@ -738,16 +753,5 @@ impl Handler<DropPartition> for ShardActor {
                 Err(_) => Err("storage unavailable".to_owned()),
             }
         })
-    }
-}
-
-impl Handler<ExportPartitions> for ShardActor {
-    type Result = MessageResult<ExportPartitions>;
-
-    fn handle(&mut self, msg: ExportPartitions, _: &mut Context<Self>) -> Self::Result {
-        let t0 = self.stats.begin();
-        let ops = self.store.export(&msg.partitions);
-        self.stats.end(t0);
-        MessageResult(ops)
     }
 }

@@ -11,6 +11,7 @@
 //! - [`store`]: [`MapStore`], the maps of one set of partitions.
 pub mod actor;
 pub mod aggregate;
+pub mod export;
 pub mod fnv;
 pub mod hlc;
 pub mod live;

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::protocol::types::{LwwRecord, OrMapRecord};
-use crate::protocol::ClientOp;
 use crate::shard::aggregate::Groups;
 use crate::shard::fnv::{partition_of, PARTITION_COUNT};
 use crate::shard::lww::{LwwMap, MergeOutcome, Swept};
@@ -208,54 +207,12 @@ impl MapStore {
         self.or.get(map)
     }
 
-    /// Everything stored for keys of the partitions marked in `partitions` (indexed by
-    /// partition id), as client ops another node can merge: LWW records (tombstones and
-    /// not-yet-swept expired entries included), OR records and removed OR tags.
-    pub fn export(&self, partitions: &[bool]) -> Vec<ClientOp> {
-        let wanted = |key: &str| {
-            partitions
-                .get(usize::from(partition_of(key)))
-                .copied()
-                .unwrap_or(false)
-        };
-        let op = |map: &str, key: &str, op_type: &str| ClientOp {
-            id: None,
-            map_name: map.to_owned(),
-            key: key.to_owned(),
-            op_type: Some(op_type.to_owned()),
-            record: None,
-            or_record: None,
-            or_tag: None,
-            write_concern: None,
-            timeout: None,
-        };
-        let mut out = Vec::new();
-        for (map, m) in &self.lww {
-            for (key, record) in m.iter_stored().filter(|(k, _)| wanted(k)) {
-                out.push(ClientOp {
-                    record: Some(Some(record.clone())),
-                    ..op(map, key, "PUT")
-                });
-            }
-        }
-        for (map, m) in &self.or {
-            for key in m.keys().filter(|k| wanted(k)) {
-                // `now = 0`: nothing counts as expired, the receiver sweeps by its own clock.
-                for record in m.get(key, 0) {
-                    out.push(ClientOp {
-                        or_record: Some(record.clone()),
-                        ..op(map, key, "OR_ADD")
-                    });
-                }
-                for tag in m.removed_tags(key) {
-                    out.push(ClientOp {
-                        or_tag: Some(tag.to_owned()),
-                        ..op(map, key, "OR_REMOVE")
-                    });
-                }
-            }
-        }
-        out
+    pub fn lww_maps(&self) -> impl Iterator<Item = (&str, &LwwMap)> + '_ {
+        self.lww.iter().map(|(name, m)| (name.as_str(), m))
+    }
+
+    pub fn or_maps(&self) -> impl Iterator<Item = (&str, &OrMap)> + '_ {
+        self.or.iter().map(|(name, m)| (name.as_str(), m))
     }
 
     /// Names of maps of either kind, sorted, without duplicates.
@@ -403,6 +360,7 @@ impl MapStore {
 mod tests {
     use super::*;
     use crate::protocol::types::Timestamp;
+    use crate::protocol::ClientOp;
     use crate::shard::merkle::path_string;
     use crate::shard::merkle::MerkleUnion;
     use crate::shard::query::QuerySpec;
@@ -538,6 +496,24 @@ mod tests {
     }
 
     /// Applies exported ops the way a pulling node does: through the client-op conversion.
+    /// Everything stored for the partitions marked in `wanted`, the way a pull sends it.
+    fn export(store: &MapStore, wanted: &[bool]) -> Vec<ClientOp> {
+        let mut out = Vec::new();
+        for p in crate::shard::export::list_keys(store, wanted) {
+            for mut m in p.maps {
+                while !m.keys.is_empty() {
+                    out.extend(crate::shard::export::read_chunk(
+                        store,
+                        &mut m,
+                        1 << 16,
+                        100,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     fn import(into: &mut MapStore, ops: Vec<ClientOp>) {
         use crate::shard::actor::OpKind;
         for op in ops {
@@ -580,7 +556,7 @@ mod tests {
         }
         let even: Vec<bool> = (0..PARTITION_COUNT).map(|p| p % 2 == 0).collect();
         let mut copy = MapStore::new(0..PARTITION_COUNT);
-        import(&mut copy, whole.export(&even));
+        import(&mut copy, export(&whole, &even));
         // The same keys, tombstones included, as a store that only ever held even partitions.
         let mut expected = MapStore::new(0..PARTITION_COUNT);
         for (key, r) in whole.lww_map("m").unwrap().iter_stored() {
@@ -601,8 +577,8 @@ mod tests {
         // Everything exported twice changes nothing: a pull may repeat.
         let all = vec![true; usize::from(PARTITION_COUNT)];
         let mut twice = MapStore::new(0..PARTITION_COUNT);
-        import(&mut twice, whole.export(&all));
-        import(&mut twice, whole.export(&all));
+        import(&mut twice, export(&whole, &all));
+        import(&mut twice, export(&whole, &all));
         assert_eq!(twice.merkle_root("m"), whole.merkle_root("m"));
         assert_eq!(twice.stats("m"), whole.stats("m"));
     }
