@@ -13,10 +13,12 @@
 //! - two catch-ups from one peer start at least [`MIN_GAP`] apart;
 //! - a failed catch-up is retried with a doubling backoff up to [`MAX_BACKOFF`];
 //! - a peer that is not a member (yet) is parked until the partition table lists it;
-//! - a catch-up skips the partitions a pull already asked of that peer since it connected
-//!   ([`PullLog`]): that pull's export holds everything the peer applied before, so a node
-//!   that just joined does not receive its data a second time.
-use std::collections::HashMap;
+//! - a catch-up skips the partitions a pull asked of that peer at least [`SETTLE`] after it
+//!   connected ([`PullLog`]): that pull's export holds what a catch-up at that time would
+//!   (the peer dials this node once its table has it, and writes it routed by its older table
+//!   just before land within that margin), so a node that just joined does not receive its
+//!   data a second time.
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 pub const SETTLE: Duration = Duration::from_millis(200);
@@ -130,45 +132,49 @@ pub struct PullLog {
 #[derive(Debug, Default)]
 struct PeerPulls {
     connected: Option<Instant>,
-    /// By partition id.
+    /// By partition id: when a pull asked for it.
     asked: HashMap<u16, Instant>,
+    /// Partitions of a pull that will ask for them once the peer connected and [`SETTLE`]
+    /// passed (`ClusterState::wait_connected`).
+    planned: HashSet<u16>,
 }
 
 impl PullLog {
     /// `peer`'s connection to this node was accepted at `at`.
     pub fn connected(&mut self, peer: &str, at: Instant) {
-        if !self.peers.contains_key(peer) && self.peers.len() >= MAX_PEERS {
-            // Made-up node ids of a client of the cluster port: the ones never pulled from go.
-            self.peers.retain(|_, p| !p.asked.is_empty());
-        }
-        self.peers.entry(peer.to_owned()).or_default().connected = Some(at);
+        self.entry(peer).connected = Some(at);
     }
 
     pub fn connected_at(&self, peer: &str) -> Option<Instant> {
         self.peers.get(peer).and_then(|p| p.connected)
     }
 
+    /// A pull will ask `peer` for `partitions` (at least [`SETTLE`] after it connected).
+    pub fn planned(&mut self, peer: &str, partitions: &[u16]) {
+        self.entry(peer).planned.extend(partitions.iter().copied());
+    }
+
     /// A pull asked `peer` for `partitions` at `at`.
     pub fn asked(&mut self, peer: &str, partitions: &[u16], at: Instant) {
-        let Some(p) = self.peers.get_mut(peer) else {
-            // Never connected to this node: a catch-up from it will come with its HELLO.
-            return;
-        };
+        let p = self.entry(peer);
         for &partition in partitions {
+            p.planned.remove(&partition);
             p.asked.insert(partition, at);
         }
     }
 
-    /// A pull of `partitions` from `peer` was given up: they are not covered.
+    /// A pull of `partitions` from `peer` did not complete them: they are not covered.
     pub fn forget(&mut self, peer: &str, partitions: &[u16]) {
         if let Some(p) = self.peers.get_mut(peer) {
             for partition in partitions {
                 p.asked.remove(partition);
+                p.planned.remove(partition);
             }
         }
     }
 
-    /// Of `partitions`, the ones no pull asked `peer` for since its latest connection.
+    /// Of `partitions`, the ones no pull asked or will ask `peer` for at least [`SETTLE`]
+    /// after its latest connection.
     pub fn not_covered(&self, peer: &str, partitions: &[u16]) -> Vec<u16> {
         let Some(p) = self.peers.get(peer) else {
             return partitions.to_vec();
@@ -179,8 +185,20 @@ impl PullLog {
         partitions
             .iter()
             .copied()
-            .filter(|q| p.asked.get(q).is_none_or(|at| *at < connected))
+            .filter(|q| {
+                !p.planned.contains(q)
+                    && p.asked.get(q).is_none_or(|at| *at < connected + SETTLE)
+            })
             .collect()
+    }
+
+    fn entry(&mut self, peer: &str) -> &mut PeerPulls {
+        if !self.peers.contains_key(peer) && self.peers.len() >= MAX_PEERS {
+            // Made-up node ids of a client of the cluster port: the ones never pulled from go.
+            self.peers
+                .retain(|_, p| !p.asked.is_empty() || !p.planned.is_empty());
+        }
+        self.peers.entry(peer.to_owned()).or_default()
     }
 }
 
@@ -201,20 +219,41 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![1, 2, 3]);
-        // Asked before b ever connected: not recorded, nothing covered.
+        // Asked before b ever connected: nothing covered.
         log.asked("b", &[1], ms(0));
         log.connected("b", ms(10));
         assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![1, 2, 3]);
+        // Asked right after it connected: writes it routed by its older table may still land.
         log.asked("b", &[1, 2], ms(20));
+        assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![1, 2, 3]);
+        let settled = |n: u64| ms(10) + SETTLE + Duration::from_millis(n);
+        log.asked("b", &[1, 2], settled(0));
         assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![3]);
         // Another peer's pulls cover nothing of b's.
         assert_eq!(log.not_covered("c", &[1, 2]), vec![1, 2]);
         // b reconnected after the pull: what it applied meanwhile may be missing again.
-        log.connected("b", ms(30));
+        log.connected("b", settled(10));
         assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![1, 2, 3]);
-        log.asked("b", &[1, 2, 3], ms(40));
+        log.asked("b", &[1, 2, 3], settled(10) + SETTLE);
         log.forget("b", &[2]);
         assert_eq!(log.not_covered("b", &[1, 2, 3]), vec![2]);
+    }
+
+    #[test]
+    fn a_pull_about_to_ask_covers_the_catch_up_until_it_fails() {
+        let mut log = PullLog::default();
+        let t0 = Instant::now();
+        log.planned("b", &[4, 5]);
+        log.connected("b", t0);
+        assert_eq!(log.not_covered("b", &[4, 5, 6]), vec![6]);
+        log.asked("b", &[4, 5], t0 + SETTLE);
+        assert_eq!(log.not_covered("b", &[4, 5, 6]), vec![6]);
+        // Partition 5 was not completed: a catch-up must bring it.
+        log.forget("b", &[5]);
+        assert_eq!(log.not_covered("b", &[4, 5, 6]), vec![5, 6]);
+        log.planned("b", &[7]);
+        log.forget("b", &[7]);
+        assert_eq!(log.not_covered("b", &[7]), vec![7]);
     }
 
     #[test]

@@ -93,7 +93,7 @@ async fn retry(
             .map_or_else(|| node.cluster.node_id.clone(), |m| m.node_id.clone());
         // The old owner is gone and this node owns the partitions now: it replicates itself.
         let failure = if owner == node.cluster.node_id {
-            replicate(node, body.clone(), &owner, partitions).await
+            replicate(node, body.clone(), &owner, None, partitions).await
         } else {
             ask(node, &owner, Kind::WriteForward, body.clone(), "owner")
                 .await

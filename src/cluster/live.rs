@@ -48,10 +48,8 @@ pub fn start(node: &Arc<DataPlane>) {
 async fn announce(node: Arc<DataPlane>) {
     let mut changes = node.queue.cross.local_changes();
     loop {
-        let maps = changes.borrow_and_update().clone();
-        let body = wire::body(&Interest {
-            maps: maps.iter().map(|m| m.to_string()).collect(),
-        });
+        changes.mark_unchanged();
+        let body = interest_body(&node);
         for (_, link) in node.cluster.links_except(&[]) {
             link.do_send(Cast {
                 kind: Kind::Interest,
@@ -65,6 +63,16 @@ async fn announce(node: Arc<DataPlane>) {
             return; // The queue is gone: the node is stopping.
         }
     }
+}
+
+/// This node's `INTEREST` as it is now. Also sent on every connection a peer opens to this
+/// node, right after the handshake: a node that just joined must know at once whom to send
+/// the changes of its new partitions to, not [`INTEREST_EVERY`] later.
+pub fn interest_body(node: &DataPlane) -> bytes::Bytes {
+    let maps = node.queue.cross.local_changes().borrow().clone();
+    wire::body(&Interest {
+        maps: maps.iter().map(|m| m.to_string()).collect(),
+    })
 }
 
 /// Sends the changes this node applied, for partitions it keeps, to the peers that want them.

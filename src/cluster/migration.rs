@@ -74,12 +74,13 @@ async fn pull_in_order(
     mut done: impl FnMut(u16),
 ) -> Pulled {
     let mut pulled = Pulled::default();
+    // Asked once the source's own connection to this node is up (and settled), this pull
+    // covers the catch-up that connection triggers (`catchup::PullLog`): the data comes once.
+    node.cluster.pull_planned(source, partitions);
     let Some(link) = node.cluster.wait_link(source, LINK_WAIT).await else {
         pulled.failure = Some(format!("no connection to {source}"));
         return pulled;
     };
-    // Asked once the source's own connection to this node is up, this pull covers the
-    // catch-up that connection triggers (`catchup::PullLog`): the data comes once.
     node.cluster.wait_connected(source, LINK_WAIT).await;
     node.cluster.pull_asked(source, partitions);
     let body = wire::body(&Pull {
@@ -199,12 +200,17 @@ fn check_chunk(chunk: &PullChunk, expected: Option<u16>) -> Result<(), String> {
     }
 }
 
-/// Merges one chunk durably.
+/// Merges one chunk durably; a chunk of a partition this node no longer keeps (the table
+/// moved it away since the pull began) is dropped: its holders have it, and merging it would
+/// leave a stray copy and, for a catch-up, announce records nobody changed.
 fn merge_chunk(
     node: &Arc<DataPlane>,
-    chunk: PullChunk,
+    mut chunk: PullChunk,
     merge: Merge,
 ) -> impl std::future::Future<Output = Result<Merged, String>> + 'static {
+    if !node.cluster.keeps(&node.cluster.table(), chunk.partition) {
+        chunk.ops.clear();
+    }
     let records = chunk.ops.len() as u64;
     let completed = chunk.last.then_some(chunk.partition);
     let applied = match merge {

@@ -295,6 +295,10 @@ impl PeerConn {
                 self.cluster().peer_connected(&hello.node_id);
                 let body = self.hello();
                 self.send_frame(Kind::Hello, 0, &body);
+                if self.cluster().partitioned() {
+                    let interest = super::live::interest_body(&self.node);
+                    self.send_frame(Kind::Interest, 0, &interest);
+                }
                 debug!(self.log, "peer connected"; "peer" => &hello.node_id,
                     "generation" => hello.generation);
                 manager.do_send(PeerConnected {

@@ -120,6 +120,7 @@ async fn hand_over_one(
         let body = wire::body(&WriteRef {
             trace: &trace,
             ops: chunk.ops.iter().collect(),
+            origin_kept: None,
         });
         let confirmations: Vec<_> = holders
             .iter()

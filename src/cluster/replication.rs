@@ -18,7 +18,7 @@ use slog::{debug, Logger};
 
 use super::peer::{Call, Notify};
 use super::state::ClusterState;
-use super::table::Role;
+use super::table::{PartitionTable, Role};
 use super::wire::{self, Kind, Trace, WriteDone};
 use crate::config::WriteAck;
 use crate::data::writes::{apply_writes, apply_writes_from, WriteOutcome};
@@ -33,9 +33,12 @@ const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serializes exactly like [`wire::Write`] without copying the ops.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct WriteRef<'a> {
     pub trace: &'a Trace,
     pub ops: Vec<&'a ClientOp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_kept: Option<Vec<u16>>,
 }
 
 /// The origin's part: apply locally what this node keeps, forward to owners, replicate what
@@ -69,12 +72,24 @@ pub fn route_client_write(
     }
     let mut peers: Vec<LocalBoxFuture<'static, WriteDone>> = Vec::new();
     for (owner, (indexes, partitions)) in groups {
+        let origin_kept = cluster.partitioned().then(|| {
+            partitions
+                .iter()
+                .copied()
+                .filter(|&p| cluster.keeps(&table, p))
+                .collect()
+        });
         let body = wire::body(&WriteRef {
             trace: &trace,
             ops: indexes.iter().map(|&i| &ops[i]).collect(),
+            origin_kept: if owner == cluster.node_id {
+                None
+            } else {
+                origin_kept
+            },
         });
         if owner == cluster.node_id {
-            let replicated = replicate_or_hand_off(node, body, &cluster.node_id, partitions);
+            let replicated = replicate_or_hand_off(node, body, &cluster.node_id, None, partitions);
             peers.push(Box::pin(async move {
                 WriteDone {
                     rejected: Vec::new(),
@@ -144,8 +159,19 @@ pub fn own(
     write: wire::Write,
 ) -> impl std::future::Future<Output = WriteDone> + 'static {
     let partitions: BTreeSet<u16> = write.ops.iter().map(|o| partition_of(&o.key)).collect();
-    let replicated = replicate_or_hand_off(node, body, &write.trace.origin_node_id, partitions);
-    let local = apply_writes_from(&node.shards, 0, origin_of(&write.trace), write.ops);
+    let origin_kept: Option<BTreeSet<u16>> = write
+        .origin_kept
+        .as_ref()
+        .map(|kept| kept.iter().copied().collect());
+    let replicated = replicate_or_hand_off(
+        node,
+        body,
+        &write.trace.origin_node_id,
+        origin_kept.as_ref(),
+        partitions,
+    );
+    let writer = local_writer(&node.cluster, &write.trace);
+    let local = apply_writes_from(&node.shards, writer, origin_of(&write.trace), write.ops);
     async move {
         let outcome = local.await;
         let failure = replicated.await;
@@ -164,9 +190,10 @@ fn replicate_or_hand_off(
     node: &Arc<DataPlane>,
     body: Bytes,
     origin: &str,
+    origin_kept: Option<&BTreeSet<u16>>,
     partitions: BTreeSet<u16>,
 ) -> LocalBoxFuture<'static, Option<String>> {
-    let replicated = replicate(node, body.clone(), origin, &partitions);
+    let replicated = replicate(node, body.clone(), origin, origin_kept, &partitions);
     if !node.cluster.partitioned() {
         return replicated;
     }
@@ -185,13 +212,24 @@ pub fn replica(
     node: &Arc<DataPlane>,
     write: wire::Write,
 ) -> impl std::future::Future<Output = WriteDone> + 'static {
-    let local = apply_writes_from(&node.shards, 0, origin_of(&write.trace), write.ops);
+    let writer = local_writer(&node.cluster, &write.trace);
+    let local = apply_writes_from(&node.shards, writer, origin_of(&write.trace), write.ops);
     async move {
         let outcome = local.await;
         WriteDone {
             rejected: outcome.rejected,
             failure: outcome.failure,
         }
+    }
+}
+
+/// The writer's connection when the write came from a client of this node (an owner sends the
+/// origin what it did not apply itself): its own events are not echoed to it.
+fn local_writer(cluster: &ClusterState, trace: &Trace) -> ConnId {
+    if trace.origin_node_id == cluster.node_id {
+        trace.writer.unwrap_or(0)
+    } else {
+        0
     }
 }
 
@@ -217,36 +255,33 @@ pub fn replica_role(cluster: &ClusterState, ops: &[ClientOp]) -> &'static str {
 }
 
 /// Sends `body` to every member but this node and `origin` (with partitioned placement, to the
-/// partitions' backups only); resolves once the backups confirmed (or at once with `--write-ack owner`). `Some(reason)`: not confirmed.
+/// partitions' backups only, and to the origin the ops of the partitions it backs up but did
+/// not apply, `origin_kept` naming what it applied); resolves once the backups confirmed (or
+/// at once with `--write-ack owner`). `Some(reason)`: not confirmed.
 pub(super) fn replicate(
     node: &Arc<DataPlane>,
     body: Bytes,
     origin: &str,
+    origin_kept: Option<&BTreeSet<u16>>,
     partitions: &BTreeSet<u16>,
 ) -> LocalBoxFuture<'static, Option<String>> {
     let cluster = &node.cluster;
     let table = cluster.table();
-    let mut backups: BTreeSet<&str> = BTreeSet::new();
-    for &p in partitions {
-        backups.extend(table.backups(p).map(|m| m.node_id.as_str()));
-    }
     let waited = cluster.ack == WriteAck::OwnerAndBackup;
     // Partitioned: a backup gets only the ops of the partitions it backs up.
     let mut decoded: Option<Option<wire::Write>> = None;
     let mut waits = Vec::new();
     for member in table.members() {
         let id = member.node_id.as_str();
-        if id == cluster.node_id || id == origin {
+        if id == cluster.node_id {
             continue;
         }
-        let body = if cluster.partitioned() {
-            if !backups.contains(id) {
+        let (holder, body) = if cluster.partitioned() {
+            let wanted = copies_for(&table, id, origin, origin_kept, partitions);
+            if wanted.is_empty() {
                 continue;
             }
-            let backs_up_all = partitions
-                .iter()
-                .all(|&p| table.backups(p).any(|m| m.node_id == id));
-            if backs_up_all {
+            let body = if wanted.len() == partitions.len() {
                 body.clone()
             } else {
                 let write = decoded.get_or_insert_with(|| wire::decode(&body).ok());
@@ -256,19 +291,24 @@ pub(super) fn replicate(
                         ops: w
                             .ops
                             .iter()
-                            .filter(|o| {
-                                table.backups(partition_of(&o.key)).any(|m| m.node_id == id)
-                            })
+                            .filter(|o| wanted.contains(&partition_of(&o.key)))
                             .collect(),
+                        origin_kept: None,
                     }),
                     // Our own encoding: cannot fail to decode; the whole body is still correct.
                     None => body.clone(),
                 }
-            }
+            };
+            (true, body)
+        } else if id == origin {
+            continue;
         } else {
-            body.clone()
+            let backs_up = partitions
+                .iter()
+                .any(|&p| table.backups(p).any(|m| m.node_id == id));
+            (backs_up, body.clone())
         };
-        if waited && backups.contains(id) {
+        if waited && holder {
             let wait = ask(node, id, Kind::WriteReplicate, body, "backup");
             waits.push(async move { wait.await.failure });
         } else if let Some(link) = cluster.link(id) {
@@ -299,6 +339,35 @@ pub(super) fn replicate(
         }
         failure
     })
+}
+
+/// With partitioned placement, the partitions of a write's `partitions` that member `id` must
+/// get a copy of from the owner: those it backs up, and for the origin, those this table makes
+/// it hold that it did not apply itself (`origin_kept`; `None`: it applied every one).
+fn copies_for(
+    table: &PartitionTable,
+    id: &str,
+    origin: &str,
+    origin_kept: Option<&BTreeSet<u16>>,
+    partitions: &BTreeSet<u16>,
+) -> BTreeSet<u16> {
+    if id != origin {
+        return partitions
+            .iter()
+            .copied()
+            .filter(|&p| table.backups(p).any(|m| m.node_id == id))
+            .collect();
+    }
+    let Some(kept) = origin_kept else {
+        return BTreeSet::new();
+    };
+    // The origin applied what it keeps by its own table, which may be older or newer than
+    // this one while a rebalance spreads.
+    partitions
+        .iter()
+        .copied()
+        .filter(|&p| table.role(p, id) != Role::Replica && !kept.contains(&p))
+        .collect()
 }
 
 /// A write request to `peer`, failed (with a reason) when there is no link, the peer does
@@ -391,5 +460,65 @@ pub fn publish_to_peers(cluster: &ClusterState, topic: &str, data: &rmpv::Value)
             kind: Kind::Topic,
             body: body.clone(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::fnv::PARTITION_COUNT;
+
+    fn table(ids: &[&str]) -> PartitionTable {
+        let members = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| super::super::table::TableMember {
+                node_id: (*id).to_owned(),
+                peer_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                generation: 1,
+                ws_url: String::new(),
+            })
+            .collect();
+        PartitionTable::compute(members, 1, 1)
+    }
+
+    #[test]
+    fn a_backup_gets_the_partitions_it_backs_up_and_nothing_else() {
+        let t = table(&["a", "b", "c"]);
+        let all: BTreeSet<u16> = (0..PARTITION_COUNT).collect();
+        let to_c = copies_for(&t, "c", "a", None, &all);
+        assert!(!to_c.is_empty());
+        for p in &all {
+            let backs_up = t.backups(*p).any(|m| m.node_id == "c");
+            assert_eq!(to_c.contains(p), backs_up, "partition {p}");
+        }
+    }
+
+    #[test]
+    fn the_origin_gets_what_this_table_makes_it_hold_and_it_did_not_apply() {
+        let t = table(&["a", "b", "c"]);
+        // Partitions the origin `a` backs up by this (the owner's) table.
+        let held: BTreeSet<u16> = (0..PARTITION_COUNT)
+            .filter(|&p| t.role(p, "a") == Role::Backup)
+            .take(4)
+            .collect();
+        let other = (0..PARTITION_COUNT)
+            .find(|&p| t.role(p, "a") == Role::Replica)
+            .expect("a partition a does not hold");
+        let mut write: BTreeSet<u16> = held.clone();
+        write.insert(other);
+        // Applied everything (full placement, or an older peer): nothing to send back.
+        assert!(copies_for(&t, "a", "a", None, &write).is_empty());
+        // By its own table it kept them all: nothing either.
+        assert!(copies_for(&t, "a", "a", Some(&held), &write).is_empty());
+        // Its table had moved on and it applied none of them: every partition it holds here,
+        // never the one it does not.
+        let none = BTreeSet::new();
+        assert_eq!(copies_for(&t, "a", "a", Some(&none), &write), held);
+        // It applied one of them.
+        let first = *held.iter().next().expect("held");
+        let one: BTreeSet<u16> = [first].into();
+        let rest: BTreeSet<u16> = held.iter().copied().filter(|&p| p != first).collect();
+        assert_eq!(copies_for(&t, "a", "a", Some(&one), &write), rest);
     }
 }

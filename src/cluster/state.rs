@@ -284,13 +284,23 @@ impl ClusterState {
         self.links_changed.notify_waiters();
     }
 
-    /// Waits up to `within` for `peer` to have connected to this node: a pull asked after
-    /// that covers the catch-up its connection triggers.
+    /// A pull will ask `peer` for `partitions` once [`ClusterState::wait_connected`] returns.
+    pub fn pull_planned(&self, peer: &str, partitions: &[u16]) {
+        lock(&self.pulls).planned(peer, partitions);
+    }
+
+    /// Waits up to `within` for `peer` to have connected to this node, and then until
+    /// [`super::catchup::SETTLE`] after that (however late it connected): a pull asked then
+    /// covers the catch-up its connection triggers (`catchup::PullLog`).
     pub async fn wait_connected(&self, peer: &str, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let changed = self.links_changed.notified();
-            if lock(&self.pulls).connected_at(peer).is_some() {
+            // Bound first: the lock must not be held across the sleep.
+            let connected = lock(&self.pulls).connected_at(peer);
+            if let Some(at) = connected {
+                let settled = tokio::time::Instant::from_std(at + super::catchup::SETTLE);
+                tokio::time::sleep_until(settled).await;
                 return;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {

@@ -116,9 +116,16 @@ pub struct Trace {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Write {
     pub trace: Trace,
     pub ops: Vec<ClientOp>,
+    /// On a forward with partitioned placement: the partitions of `ops` the origin applied
+    /// itself. The owner replicates the others to the origin when its own table makes the
+    /// origin their backup (the two tables differ while a rebalance spreads). Absent: the
+    /// origin applied every op (full placement), or this is not a forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_kept: Option<Vec<u16>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -347,6 +354,7 @@ mod tests {
                     timeout: None,
                 },
             ],
+            origin_kept: Some(vec![3, 7]),
         };
         let mut w = w;
         // A REMOVE sent as `record: nil` must stay distinguishable from no record at all.
