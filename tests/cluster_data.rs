@@ -160,13 +160,7 @@ impl Table {
 }
 
 async fn partition_map(m: &Member) -> Table {
-    let mut c = connect(m).await;
-    c.send(&map(&[("type", "PARTITION_MAP_REQUEST".into())]))
-        .await;
-    let reply = c
-        .recv_type_within("PARTITION_MAP", Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|| panic!("{}: no PARTITION_MAP within 10 s", m.id));
+    let reply = request_partition_map(m).await;
     Table::parse(&m.id, payload(&reply))
 }
 

@@ -186,30 +186,6 @@ async fn write_grid(targets: &[&Member], map_name: &str) -> BTreeMap<String, Val
     want
 }
 
-fn held(m: &Member, map_name: &str) -> f64 {
-    m.node
-        .scrape()
-        .value_or_zero("topgun_map_size_items", &[("map", map_name)])
-}
-
-/// Waits until the nodes hold `total` records of the map between them (the size gauges are
-/// reported on an interval); what each holds.
-fn wait_held_sum(ms: &[&Member], map_name: &str, total: f64) -> Vec<f64> {
-    wait_for(
-        &format!("{total} records of {map_name} held in all"),
-        Duration::from_secs(20),
-        || {
-            let each: Vec<f64> = ms.iter().map(|m| held(m, map_name)).collect();
-            if each.iter().sum::<f64>() == total {
-                Ok(each)
-            } else {
-                Err(format!("held per node: {each:?}"))
-            }
-        },
-    )
-    .0
-}
-
 fn sort_by(field: &str, direction: &str) -> Value {
     Value::Array(vec![map(&[
         ("field", field.into()),
@@ -700,22 +676,7 @@ async fn write_subscribed(
         if sent.fetch_add(BATCH, Ordering::SeqCst) + BATCH > max_ops {
             break "op budget used".into();
         }
-        let mut ops = Vec::with_capacity(BATCH);
-        let mut batch = Vec::with_capacity(BATCH);
-        for _ in 0..BATCH {
-            let key = format!("{label}-{n:05}");
-            let value = Value::from(format!("{label}:{n}"));
-            ops.push(put(
-                &format!("{label}-op-{n}"),
-                JOIN_MAP,
-                &key,
-                &value,
-                n as u32,
-            ));
-            batch.push((key, value));
-            n += 1;
-        }
-        let last_id = format!("{label}-op-{}", n - 1);
+        let (ops, batch, last_id) = next_batch(&label, JOIN_MAP, &mut n);
         let at = Instant::now();
         for (k, _) in &batch {
             w.written.insert(k.clone());
@@ -1275,13 +1236,7 @@ async fn settle(step: &str, grid: &mut Watcher, one: &mut Watcher) {
 
 /// Per partition, its holders (owner first) in `m`'s PARTITION_MAP.
 async fn holders(m: &Member) -> Vec<Vec<String>> {
-    let mut c = connect(m).await;
-    c.send(&map(&[("type", "PARTITION_MAP_REQUEST".into())]))
-        .await;
-    let reply = c
-        .recv_type_within("PARTITION_MAP", Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|| panic!("{}: no PARTITION_MAP", m.id));
+    let reply = request_partition_map(m).await;
     let mut out = vec![Vec::new(); PARTITIONS];
     for p in get(payload(&reply), "partitions")
         .and_then(Value::as_array)

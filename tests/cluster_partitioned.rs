@@ -54,30 +54,6 @@ fn key(i: usize) -> String {
     format!("k{i:04}")
 }
 
-fn held(m: &Member, map_name: &str) -> f64 {
-    m.node
-        .scrape()
-        .value_or_zero("topgun_map_size_items", &[("map", map_name)])
-}
-
-/// Waits until the nodes hold `total` records of the map between them (the size gauges are
-/// reported on an interval).
-fn wait_held_sum(ms: &[&Member], map_name: &str, total: f64) -> Vec<f64> {
-    wait_for(
-        &format!("{total} records of {map_name} held in all"),
-        Duration::from_secs(20),
-        || {
-            let each: Vec<f64> = ms.iter().map(|m| held(m, map_name)).collect();
-            if each.iter().sum::<f64>() == total {
-                Ok(each)
-            } else {
-                Err(format!("held per node: {each:?}"))
-            }
-        },
-    )
-    .0
-}
-
 fn sorted_top10() -> Value {
     map(&[
         (

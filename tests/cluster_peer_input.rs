@@ -193,3 +193,111 @@ fn repeated_refusals_are_counted_each_and_logged_once() {
     );
     still_serves(&node);
 }
+
+/// Frames read off `s` until `until` says stop (or 5 s pass): (kind, correlation id, body).
+fn read_frames(
+    s: &mut TcpStream,
+    until: impl Fn(&[(u8, u64, Value)]) -> bool,
+) -> Vec<(u8, u64, Value)> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    while !until(&frames) && t0.elapsed() < Duration::from_secs(5) {
+        let mut chunk = [0u8; 65536];
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes(buf[0..4].try_into().unwrap()) as usize;
+            if buf.len() < 4 + len {
+                break;
+            }
+            let payload: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
+            let corr = u64::from_be_bytes(payload[1..9].try_into().unwrap());
+            let body = rmpv::decode::read_value(&mut &payload[9..]).unwrap();
+            frames.push((payload[0], corr, body));
+        }
+    }
+    frames
+}
+
+/// A handshake as peer `node-p`, then `pulls` (correlation id, partitions, window) as PULLs.
+fn pull_session(port: u16, pulls: &[(u64, Vec<u16>, u32)]) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("cluster TCP port accepts");
+    let mut bytes = hello(PEER_VERSION, "node-p", 1);
+    for (corr, partitions, window) in pulls {
+        let body = Value::Map(vec![
+            (
+                "partitions".into(),
+                Value::Array(partitions.iter().map(|&p| Value::from(p)).collect()),
+            ),
+            ("window".into(), Value::from(*window)),
+        ]);
+        bytes.extend(frame(7, *corr, &body));
+    }
+    s.write_all(&bytes).unwrap();
+    s
+}
+
+const PULL_CHUNK: u8 = 8;
+const PULL_DONE: u8 = 9;
+
+#[test]
+fn a_pull_naming_a_partition_many_times_exports_it_once() {
+    let (node, port) = start();
+    let mut s = pull_session(port, &[(1, vec![5; 1_000], 64)]);
+    let frames = read_frames(&mut s, |f| f.iter().any(|(k, _, _)| *k == PULL_DONE));
+    let chunks = frames
+        .iter()
+        .filter(|(k, c, _)| *k == PULL_CHUNK && *c == 1)
+        .count();
+    assert_eq!(
+        chunks, 1,
+        "one chunk for partition 5, whatever the repeats: {frames:?}"
+    );
+    assert!(
+        frames.iter().any(|(k, c, _)| *k == PULL_DONE && *c == 1),
+        "{frames:?}"
+    );
+    still_serves(&node);
+}
+
+#[test]
+fn more_pulls_at_once_than_a_peer_needs_are_refused_and_counted() {
+    let (node, port) = start();
+    let every: Vec<u16> = (0..271).collect();
+    // Window 1 and no grant: each export stalls after its first chunk and keeps its slot.
+    let pulls: Vec<(u64, Vec<u16>, u32)> = (1..=5).map(|c| (c, every.clone(), 1)).collect();
+    let mut s = pull_session(port, &pulls);
+    let frames = read_frames(&mut s, |f| {
+        f.iter().any(|(k, _, _)| *k == PULL_DONE)
+            && f.iter().filter(|(k, _, _)| *k == PULL_CHUNK).count() >= 4
+    });
+    let done: Vec<&(u8, u64, Value)> = frames.iter().filter(|(k, _, _)| *k == PULL_DONE).collect();
+    assert_eq!(done.len(), 1, "{frames:?}");
+    let (_, corr, body) = done[0];
+    assert_eq!(*corr, 5, "the fifth pull is the one refused: {frames:?}");
+    let failure = body
+        .as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("failure")))
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    assert!(failure.contains("pulls at once"), "{body:?}");
+    // The four others each sent their one granted chunk and wait.
+    for c in 1..=4 {
+        assert_eq!(
+            frames
+                .iter()
+                .filter(|(k, cc, _)| *k == PULL_CHUNK && *cc == c)
+                .count(),
+            1,
+            "pull {c}: {frames:?}"
+        );
+    }
+    wait_errors(&node, "bad_frame", 1.0);
+    still_serves(&node);
+}

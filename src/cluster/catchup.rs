@@ -186,8 +186,7 @@ impl PullLog {
             .iter()
             .copied()
             .filter(|q| {
-                !p.planned.contains(q)
-                    && p.asked.get(q).is_none_or(|at| *at < connected + SETTLE)
+                !p.planned.contains(q) && p.asked.get(q).is_none_or(|at| *at < connected + SETTLE)
             })
             .collect()
     }

@@ -62,7 +62,7 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// An export of `partitions` (ids at or above 271 are ignored), in that order.
+    /// An export of `partitions` (ids at or above 271 and repeats are ignored), in that order.
     pub async fn new(node: Arc<DataPlane>, partitions: &[u16]) -> Result<Self, String> {
         let mut keys = vec![0u64; usize::from(PARTITION_COUNT)];
         let census: Vec<_> = node
@@ -76,10 +76,13 @@ impl Exporter {
                 keys[usize::from(p)] = n;
             }
         }
+        // Each partition once, in the order asked: a request naming one many times must not
+        // make this node export it many times.
+        let mut seen = vec![false; usize::from(PARTITION_COUNT)];
         let wanted: Vec<u16> = partitions
             .iter()
             .copied()
-            .filter(|&p| p < PARTITION_COUNT)
+            .filter(|&p| p < PARTITION_COUNT && !std::mem::replace(&mut seen[usize::from(p)], true))
             .collect();
         let groups = groups(&wanted, |p| keys[usize::from(p)], KEYS_PER_PASS).into();
         Ok(Exporter {

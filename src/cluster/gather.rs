@@ -515,21 +515,7 @@ pub async fn serve(node: Arc<DataPlane>, query: wire::Query) -> QueryDone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::table::TableMember;
-
-    fn table(ids: &[&str]) -> PartitionTable {
-        let members = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| TableMember {
-                node_id: (*id).to_owned(),
-                peer_addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                generation: 1,
-                ws_url: String::new(),
-            })
-            .collect();
-        PartitionTable::compute(members, 1, 1)
-    }
+    use crate::cluster::table::of_ids as table;
 
     #[test]
     fn each_partition_is_asked_of_one_member_and_each_member_once() {

@@ -41,6 +41,11 @@ pub const PEER_ERROR_REASONS: [&str; 8] = [
     "timeout",
 ];
 
+/// Pulls one connection serves at once (a migration and a catch-up of one peer need two).
+const MAX_EXPORTS: usize = 4;
+/// Chunks an exporter sends ahead of the grants at most, whatever the puller asks.
+const MAX_WINDOW: u32 = 64;
+
 /// How long a refused connection stays open so the REFUSED frame leaves.
 const REFUSE_FLUSH: Duration = Duration::from_millis(100);
 /// How often waiting requests are checked against the timeout.
@@ -459,6 +464,18 @@ impl PeerConn {
                 return;
             }
         };
+        self.exports.retain(|_, grants| !grants.is_closed());
+        if self.exports.len() >= MAX_EXPORTS {
+            // A peer pulls one stream at a time per purpose; more is a peer gone wrong, and
+            // each export holds a pass of keys.
+            self.cluster().counters.peer_error("bad_frame");
+            let done = wire::PullDone {
+                records: 0,
+                failure: Some(format!("more than {MAX_EXPORTS} pulls at once")),
+            };
+            self.send_frame(Kind::PullDone, corr, &wire::body(&done));
+            return;
+        }
         let (grants, granted) = mpsc::unbounded_channel();
         self.exports.insert(corr, grants);
         let stall = self.cluster().timeout * 2;
@@ -782,7 +799,7 @@ async fn stream_export(
     log: Logger,
 ) {
     let t0 = Instant::now();
-    let mut credit = u64::from(pull.window.max(1));
+    let mut credit = u64::from(pull.window.clamp(1, MAX_WINDOW));
     let mut records = 0u64;
     // The next chunk is read while this one waits for its grant and goes out.
     let (read_ahead, mut chunks) = mpsc::channel(1);

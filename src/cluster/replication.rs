@@ -291,7 +291,7 @@ pub(super) fn replicate(
                         ops: w
                             .ops
                             .iter()
-                            .filter(|o| wanted.contains(&partition_of(&o.key)))
+                            .filter(|o| wanted.binary_search(&partition_of(&o.key)).is_ok())
                             .collect(),
                         origin_kept: None,
                     }),
@@ -350,7 +350,8 @@ fn copies_for(
     origin: &str,
     origin_kept: Option<&BTreeSet<u16>>,
     partitions: &BTreeSet<u16>,
-) -> BTreeSet<u16> {
+) -> Vec<u16> {
+    // In the order of `partitions` (sorted): the caller looks ops up by binary search.
     if id != origin {
         return partitions
             .iter()
@@ -359,7 +360,7 @@ fn copies_for(
             .collect();
     }
     let Some(kept) = origin_kept else {
-        return BTreeSet::new();
+        return Vec::new();
     };
     // The origin applied what it keeps by its own table, which may be older or newer than
     // this one while a rebalance spreads.
@@ -466,21 +467,8 @@ pub fn publish_to_peers(cluster: &ClusterState, topic: &str, data: &rmpv::Value)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::table::of_ids as table;
     use crate::shard::fnv::PARTITION_COUNT;
-
-    fn table(ids: &[&str]) -> PartitionTable {
-        let members = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| super::super::table::TableMember {
-                node_id: (*id).to_owned(),
-                peer_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
-                generation: 1,
-                ws_url: String::new(),
-            })
-            .collect();
-        PartitionTable::compute(members, 1, 1)
-    }
 
     #[test]
     fn a_backup_gets_the_partitions_it_backs_up_and_nothing_else() {
@@ -514,11 +502,12 @@ mod tests {
         // Its table had moved on and it applied none of them: every partition it holds here,
         // never the one it does not.
         let none = BTreeSet::new();
-        assert_eq!(copies_for(&t, "a", "a", Some(&none), &write), held);
+        let held_sorted: Vec<u16> = held.iter().copied().collect();
+        assert_eq!(copies_for(&t, "a", "a", Some(&none), &write), held_sorted);
         // It applied one of them.
         let first = *held.iter().next().expect("held");
         let one: BTreeSet<u16> = [first].into();
-        let rest: BTreeSet<u16> = held.iter().copied().filter(|&p| p != first).collect();
+        let rest: Vec<u16> = held.iter().copied().filter(|&p| p != first).collect();
         assert_eq!(copies_for(&t, "a", "a", Some(&one), &write), rest);
     }
 }

@@ -214,6 +214,22 @@ fn score(id_hash: u64, partition: u16) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A table of members `ids` with one backup, for the unit tests of the modules that read one.
+#[cfg(test)]
+pub(crate) fn of_ids(ids: &[&str]) -> PartitionTable {
+    let members = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| TableMember {
+            node_id: (*id).to_owned(),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+            generation: 1,
+            ws_url: String::new(),
+        })
+        .collect();
+    PartitionTable::compute(members, 1, 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

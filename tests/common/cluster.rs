@@ -460,22 +460,7 @@ pub async fn write_batches(
         if sent.fetch_add(BATCH, Ordering::SeqCst) + BATCH > max_ops {
             break "op budget used".into();
         }
-        let mut ops = Vec::with_capacity(BATCH);
-        let mut batch = Vec::with_capacity(BATCH);
-        for _ in 0..BATCH {
-            let key = format!("{label}-{n:05}");
-            let value = Value::from(format!("{label}:{n}"));
-            ops.push(put(
-                &format!("{label}-op-{n}"),
-                &map_name,
-                &key,
-                &value,
-                n as u32,
-            ));
-            batch.push((key, value));
-            n += 1;
-        }
-        let last_id = format!("{label}-op-{}", n - 1);
+        let (ops, batch, last_id) = next_batch(&label, &map_name, &mut n);
         let frame = Message::Binary(encode(&op_batch(ops)).into());
         if let Err(e) = c.ws.send(frame).await {
             break format!("send failed: {e}");
@@ -493,6 +478,66 @@ pub async fn write_batches(
         }
     };
     w
+}
+
+/// `topgun_map_size_items{map}` of one node: the records of the map it holds.
+pub fn held(m: &Member, map_name: &str) -> f64 {
+    m.node
+        .scrape()
+        .value_or_zero("topgun_map_size_items", &[("map", map_name)])
+}
+
+/// Waits until the nodes hold `total` records of the map between them (the size gauges are
+/// reported on an interval); what each holds.
+pub fn wait_held_sum(ms: &[&Member], map_name: &str, total: f64) -> Vec<f64> {
+    wait_for(
+        &format!("{total} records of {map_name} held in all"),
+        Duration::from_secs(20),
+        || {
+            let each: Vec<f64> = ms.iter().map(|m| held(m, map_name)).collect();
+            if each.iter().sum::<f64>() == total {
+                Ok(each)
+            } else {
+                Err(format!("held per node: {each:?}"))
+            }
+        },
+    )
+    .0
+}
+
+/// One node's `PARTITION_MAP` message, asked for on a fresh connection.
+pub async fn request_partition_map(m: &Member) -> Value {
+    let mut c = connect(m).await;
+    c.send(&map(&[("type", "PARTITION_MAP_REQUEST".into())]))
+        .await;
+    c.recv_type_within("PARTITION_MAP", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("{}: no PARTITION_MAP within 10 s", m.id))
+}
+
+/// The next `BATCH` PUTs of a writer labelled `label` (keys `{label}-{n:05}`, values
+/// `{label}:{n}`, ids `{label}-op-{n}`): the ops, each key with its value, and the last op id.
+pub fn next_batch(
+    label: &str,
+    map_name: &str,
+    n: &mut usize,
+) -> (Vec<Value>, Vec<(String, Value)>, String) {
+    let mut ops = Vec::with_capacity(BATCH);
+    let mut batch = Vec::with_capacity(BATCH);
+    for _ in 0..BATCH {
+        let key = format!("{label}-{:05}", *n);
+        let value = Value::from(format!("{label}:{}", *n));
+        ops.push(put(
+            &format!("{label}-op-{}", *n),
+            map_name,
+            &key,
+            &value,
+            *n as u32,
+        ));
+        batch.push((key, value));
+        *n += 1;
+    }
+    (ops, batch, format!("{label}-op-{}", *n - 1))
 }
 
 /// Background writers, one connection per target node.
