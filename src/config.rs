@@ -440,6 +440,12 @@ pub struct Overrides {
     /// Most rows of one query snapshot (more sets hasMore) [default: 10000]
     #[arg(long, env = "TOPGUN_QUERY_MAX_RESULTS")]
     pub query_max_results: Option<usize>,
+    /// Live queries one connection may hold at once; more are refused [default: 10000]
+    #[arg(long, env = "TOPGUN_MAX_LIVE_QUERIES_PER_CONNECTION")]
+    pub max_live_queries_per_connection: Option<usize>,
+    /// Topics one connection may subscribe to at once; more are refused [default: 1000]
+    #[arg(long, env = "TOPGUN_MAX_TOPICS_PER_CONNECTION")]
+    pub max_topics_per_connection: Option<usize>,
     /// Write batches accepted and not yet applied, node-wide, before connections wait [default: 1000]
     #[arg(long, env = "TOPGUN_BACKPRESSURE_LIMIT")]
     pub backpressure_limit: Option<usize>,
@@ -510,6 +516,8 @@ pub struct Config {
     pub tombstone_max_age: Duration,
     pub sweep_interval: Duration,
     pub query_max_results: usize,
+    pub max_live_queries_per_connection: usize,
+    pub max_topics_per_connection: usize,
     pub backpressure_limit: usize,
     pub backpressure_sync_every: u64,
     pub backpressure_timeout: Duration,
@@ -610,6 +618,8 @@ impl Default for Config {
             tombstone_max_age: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_millis(1000),
             query_max_results: 10_000,
+            max_live_queries_per_connection: 10_000,
+            max_topics_per_connection: 1_000,
             backpressure_limit: 1000,
             backpressure_sync_every: 100,
             backpressure_timeout: Duration::from_millis(5000),
@@ -754,6 +764,14 @@ impl Config {
                 .or(file.sweep_interval_ms)
                 .map_or(d.sweep_interval, ms),
             query_max_results: pick!(query_max_results, d.query_max_results),
+            max_live_queries_per_connection: pick!(
+                max_live_queries_per_connection,
+                d.max_live_queries_per_connection
+            ),
+            max_topics_per_connection: pick!(
+                max_topics_per_connection,
+                d.max_topics_per_connection
+            ),
             backpressure_limit: pick!(backpressure_limit, d.backpressure_limit),
             backpressure_sync_every: pick!(backpressure_sync_every, d.backpressure_sync_every),
             backpressure_timeout: cli
@@ -805,7 +823,7 @@ impl Config {
                 ),
             ));
         }
-        let positive: [(&'static str, u64); 23] = [
+        let positive: [(&'static str, u64); 25] = [
             (
                 "storage_group_max_records",
                 self.storage_group_max_records as u64,
@@ -815,6 +833,14 @@ impl Config {
             ("event_queue_stripes", self.event_queue_stripes as u64),
             ("sweep_interval_ms", self.sweep_interval.as_millis() as u64),
             ("query_max_results", self.query_max_results as u64),
+            (
+                "max_live_queries_per_connection",
+                self.max_live_queries_per_connection as u64,
+            ),
+            (
+                "max_topics_per_connection",
+                self.max_topics_per_connection as u64,
+            ),
             ("backpressure_limit", self.backpressure_limit as u64),
             ("backpressure_sync_every", self.backpressure_sync_every),
             (

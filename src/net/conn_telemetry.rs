@@ -21,10 +21,12 @@ pub struct ConnectionTelemetry {
     pub rate_limit_log: Throttle,
     pub invalid_log: Throttle,
     pub backpressure_log: Throttle,
+    pub limit_log: Throttle,
     sync_forced: u64,
     backpressure_waits: u64,
     backpressure_timeouts: u64,
     invalid: Vec<(&'static str, u64)>,
+    limits_exceeded: Vec<(&'static str, u64)>,
     auth_failures: Vec<(&'static str, u64)>,
     rate_limited: u64,
     closed: Option<&'static str>,
@@ -41,10 +43,12 @@ impl ConnectionTelemetry {
             rate_limit_log: Throttle::new(WARN_INTERVAL),
             invalid_log: Throttle::new(WARN_INTERVAL),
             backpressure_log: Throttle::new(WARN_INTERVAL),
+            limit_log: Throttle::new(WARN_INTERVAL),
             sync_forced: 0,
             backpressure_waits: 0,
             backpressure_timeouts: 0,
             invalid: Vec::new(),
+            limits_exceeded: Vec::new(),
             auth_failures: Vec::new(),
             rate_limited: 0,
             closed: None,
@@ -54,6 +58,11 @@ impl ConnectionTelemetry {
 
     pub fn count_invalid(&mut self, reason: &'static str) {
         bump(&mut self.invalid, reason, 1);
+    }
+
+    /// `limit` is one of `telemetry::metrics::LIMITS`.
+    pub fn count_limit_exceeded(&mut self, limit: &'static str) {
+        bump(&mut self.limits_exceeded, limit, 1);
     }
 
     pub fn count_auth_failure(&mut self, reason: &'static str) {
@@ -94,6 +103,7 @@ impl ConnectionTelemetry {
     fn is_dirty(&self) -> bool {
         self.stats.is_dirty()
             || !self.invalid.is_empty()
+            || !self.limits_exceeded.is_empty()
             || !self.auth_failures.is_empty()
             || self.rate_limited > 0
             || !self.ops.is_empty()
@@ -115,6 +125,7 @@ impl ConnectionTelemetry {
                 self.stats.take()
             },
             invalid: std::mem::take(&mut self.invalid),
+            limits_exceeded: std::mem::take(&mut self.limits_exceeded),
             auth_failures: std::mem::take(&mut self.auth_failures),
             rate_limited: std::mem::take(&mut self.rate_limited),
             closed: if last {
@@ -140,6 +151,7 @@ fn bump(list: &mut Vec<(&'static str, u64)>, reason: &'static str, n: u64) {
 pub struct ConnectionReport {
     stats: StatsDelta,
     invalid: Vec<(&'static str, u64)>,
+    limits_exceeded: Vec<(&'static str, u64)>,
     auth_failures: Vec<(&'static str, u64)>,
     rate_limited: u64,
     closed: Option<&'static str>,
@@ -155,6 +167,11 @@ impl Report for ConnectionReport {
         for (reason, n) in &self.invalid {
             m.invalid_messages_total
                 .with_label_values(&[reason])
+                .inc_by(*n);
+        }
+        for (limit, n) in &self.limits_exceeded {
+            m.limits_exceeded_total
+                .with_label_values(&[limit])
                 .inc_by(*n);
         }
         for (reason, n) in &self.auth_failures {

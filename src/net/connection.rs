@@ -119,6 +119,8 @@ pub struct ConnectionActor {
     pub(super) batches: u64,
     pub(super) outbound: Option<Arc<Outbound>>,
     pub(super) subscriptions: HashSet<Arc<str>>,
+    /// Topics this connection subscribed to (counted against --max-topics-per-connection).
+    pub(super) topics: HashSet<Arc<str>>,
     /// Live windows of this connection's `limit` queries, by query id.
     pub(super) windows: std::collections::HashMap<Arc<str>, LiveQuery>,
     /// Live grouped (`groupBy`/`aggregations`) queries, by query id.
@@ -157,6 +159,7 @@ impl ConnectionActor {
             batches: 0,
             outbound: None,
             subscriptions: HashSet::new(),
+            topics: HashSet::new(),
             windows: std::collections::HashMap::new(),
             groups: std::collections::HashMap::new(),
             wants_partition_map: false,
@@ -369,7 +372,7 @@ impl ConnectionActor {
                 }
                 self.send_partition_map(ctx);
             }
-            ClientMessage::TopicSub(m) => self.on_topic_sub(m.topic),
+            ClientMessage::TopicSub(m) => self.on_topic_sub(ctx, m.topic),
             ClientMessage::TopicUnsub(m) => self.on_topic_unsub(m.topic),
             ClientMessage::TopicPub(m) => self.on_topic_pub(m),
             other => {

@@ -28,6 +28,7 @@ use crate::queue::actor::{
 use crate::queue::subscriptions::SubKey;
 use crate::shard::live::LiveQuery;
 use crate::shard::query::CompiledQuery;
+use crate::telemetry::logging::err_kv;
 
 /// A QUERY_RESP that answers a subscription with an error instead of rows.
 fn query_refused(query_id: String, error: String, code: &str) -> ServerMessage {
@@ -405,6 +406,20 @@ impl ConnectionActor {
         let Some(outbound) = self.outbound.clone() else {
             return;
         };
+        let max = self.node.config.max_live_queries_per_connection;
+        if self.subscriptions.len() >= max && !self.subscriptions.contains(m.query_id.as_str()) {
+            let error = self.over_limit(
+                "live_queries",
+                max,
+                format!(
+                    "this connection holds {max} live queries, the most one connection may \
+                     (--max-live-queries-per-connection): send QUERY_UNSUB for one first"
+                ),
+            );
+            let reply = query_refused(m.query_id, error, "limit_exceeded");
+            self.send(ctx, &reply);
+            return;
+        }
         let query = Arc::new(CompiledQuery::new(&spec));
         let query_id: Arc<str> = Arc::from(m.query_id.as_str());
         let map: Arc<str> = Arc::from(m.map_name.as_str());
@@ -427,6 +442,10 @@ impl ConnectionActor {
         let data = self.node.data.clone();
         let queue = self.node.queue.clone();
         let cap = self.node.config.query_max_results;
+        if query.group().is_none() && query.limit().is_some_and(|limit| limit > cap) {
+            // Not refused: the snapshot says hasMore, and the live window is cut to match.
+            self.tel.count_limit_exceeded("live_window");
+        }
         let wire = m.query.clone();
         let read = ReadRequest {
             map: map.clone(),
@@ -451,7 +470,8 @@ impl ConnectionActor {
             };
             let grouped = query.group().is_some();
             let window = query.limit().filter(|_| !grouped).map(|_| {
-                let mut live = LiveQuery::new((*query).clone(), WINDOW_RESERVE);
+                // Capped like the snapshot: a window of limit 10^9 would grow without bound.
+                let mut live = LiveQuery::new((*query).clone(), WINDOW_RESERVE, cap);
                 live.seed(&parts, cap);
                 live
             });
@@ -651,7 +671,7 @@ impl ConnectionActor {
         }
     }
 
-    pub(super) fn on_topic_sub(&mut self, topic: String) {
+    pub(super) fn on_topic_sub(&mut self, ctx: &mut ws::WebsocketContext<Self>, topic: String) {
         let Some(outbound) = self.outbound.clone() else {
             return;
         };
@@ -659,15 +679,42 @@ impl ConnectionActor {
             self.tel.count_invalid("malformed");
             return;
         }
+        let max = self.node.config.max_topics_per_connection;
+        if self.topics.len() >= max && !self.topics.contains(topic.as_str()) {
+            let error = self.over_limit(
+                "topics",
+                max,
+                format!(
+                    "this connection is subscribed to {max} topics, the most one connection may \
+                     (--max-topics-per-connection): TOPIC_UNSUB one first"
+                ),
+            );
+            self.send(ctx, &ServerMessage::error(429, &error));
+            return;
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        self.topics.insert(topic.clone());
         let stripe = &self.node.queue.stripes[self.node.queue.stripe_of_topic(&topic)];
         stripe.mailbox.do_send(TopicSubscribe {
             conn: self.id,
-            topic: Arc::from(topic),
+            topic,
             outbound,
         });
     }
 
+    /// Counts and logs (at most once per interval) a request refused by `limit`: the error
+    /// text for the client.
+    fn over_limit(&mut self, limit: &'static str, max: usize, error: String) -> String {
+        self.tel.count_limit_exceeded(limit);
+        if let Some(suppressed) = self.tel.limit_log.check(std::time::Instant::now()) {
+            warn!(self.tel.log, "limit exceeded"; "limit" => limit, "max" => max,
+                "suppressed" => suppressed, "err" => err_kv("limit_exceeded", &error));
+        }
+        error
+    }
+
     pub(super) fn on_topic_unsub(&mut self, topic: String) {
+        self.topics.remove(topic.as_str());
         let stripe = &self.node.queue.stripes[self.node.queue.stripe_of_topic(&topic)];
         stripe.mailbox.do_send(TopicUnsubscribe {
             conn: self.id,

@@ -78,6 +78,11 @@ pub struct TopicPublish {
 #[rtype(result = "()")]
 pub struct ConnectionClosed(pub ConnId);
 
+/// Subscriptions a stripe removes per message when a connection closed: a connection with
+/// 100,000 live queries is torn down in two hundred short slices, between the writes and events
+/// of everyone else on the same thread.
+const TEARDOWN_SLICE: usize = 500;
+
 pub struct StripeActor {
     index: usize,
     stripes: usize,
@@ -296,8 +301,9 @@ impl Handler<Subscribe> for StripeActor {
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         let t0 = self.stats.begin();
         self.outbound.insert(msg.key.0, msg.outbound);
-        self.registry.subscribe(msg.key, msg.map, msg.query);
-        self.publish_interest();
+        if self.registry.subscribe(msg.key, msg.map, msg.query) {
+            self.publish_interest();
+        }
         self.stats.end(t0);
     }
 }
@@ -320,8 +326,9 @@ impl Handler<Unsubscribe> for StripeActor {
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         let t0 = self.stats.begin();
-        self.registry.unsubscribe(&msg.0);
-        self.publish_interest();
+        if self.registry.unsubscribe(&msg.0) {
+            self.publish_interest();
+        }
         self.stats.end(t0);
     }
 }
@@ -373,11 +380,26 @@ impl Handler<TopicPublish> for StripeActor {
 impl Handler<ConnectionClosed> for StripeActor {
     type Result = ();
 
-    fn handle(&mut self, msg: ConnectionClosed, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ConnectionClosed, ctx: &mut Context<Self>) {
         let t0 = self.stats.begin();
-        self.registry.connection_closed(msg.0);
         self.outbound.remove(&msg.0);
-        self.publish_interest();
+        self.tear_down(msg.0, ctx);
         self.stats.end(t0);
+    }
+}
+
+impl StripeActor {
+    /// One slice of a closed connection's subscriptions; the next is scheduled if any is left.
+    fn tear_down(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
+        let (done, maps_changed) = self.registry.connection_closed(conn, TEARDOWN_SLICE);
+        if maps_changed {
+            self.publish_interest();
+        }
+        if !done {
+            // The rest on a later turn of the thread's loop (a timer, not the mailbox, which
+            // this actor would drain in the same turn): the shard on this thread applies
+            // writes in between.
+            ctx.run_later(Duration::ZERO, move |act, ctx| act.tear_down(conn, ctx));
+        }
     }
 }

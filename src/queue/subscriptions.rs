@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use indexmap::IndexSet;
 use rmpv::Value;
 
 use super::{Change, ChangeEvent, ConnId};
@@ -55,23 +56,29 @@ pub struct Routed {
     pub recipients: usize,
 }
 
+/// Every index is kept so that removing one subscription or topic costs O(1): a connection
+/// with 100,000 live queries closes in time linear in their number, in slices
+/// ([`Registry::connection_closed`]), while the stripe's thread also applies writes.
 #[derive(Default)]
 pub struct Registry {
     subs: HashMap<SubKey, Subscription>,
-    by_map: HashMap<Arc<str>, Vec<SubKey>>,
-    topics: HashMap<Arc<str>, Vec<ConnId>>,
+    by_map: HashMap<Arc<str>, IndexSet<SubKey>>,
+    /// Query ids per connection.
+    by_conn: HashMap<ConnId, HashSet<Arc<str>>>,
+    topics: HashMap<Arc<str>, IndexSet<ConnId>>,
     topics_of: HashMap<ConnId, HashSet<Arc<str>>>,
 }
 
 impl Registry {
     /// Registers (or replaces) a subscription whose snapshot is still being taken: its events
-    /// are buffered until [`Registry::snapshot_loaded`].
-    pub fn subscribe(&mut self, key: SubKey, map: Arc<str>, query: Arc<CompiledQuery>) {
-        self.unsubscribe(&key);
-        self.by_map
-            .entry(map.clone())
-            .or_default()
-            .push(key.clone());
+    /// are buffered until [`Registry::snapshot_loaded`]. `true` when the set of maps with
+    /// subscriptions changed.
+    pub fn subscribe(&mut self, key: SubKey, map: Arc<str>, query: Arc<CompiledQuery>) -> bool {
+        let mut maps_changed = self.unsubscribe(&key);
+        let subs_of_map = self.by_map.entry(map.clone()).or_default();
+        maps_changed |= subs_of_map.is_empty();
+        subs_of_map.insert(key.clone());
+        self.by_conn.entry(key.0).or_default().insert(key.1.clone());
         self.subs.insert(
             key,
             Subscription {
@@ -83,6 +90,7 @@ impl Registry {
                 pending: Some(Vec::new()),
             },
         );
+        maps_changed
     }
 
     /// The snapshot is out: `members` are this stripe's keys of it, `seen[shard]` the apply
@@ -123,15 +131,26 @@ impl Registry {
         self.by_map.keys()
     }
 
-    pub fn unsubscribe(&mut self, key: &SubKey) {
-        if let Some(sub) = self.subs.remove(key) {
-            if let Some(list) = self.by_map.get_mut(&sub.map) {
-                list.retain(|k| k != key);
-                if list.is_empty() {
-                    self.by_map.remove(&sub.map);
-                }
+    /// Removes one subscription; `true` when its map has no subscription left here.
+    pub fn unsubscribe(&mut self, key: &SubKey) -> bool {
+        let Some(sub) = self.subs.remove(key) else {
+            return false;
+        };
+        if let Some(ids) = self.by_conn.get_mut(&key.0) {
+            ids.remove(&key.1);
+            if ids.is_empty() {
+                self.by_conn.remove(&key.0);
             }
         }
+        let Some(subs_of_map) = self.by_map.get_mut(&sub.map) else {
+            return false;
+        };
+        subs_of_map.swap_remove(key);
+        if subs_of_map.is_empty() {
+            self.by_map.remove(&sub.map);
+            return true;
+        }
+        false
     }
 
     pub fn topic_subscribe(&mut self, conn: ConnId, topic: Arc<str>) {
@@ -141,39 +160,56 @@ impl Registry {
             .or_default()
             .insert(topic.clone())
         {
-            self.topics.entry(topic).or_default().push(conn);
+            self.topics.entry(topic).or_default().insert(conn);
         }
     }
 
     pub fn topic_unsubscribe(&mut self, conn: ConnId, topic: &str) {
         if let Some(set) = self.topics_of.get_mut(&conn) {
             if set.remove(topic) {
-                if let Some(list) = self.topics.get_mut(topic) {
-                    list.retain(|c| *c != conn);
-                    if list.is_empty() {
-                        self.topics.remove(topic);
-                    }
-                }
+                self.drop_topic_subscriber(topic, conn);
             }
         }
     }
 
-    /// Everything of a closed connection.
-    pub fn connection_closed(&mut self, conn: ConnId) {
-        let keys: Vec<SubKey> = self.subs.keys().filter(|k| k.0 == conn).cloned().collect();
-        for k in keys {
-            self.unsubscribe(&k);
-        }
-        if let Some(topics) = self.topics_of.remove(&conn) {
-            for t in topics {
-                if let Some(list) = self.topics.get_mut(&t) {
-                    list.retain(|c| *c != conn);
-                    if list.is_empty() {
-                        self.topics.remove(&t);
-                    }
-                }
+    fn drop_topic_subscriber(&mut self, topic: &str, conn: ConnId) {
+        if let Some(subscribers) = self.topics.get_mut(topic) {
+            subscribers.swap_remove(&conn);
+            if subscribers.is_empty() {
+                self.topics.remove(topic);
             }
         }
+    }
+
+    /// Removes at most `budget` of `conn`'s subscriptions and topics: `(done, maps_changed)`,
+    /// `done` once nothing of it is left. The caller continues later with what remains, so a
+    /// connection with very many subscriptions never holds the thread for long.
+    pub fn connection_closed(&mut self, conn: ConnId, budget: usize) -> (bool, bool) {
+        let mut left = budget;
+        let mut maps_changed = false;
+        let ids: Vec<Arc<str>> = self
+            .by_conn
+            .get(&conn)
+            .map(|ids| ids.iter().take(left).cloned().collect())
+            .unwrap_or_default();
+        left -= ids.len();
+        for id in ids {
+            maps_changed |= self.unsubscribe(&(conn, id));
+        }
+        if let Some(topics) = self.topics_of.get_mut(&conn) {
+            let some: Vec<Arc<str>> = topics.iter().take(left).cloned().collect();
+            for t in &some {
+                topics.remove(t);
+            }
+            if topics.is_empty() {
+                self.topics_of.remove(&conn);
+            }
+            for t in some {
+                self.drop_topic_subscriber(&t, conn);
+            }
+        }
+        let done = !self.by_conn.contains_key(&conn) && !self.topics_of.contains_key(&conn);
+        (done, maps_changed)
     }
 
     /// Subscribers of a topic other than the publisher.
@@ -562,9 +598,59 @@ mod tests {
         r.topic_subscribe(2, "t".into());
         r.topic_subscribe(2, "t".into());
         assert_eq!(r.topic_recipients("t", 1), vec![2]);
-        r.connection_closed(2);
+        assert_eq!(r.connection_closed(2, 10), (true, false));
         assert!(r.topic_recipients("t", 1).is_empty());
         r.topic_unsubscribe(1, "t");
         assert!(r.topics.is_empty());
+    }
+
+    #[test]
+    fn a_closed_connection_is_torn_down_in_slices_and_only_its_own() {
+        let mut r = Registry::default();
+        let q = Arc::new(CompiledQuery::new(&QuerySpec::default()));
+        for i in 0..2_500 {
+            let map: Arc<str> = if i % 2 == 0 {
+                "even".into()
+            } else {
+                "m".into()
+            };
+            r.subscribe((7, format!("q{i}").into()), map, q.clone());
+        }
+        r.subscribe((8, "mine".into()), "m".into(), q.clone());
+        r.topic_subscribe(7, "t".into());
+        r.topic_subscribe(8, "t".into());
+        let mut slices = 0;
+        let mut maps_changed = false;
+        loop {
+            slices += 1;
+            let (done, changed) = r.connection_closed(7, 1_000);
+            maps_changed |= changed;
+            if done {
+                break;
+            }
+            assert!(slices < 10, "never done");
+        }
+        assert_eq!(
+            slices, 3,
+            "2,501 subscriptions and topics in slices of 1,000"
+        );
+        assert!(maps_changed, "map `even` lost its last subscription");
+        assert_eq!(r.subscription_count(), 1);
+        assert_eq!(r.maps().collect::<Vec<_>>(), vec![&Arc::<str>::from("m")]);
+        assert_eq!(r.topic_recipients("t", 0), vec![8]);
+        // The one left still gets its map's changes.
+        r.snapshot_loaded(&(8, "mine".into()), Vec::new(), &[0], 0);
+        assert_eq!(r.route(&put("k", obj(true), 1, 1), 0).recipients, 1);
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_say_when_the_maps_change() {
+        let mut r = Registry::default();
+        let q = Arc::new(CompiledQuery::new(&QuerySpec::default()));
+        assert!(r.subscribe((1, "a".into()), "m".into(), q.clone()));
+        assert!(!r.subscribe((2, "a".into()), "m".into(), q.clone()));
+        assert!(!r.unsubscribe(&(1, "a".into())));
+        assert!(r.unsubscribe(&(2, "a".into())));
+        assert!(!r.unsubscribe(&(2, "a".into())), "twice is nothing");
     }
 }

@@ -72,12 +72,13 @@ pub struct LiveQuery {
 
 impl LiveQuery {
     /// A subscription whose client holds nothing yet. `reserve_cap` bounds how many rows outside
-    /// a `limit` window are remembered for refills (ignored without a limit).
-    pub fn new(query: CompiledQuery, reserve_cap: usize) -> Self {
+    /// a `limit` window are remembered for refills (ignored without a limit); the window holds
+    /// at most `max_window` rows, whatever the limit (the snapshot was cut to as many).
+    pub fn new(query: CompiledQuery, reserve_cap: usize, max_window: usize) -> Self {
         let state = match query.limit() {
             None => State::Members(HashSet::new()),
             Some(limit) => State::Window(Window {
-                limit,
+                limit: limit.min(max_window),
                 reserve_cap,
                 window: BTreeSet::new(),
                 reserve: BTreeSet::new(),
@@ -287,7 +288,7 @@ mod tests {
             fields: Some(vec!["n".into()]),
             ..Default::default()
         };
-        LiveQuery::new(CompiledQuery::new(&spec), reserve_cap)
+        LiveQuery::new(CompiledQuery::new(&spec), reserve_cap, usize::MAX)
     }
 
     #[test]
@@ -425,5 +426,25 @@ mod tests {
             changes(&q.on_change("k5", None)),
             vec![("k5", ChangeType::Leave)]
         );
+    }
+
+    #[test]
+    fn a_window_holds_no_more_rows_than_its_cap_whatever_the_limit() {
+        let spec = QuerySpec {
+            sort: vec![SortField {
+                field: "n".into(),
+                direction: SortDirection::Desc,
+            }],
+            limit: Some(1_000_000_000),
+            ..Default::default()
+        };
+        let mut q = LiveQuery::new(CompiledQuery::new(&spec), 0, 3);
+        for i in 0..10 {
+            q.on_change(&format!("k{i}"), Some(&val(i)));
+        }
+        assert_eq!(q.len(), 3);
+        for k in ["k9", "k8", "k7"] {
+            assert!(q.contains(k), "{k} in the capped window");
+        }
     }
 }

@@ -61,6 +61,10 @@ pub const INVALID_MESSAGE_REASONS: &[&str] = &[
     "before_auth",
 ];
 
+/// Limits a client ran into (`topgun_limits_exceeded_total{limit}`): what it asked for was
+/// refused with an answer, or (`live_window`) cut to the limit.
+pub const LIMITS: &[&str] = &["live_queries", "topics", "live_window"];
+
 /// Why the node closed a connection, or saw it closed (`topgun_connections_closed_total`).
 pub const CLOSE_REASONS: &[&str] = &[
     "client",
@@ -110,6 +114,7 @@ pub struct Metrics {
     pub outbound_dropped_total: IntCounter,
     pub auth_failures_total: IntCounterVec,
     pub invalid_messages_total: IntCounterVec,
+    pub limits_exceeded_total: IntCounterVec,
     pub client_rate_limited_total: IntCounter,
     pub connections_closed_total: IntCounterVec,
     pub log_records_dropped_total: IntCounter,
@@ -268,6 +273,11 @@ impl Metrics {
                 "topgun_invalid_messages_total",
                 "Client frames dropped or refused as invalid, by reason.",
                 &["reason"],
+            )?,
+            limits_exceeded_total: b.counter_vec(
+                "topgun_limits_exceeded_total",
+                "Requests that ran into a per-connection limit, by limit: live_queries and topics (refused with an answer), live_window (a live limit window cut to --query-max-results rows).",
+                &["limit"],
             )?,
             client_rate_limited_total: b.counter(
                 "topgun_client_rate_limited_total",
@@ -480,6 +490,9 @@ impl Metrics {
         }
         for reason in INVALID_MESSAGE_REASONS {
             m.invalid_messages_total.with_label_values(&[reason]);
+        }
+        for limit in LIMITS {
+            m.limits_exceeded_total.with_label_values(&[limit]);
         }
         m.storage_errors_total.with_label_values(&["commit"]);
         // A standalone node is a cluster of one (metrics.md: itself included).
