@@ -301,3 +301,103 @@ fn more_pulls_at_once_than_a_peer_needs_are_refused_and_counted() {
     wait_errors(&node, "bad_frame", 1.0);
     still_serves(&node);
 }
+
+/// A node whose cluster timeout (handshakes, stalled frames) is 1 s.
+fn start_impatient() -> (Node, u16) {
+    let mut node = Node::start_with(NodeOptions::default().args(&[
+        "--node-id",
+        "node-x",
+        "--cluster-port",
+        "0",
+        "--cluster-timeout-ms",
+        "1000",
+    ]));
+    let out = node.stdout.as_mut().expect("stdout kept");
+    let port = read_port(out, "CLUSTER_PORT").expect("CLUSTER_PORT= after PORT=");
+    (node, port)
+}
+
+/// Whether the node closed `s` within `limit` (EOF or reset); what it sends meanwhile is read
+/// and dropped.
+fn closed_within(s: &TcpStream, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut reader = s;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_silent_connections_is_capped_and_timed_out_and_the_node_keeps_serving() {
+    let (node, port) = start_impatient();
+    let held: Vec<TcpStream> = (0..150)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    // Beyond the 64 in their handshake at once, connections are closed at once and counted.
+    wait_errors(&node, "capacity", 150.0 - 64.0);
+    let refused = held
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(200)))
+        .count();
+    assert!(refused >= 150 - 64, "{refused} of 150 closed at once");
+    // The others are closed by the handshake timeout.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let open = held
+        .iter()
+        .filter(|s| !closed_within(s, Duration::from_millis(100)))
+        .count();
+    assert_eq!(
+        open, 0,
+        "silent connections still held after the handshake timeout"
+    );
+    assert!(errors(&node, "timeout") >= 1.0);
+    // Room again, and clients were served all along.
+    let late = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert!(
+        !closed_within(&late, Duration::from_millis(200)),
+        "a new peer is heard again"
+    );
+    still_serves(&node);
+    assert!(node
+        .logs()
+        .iter()
+        .any(|l| l["msg"] == "cluster connection refused: too many"));
+}
+
+#[test]
+fn a_frame_begun_and_never_finished_ends_the_connection() {
+    let (node, port) = start_impatient();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut bytes = hello(PEER_VERSION, "node-p", 1);
+    // A length prefix of 64 MiB - 1 and ten bytes of its body, then nothing.
+    bytes.extend_from_slice(&((64u32 << 20) - 1).to_be_bytes());
+    bytes.extend_from_slice(&[0u8; 10]);
+    s.write_all(&bytes).unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(
+        closed_within(&s, Duration::from_secs(5)),
+        "the connection was held with a stalled frame"
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed before the timeout: {took:?}"
+    );
+    wait_errors(&node, "timeout", 1.0);
+    still_serves(&node);
+}

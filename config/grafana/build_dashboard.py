@@ -61,6 +61,9 @@ ROWS = [
         ("Invalid frames by reason, client rate limiting", "ts", "cps",
          [(f'sum by (reason) (rate(topgun_invalid_messages_total{{{S}}}[{R}]))', "{{reason}}"),
           (f'sum(rate(topgun_client_rate_limited_total{{{S}}}[{R}]))', "rate-limited frames (429)")], ""),
+        ("Per-connection limits exceeded", "ts", "cps",
+         [(f'sum by (limit) (rate(topgun_limits_exceeded_total{{{S}}}[{R}]))', "{{limit}}")],
+         "live_queries and topics: refused with an answer; live_window: a live limit window cut to --query-max-results rows."),
     ]),
     ("Operations and maps", [
         ("Ops by type", "ts", "ops",

@@ -7,6 +7,7 @@
 //! requests. A request waits at most the cluster timeout: a peer that stops answering fails its
 //! callers (counted as `timeout`) instead of holding client acks forever.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
 
 /// `reason` values of `topgun_cluster_peer_errors_total`.
-pub const PEER_ERROR_REASONS: [&str; 8] = [
+pub const PEER_ERROR_REASONS: [&str; 10] = [
     "version",
     "placement",
     "bad_frame",
@@ -39,7 +40,17 @@ pub const PEER_ERROR_REASONS: [&str; 8] = [
     "connect",
     "lost",
     "timeout",
+    "capacity",
+    "accept",
 ];
+
+/// Inbound connections still in their handshake at once: silent connections to the cluster
+/// port are closed after the cluster timeout, and beyond this many they are not even kept, so
+/// a flood of them cannot take the node's file descriptors.
+pub const MAX_HANDSHAKING: usize = 64;
+/// Inbound connections in all (a peer holds one or two; the rest of the descriptors are the
+/// clients').
+pub const MAX_INBOUND: usize = 1_024;
 
 /// Pulls one connection serves at once (a migration and a catch-up of one peer need two).
 const MAX_EXPORTS: usize = 4;
@@ -61,6 +72,39 @@ pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(wire::MAX_PEER_FRAME)
         .new_codec()
+}
+
+/// The frame decoder of a connection, noting since when an incomplete frame has received no
+/// byte: a peer that sends part of a frame and then nothing (a length prefix of 64 MiB and no
+/// body) would otherwise hold the connection and its buffer for ever.
+pub struct WatchedCodec {
+    inner: LengthDelimitedCodec,
+    stalled_since: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
+    buffered: usize,
+}
+
+impl tokio_util::codec::Decoder for WatchedCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        let frame = self.inner.decode(src)?;
+        if frame.is_some() || src.is_empty() {
+            self.stalled_since.set(None);
+        } else if src.len() != self.buffered || self.stalled_since.get().is_none() {
+            // Bytes came: the wait for the rest starts again.
+            self.stalled_since.set(Some(Instant::now()));
+        }
+        self.buffered = src.len();
+        Ok(frame)
+    }
+}
+
+/// The cluster listener's inbound connections, and of them those still in their handshake.
+#[derive(Default)]
+pub struct InboundCount {
+    total: AtomicUsize,
+    handshaking: AtomicUsize,
 }
 
 /// An answer to a request: its kind and undecoded body.
@@ -143,7 +187,11 @@ pub enum Direction {
         manager: Addr<ClusterActor>,
     },
     /// Dialled by a peer; the manager hears of each accepted HELLO (it schedules catch-ups).
-    Inbound { manager: Addr<ClusterActor> },
+    /// `count` is the listener's, released when the connection ends.
+    Inbound {
+        manager: Addr<ClusterActor>,
+        count: Arc<InboundCount>,
+    },
 }
 
 /// Whether the HELLO of an outbound link answers as the member dialled: the same node id, at
@@ -169,6 +217,8 @@ pub struct PeerConn {
     pending: HashMap<u64, Pending>,
     /// Exports this connection serves, by the pull's correlation id: where its grants go.
     exports: HashMap<u64, mpsc::UnboundedSender<u32>>,
+    /// Since when an incomplete frame has received nothing ([`WatchedCodec`]).
+    stalled_since: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
     /// Refused: closing, the rest of the stream is ignored.
     refused: bool,
     stats: ActorStats,
@@ -184,8 +234,14 @@ impl PeerConn {
             .peer_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
         let (read, write) = stream.into_split();
+        let stalled_since = std::rc::Rc::new(std::cell::Cell::new(None));
+        let decoder = WatchedCodec {
+            inner: codec(),
+            stalled_since: stalled_since.clone(),
+            buffered: 0,
+        };
         PeerConn::create(move |ctx| {
-            ctx.add_stream(FramedRead::new(read, codec()));
+            ctx.add_stream(FramedRead::new(read, decoder));
             let dir = match &direction {
                 Direction::Outbound { .. } => "out",
                 Direction::Inbound { .. } => "in",
@@ -202,6 +258,7 @@ impl PeerConn {
                 next_corr: 1,
                 pending: HashMap::new(),
                 exports: HashMap::new(),
+                stalled_since,
                 refused: false,
                 log,
             }
@@ -295,8 +352,9 @@ impl PeerConn {
             );
         }
         match &self.direction {
-            Direction::Inbound { manager } => {
+            Direction::Inbound { manager, count } => {
                 let manager = manager.clone();
+                count.handshaking.fetch_sub(1, AtomicOrdering::Relaxed);
                 self.cluster().peer_connected(&hello.node_id);
                 let body = self.hello();
                 self.send_frame(Kind::Hello, 0, &body);
@@ -620,6 +678,23 @@ impl PeerConn {
     }
 }
 
+impl PeerConn {
+    /// A frame begun and then left without a byte for the cluster timeout ends the connection.
+    fn end_a_stalled_frame(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.cluster().timeout;
+        if self
+            .stalled_since
+            .get()
+            .is_some_and(|since| since.elapsed() >= timeout)
+        {
+            self.cluster().counters.peer_error("timeout");
+            debug!(self.log, "peer connection closed: a frame stalled";
+                "err" => err_kv("timeout", format!("no byte of an incomplete frame for {} ms", timeout.as_millis())));
+            ctx.stop();
+        }
+    }
+}
+
 impl Actor for PeerConn {
     type Context = Context<Self>;
 
@@ -637,7 +712,10 @@ impl Actor for PeerConn {
                 ctx.stop();
             }
         });
-        ctx.run_interval(SWEEP_EVERY, |act, _| act.sweep());
+        ctx.run_interval(SWEEP_EVERY, |act, ctx| {
+            act.sweep();
+            act.end_a_stalled_frame(ctx);
+        });
         let every = self.node.config.report_interval;
         ctx.run_interval(every, |act, _| {
             if act.stats.is_dirty() {
@@ -650,6 +728,12 @@ impl Actor for PeerConn {
     fn stopped(&mut self, ctx: &mut Context<Self>) {
         let waiting = self.pending.len();
         self.pending.clear();
+        if let Direction::Inbound { count, .. } = &self.direction {
+            count.total.fetch_sub(1, AtomicOrdering::Relaxed);
+            if self.peer.is_none() {
+                count.handshaking.fetch_sub(1, AtomicOrdering::Relaxed);
+            }
+        }
         if let Direction::Outbound {
             node_id, manager, ..
         } = &self.direction
@@ -899,21 +983,54 @@ fn watch_liveness(stream: &TcpStream, timeout: Duration) {
     let _ = timeout;
 }
 
-/// Accepts peer connections on the cluster's TCP listener, one `PeerConn` each.
+/// Accepts peer connections on the cluster's TCP listener, one `PeerConn` each, within
+/// [`MAX_HANDSHAKING`] and [`MAX_INBOUND`]; a connection beyond is closed at once and counted
+/// (`capacity`). An accept error (out of descriptors) is counted, logged at most once per
+/// 10 s, and backs off from 10 ms to 1 s.
 pub async fn accept_peers(
     listener: tokio::net::TcpListener,
     node: Arc<DataPlane>,
     manager: Addr<ClusterActor>,
 ) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let count = Arc::new(InboundCount::default());
+    let mut backoff = FIRST_BACKOFF;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                let manager = manager.clone();
-                PeerConn::start(node.clone(), stream, Direction::Inbound { manager });
+            Ok((stream, from)) => {
+                backoff = FIRST_BACKOFF;
+                let handshaking = count.handshaking.load(AtomicOrdering::Relaxed);
+                let total = count.total.load(AtomicOrdering::Relaxed);
+                if handshaking >= MAX_HANDSHAKING || total >= MAX_INBOUND {
+                    node.cluster.counters.peer_error("capacity");
+                    if let Some(suppressed) = node.cluster.may_log("capacity") {
+                        let why = format!(
+                            "{handshaking} connections in their handshake (at most \
+                             {MAX_HANDSHAKING}), {total} in all (at most {MAX_INBOUND})"
+                        );
+                        warn!(node.log, "cluster connection refused: too many"; "from" => %from,
+                            "suppressed" => suppressed, "err" => err_kv("capacity", why));
+                    }
+                    drop(stream);
+                    continue;
+                }
+                count.total.fetch_add(1, AtomicOrdering::Relaxed);
+                count.handshaking.fetch_add(1, AtomicOrdering::Relaxed);
+                let direction = Direction::Inbound {
+                    manager: manager.clone(),
+                    count: count.clone(),
+                };
+                PeerConn::start(node.clone(), stream, direction);
             }
             Err(e) => {
-                warn!(node.log, "cluster accept failed"; "err" => err_kv("accept", e));
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                node.cluster.counters.peer_error("accept");
+                if let Some(suppressed) = node.cluster.may_log("accept") {
+                    warn!(node.log, "cluster accept failed"; "suppressed" => suppressed,
+                        "retryInMs" => backoff.as_millis() as u64, "err" => err_kv("accept", e));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
