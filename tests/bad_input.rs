@@ -1,5 +1,7 @@
 //! Guards the node against hostile or broken clients (issue 4 "Bad input"): every bad case gets
-//! the spec's answer (silent drop, ERROR 413, close 1009), is counted in
+//! its answer (a request that does not decode gets the refusal its client waits for: OP_REJECTED
+//! per op, a QUERY_RESP with an error, ERROR 400 (issue 15); garbage and unknown types are
+//! dropped; ERROR 413, close 1009), is counted in
 //! `topgun_invalid_messages_total{reason}` and costs nothing else; random frames and random op
 //! sequences from several connections never take the node down, and concurrent writers in any
 //! arrival order converge on the state the LWW rule predicts (checked with the test's own
@@ -60,6 +62,23 @@ async fn dropped_silently(c: &mut Client, frame: &Value) {
     );
 }
 
+/// Sends `frame`, then proves the connection is alive and the one answer is `answer` (an
+/// OP_REJECTED for op id "1" when it is one).
+async fn refused_with(c: &mut Client, frame: &Value, answer: &str) {
+    c.send(frame).await;
+    let replies = c.ping_pong().await;
+    assert_eq!(replies.len(), 1, "expected one {answer}, got {replies:?}");
+    assert_eq!(msg_type(&replies[0]), answer, "{replies:?}");
+    if answer == "OP_REJECTED" {
+        assert_eq!(pstr(&replies[0], "opId"), Some("1"), "{replies:?}");
+        assert_eq!(
+            get(payload(&replies[0]), "code").map(as_u64),
+            Some(400),
+            "{replies:?}"
+        );
+    }
+}
+
 async fn wait_invalid(node: &Node, reason: &str, want: f64) {
     node.wait_metric("topgun_invalid_messages_total", &[("reason", reason)], want);
 }
@@ -76,6 +95,7 @@ async fn each_bad_case_is_answered_and_counted() {
         .send_acked(&put_with_ts("deep", "ok", nested(253), good_ts()))
         .await;
     assert_eq!(replies.len(), 1);
+    // Too deep to be read at all: dropped, counted.
     dropped_silently(&mut c, &put_with_ts("deep", "bad", nested(254), good_ts())).await;
     dropped_silently(
         &mut c,
@@ -84,13 +104,18 @@ async fn each_bad_case_is_answered_and_counted() {
     .await;
     wait_invalid(&node, "too_deep", 2.0).await;
 
-    // Fractional millis: the whole frame is refused, no ack.
+    // Fractional millis: the whole frame is refused, its op rejected.
     let frac = map(&[
         ("millis", Value::F64(now as f64 + 0.5)),
         ("counter", 0.into()),
         ("nodeId", "c".into()),
     ]);
-    dropped_silently(&mut c, &put_with_ts("m", "frac", 1.into(), frac)).await;
+    refused_with(
+        &mut c,
+        &put_with_ts("m", "frac", 1.into(), frac),
+        "OP_REJECTED",
+    )
+    .await;
     wait_invalid(&node, "fractional_integer", 1.0).await;
 
     // nodeId with ':' would break the "<millis>:<counter>:<nodeId>" form.
@@ -99,10 +124,15 @@ async fn each_bad_case_is_answered_and_counted() {
         ("counter", 0.into()),
         ("nodeId", "evil:node".into()),
     ]);
-    dropped_silently(&mut c, &put_with_ts("m", "colon", 1.into(), colon)).await;
+    refused_with(
+        &mut c,
+        &put_with_ts("m", "colon", 1.into(), colon),
+        "OP_REJECTED",
+    )
+    .await;
     wait_invalid(&node, "bad_node_id", 1.0).await;
 
-    // Unknown predicate operator: no QUERY_RESP.
+    // Unknown predicate operator: a QUERY_RESP with the error.
     let q = map(&[(
         "predicate",
         map(&[
@@ -111,18 +141,24 @@ async fn each_bad_case_is_answered_and_counted() {
             ("value", 1.into()),
         ]),
     )]);
-    dropped_silently(&mut c, &query_sub("q", "m", q)).await;
+    refused_with(&mut c, &query_sub("q", "m", q), "QUERY_RESP").await;
     wait_invalid(&node, "unknown_operator", 1.0).await;
 
     // Map names: too long, control character, reserved; 256 bytes is fine.
     let long = "n".repeat(257);
-    for name in [long.as_str(), "tab\tname", "nul\u{0}"] {
-        dropped_silently(&mut c, &put_with_ts(name, "k", 1.into(), good_ts())).await;
+    for name in [long.as_str(), "tab\tname", "nul\u{0}", ""] {
+        refused_with(
+            &mut c,
+            &put_with_ts(name, "k", 1.into(), good_ts()),
+            "OP_REJECTED",
+        )
+        .await;
     }
-    wait_invalid(&node, "bad_map_name", 3.0).await;
-    dropped_silently(
+    wait_invalid(&node, "bad_map_name", 4.0).await;
+    refused_with(
         &mut c,
         &put_with_ts("_topgun_internal", "k", 1.into(), good_ts()),
+        "OP_REJECTED",
     )
     .await;
     wait_invalid(&node, "reserved_map_name", 1.0).await;

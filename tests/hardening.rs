@@ -228,3 +228,73 @@ async fn a_live_window_with_a_huge_limit_is_cut_to_the_snapshot_cap() {
     changes.sort();
     assert_eq!(changes, ["ENTER k8", "LEAVE k3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_with_an_impossible_limit_gets_its_query_resp() {
+    let node = Node::start_with(NodeOptions::jwt());
+    let mut c = node.authed_client().await;
+    for (i, limit) in [
+        Value::from(u64::MAX),
+        Value::from(-1),
+        Value::F64(1.5),
+        Value::from("10"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let query_id = format!("q{i}");
+        c.send(&query_sub(&query_id, "m", map(&[("limit", limit.clone())])))
+            .await;
+        let resp = c.recv_query_resp(&query_id).await;
+        assert_eq!(
+            pstr(&resp, "code"),
+            Some("bad_query"),
+            "{limit:?}: {resp:?}"
+        );
+        assert!(pstr(&resp, "error").is_some(), "{limit:?}: {resp:?}");
+    }
+    node.wait_metric(
+        "topgun_invalid_messages_total",
+        &[("reason", "malformed")],
+        3.0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_whose_token_is_no_string_fails_at_once() {
+    // A long auth timeout: an answer within a second is not the timeout's.
+    let node = Node::start_with(NodeOptions::jwt().args(&["--auth-timeout-ms", "30000"]));
+    for token in [
+        Value::from(42),
+        Value::Nil,
+        Value::Array(vec![]),
+        map(&[("a", 1.into())]),
+    ] {
+        let mut c = node.client().await;
+        let t0 = Instant::now();
+        c.send(&map(&[("type", "AUTH".into()), ("token", token.clone())]))
+            .await;
+        let fail = loop {
+            let v = c
+                .recv_within(Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("{token:?}: no answer"));
+            if msg_type(&v) != "AUTH_REQUIRED" {
+                break v;
+            }
+        };
+        assert_eq!(msg_type(&fail), "AUTH_FAIL", "{token:?}: {fail:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{token:?}: {:?}",
+            t0.elapsed()
+        );
+        let (code, _) = c.expect_close(Duration::from_secs(5)).await;
+        assert_eq!(code, 4001, "{token:?}");
+    }
+    node.wait_metric(
+        "topgun_auth_failures_total",
+        &[("reason", "malformed")],
+        4.0,
+    );
+}

@@ -229,12 +229,12 @@ impl ConnectionActor {
         let msg = match protocol::decode(frame) {
             Ok(msg) => msg,
             Err(e) => {
-                // protocol.md 1.3: undecodable frames are dropped silently, connection kept.
                 InvalidFrame {
                     reason: e.code(),
                     detail: &e,
                 }
                 .emit(&mut self.tel);
+                self.refuse_undecodable(ctx, frame, &e);
                 return;
             }
         };
@@ -287,11 +287,45 @@ impl ConnectionActor {
             }
             .emit(&mut self.tel),
             Ok(msg) => self.dispatch(ctx, msg),
-            Err(e) => InvalidFrame {
-                reason: e.code(),
-                detail: &e,
+            Err(e) => {
+                InvalidFrame {
+                    reason: e.code(),
+                    detail: &e,
+                }
+                .emit(&mut self.tel);
+                self.refuse_undecodable(ctx, item, &e);
             }
-            .emit(&mut self.tel),
+        }
+    }
+
+    /// Answers a request that did not decode (`protocol::refusal`; the connection stays):
+    /// before authentication only an `AUTH` is answered, with `AUTH_FAIL` and a close, as a
+    /// wrong token would be; frames the protocol drops stay unanswered (counted all the same).
+    fn refuse_undecodable(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        frame: &[u8],
+        error: &protocol::DecodeError,
+    ) {
+        if matches!(self.auth, AuthState::Pending) {
+            if protocol::refusal::is_auth(frame) {
+                ClientAuthFailed {
+                    reason: "malformed",
+                }
+                .emit(&mut self.tel);
+                self.send(
+                    ctx,
+                    &ServerMessage::AuthFail(protocol::AuthFail {
+                        error: Some("Authentication failed".into()),
+                        code: None,
+                    }),
+                );
+                self.close(ctx, CLOSE_AUTH_FAILED);
+            }
+            return;
+        }
+        for answer in protocol::refusal::refusal(frame, error) {
+            self.send(ctx, &answer);
         }
     }
 

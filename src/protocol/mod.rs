@@ -5,9 +5,11 @@
 //! - [`messages`]: one type per protocol message, both directions.
 //! - [`codec`]: bytes to [`ClientMessage`] and [`ServerMessage`] to bytes, the nesting limit,
 //!   the `BATCH` walk and the rate-limit cost of a frame.
+//! - [`refusal`]: the answer to a frame that does not decode.
 pub mod codec;
 pub mod http_sync;
 pub mod messages;
+pub mod refusal;
 pub mod types;
 
 pub use codec::{
