@@ -298,3 +298,53 @@ async fn an_auth_whose_token_is_no_string_fails_at_once() {
         4.0,
     );
 }
+
+fn signed(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_future_and_oversized_tokens_are_refused() {
+    let node = Node::start_with(NodeOptions::jwt());
+    let now = now_millis() / 1000;
+    let mut seen: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    for (token, reason) in [
+        (
+            signed(serde_json::json!({"sub": "u", "exp": now + 600, "nbf": now + 300})),
+            "not_yet_valid",
+        ),
+        (
+            signed(serde_json::json!({"sub": "u", "exp": now + 600, "iat": now + 300})),
+            "not_yet_valid",
+        ),
+        (
+            signed(serde_json::json!({"sub": "u".repeat(100_000), "exp": now + 600})),
+            "too_large",
+        ),
+        (
+            signed(serde_json::json!({"sub": "u", "exp": now + 600, "pad": "x".repeat(1 << 20)})),
+            "too_large",
+        ),
+    ] {
+        let mut c = node.client().await;
+        c.send(&auth(&token)).await;
+        let fail = c.recv_type("AUTH_FAIL").await;
+        assert!(fail.is_some(), "{reason}: no AUTH_FAIL");
+        *seen.entry(reason).or_insert(0.0) += 1.0;
+        node.wait_metric(
+            "topgun_auth_failures_total",
+            &[("reason", reason)],
+            seen[reason],
+        );
+    }
+    assert_eq!(
+        node.scrape()
+            .value_or_zero("topgun_auth_failures_total", &[("reason", "too_large")]),
+        2.0
+    );
+}

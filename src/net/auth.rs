@@ -1,11 +1,20 @@
 //! JWT verification (protocol.md section 3): HS256 with the secret's UTF-8 bytes, or RS256 when
 //! the secret is a PEM public key. `sub` and `exp` are required, `exp` with 60 s leeway;
-//! `iss`/`aud` only when configured. A failure maps to a bounded reason code, which is the
+//! `nbf` and `iat`, when present, must not be more than that leeway in the future;
+//! `iss`/`aud` only when configured. A token over [`MAX_TOKEN_BYTES`] or a `sub` over
+//! [`MAX_SUB_BYTES`] is refused before anything is decoded or kept. A failure maps to a bounded reason code, which is the
 //! metric label and the log's `reason`; the raw error text is never sent to the client.
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+
+/// Longest token read at all (a JWT with a handful of claims is a few hundred bytes).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest `sub` accepted: it becomes the connection's user id in logs and events.
+pub const MAX_SUB_BYTES: usize = 256;
+/// Clock skew allowed on `exp`, `nbf` and `iat`, seconds.
+const LEEWAY_SECS: u64 = 60;
 
 /// Why a token was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +33,10 @@ pub enum AuthError {
     BadIssuer,
     #[error("audience does not match")]
     BadAudience,
+    #[error("token or its subject is over the size limit")]
+    TooLarge,
+    #[error("token is not valid yet (nbf or iat in the future)")]
+    NotYetValid,
 }
 
 impl AuthError {
@@ -37,6 +50,8 @@ impl AuthError {
             AuthError::BadAlgorithm => "bad_algorithm",
             AuthError::BadIssuer => "bad_issuer",
             AuthError::BadAudience => "bad_audience",
+            AuthError::TooLarge => "too_large",
+            AuthError::NotYetValid => "not_yet_valid",
         }
     }
 }
@@ -53,6 +68,8 @@ struct Claims {
     sub: Option<serde_json::Value>,
     #[serde(default)]
     roles: Vec<serde_json::Value>,
+    /// jsonwebtoken does not check it: a token issued in the future is refused here.
+    iat: Option<serde_json::Value>,
 }
 
 pub struct Verifier {
@@ -79,9 +96,9 @@ impl Verifier {
             )
         };
         let mut validation = Validation::new(algorithm);
-        validation.leeway = 60;
+        validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
-        validation.validate_nbf = false;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match issuer {
             Some(iss) => validation.set_issuer(&[iss]),
@@ -99,6 +116,9 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
         // Look at the header ourselves first: `alg: none` (or any other algorithm) is an
         // attack to name as such, not a malformed token.
         match header_alg(token) {
@@ -109,9 +129,24 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| classify(e.kind()))?;
         let user_id = match data.claims.sub {
+            Some(serde_json::Value::String(s)) if s.len() > MAX_SUB_BYTES => {
+                return Err(AuthError::TooLarge)
+            }
             Some(serde_json::Value::String(s)) if !s.is_empty() => s,
             _ => return Err(AuthError::MissingClaim),
         };
+        if let Some(iat) = data.claims.iat {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match iat.as_f64() {
+                Some(iat) if iat > (now + LEEWAY_SECS) as f64 => {
+                    return Err(AuthError::NotYetValid)
+                }
+                Some(_) => {}
+                None => return Err(AuthError::MissingClaim),
+            }
+        }
         let roles = data
             .claims
             .roles
@@ -146,6 +181,7 @@ fn classify(kind: &ErrorKind) -> AuthError {
     match kind {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
             AuthError::MissingClaim
         }
@@ -231,5 +267,36 @@ mod tests {
             json!({"sub": "u", "exp": now() + 60, "iss": "me", "aud": "x"}),
         );
         assert_eq!(v.verify(&bad_aud), Err(AuthError::BadAudience));
+    }
+
+    #[test]
+    fn tokens_from_the_future_and_oversized_ones_are_refused() {
+        let v = Verifier::new("s", None, None).unwrap();
+        let nbf_ahead = token(
+            "s",
+            json!({"sub": "u", "exp": now() + 600, "nbf": now() + 300}),
+        );
+        assert_eq!(v.verify(&nbf_ahead), Err(AuthError::NotYetValid));
+        let iat_ahead = token(
+            "s",
+            json!({"sub": "u", "exp": now() + 600, "iat": now() + 300}),
+        );
+        assert_eq!(v.verify(&iat_ahead), Err(AuthError::NotYetValid));
+        // Within the leeway, a skewed clock is forgiven.
+        let skewed = token(
+            "s",
+            json!({"sub": "u", "exp": now() + 600, "nbf": now() + 30, "iat": now() + 30}),
+        );
+        assert!(v.verify(&skewed).is_ok());
+        let long_sub = token(
+            "s",
+            json!({"sub": "u".repeat(MAX_SUB_BYTES + 1), "exp": now() + 60}),
+        );
+        assert_eq!(v.verify(&long_sub), Err(AuthError::TooLarge));
+        let huge = token(
+            "s",
+            json!({"sub": "u", "exp": now() + 60, "pad": "x".repeat(MAX_TOKEN_BYTES)}),
+        );
+        assert_eq!(v.verify(&huge), Err(AuthError::TooLarge));
     }
 }

@@ -35,6 +35,8 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "bad_algorithm",
     "bad_issuer",
     "bad_audience",
+    "too_large",
+    "not_yet_valid",
     "timeout",
 ];
 
