@@ -15,12 +15,16 @@ use common::{read_port, Node, NodeOptions};
 use rmpv::Value;
 
 fn start() -> (Node, u16) {
-    let mut node = Node::start_with(NodeOptions::default().args(&[
-        "--node-id",
-        "node-x",
-        "--cluster-port",
-        "0",
-    ]));
+    start_with(&[])
+}
+
+/// `node-x` on an OS-chosen cluster port, with `extra` flags: the node and that port.
+fn start_with(extra: &[&str]) -> (Node, u16) {
+    let mut node = Node::start_with(
+        NodeOptions::default()
+            .args(&["--node-id", "node-x", "--cluster-port", "0"])
+            .args(extra),
+    );
     let out = node.stdout.as_mut().expect("stdout kept");
     let port = read_port(out, "CLUSTER_PORT").expect("CLUSTER_PORT= after PORT=");
     (node, port)
@@ -304,17 +308,7 @@ fn more_pulls_at_once_than_a_peer_needs_are_refused_and_counted() {
 
 /// A node whose cluster timeout (handshakes, stalled frames) is 1 s.
 fn start_impatient() -> (Node, u16) {
-    let mut node = Node::start_with(NodeOptions::default().args(&[
-        "--node-id",
-        "node-x",
-        "--cluster-port",
-        "0",
-        "--cluster-timeout-ms",
-        "1000",
-    ]));
-    let out = node.stdout.as_mut().expect("stdout kept");
-    let port = read_port(out, "CLUSTER_PORT").expect("CLUSTER_PORT= after PORT=");
-    (node, port)
+    start_with(&["--cluster-timeout-ms", "1000"])
 }
 
 /// Whether the node closed `s` within `limit` (EOF or reset); what it sends meanwhile is read

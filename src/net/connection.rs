@@ -309,18 +309,7 @@ impl ConnectionActor {
     ) {
         if matches!(self.auth, AuthState::Pending) {
             if protocol::refusal::is_auth(frame) {
-                ClientAuthFailed {
-                    reason: "malformed",
-                }
-                .emit(&mut self.tel);
-                self.send(
-                    ctx,
-                    &ServerMessage::AuthFail(protocol::AuthFail {
-                        error: Some("Authentication failed".into()),
-                        code: None,
-                    }),
-                );
-                self.close(ctx, CLOSE_AUTH_FAILED);
+                self.fail_auth(ctx, "malformed");
             }
             return;
         }
@@ -345,18 +334,22 @@ impl ConnectionActor {
         };
         match verifier.verify(&auth.token) {
             Ok(principal) => self.authenticated(ctx, Some(principal.user_id)),
-            Err(e) => {
-                ClientAuthFailed { reason: e.code() }.emit(&mut self.tel);
-                self.send(
-                    ctx,
-                    &ServerMessage::AuthFail(protocol::AuthFail {
-                        error: Some("Authentication failed".into()),
-                        code: None,
-                    }),
-                );
-                self.close(ctx, CLOSE_AUTH_FAILED);
-            }
+            Err(e) => self.fail_auth(ctx, e.code()),
         }
+    }
+
+    /// A refused AUTH: counted and logged with `reason`, answered `AUTH_FAIL` (the reason is
+    /// not told to the client), and the connection closed with 4001.
+    fn fail_auth(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: &'static str) {
+        ClientAuthFailed { reason }.emit(&mut self.tel);
+        self.send(
+            ctx,
+            &ServerMessage::AuthFail(protocol::AuthFail {
+                error: Some("Authentication failed".into()),
+                code: None,
+            }),
+        );
+        self.close(ctx, CLOSE_AUTH_FAILED);
     }
 
     /// A decoded message of an authenticated connection.
