@@ -348,3 +348,32 @@ async fn tokens_from_the_future_and_oversized_tokens_are_refused() {
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merkle_path_outside_the_tree_is_answered_and_counted() {
+    let node = Node::start_with(NodeOptions::jwt());
+    let mut c = node.authed_client().await;
+    for path in ["gg", "1234", "A", "0\u{0}"] {
+        c.send(&merkle_req("m", path)).await;
+        let error = c
+            .recv_type("ERROR")
+            .await
+            .unwrap_or_else(|| panic!("{path:?}: no ERROR"));
+        assert_eq!(
+            get(payload(&error), "code").and_then(Value::as_u64),
+            Some(400)
+        );
+    }
+    // A path that is a node of the (empty) tree is still answered as before.
+    c.send(&merkle_req("m", "a")).await;
+    let resp = c
+        .recv_within(Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_ne!(msg_type(&resp), "ERROR", "{resp:?}");
+    node.wait_metric(
+        "topgun_invalid_messages_total",
+        &[("reason", "bad_merkle_path")],
+        4.0,
+    );
+}

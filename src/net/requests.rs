@@ -337,12 +337,27 @@ impl ConnectionActor {
         });
     }
 
+    /// A path that is no node of the tree (the reference stays silent): `ERROR 400`, in order
+    /// with this connection's other answers, and counted as `bad_merkle_path`.
+    fn refuse_merkle_path(&mut self, kind: &str, m: &MerkleReqBucket) {
+        self.tel.count_invalid("bad_merkle_path");
+        debug!(self.tel.log, "merkle path refused"; "map" => &m.map_name, "path" => &m.path);
+        let error = ServerMessage::error(
+            400,
+            format!(
+                "{kind}: path {:?} of map {:?} is not a node of the tree (up to 3 hex digits, \
+                 0-9 a-f)",
+                m.path, m.map_name
+            ),
+        );
+        let frame = protocol::encode(&error);
+        self.start_request(async move { Completion::frames(vec![frame]) });
+    }
+
     /// MERKLE_REQ_BUCKET: buckets above depth 3, records at a leaf.
     pub(super) fn on_merkle_request(&mut self, m: MerkleReqBucket) {
         if !valid_merkle_path(&m.path) {
-            // The reference stays silent for paths that do not exist.
-            debug!(self.tel.log, "merkle path ignored"; "map" => &m.map_name, "path" => &m.path);
-            return;
+            return self.refuse_merkle_path("MERKLE_REQ_BUCKET", &m);
         }
         let MerkleReqBucket { map_name, path } = m;
         if path.len() == 3 {
@@ -591,7 +606,7 @@ impl ConnectionActor {
     /// leaf.
     pub(super) fn on_ormap_merkle_request(&mut self, m: MerkleReqBucket) {
         if !valid_merkle_path(&m.path) {
-            return;
+            return self.refuse_merkle_path("ORMAP_MERKLE_REQ_BUCKET", &m);
         }
         let MerkleReqBucket { map_name, path } = m;
         if path.len() == 3 {

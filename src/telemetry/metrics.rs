@@ -55,6 +55,7 @@ pub const INVALID_MESSAGE_REASONS: &[&str] = &[
     "bad_node_id",
     "bad_map_name",
     "reserved_map_name",
+    "bad_merkle_path",
     "unknown_operator",
     "text_frame",
     "frame_too_large",
