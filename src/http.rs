@@ -66,6 +66,12 @@ async fn upgrade(
             .content_type("text/plain; charset=utf-8")
             .body(format!("topgun-node: WebSocket upgrade expected ({e})\n"));
     }
+    // RFC 6455 4.2.1: the key is 16 random bytes in base64; actix only checks it is there.
+    if !valid_websocket_key(req.headers().get(header::SEC_WEBSOCKET_KEY)) {
+        return HttpResponse::BadRequest()
+            .content_type("text/plain; charset=utf-8")
+            .body("topgun-node: Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 4.2.1)\n");
+    }
     let id = match node.gate.send(Admit).await {
         Ok(Ok(id)) => id,
         Ok(Err(refusal)) => {
@@ -90,6 +96,16 @@ async fn upgrade(
             HttpResponse::from_error(e)
         }
     }
+}
+
+fn valid_websocket_key(key: Option<&header::HeaderValue>) -> bool {
+    use base64::Engine;
+    key.and_then(|k| {
+        base64::engine::general_purpose::STANDARD
+            .decode(k.as_bytes())
+            .ok()
+    })
+    .is_some_and(|bytes| bytes.len() == 16)
 }
 
 /// protocol.md 1.8: MessagePack in, MessagePack out; an undecodable or too deep body is a 400
@@ -252,4 +268,24 @@ async fn put_log_level(
     HttpResponse::Ok().json(serde_json::json!({
         "level": level.to_string(), "previous": previous.to_string()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_websocket_key_is_16_bytes_in_base64() {
+        let key = |k: &'static str| Some(header::HeaderValue::from_static(k));
+        assert!(valid_websocket_key(
+            key("dGhlIHNhbXBsZSBub25jZQ==").as_ref()
+        ));
+        assert!(!valid_websocket_key(None));
+        assert!(!valid_websocket_key(key("not base64!").as_ref()));
+        assert!(
+            !valid_websocket_key(key("dGhlIHNhbXBsZQ==").as_ref()),
+            "10 bytes"
+        );
+        assert!(!valid_websocket_key(key("").as_ref()));
+    }
 }

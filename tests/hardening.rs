@@ -377,3 +377,30 @@ async fn a_merkle_path_outside_the_tree_is_answered_and_counted() {
         4.0,
     );
 }
+
+/// A raw WebSocket upgrade with `key`: the status line's code.
+fn upgrade_status(node: &Node, key: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node.http_addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("a status line");
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .expect("a status code")
+}
+
+#[test]
+fn an_upgrade_with_an_invalid_websocket_key_is_refused_with_400() {
+    let node = Node::start();
+    for key in ["not base64!", "dGhlIHNhbXBsZQ==", "x"] {
+        assert_eq!(upgrade_status(&node, key), 400, "{key:?}");
+    }
+    assert_eq!(upgrade_status(&node, "dGhlIHNhbXBsZSBub25jZQ=="), 101);
+}
