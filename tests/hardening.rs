@@ -404,3 +404,35 @@ fn an_upgrade_with_an_invalid_websocket_key_is_refused_with_400() {
     }
     assert_eq!(upgrade_status(&node, "dGhlIHNhbXBsZSBub25jZQ=="), 101);
 }
+
+#[test]
+fn a_sync_query_on_a_map_name_writes_may_not_use_is_refused() {
+    let node = Node::start();
+    let sync = |map_name: &str| {
+        let body = map(&[(
+            "queries",
+            Value::Array(vec![map(&[
+                ("queryId", "hq".into()),
+                ("mapName", map_name.into()),
+                ("query", map(&[])),
+            ])]),
+        )]);
+        http_bytes(
+            node.http_addr(),
+            "POST",
+            "/sync",
+            &[("Content-Type", "application/msgpack")],
+            &encode(&body),
+        )
+        .expect("POST /sync")
+        .0
+    };
+    for name in ["", "nul\u{0}name", "_topgun_x"] {
+        assert_eq!(sync(name), 400, "{name:?}");
+    }
+    assert_eq!(sync("fine"), 200);
+    // No label of the node's metrics carries the refused names.
+    let (_, scrape) = node.get("/metrics");
+    assert!(!scrape.contains("nul\\u0000name") && !scrape.contains('\u{0}'));
+    assert!(!scrape.contains("map=\"\""), "an empty map label");
+}

@@ -2,7 +2,7 @@
 //! clients that cannot hold a WebSocket. Same limits as a frame: 2 MiB, 256 levels.
 use serde::{Deserialize, Serialize};
 
-use super::codec::{scan, validate_op, validate_timestamp};
+use super::codec::{scan, validate_map_name, validate_op, validate_timestamp};
 use super::messages::{ClientOp, OpAck, OpRejected, Query, QueryResultItem};
 use super::types::Timestamp;
 use super::DecodeError;
@@ -77,6 +77,11 @@ pub fn decode_http_sync(body: &[u8]) -> Result<HttpSyncRequest, DecodeError> {
         validate_timestamp(ts)?;
     }
     req.operations.iter().flatten().try_for_each(validate_op)?;
+    // The same rule as on the WebSocket: a name a write would be refused with is no query.
+    req.queries
+        .iter()
+        .flatten()
+        .try_for_each(|q| validate_map_name(&q.map_name))?;
     Ok(req)
 }
 
