@@ -108,14 +108,51 @@ fn valid_websocket_key(key: Option<&header::HeaderValue>) -> bool {
     .is_some_and(|bytes| bytes.len() == 16)
 }
 
+/// How long a `POST /sync` body may take to arrive in full.
+const SYNC_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request body of at most `limit` bytes that arrives within `within`, read as it comes (a
+/// chunked body announcing a huge chunk and sending nothing must not hold the request for
+/// ever): 413 past the limit, 408 past the time.
+async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    within: Duration,
+) -> Result<web::Bytes, HttpResponse> {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut body = web::BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(deadline, payload.next()).await {
+            Err(_) => {
+                return Err(HttpResponse::RequestTimeout().json(serde_json::json!({
+                    "error": "body not received in time", "timeoutMs": within.as_millis() as u64
+                })))
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(HttpResponse::BadRequest()
+                    .json(serde_json::json!({"error": format!("body: {e}")})))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(HttpResponse::PayloadTooLarge().json(serde_json::json!({
+                        "error": "body too large", "limit": limit
+                    })));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
 /// protocol.md 1.8: MessagePack in, MessagePack out; an undecodable or too deep body is a 400
 /// with a small JSON error.
-async fn sync(body: web::Bytes, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
-    if body.len() > node.config.max_frame_bytes {
-        return HttpResponse::PayloadTooLarge().json(serde_json::json!({
-            "error": "body too large", "limit": node.config.max_frame_bytes
-        }));
-    }
+async fn sync(payload: web::Payload, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
+    let body = match read_body(payload, node.config.max_frame_bytes, SYNC_BODY_TIMEOUT).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
     let req = match protocol::http_sync::decode_http_sync(&body) {
         Ok(req) => req,
         Err(e) => {

@@ -436,3 +436,22 @@ fn a_sync_query_on_a_map_name_writes_may_not_use_is_refused() {
     assert!(!scrape.contains("nul\\u0000name") && !scrape.contains('\u{0}'));
     assert!(!scrape.contains("map=\"\""), "an empty map label");
 }
+
+#[test]
+fn a_sync_body_that_never_arrives_is_answered_408() {
+    use std::io::{Read, Write};
+    let node = Node::start();
+    let mut s = std::net::TcpStream::connect(node.http_addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A chunk of 4 GiB announced, and nothing of it sent.
+    s.write_all(
+        b"POST /sync HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/msgpack\r\n\
+          Transfer-Encoding: chunked\r\n\r\nFFFFFFFF\r\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("an answer");
+    assert_eq!(&head[9..12], b"408", "{:?}", String::from_utf8_lossy(&head));
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+}
