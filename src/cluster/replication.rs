@@ -72,23 +72,13 @@ pub fn route_client_write(
     }
     let mut peers: Vec<LocalBoxFuture<'static, WriteDone>> = Vec::new();
     for (owner, (indexes, partitions)) in groups {
-        let origin_kept = cluster.partitioned().then(|| {
-            partitions
-                .iter()
-                .copied()
-                .filter(|&p| cluster.keeps(&table, p))
-                .collect()
-        });
-        let body = wire::body(&WriteRef {
-            trace: &trace,
-            ops: indexes.iter().map(|&i| &ops[i]).collect(),
-            origin_kept: if owner == cluster.node_id {
-                None
-            } else {
-                origin_kept
-            },
-        });
+        let ops_of_group = || indexes.iter().map(|&i| &ops[i]).collect();
         if owner == cluster.node_id {
+            let body = wire::body(&WriteRef {
+                trace: &trace,
+                ops: ops_of_group(),
+                origin_kept: None,
+            });
             let replicated = replicate_or_hand_off(node, body, &cluster.node_id, None, partitions);
             peers.push(Box::pin(async move {
                 WriteDone {
@@ -98,6 +88,19 @@ pub fn route_client_write(
             }));
             continue;
         }
+        // What this node applies of the group (it keeps the partition): named in the forward,
+        // and handed off again should the forward fail.
+        let kept: Vec<u16> = partitions
+            .iter()
+            .copied()
+            .filter(|&p| cluster.keeps(&table, p))
+            .collect();
+        let applied_here = !kept.is_empty();
+        let body = wire::body(&WriteRef {
+            trace: &trace,
+            ops: ops_of_group(),
+            origin_kept: cluster.partitioned().then_some(kept),
+        });
         cluster
             .counters
             .forwarded
@@ -105,7 +108,6 @@ pub fn route_client_write(
         debug!(log, "write forwarded"; "requestId" => trace.request_id.as_deref(),
             "owner" => owner, "ops" => indexes.len());
         let forward = ask(node, owner, Kind::WriteForward, body.clone(), "owner");
-        let applied_here = partitions.iter().any(|&p| cluster.keeps(&table, p));
         let node = node.clone();
         // Detached: the handoff must happen even when the caller stops waiting (its client
         // disconnected), since the records are applied here already.
