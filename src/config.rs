@@ -259,6 +259,22 @@ where
         .transpose()
 }
 
+/// `max_memory` in the file: `"2Gi"` like the flag, or a plain number of bytes.
+fn memory_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MemoryLimit>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Given>::deserialize(d)? {
+        None => Ok(None),
+        Some(Given::Bytes(0)) => Ok(Some(MemoryLimit::Off)),
+        Some(Given::Bytes(n)) => Ok(Some(MemoryLimit::Bytes(n))),
+        Some(Given::Text(t)) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// Booleans from the environment come in many spellings (`TOPGUN_NO_AUTH=1`, `=true`, `=yes`).
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -446,6 +462,15 @@ pub struct Overrides {
     /// Topics one connection may subscribe to at once; more are refused [default: 1000]
     #[arg(long, env = "TOPGUN_MAX_TOPICS_PER_CONNECTION")]
     pub max_topics_per_connection: Option<usize>,
+    /// Maps this node holds before writes naming a new one are refused [default: 10000]
+    #[arg(long, env = "TOPGUN_MAX_MAPS")]
+    pub max_maps: Option<usize>,
+    /// Resident memory above which writes that add data are refused: bytes, with an optional
+    /// suffix K/M/G/T (powers of 1000) or Ki/Mi/Gi/Ti (powers of 1024), or 0 for no budget
+    /// [default: 80% of the cgroup's memory limit, else of the machine's memory]
+    #[arg(long, env = "TOPGUN_MAX_MEMORY")]
+    #[serde(default, deserialize_with = "memory_limit")]
+    pub max_memory: Option<MemoryLimit>,
     /// Write batches accepted and not yet applied, node-wide, before connections wait [default: 1000]
     #[arg(long, env = "TOPGUN_BACKPRESSURE_LIMIT")]
     pub backpressure_limit: Option<usize>,
@@ -518,6 +543,8 @@ pub struct Config {
     pub query_max_results: usize,
     pub max_live_queries_per_connection: usize,
     pub max_topics_per_connection: usize,
+    pub max_maps: usize,
+    pub max_memory: MemoryLimit,
     pub backpressure_limit: usize,
     pub backpressure_sync_every: u64,
     pub backpressure_timeout: Duration,
@@ -525,6 +552,59 @@ pub struct Config {
     pub storage_group_max_delay: Duration,
     /// `None`: the `/debug/*` endpoints do not exist (404).
     pub debug_token: Option<DebugToken>,
+}
+
+/// `--max-memory`: the node-wide memory budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// A share of the cgroup's or the machine's memory, found at start.
+    Auto,
+    /// `0`: no budget.
+    Off,
+    Bytes(u64),
+}
+
+impl FromStr for MemoryLimit {
+    type Err = String;
+
+    /// `2147483648`, `2Gi`, `2GiB`, `1.5G`, `512M`, `0`, `auto`.
+    fn from_str(text: &str) -> Result<MemoryLimit, String> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(MemoryLimit::Auto);
+        }
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let scale: u64 = match unit.trim().trim_end_matches(['B', 'b']) {
+            "" => 1,
+            "K" | "k" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            "T" => 1_000_000_000_000,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "Ti" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (bytes, or K/M/G/T, Ki/Mi/Gi/Ti)"
+                ))
+            }
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: expected a number of bytes, e.g. 2Gi"))?;
+        let bytes = value * scale as f64;
+        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+            return Err(format!("{text:?}: out of range"));
+        }
+        Ok(match bytes as u64 {
+            0 => MemoryLimit::Off,
+            n => MemoryLimit::Bytes(n),
+        })
+    }
 }
 
 /// The bearer token of the `/debug/*` endpoints. Its `Debug` never prints it.
@@ -620,6 +700,8 @@ impl Default for Config {
             query_max_results: 10_000,
             max_live_queries_per_connection: 10_000,
             max_topics_per_connection: 1_000,
+            max_maps: 10_000,
+            max_memory: MemoryLimit::Auto,
             backpressure_limit: 1000,
             backpressure_sync_every: 100,
             backpressure_timeout: Duration::from_millis(5000),
@@ -772,6 +854,8 @@ impl Config {
                 max_topics_per_connection,
                 d.max_topics_per_connection
             ),
+            max_maps: pick!(max_maps, d.max_maps),
+            max_memory: pick!(max_memory, d.max_memory),
             backpressure_limit: pick!(backpressure_limit, d.backpressure_limit),
             backpressure_sync_every: pick!(backpressure_sync_every, d.backpressure_sync_every),
             backpressure_timeout: cli
@@ -823,7 +907,7 @@ impl Config {
                 ),
             ));
         }
-        let positive: [(&'static str, u64); 25] = [
+        let positive: [(&'static str, u64); 26] = [
             (
                 "storage_group_max_records",
                 self.storage_group_max_records as u64,
@@ -841,6 +925,7 @@ impl Config {
                 "max_topics_per_connection",
                 self.max_topics_per_connection as u64,
             ),
+            ("max_maps", self.max_maps as u64),
             ("backpressure_limit", self.backpressure_limit as u64),
             ("backpressure_sync_every", self.backpressure_sync_every),
             (
@@ -942,8 +1027,14 @@ fn read_file(path: &PathBuf) -> Result<Overrides, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
-        path: path.clone(),
+    parse_file(path, &text)
+}
+
+/// The settings in the text of a config file; `path` only names the file in the error. Apart
+/// from `read_file` so the parser can be fuzzed without a filesystem (`fuzz/`).
+pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Overrides, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_path_buf(),
         // toml's message spans several lines (with a source excerpt); the operator gets one.
         message: e.message().to_string(),
     })
@@ -1064,5 +1155,28 @@ mod tests {
         assert_eq!(c.max_frame_bytes, d.max_frame_bytes);
         assert_eq!(c.connection_rate, d.connection_rate);
         assert_eq!(c.outbound_queue, d.outbound_queue);
+        assert_eq!(c.max_maps, d.max_maps);
+        assert_eq!(c.max_memory, d.max_memory);
+    }
+
+    #[test]
+    fn memory_limits_parse_with_units() {
+        let parse = |t: &str| t.parse::<MemoryLimit>();
+        assert_eq!(parse("2147483648"), Ok(MemoryLimit::Bytes(2_147_483_648)));
+        assert_eq!(parse("2Gi"), Ok(MemoryLimit::Bytes(2 << 30)));
+        assert_eq!(parse("2GiB"), Ok(MemoryLimit::Bytes(2 << 30)));
+        assert_eq!(parse("1.5G"), Ok(MemoryLimit::Bytes(1_500_000_000)));
+        assert_eq!(parse(" 512 M "), Ok(MemoryLimit::Bytes(512_000_000)));
+        assert_eq!(parse("0"), Ok(MemoryLimit::Off));
+        assert_eq!(parse("AUTO"), Ok(MemoryLimit::Auto));
+        for bad in ["", "G", "12Q", "-1", "1e400", "99999999999Ti", "1..2M"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let c = Config::resolve(cli(&["--max-memory", "64Mi"]), Overrides::default()).unwrap();
+        assert_eq!(c.max_memory, MemoryLimit::Bytes(64 << 20));
+        let from_file = file("max_memory = 1000000");
+        let c = Config::resolve(Overrides::default(), from_file).unwrap();
+        assert_eq!(c.max_memory, MemoryLimit::Bytes(1_000_000));
+        assert!(toml::from_str::<Overrides>("max_memory = \"lots\"").is_err());
     }
 }

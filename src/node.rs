@@ -21,7 +21,8 @@ use crate::cluster::actor::{ClusterActor, Leave};
 use crate::cluster::membership::NodeIdentity;
 use crate::cluster::state::ClusterState;
 use crate::cluster::table::TableMember;
-use crate::config::{AuthMode, Config, StorageBackend};
+use crate::config::{AuthMode, Config, MemoryLimit, StorageBackend};
+use crate::data::budget::{self, LimitSource, MemoryBudget};
 use crate::data::DataPlane;
 use crate::http;
 use crate::net::auth::Verifier;
@@ -30,6 +31,7 @@ use crate::net::NodeContext;
 use crate::queue::actor::StripeActor;
 use crate::queue::{EventQueue, StripeHandle};
 use crate::shard::actor::{ShardActor, ShardLinks, ShardRecovery, ShardSettings};
+use crate::shard::catalog::MapCatalog;
 use crate::shard::fnv::partition_of;
 use crate::shard::router::{partitions_of, shard_of_partition, Shards};
 use crate::storage::actor::{Flush, StorageActor};
@@ -216,6 +218,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let timed = config.actor_telemetry;
     let pending_batches = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let metrics_arbiter = Arbiter::new();
+    let budget = Arc::new(MemoryBudget::new(memory_budget(&config, &log)));
+    let maps = Arc::new(MapCatalog::new(config.max_maps));
     let metrics_actor = MetricsActor::new(
         registry,
         &log,
@@ -223,7 +227,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         config.report_interval,
         timed,
     )
-    .sample_pending_batches(pending_batches.clone());
+    .sample_pending_batches(pending_batches.clone())
+    .sample_limits(budget.clone(), maps.clone());
     let depth = metrics_actor.depth_counter();
     let metrics = Mailbox::new(
         MetricsActor::start_in_arbiter(&metrics_arbiter.handle(), move |_| metrics_actor),
@@ -260,6 +265,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         queue: queue.clone(),
         metrics: metrics.clone(),
         storage: storage.clone(),
+        catalog: maps.clone(),
     };
     let shards = start_shards(&config, &node_id, links, &log, recovered, &data_threads);
     info!(log, "data plane started";
@@ -276,6 +282,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         queue,
         pending_batches,
         cluster: cluster_state,
+        budget,
+        maps,
     });
     let node = Arc::new(NodeContext {
         data: data_plane.clone(),
@@ -440,6 +448,29 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
 /// Stripes of the event queue, on the shards' threads (stripe i on data thread i % shards): a
 /// shard hands its events to a stripe without waking another thread, and a 2-core machine is
 /// not asked to juggle a thread per stripe.
+/// The budget's limit in bytes (0: none), logged with where it came from.
+fn memory_budget(config: &Config, log: &Logger) -> u64 {
+    let found = match config.max_memory {
+        MemoryLimit::Off => None,
+        MemoryLimit::Bytes(n) => Some((n, LimitSource::Configured)),
+        MemoryLimit::Auto => budget::default_limit(),
+    };
+    match found {
+        Some((limit, source)) => {
+            info!(log, "memory budget"; "budgetBytes" => limit, "source" => source.as_str(),
+                "resumePercent" => budget::RESUME_PERCENT);
+            limit
+        }
+        None => {
+            info!(log, "memory budget: none"; "source" => match config.max_memory {
+                MemoryLimit::Off => "configured",
+                _ => "unknown machine memory",
+            });
+            0
+        }
+    }
+}
+
 fn start_event_queue(
     config: &Config,
     log: &Logger,

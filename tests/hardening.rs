@@ -455,3 +455,305 @@ fn a_sync_body_that_never_arrives_is_answered_408() {
     assert_eq!(&head[9..12], b"408", "{:?}", String::from_utf8_lossy(&head));
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
 }
+
+/// Sends one op and reads its answer: `Ok(())` for an OP_ACK, `Err(OP_REJECTED)` otherwise.
+async fn write_answer(c: &mut Client, op: Value) -> Result<(), Value> {
+    c.send(&client_op(op)).await;
+    loop {
+        let v = c
+            .recv_within(Duration::from_secs(10))
+            .await
+            .expect("every write gets an answer");
+        match msg_type(&v) {
+            "OP_ACK" => return Ok(()),
+            "OP_REJECTED" => return Err(v),
+            _ => {}
+        }
+    }
+}
+
+fn code_of(v: &Value) -> Option<u64> {
+    get(payload(v), "code").and_then(Value::as_u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_memory_budget_are_refused_while_deletes_and_reads_go_on() {
+    const BUDGET: u64 = 128 << 20;
+    const VALUE_BYTES: usize = 256 << 10;
+    let node = Node::start_with(NodeOptions::jwt().args(&["--max-memory", "128Mi"]));
+    let s = node.scrape();
+    assert_eq!(
+        s.value("topgun_memory_budget_bytes", &[]),
+        Some(BUDGET as f64)
+    );
+    assert_eq!(s.value("topgun_memory_budget_exceeded", &[]), Some(0.0));
+    let mut c = node.authed_client().await;
+    let pad = "x".repeat(VALUE_BYTES);
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    // 1,000 values of 256 KiB are 250 MiB: far past the budget, so the loop ends refused.
+    for i in 0..1000u64 {
+        let key = format!("k{i}");
+        let value = map(&[("n", i.into()), ("pad", pad.as_str().into())]);
+        let op = put_op(
+            &format!("op{i}"),
+            "big",
+            &key,
+            value,
+            &Ts::new(now_millis(), 0, "c"),
+        );
+        match write_answer(&mut c, op).await {
+            Ok(()) => acked.push(key),
+            Err(rejected) => {
+                refusal = Some(rejected);
+                break;
+            }
+        }
+    }
+    let rejected = refusal.expect("a write past the budget is refused");
+    assert!(
+        acked.len() >= 50,
+        "only {} writes fit: the node started near its budget",
+        acked.len()
+    );
+    assert_eq!(code_of(&rejected), Some(507), "{rejected:?}");
+    let error = c.recv_type("ERROR").await.expect("an ERROR says why");
+    assert_eq!(code_of(&error), Some(507));
+    assert!(
+        pstr(&error, "message").is_some_and(|m| m.contains("--max-memory")),
+        "{error:?}"
+    );
+    let s = node.wait_metric("topgun_memory_budget_exceeded", &[], 1.0);
+    assert!(s.value_or_zero("topgun_memory_budget_used_bytes", &[]) >= BUDGET as f64 * 0.95);
+    node.wait_metric("topgun_limits_exceeded_total", &[("limit", "memory")], 1.0);
+    let line = node.wait_log(
+        "memory budget exceeded: refusing writes that add data",
+        |l| l["level"] == 40 && l["err"]["type"] == "memory_budget_exceeded",
+    );
+    assert_eq!(line["budgetBytes"], BUDGET);
+
+    // Still over budget: another write is refused, a delete goes through.
+    let op = put_op(
+        "again",
+        "big",
+        "late",
+        "v".into(),
+        &Ts::new(now_millis(), 0, "c"),
+    );
+    assert!(write_answer(&mut c, op).await.is_err());
+    let removed = acked.remove(0);
+    let op = remove_op("del", "big", &removed, &Ts::new(now_millis(), 1, "c"));
+    write_answer(&mut c, op)
+        .await
+        .expect("a delete is acknowledged over budget");
+
+    // Reads work, and every acknowledged write is there.
+    c.send(&query_sub_fields("q", "big", map(&[]), &["n"]))
+        .await;
+    let resp = c.recv_query_resp("q").await;
+    let mut keys = result_keys(&resp);
+    keys.sort();
+    let mut want = acked.clone();
+    want.sort();
+    assert_eq!(keys, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_map_names_past_the_node_limit_are_refused_and_known_ones_go_on() {
+    let node = Node::start_with(NodeOptions::default().args(&["--max-maps", "3"]));
+    let mut c = node.authed_client().await;
+    let t = || Ts::new(now_millis(), 0, "c");
+    for m in ["m1", "m2", "m3"] {
+        let op = put_op(&format!("{m}-op"), m, "k", "v".into(), &t());
+        write_answer(&mut c, op).await.expect("room for three maps");
+    }
+    let rejected = write_answer(&mut c, put_op("m4-op", "m4", "k", "v".into(), &t()))
+        .await
+        .expect_err("a fourth map is refused");
+    assert_eq!(code_of(&rejected), Some(429), "{rejected:?}");
+    assert_eq!(pstr(&rejected, "opId"), Some("m4-op"));
+    let error = c.recv_type("ERROR").await.expect("an ERROR says why");
+    assert!(
+        pstr(&error, "message").is_some_and(|m| m.contains("--max-maps")),
+        "{error:?}"
+    );
+    // A batch naming a known and a new map: the new one is refused, the known one applied
+    // and acknowledged (the ack names it, not the refused op).
+    let seen = c
+        .send_acked(&op_batch(vec![
+            put_op("b1", "m1", "k2", "v".into(), &t()),
+            put_op("b2", "m5", "k", "v".into(), &t()),
+        ]))
+        .await;
+    let types: Vec<&str> = seen.iter().map(msg_type).collect();
+    assert_eq!(types, ["OP_REJECTED", "ERROR", "OP_ACK"], "{seen:?}");
+    assert_eq!(pstr(&seen[0], "opId"), Some("b2"));
+    assert_eq!(pstr(&seen[2], "lastId"), Some("b1"));
+    let resp = c.subscribe("q", "m1", map(&[])).await;
+    let mut keys = result_keys(&resp);
+    keys.sort();
+    assert_eq!(keys, ["k", "k2"]);
+
+    // POST /sync answers the same refusal in its errors.
+    let body = map(&[
+        ("clientId", "http-client".into()),
+        (
+            "operations",
+            Value::Array(vec![put_op("h1", "m6", "k", "v".into(), &t())]),
+        ),
+    ]);
+    let (status, resp) = http_bytes(
+        node.port,
+        "POST",
+        "/sync",
+        &[("Content-Type", "application/msgpack")],
+        &encode(&body),
+    )
+    .expect("POST /sync");
+    assert_eq!(status, 200);
+    let resp = rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body");
+    let errors = get(&resp, "errors").and_then(Value::as_array).cloned();
+    let codes: Vec<u64> = errors
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| get(e, "code").and_then(Value::as_u64))
+        .collect();
+    assert_eq!(codes, [429], "{resp:?}");
+    assert!(get(&resp, "ack").is_none_or(Value::is_nil), "{resp:?}");
+
+    let s = node.wait_metric("topgun_limits_exceeded_total", &[("limit", "maps")], 3.0);
+    assert_eq!(s.value("topgun_maps", &[]), Some(3.0));
+    node.wait_log("limit exceeded", |l| l["limit"] == "maps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_queries_with_cursors_count_as_live_queries_and_are_bounded() {
+    let node =
+        Node::start_with(NodeOptions::default().args(&["--max-live-queries-per-connection", "2"]));
+    let mut c = node.authed_client().await;
+    for i in 0..5u64 {
+        let value = map(&[("n", i.into())]);
+        let op = put_op(
+            &format!("o{i}"),
+            "m",
+            &format!("k{i}"),
+            value,
+            &Ts::new(now_millis(), 0, "c"),
+        );
+        write_answer(&mut c, op).await.expect("acked");
+    }
+    let page = |q: &str, cursor: Option<&str>| {
+        let mut query = vec![
+            ("limit", Value::from(1)),
+            ("sort", map(&[("n", "asc".into())])),
+        ];
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.into()));
+        }
+        query_sub(q, "m", map(&query))
+    };
+    c.send(&page("p1", None)).await;
+    let first = c.recv_query_resp("p1").await;
+    let cursor = pstr(&first, "nextCursor")
+        .expect("a next cursor")
+        .to_owned();
+    c.send(&page("p2", Some(&cursor))).await;
+    let second = c.recv_query_resp("p2").await;
+    assert_eq!(pstr(&second, "cursorStatus"), Some("valid"), "{second:?}");
+    c.send(&page("p3", Some(&cursor))).await;
+    let third = c.recv_query_resp("p3").await;
+    assert_eq!(pstr(&third, "code"), Some("limit_exceeded"), "{third:?}");
+    node.wait_metric(
+        "topgun_limits_exceeded_total",
+        &[("limit", "live_queries")],
+        1.0,
+    );
+}
+
+/// A WebSocket whose receive buffer is tiny, so that not reading it backs the node up fast.
+async fn slow_client(node: &Node) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = sock
+        .connect(format!("127.0.0.1:{}", node.port).parse().expect("addr"))
+        .await
+        .expect("connect");
+    let (ws, _) =
+        tokio_tungstenite::client_async(node.url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("upgrade");
+    Client { ws, closed: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_that_keeps_sending_still_reads_its_1013_close() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let node = Node::start_with(NodeOptions::default().args(&[
+        "--outbound-queue",
+        "8",
+        "--heartbeat-check-ms",
+        "200",
+    ]));
+    let mut slow = slow_client(&node).await;
+    slow.subscribe("q", "feed", map(&[])).await;
+    let mut w = node.authed_client().await;
+    let blob = "y".repeat(4_000);
+    // Until the node marks the reader that does not read for eviction (bounded: 3,000 events).
+    let mut i = 0u64;
+    while node
+        .scrape()
+        .value_or_zero("topgun_outbound_dropped_total", &[])
+        < 600.0
+    {
+        assert!(i < 5_000, "the slow consumer's queue never overflowed");
+        let ops = (0..50)
+            .map(|_| {
+                i += 1;
+                let value = map(&[("blob", blob.as_str().into()), ("i", i.into())]);
+                let t = Ts::new(now_millis(), 0, "w");
+                put_op(&i.to_string(), "feed", &format!("k{i}"), value, &t)
+            })
+            .collect();
+        w.send_acked(&op_batch(ops)).await;
+    }
+    // It reads again and, all the while, keeps sending: the node closes it (1013) while its
+    // frames are still arriving.
+    let (mut sink, mut stream) = slow.ws.split();
+    let sender = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut n = 0u64;
+        while Instant::now() < until {
+            n += 1;
+            let frame = encode(&ping(n as f64));
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(m) = stream.next().await {
+            match m {
+                Ok(Message::Close(frame)) => return Ok(frame.map(|f| f.code)),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the connection ended without a Close frame".to_owned())
+    })
+    .await
+    .expect("the slow consumer is closed within 20 s");
+    sender.abort();
+    assert_eq!(
+        outcome,
+        Ok(Some(CloseCode::Again)),
+        "a Close with 1013, not a reset"
+    );
+    node.wait_metric(
+        "topgun_connections_closed_total",
+        &[("reason", "slow_consumer")],
+        1.0,
+    );
+}

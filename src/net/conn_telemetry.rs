@@ -62,7 +62,11 @@ impl ConnectionTelemetry {
 
     /// `limit` is one of `telemetry::metrics::LIMITS`.
     pub fn count_limit_exceeded(&mut self, limit: &'static str) {
-        bump(&mut self.limits_exceeded, limit, 1);
+        self.count_limit_exceeded_by(limit, 1);
+    }
+
+    pub fn count_limit_exceeded_by(&mut self, limit: &'static str, n: u64) {
+        bump(&mut self.limits_exceeded, limit, n);
     }
 
     pub fn count_auth_failure(&mut self, reason: &'static str) {

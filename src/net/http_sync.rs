@@ -25,6 +25,8 @@ struct HttpOpsReport {
     ops: HashMap<(&'static str, String), u64>,
     waited: bool,
     timed_out: bool,
+    /// Ops refused by the intake: (memory, maps).
+    refused: (u64, u64),
 }
 
 impl Report for HttpOpsReport {
@@ -32,6 +34,13 @@ impl Report for HttpOpsReport {
         m.backpressure_waits_total.inc_by(u64::from(self.waited));
         m.backpressure_timeouts_total
             .inc_by(u64::from(self.timed_out));
+        for (limit, n) in [("memory", self.refused.0), ("maps", self.refused.1)] {
+            if n > 0 {
+                m.limits_exceeded_total
+                    .with_label_values(&[limit])
+                    .inc_by(n);
+            }
+        }
         for ((op_type, map), n) in self.ops {
             let label = m.map_label(&map).to_owned();
             m.ops_total.with_label_values(&[op_type, &label]).inc_by(n);
@@ -50,13 +59,17 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
         let _ = hlc.update(client, system_millis());
     }
 
-    let ack = match req.operations {
-        Some(ops) if !ops.is_empty() => {
-            for op in &ops {
-                *counted
-                    .entry((op_label(op), op.map_name.clone()))
-                    .or_default() += 1;
-            }
+    let ops = req.operations.unwrap_or_default();
+    for op in &ops {
+        *counted
+            .entry((op_label(op), op.map_name.clone()))
+            .or_default() += 1;
+    }
+    let admission = crate::data::intake::admit(&node.data.budget, &node.data.maps, ops);
+    let refused = (admission.refused_for_memory, admission.refused_for_maps);
+    errors.extend(admission.refused.into_iter().map(HttpSyncError::from));
+    let ack = match admission.ops {
+        ops if !ops.is_empty() => {
             let last_id = ops.last().and_then(|o| o.id.clone());
             // The same node-wide cap as WebSocket writes; an HTTP client has no socket to stop
             // reading, so the request itself waits, up to the backoff timeout.
@@ -161,6 +174,7 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
             ops: counted,
             waited,
             timed_out,
+            refused,
         })));
     }
     HttpSyncResponse {

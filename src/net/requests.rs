@@ -222,6 +222,10 @@ impl ConnectionActor {
         for op in &ops {
             self.tel.count_ops(op_label(op), &op.map_name, 1);
         }
+        let ops = self.admit_writes(ops);
+        if ops.is_empty() {
+            return;
+        }
         let cfg = &self.node.config;
         let limit = cfg.backpressure_limit as i64;
         let pending = self.node.pending_batches.load(Ordering::Acquire);
@@ -282,6 +286,34 @@ impl ConnectionActor {
                 act.send(ctx, &reply);
             }
         }));
+    }
+
+    /// The ops the node takes in (memory budget, map count); the refused ones are answered,
+    /// in request order, with an `OP_REJECTED` each and one `ERROR` saying why.
+    fn admit_writes(&mut self, ops: Vec<ClientOp>) -> Vec<ClientOp> {
+        let data = &self.node.data;
+        let admission = crate::data::intake::admit(&data.budget, &data.maps, ops);
+        let Some((code, message)) = admission.error else {
+            return admission.ops;
+        };
+        let limits = [
+            ("memory", admission.refused_for_memory, data.budget.limit()),
+            ("maps", admission.refused_for_maps, data.maps.max() as u64),
+        ];
+        for (limit, n, max) in limits {
+            if n > 0 {
+                self.tel.count_limit_exceeded_by(limit, n);
+                self.log_limit(limit, max as usize, &message);
+            }
+        }
+        let mut frames: Vec<Vec<u8>> = admission
+            .refused
+            .into_iter()
+            .map(|payload| protocol::encode(&ServerMessage::OpRejected { payload }))
+            .collect();
+        frames.push(protocol::encode(&ServerMessage::error(code, message)));
+        self.start_request(async move { Completion::frames(frames) });
+        admission.ops
     }
 
     /// Submits a write batch whose pending slot is already reserved; its ack (or rejections)
@@ -721,11 +753,15 @@ impl ConnectionActor {
     /// text for the client.
     fn over_limit(&mut self, limit: &'static str, max: usize, error: String) -> String {
         self.tel.count_limit_exceeded(limit);
+        self.log_limit(limit, max, &error);
+        error
+    }
+
+    fn log_limit(&mut self, limit: &'static str, max: usize, error: &str) {
         if let Some(suppressed) = self.tel.limit_log.check(std::time::Instant::now()) {
             warn!(self.tel.log, "limit exceeded"; "limit" => limit, "max" => max,
-                "suppressed" => suppressed, "err" => err_kv("limit_exceeded", &error));
+                "suppressed" => suppressed, "err" => err_kv("limit_exceeded", error));
         }
-        error
     }
 
     pub(super) fn on_topic_unsub(&mut self, topic: String) {

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use slog::{debug, warn, Logger};
 
 use super::aggregate::Groups;
+use super::catalog::MapCatalog;
 use super::hlc::{system_millis, Hlc};
 use super::lww::MergeOutcome;
 use super::merkle::LeafPath;
@@ -181,6 +182,10 @@ pub struct ShardSettings {
 pub struct ShardActor {
     index: u16,
     store: MapStore,
+    /// The node's map names; told whenever `store` holds a map it did not before.
+    catalog: Arc<MapCatalog>,
+    /// `store.map_count()` when `catalog` was last told.
+    maps_registered: usize,
     hlc: Hlc,
     /// Apply sequence: bumped per change event, so a snapshot can say what it contains.
     seq: u64,
@@ -206,6 +211,7 @@ pub struct ShardLinks {
     pub metrics: Mailbox<MetricsActor>,
     /// `None` with the memory backend.
     pub storage: Option<Mailbox<StorageActor>>,
+    pub catalog: Arc<MapCatalog>,
 }
 
 /// What storage held for this shard's partitions at start.
@@ -253,9 +259,12 @@ impl ShardActor {
         if let Some(ts) = &recovery.hlc {
             hlc.observe_stored(ts);
         }
+        links.catalog.register(store.map_names());
         ShardActor {
             index,
+            maps_registered: store.map_count(),
             store,
+            catalog: links.catalog,
             hlc,
             seq: 0,
             queue: links.queue,
@@ -501,6 +510,10 @@ impl Handler<ApplyOps> for ShardActor {
         };
         if msg.announce {
             self.enqueue(events);
+        }
+        if self.store.map_count() != self.maps_registered {
+            self.catalog.register(self.store.map_names());
+            self.maps_registered = self.store.map_count();
         }
         self.stats.end(t0);
         Box::pin(async move {

@@ -9,8 +9,10 @@
 //! - [`query`]: filter, sort, limit, cursor, projection (6.1) over plain model types.
 //! - [`live`]: per-subscription ENTER / UPDATE / LEAVE decisions (6.3).
 //! - [`store`]: [`MapStore`], the maps of one set of partitions.
+//! - [`catalog`]: the node's map names, bounded by `--max-maps`.
 pub mod actor;
 pub mod aggregate;
+pub mod catalog;
 pub mod export;
 pub mod fnv;
 pub mod hlc;

@@ -215,6 +215,11 @@ impl MapStore {
         self.or.iter().map(|(name, m)| (name.as_str(), m))
     }
 
+    /// Maps held, an LWW and an OR map of one name counted twice: cheap, for noticing new ones.
+    pub fn map_count(&self) -> usize {
+        self.lww.len() + self.or.len()
+    }
+
     /// Names of maps of either kind, sorted, without duplicates.
     pub fn map_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self

@@ -15,13 +15,15 @@ use prometheus::{
     Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use slog::{warn, Logger};
+use slog::{info, warn, Logger};
 
 use super::debug::{ActorTable, ActorsSnapshot};
 use super::histogram::{HistogramFamily, COMMIT_RECORDS, COMMIT_SECONDS, HANDLE_SECONDS};
 use super::logging::err_kv;
 use super::report::{ActorKind, ActorStats, Report, Reported, UNBOUNDED_MAILBOX};
 use super::summary::SlidingSummary;
+use crate::data::budget::{resident_bytes, Crossing, MemoryBudget};
+use crate::shard::catalog::MapCatalog;
 
 /// Label value that absorbs maps beyond the label cap.
 pub const OTHER_MAP: &str = "__other__";
@@ -65,8 +67,9 @@ pub const INVALID_MESSAGE_REASONS: &[&str] = &[
 ];
 
 /// Limits a client ran into (`topgun_limits_exceeded_total{limit}`): what it asked for was
-/// refused with an answer, or (`live_window`) cut to the limit.
-pub const LIMITS: &[&str] = &["live_queries", "topics", "live_window"];
+/// refused with an answer, or (`live_window`) cut to the limit. `memory` and `maps` count
+/// write ops refused node-wide (`--max-memory`, `--max-maps`).
+pub const LIMITS: &[&str] = &["live_queries", "topics", "live_window", "memory", "maps"];
 
 /// Why the node closed a connection, or saw it closed (`topgun_connections_closed_total`).
 pub const CLOSE_REASONS: &[&str] = &[
@@ -118,6 +121,10 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     pub invalid_messages_total: IntCounterVec,
     pub limits_exceeded_total: IntCounterVec,
+    pub memory_budget_bytes: IntGauge,
+    pub memory_budget_used_bytes: IntGauge,
+    pub memory_budget_exceeded: IntGauge,
+    pub maps: IntGauge,
     pub client_rate_limited_total: IntCounter,
     pub connections_closed_total: IntCounterVec,
     pub log_records_dropped_total: IntCounter,
@@ -279,8 +286,24 @@ impl Metrics {
             )?,
             limits_exceeded_total: b.counter_vec(
                 "topgun_limits_exceeded_total",
-                "Requests that ran into a per-connection limit, by limit: live_queries and topics (refused with an answer), live_window (a live limit window cut to --query-max-results rows).",
+                "Requests that ran into a limit, by limit: live_queries and topics per connection (refused with an answer), live_window (a live limit window cut to --query-max-results rows), memory and maps (write ops refused with OP_REJECTED past --max-memory or --max-maps).",
                 &["limit"],
+            )?,
+            memory_budget_bytes: b.gauge(
+                "topgun_memory_budget_bytes",
+                "The memory budget (--max-memory): resident memory above which writes that add data are refused; 0 when there is none.",
+            )?,
+            memory_budget_used_bytes: b.gauge(
+                "topgun_memory_budget_used_bytes",
+                "Resident memory of the process as the budget last sampled it (every 100 ms).",
+            )?,
+            memory_budget_exceeded: b.gauge(
+                "topgun_memory_budget_exceeded",
+                "1 while the memory budget is exceeded and writes that add data are refused, else 0.",
+            )?,
+            maps: b.gauge(
+                "topgun_maps",
+                "Maps this node holds (bounded by --max-maps for maps clients name).",
             )?,
             client_rate_limited_total: b.counter(
                 "topgun_client_rate_limited_total",
@@ -673,7 +696,14 @@ pub struct MetricsActor {
     report_interval: Duration,
     /// Sampled at scrape time: exact, and no actor needs to report it.
     pending_batches: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// Sampled every [`BUDGET_SAMPLE`] (writes are refused on it), shown at scrape time.
+    budget: Option<Arc<MemoryBudget>>,
+    maps: Option<Arc<MapCatalog>>,
 }
+
+/// How often resident memory is measured against the budget: a client writing as fast as it
+/// can adds a few MB between samples, well within the headroom the default budget leaves.
+pub const BUDGET_SAMPLE: Duration = Duration::from_millis(100);
 
 impl MetricsActor {
     pub fn new(
@@ -693,6 +723,37 @@ impl MetricsActor {
             log_records_seen: 0,
             report_interval,
             pending_batches: None,
+            budget: None,
+            maps: None,
+        }
+    }
+
+    /// The memory budget to sample (and log crossings of), and the map catalog to show.
+    pub fn sample_limits(mut self, budget: Arc<MemoryBudget>, maps: Arc<MapCatalog>) -> Self {
+        self.budget = Some(budget);
+        self.maps = Some(maps);
+        self
+    }
+
+    fn sample_budget(&mut self) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let Some(used) = resident_bytes() else {
+            return;
+        };
+        match budget.observe(used) {
+            Some(Crossing::Exceeded { used }) => {
+                warn!(self.log, "memory budget exceeded: refusing writes that add data";
+                    "usedBytes" => used, "budgetBytes" => budget.limit(),
+                    "err" => err_kv("memory_budget_exceeded",
+                        "resident memory reached --max-memory"));
+            }
+            Some(Crossing::Recovered { used }) => {
+                info!(self.log, "memory back under budget: taking writes again";
+                    "usedBytes" => used, "budgetBytes" => budget.limit());
+            }
+            None => {}
         }
     }
 
@@ -718,6 +779,15 @@ impl MetricsActor {
                 .backpressure_pending_ops
                 .set(p.load(Ordering::Acquire));
         }
+        if let Some(b) = &self.budget {
+            let m = &self.metrics;
+            m.memory_budget_bytes.set(b.limit() as i64);
+            m.memory_budget_used_bytes.set(b.used() as i64);
+            m.memory_budget_exceeded.set(i64::from(b.exceeded()));
+        }
+        if let Some(maps) = &self.maps {
+            self.metrics.maps.set(maps.len() as i64);
+        }
         let dropped = self.log_records_dropped.load(Ordering::Relaxed);
         if dropped > self.log_records_seen {
             self.metrics
@@ -738,6 +808,10 @@ impl Actor for MetricsActor {
             let delta = act.stats.take();
             delta.apply(&mut act.metrics);
         });
+        if self.budget.as_ref().is_some_and(|b| b.limit() > 0) {
+            self.sample_budget();
+            ctx.run_interval(BUDGET_SAMPLE, |act, _| act.sample_budget());
+        }
     }
 }
 
