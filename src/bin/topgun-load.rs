@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use topgun_node::load::{self, conn, fanout, fire, idle, parse_duration, query, storm, Common};
+use topgun_node::load::{
+    self, conn, fanout, fire, idle, parse_duration, query, storm, teardown, Common,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,6 +122,17 @@ enum Scenario {
     ConnectStorm,
     /// N idle authenticated connections sending PING every 5 s; RSS per connection (--pid).
     Idle,
+    /// One connection opens many live queries and leaves; a canary's write-ack latency before
+    /// and after (half of --duration each).
+    Teardown {
+        /// Live queries the leaving connection holds (the node's per-connection limit must
+        /// allow them: --max-live-queries-per-connection).
+        #[arg(long, default_value_t = 100_000)]
+        queries: usize,
+        /// The canary writes once every this many ms.
+        #[arg(long, default_value_t = 20)]
+        every_ms: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -216,6 +229,14 @@ fn main() -> ExitCode {
             }
             Scenario::ConnectStorm => storm::run(common).await,
             Scenario::Idle => idle::run(common).await,
+            Scenario::Teardown { queries, every_ms } => {
+                teardown::run(teardown::TeardownOpts {
+                    common,
+                    queries: *queries,
+                    every: Duration::from_millis(*every_ms),
+                })
+                .await
+            }
         }
     });
     // Connection tasks still closing are not waited for.

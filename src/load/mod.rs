@@ -4,7 +4,7 @@
 //! `n mod count` ([`conn::Target`]).
 //!
 //! Owns: connecting and authenticating clients ([`conn`]), the scenarios ([`fire`],
-//! [`fanout`], [`query`], [`storm`], [`idle`]), latency and counter bookkeeping ([`stats`]), and the few
+//! [`fanout`], [`query`], [`storm`], [`idle`], [`teardown`]), latency and counter bookkeeping ([`stats`]), and the few
 //! observations of the server from outside ([`probe`]: `/metrics` scrape time, VmRSS from
 //! `/proc`). Leaves to `src/bin/topgun-load.rs` the command line and the output format, and
 //! to `scripts/bench*` starting and stopping servers.
@@ -19,6 +19,7 @@ pub mod probe;
 pub mod query;
 pub mod stats;
 pub mod storm;
+pub mod teardown;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
