@@ -14,6 +14,8 @@ use crate::protocol::{ClientMessage, ClientOp, Query, QuerySub};
 
 /// How long one canary ack or the heavy client's subscriptions may take before the run fails.
 const ANSWER_WITHIN: Duration = Duration::from_secs(120);
+/// Subscriptions sent before their answers are awaited.
+const SUBSCRIBE_CHUNK: usize = 5_000;
 
 #[derive(Clone, Debug)]
 pub struct TeardownOpts {
@@ -40,30 +42,49 @@ async fn measure(opts: &TeardownOpts) -> Result<Value, String> {
         .map_err(|e| e.to_string())?;
     let map = format!("teardown-{}", conn::wall_ms());
     let t0 = Instant::now();
-    for i in 0..opts.queries {
-        let sub = ClientMessage::QuerySub(QuerySub {
-            query_id: format!("q{i}"),
-            map_name: map.clone(),
-            query: Query::default(),
-            fields: None,
-        });
-        heavy
-            .feed(conn::encode(&sub))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    heavy.flush().await.map_err(|e| e.to_string())?;
-    let mut answered = 0;
+    // In chunks, resending what the connection's token bucket refused (ERROR 429): a burst of
+    // 100,000 frames is more than a client may send at once.
+    let mut next_id = 0usize;
+    let mut answered = 0usize;
+    let mut refused = 0u64;
     while answered < opts.queries {
-        match tokio::time::timeout(ANSWER_WITHIN, conn::next(&mut heavy)).await {
-            Ok(Some(Incoming::QueryResp)) => answered += 1,
-            Ok(Some(_)) => {}
-            _ => {
-                return Err(format!(
-                    "{answered} of {} live queries answered",
-                    opts.queries
-                ))
+        let chunk = SUBSCRIBE_CHUNK.min(opts.queries - answered);
+        for _ in 0..chunk {
+            next_id += 1;
+            let sub = ClientMessage::QuerySub(QuerySub {
+                query_id: format!("q{next_id}"),
+                map_name: map.clone(),
+                query: Query::default(),
+                fields: None,
+            });
+            heavy
+                .feed(conn::encode(&sub))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        heavy.flush().await.map_err(|e| e.to_string())?;
+        let mut seen = 0;
+        while seen < chunk {
+            match tokio::time::timeout(ANSWER_WITHIN, conn::next(&mut heavy)).await {
+                Ok(Some(Incoming::QueryResp)) => {
+                    seen += 1;
+                    answered += 1;
+                }
+                Ok(Some(Incoming::Error { code: 429 })) => {
+                    seen += 1;
+                    refused += 1;
+                }
+                Ok(Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "{answered} of {} live queries answered",
+                        opts.queries
+                    ))
+                }
             }
+        }
+        if seen > 0 && answered < opts.queries && refused > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let subscribe_secs = t0.elapsed().as_secs_f64();
@@ -73,18 +94,38 @@ async fn measure(opts: &TeardownOpts) -> Result<Value, String> {
     let mut before = stats::histogram();
     let mut after = stats::histogram();
     let mut id = 0u64;
+    // Another map than the live queries watch: the figure is the teardown, not a fan-out of
+    // each canary write to 100,000 queries.
+    let canary_map = format!("{map}-canary");
     let until = Instant::now() + half;
-    canary_writes(&mut canary, &map, opts.every, until, &mut id, &mut before).await?;
+    canary_writes(
+        &mut canary,
+        &canary_map,
+        opts.every,
+        until,
+        &mut id,
+        &mut before,
+    )
+    .await?;
     let _ = heavy.close(None).await;
     drop(heavy);
     let left_at = Instant::now();
     let until = left_at + half;
-    canary_writes(&mut canary, &map, opts.every, until, &mut id, &mut after).await?;
+    canary_writes(
+        &mut canary,
+        &canary_map,
+        opts.every,
+        until,
+        &mut id,
+        &mut after,
+    )
+    .await?;
     Ok(json!({
         "scenario": "teardown",
         "connected": 2,
         "live_queries": opts.queries,
         "subscribe_secs": super::fire::round3(subscribe_secs),
+        "subscribe_refused_429": refused,
         "write_every_ms": opts.every.as_millis() as u64,
         "before": stats::latency_json(&before),
         "after_disconnect": stats::latency_json(&after),
