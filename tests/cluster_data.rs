@@ -1155,16 +1155,7 @@ async fn or_map_and_http_sync_writes_reach_every_node() {
             ]),
         ),
     ]);
-    let (status, resp) = http_bytes(
-        c.node.port,
-        "POST",
-        "/sync",
-        &[("Content-Type", "application/msgpack")],
-        &encode(&body),
-    )
-    .expect("POST /sync");
-    assert_eq!(status, 200);
-    let resp = rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body");
+    let resp = post_sync(c.node.port, &body);
     assert_eq!(
         get(&resp, "ack")
             .and_then(|a| get(a, "lastId"))

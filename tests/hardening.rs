@@ -602,16 +602,7 @@ async fn new_map_names_past_the_node_limit_are_refused_and_known_ones_go_on() {
             Value::Array(vec![put_op("h1", "m6", "k", "v".into(), &t())]),
         ),
     ]);
-    let (status, resp) = http_bytes(
-        node.port,
-        "POST",
-        "/sync",
-        &[("Content-Type", "application/msgpack")],
-        &encode(&body),
-    )
-    .expect("POST /sync");
-    assert_eq!(status, 200);
-    let resp = rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body");
+    let resp = post_sync(node.port, &body);
     let errors = get(&resp, "errors").and_then(Value::as_array).cloned();
     let codes: Vec<u64> = errors
         .unwrap_or_default()

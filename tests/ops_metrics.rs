@@ -81,16 +81,7 @@ async fn ops_are_counted_exactly_per_type_and_map() {
             ])]),
         ),
     ]);
-    let (status, resp) = http_bytes(
-        node.port,
-        "POST",
-        "/sync",
-        &[("Content-Type", "application/msgpack")],
-        &encode(&body),
-    )
-    .expect("POST /sync");
-    assert_eq!(status, 200);
-    let resp = rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body");
+    let resp = post_sync(node.port, &body);
     assert!(get(&resp, "serverHlc").is_some(), "{resp:?}");
     let ack = get(&resp, "ack").expect("ack");
     assert_eq!(get(ack, "lastId").and_then(Value::as_str), Some("13"));

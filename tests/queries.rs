@@ -785,16 +785,7 @@ async fn post_sync_answers_grouped_queries_too() {
             ])]),
         ),
     ]);
-    let (status, resp) = http_bytes(
-        n.port,
-        "POST",
-        "/sync",
-        &[("Content-Type", "application/msgpack")],
-        &encode(&body),
-    )
-    .expect("POST /sync");
-    assert_eq!(status, 200);
-    let resp = rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body");
+    let resp = post_sync(n.port, &body);
     let results = get(&resp, "queryResults")
         .and_then(Value::as_array)
         .and_then(|q| q.first())

@@ -555,6 +555,20 @@ pub fn http_bytes(
     Ok((status, body))
 }
 
+/// `POST /sync` with a MessagePack body; the decoded answer of a 200.
+pub fn post_sync(port: impl Into<super::HttpTarget>, body: &Value) -> Value {
+    let (status, resp) = http_bytes(
+        port,
+        "POST",
+        "/sync",
+        &[("Content-Type", "application/msgpack")],
+        &super::encode(body),
+    )
+    .expect("POST /sync");
+    assert_eq!(status, 200);
+    rmpv::decode::read_value(&mut &resp[..]).expect("MessagePack body")
+}
+
 /// An OR_ADD on map `tags` (the OR-Map and cluster suites share these helpers).
 pub fn or_add(key: &str, tag: &str, value: Value, t: &Ts) -> Value {
     client_op(map(&[
