@@ -44,7 +44,7 @@ use crate::telemetry::report::{
 use crate::telemetry::throttle::Throttle;
 
 /// Largest datagram read; foca's packets are at most 1400 bytes, more is garbage.
-const MAX_DATAGRAM: usize = 2048;
+pub const MAX_DATAGRAM: usize = 2048;
 /// One warning per this interval for repeating trouble (garbage, unresolvable seeds).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 

@@ -306,7 +306,7 @@ pub async fn sync_read(
 }
 
 /// A peer's sync share must name only leaves that exist and keys of the partitions it served.
-fn check_sync_share(share: &SyncShare, asked: &[u16], refused: &[u16]) -> Result<(), String> {
+pub fn check_sync_share(share: &SyncShare, asked: &[u16], refused: &[u16]) -> Result<(), String> {
     if share.leaves.iter().any(|(p, _)| p.iter().any(|&n| n > 15)) {
         return Err("a leaf path outside the tree".to_owned());
     }

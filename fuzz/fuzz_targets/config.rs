@@ -1,0 +1,3 @@
+//! `config`: see `topgun_node_fuzz::config` (fuzz/src/lib.rs) for what it feeds and why.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| topgun_node_fuzz::config(data));

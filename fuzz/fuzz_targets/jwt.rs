@@ -1,0 +1,3 @@
+//! `jwt`: see `topgun_node_fuzz::jwt` (fuzz/src/lib.rs) for what it feeds and why.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| topgun_node_fuzz::jwt(data));

@@ -1,0 +1,3 @@
+//! `membership`: see `topgun_node_fuzz::membership` (fuzz/src/lib.rs) for what it feeds and why.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| topgun_node_fuzz::membership(data));
