@@ -395,3 +395,27 @@ fn a_frame_begun_and_never_finished_ends_the_connection() {
     wait_errors(&node, "timeout", 1.0);
     still_serves(&node);
 }
+
+/// Before its HELLO is accepted a stranger may not announce a large frame: the decoder would
+/// reserve a buffer of that size for every such connection. A 1 MiB length prefix is refused at
+/// once, not after the stall timeout.
+#[test]
+fn a_large_frame_before_hello_ends_the_connection_at_once() {
+    let (node, port) = start_impatient();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut bytes = (1u32 << 20).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 10]);
+    s.write_all(&bytes).unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(
+        closed_within(&s, Duration::from_secs(5)),
+        "the connection was held"
+    );
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "closed by the stall timeout, not refused: {took:?}"
+    );
+    wait_errors(&node, "bad_frame", 1.0);
+    still_serves(&node);
+}

@@ -691,14 +691,17 @@ async fn a_slow_consumer_that_keeps_sending_still_reads_its_1013_close() {
     slow.subscribe("q", "feed", map(&[])).await;
     let mut w = node.authed_client().await;
     let blob = "y".repeat(4_000);
-    // Until the node marks the reader that does not read for eviction (bounded: 3,000 events).
+    // Until the node marks the reader that does not read for eviction (256 broadcasts in a row
+    // dropped). Drops come in bursts while the socket buffers still take events, and in a row
+    // once they are full and the connection actor is no longer polled: 3,000 drops leave room
+    // for the bursts on a loaded machine (bounded: 20,000 events).
     let mut i = 0u64;
     while node
         .scrape()
         .value_or_zero("topgun_outbound_dropped_total", &[])
-        < 600.0
+        < 3_000.0
     {
-        assert!(i < 5_000, "the slow consumer's queue never overflowed");
+        assert!(i < 20_000, "the slow consumer's queue never overflowed");
         let ops = (0..50)
             .map(|_| {
                 i += 1;

@@ -77,17 +77,31 @@ pub fn codec() -> LengthDelimitedCodec {
 /// The frame decoder of a connection, noting since when an incomplete frame has received no
 /// byte: a peer that sends part of a frame and then nothing (a length prefix of 64 MiB and no
 /// body) would otherwise hold the connection and its buffer for ever.
+///
+/// Until the peer's HELLO is accepted a frame may be at most [`MAX_HELLO_FRAME`]: the codec
+/// reserves a buffer of the announced length, and a stranger should not make it reserve 64 MiB.
 pub struct WatchedCodec {
     inner: LengthDelimitedCodec,
     stalled_since: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
     buffered: usize,
+    greeted: std::rc::Rc<std::cell::Cell<bool>>,
+    widened: bool,
 }
+
+/// The largest frame read before a HELLO was accepted; a HELLO is a few dozen bytes.
+const MAX_HELLO_FRAME: usize = 64 * 1024;
 
 impl tokio_util::codec::Decoder for WatchedCodec {
     type Item = BytesMut;
     type Error = std::io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        if !self.widened && self.greeted.get() {
+            // The actor handles each frame before the next is decoded, so no frame head was
+            // read under the small bound after the HELLO was accepted.
+            self.inner.set_max_frame_length(wire::MAX_PEER_FRAME);
+            self.widened = true;
+        }
         let frame = self.inner.decode(src)?;
         if frame.is_some() || src.is_empty() {
             self.stalled_since.set(None);
@@ -219,6 +233,8 @@ pub struct PeerConn {
     exports: HashMap<u64, mpsc::UnboundedSender<u32>>,
     /// Since when an incomplete frame has received nothing ([`WatchedCodec`]).
     stalled_since: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
+    /// Set once the peer's HELLO is accepted: its frames may then be of any allowed size.
+    greeted: std::rc::Rc<std::cell::Cell<bool>>,
     /// Refused: closing, the rest of the stream is ignored.
     refused: bool,
     stats: ActorStats,
@@ -235,10 +251,15 @@ impl PeerConn {
             .map_or_else(|_| "?".into(), |a| a.to_string());
         let (read, write) = stream.into_split();
         let stalled_since = std::rc::Rc::new(std::cell::Cell::new(None));
+        let greeted = std::rc::Rc::new(std::cell::Cell::new(false));
+        let mut inner = codec();
+        inner.set_max_frame_length(MAX_HELLO_FRAME);
         let decoder = WatchedCodec {
-            inner: codec(),
+            inner,
             stalled_since: stalled_since.clone(),
             buffered: 0,
+            greeted: greeted.clone(),
+            widened: false,
         };
         PeerConn::create(move |ctx| {
             ctx.add_stream(FramedRead::new(read, decoder));
@@ -259,6 +280,7 @@ impl PeerConn {
                 pending: HashMap::new(),
                 exports: HashMap::new(),
                 stalled_since,
+                greeted,
                 refused: false,
                 log,
             }
@@ -388,6 +410,7 @@ impl PeerConn {
         }
         self.log = self.log.new(slog::o!("peer" => hello.node_id.clone()));
         self.peer = Some(hello.node_id);
+        self.greeted.set(true);
     }
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
