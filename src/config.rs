@@ -351,6 +351,20 @@ pub struct Overrides {
     /// How long /ready waits for the seeds before the node serves alone, ms [default: 10000]
     #[arg(long, env = "TOPGUN_CLUSTER_JOIN_TIMEOUT_MS")]
     pub cluster_join_timeout_ms: Option<u64>,
+    /// Shared secret of the cluster: peers prove it in their handshake and MAC every membership
+    /// datagram with it (at least 16 characters)
+    #[arg(long, env = "TOPGUN_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// The secret before a rotation: still accepted, and proved too, while the new one is rolled out
+    #[arg(long, env = "TOPGUN_CLUSTER_SECRET_PREVIOUS", hide_env_values = true)]
+    pub cluster_secret_previous: Option<String>,
+    /// File holding the cluster secret (first line) and optionally the previous one (second line)
+    #[arg(long, env = "TOPGUN_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Let the cluster port listen beyond loopback without a cluster secret: anyone who reaches
+    /// it can join the cluster and read every map
+    #[arg(long, env = "TOPGUN_CLUSTER_INSECURE", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    pub cluster_insecure: Option<bool>,
     /// Serve /metrics on this port instead of the client port
     #[arg(long, env = "TOPGUN_METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -510,6 +524,10 @@ pub struct Config {
     pub cluster_timeout: Duration,
     /// Longest wait for the seeds (and the first data pull) before serving alone.
     pub cluster_join_timeout: Duration,
+    /// `None`: peers are not authenticated, and the cluster port listens on loopback only
+    /// unless `cluster_insecure` ([`Config::cluster_host`]).
+    pub cluster_secret: Option<ClusterSecret>,
+    pub cluster_insecure: bool,
     pub metrics_port: Option<u16>,
     pub storage_backend: StorageBackend,
     pub data_dir: PathBuf,
@@ -604,6 +622,73 @@ impl FromStr for MemoryLimit {
             0 => MemoryLimit::Off,
             n => MemoryLimit::Bytes(n),
         })
+    }
+}
+
+/// The cluster secret and, during a rotation, the one before it. Its `Debug` never prints them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret {
+    pub current: String,
+    pub previous: Option<String>,
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.previous {
+            Some(_) => f.write_str("ClusterSecret(***, previous ***)"),
+            None => f.write_str("ClusterSecret(***)"),
+        }
+    }
+}
+
+/// The shortest cluster secret accepted: an HMAC key shorter than this can be guessed offline
+/// from one recorded handshake.
+pub const MIN_CLUSTER_SECRET_LEN: usize = 16;
+
+impl ClusterSecret {
+    /// From the flags, or the file (first line current, second line previous); not both.
+    fn resolve(
+        secret: Option<String>,
+        previous: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Option<ClusterSecret>, ConfigError> {
+        let (current, previous) = match (secret, file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "cluster_secret",
+                    "set the cluster secret or the cluster secret file, not both",
+                ))
+            }
+            (Some(s), None) => (s, previous),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::ReadFile { path, source })?;
+                let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+                let current = lines.next().unwrap_or_default().to_owned();
+                (current, lines.next().map(str::to_owned).or(previous))
+            }
+            (None, None) if previous.is_some() => {
+                return Err(ConfigError::invalid(
+                    "cluster_secret_previous",
+                    "a previous cluster secret needs a current one",
+                ))
+            }
+            (None, None) => return Ok(None),
+        };
+        for (setting, s) in [
+            ("cluster_secret", Some(&current)),
+            ("cluster_secret_previous", previous.as_ref()),
+        ] {
+            if let Some(s) = s {
+                if s.chars().count() < MIN_CLUSTER_SECRET_LEN {
+                    return Err(ConfigError::invalid(
+                        setting,
+                        format!("at least {MIN_CLUSTER_SECRET_LEN} characters are needed"),
+                    ));
+                }
+            }
+        }
+        Ok(Some(ClusterSecret { current, previous }))
     }
 }
 
@@ -708,6 +793,8 @@ impl Default for Config {
             storage_group_max_records: 10_000,
             storage_group_max_delay: Duration::from_millis(2),
             debug_token: None,
+            cluster_secret: None,
+            cluster_insecure: false,
         }
     }
 }
@@ -791,6 +878,16 @@ impl Config {
                 .cluster_join_timeout_ms
                 .or(file.cluster_join_timeout_ms)
                 .map_or(d.cluster_join_timeout, ms),
+            cluster_secret: ClusterSecret::resolve(
+                cli.cluster_secret
+                    .or(file.cluster_secret)
+                    .filter(|s| !s.is_empty()),
+                cli.cluster_secret_previous
+                    .or(file.cluster_secret_previous)
+                    .filter(|s| !s.is_empty()),
+                cli.cluster_secret_file.or(file.cluster_secret_file),
+            )?,
+            cluster_insecure: pick!(cluster_insecure, d.cluster_insecure),
             metrics_port: cli.metrics_port.or(file.metrics_port),
             storage_backend: pick!(storage_backend, d.storage_backend),
             data_dir: pick!(data_dir, d.data_dir),
@@ -879,6 +976,17 @@ impl Config {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Where the cluster port listens: the bind address, but loopback when peers are not
+    /// authenticated (no cluster secret) and the operator did not ask for it on purpose, as
+    /// for clients without JWT_SECRET.
+    pub fn cluster_host(&self) -> IpAddr {
+        if self.cluster_secret.is_some() || self.cluster_insecure || self.host.is_loopback() {
+            self.host
+        } else {
+            IpAddr::from([127, 0, 0, 1])
+        }
     }
 
     /// Settings that parse but cannot work. Runs before anything binds.
@@ -1113,6 +1221,84 @@ mod tests {
         assert!(err.is_err());
         let c = Config::resolve(cli(&["--jwt-secret", "s"]), Overrides::default()).unwrap();
         assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn without_a_cluster_secret_the_cluster_port_stays_on_loopback() {
+        let open = ["--jwt-secret", "s"];
+        let c = Config::resolve(cli(&open), Overrides::default()).unwrap();
+        assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(c.cluster_host(), IpAddr::from([127, 0, 0, 1]));
+        let c = Config::resolve(
+            cli(&[&open[..], &["--cluster-insecure"]].concat()),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.cluster_host(), IpAddr::from([0, 0, 0, 0]));
+        let secret = ["--cluster-secret", "sixteen chars at least"];
+        let c = Config::resolve(
+            cli(&[&open[..], &secret[..]].concat()),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.cluster_host(), IpAddr::from([0, 0, 0, 0]));
+        let c = Config::resolve(cli(&["--host", "127.0.0.3"]), Overrides::default()).unwrap();
+        assert_eq!(c.cluster_host(), IpAddr::from([127, 0, 0, 3]));
+    }
+
+    #[test]
+    fn cluster_secrets_come_from_flags_or_a_file_and_are_never_printed() {
+        let c = Config::resolve(
+            cli(&[
+                "--cluster-secret",
+                "the new secret of the grid",
+                "--cluster-secret-previous",
+                "the old secret of the grid",
+            ]),
+            Overrides::default(),
+        )
+        .unwrap();
+        let secret = c.cluster_secret.clone().expect("set");
+        assert_eq!(secret.current, "the new secret of the grid");
+        assert_eq!(
+            secret.previous.as_deref(),
+            Some("the old secret of the grid")
+        );
+        assert!(!format!("{c:?}").contains("secret of the grid"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(
+            &path,
+            "the new secret of the grid\n\nthe old secret of the grid\n",
+        )
+        .unwrap();
+        let from_file = Config::resolve(
+            cli(&["--cluster-secret-file", path.to_str().unwrap()]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(from_file.cluster_secret, c.cluster_secret);
+
+        for bad in [
+            &["--cluster-secret", "short"][..],
+            &["--cluster-secret-previous", "the old secret of the grid"][..],
+            &[
+                "--cluster-secret",
+                "the new secret of the grid",
+                "--cluster-secret-file",
+                path.to_str().unwrap(),
+            ][..],
+            &["--cluster-secret-file", "/nonexistent/secret"][..],
+        ] {
+            assert!(
+                Config::resolve(cli(bad), Overrides::default()).is_err(),
+                "{bad:?}"
+            );
+        }
+        // An empty secret is no secret, like an empty JWT_SECRET.
+        let c = Config::resolve(cli(&["--cluster-secret", ""]), Overrides::default()).unwrap();
+        assert!(c.cluster_secret.is_none());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use slog::{error, info, warn, Logger};
 
 use crate::cluster::actor::{ClusterActor, Leave};
 use crate::cluster::membership::NodeIdentity;
+use crate::cluster::secret::ClusterKeys;
 use crate::cluster::state::ClusterState;
 use crate::cluster::table::TableMember;
 use crate::config::{AuthMode, Config, MemoryLimit, StorageBackend};
@@ -182,8 +183,16 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         .metrics_port
         .map(|p| bind(SocketAddr::new(config.host, p)))
         .transpose()?;
+    let cluster_host = config.cluster_host();
+    if config.cluster_secret.is_none() && !cluster_host.is_loopback() {
+        warn!(log, "cluster peers are not authenticated: --cluster-insecure lets anyone who reaches the cluster port join";
+            "host" => %cluster_host);
+    } else if cluster_host != config.host {
+        warn!(log, "cluster port on loopback only: no cluster secret is set (TOPGUN_CLUSTER_SECRET, or --cluster-insecure)";
+            "host" => %cluster_host);
+    }
     let (cluster_socket, peer_listener) =
-        bind_cluster(SocketAddr::new(config.host, config.cluster_port))?;
+        bind_cluster(SocketAddr::new(cluster_host, config.cluster_port))?;
     let cluster_port = cluster_socket
         .local_addr()
         .map_or(config.cluster_port, |a| a.port());
@@ -213,6 +222,12 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         config.cluster_timeout,
         usize::from(config.backup_count),
         config.placement,
+        config.cluster_secret.as_ref().map(|s| {
+            ClusterKeys::new(
+                s.current.as_bytes(),
+                s.previous.as_ref().map(String::as_bytes),
+            )
+        }),
     ));
 
     let timed = config.actor_telemetry;
@@ -377,7 +392,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         }
         Err(e) => {
             return Err(StartError::Bind {
-                addr: SocketAddr::new(config.host, cluster_port),
+                addr: SocketAddr::new(cluster_host, cluster_port),
                 source: e,
             })
         }
@@ -554,7 +569,9 @@ fn advertised_cluster_addr(config: &Config, port: u16) -> Result<SocketAddr, Sta
     use std::net::ToSocketAddrs;
     let host = match &config.advertise_host {
         Some(h) => h.clone(),
-        None if !config.host.is_unspecified() => return Ok(SocketAddr::new(config.host, port)),
+        None if !config.cluster_host().is_unspecified() => {
+            return Ok(SocketAddr::new(config.cluster_host(), port))
+        }
         None => hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .map_err(|e| StartError::Config(format!("cannot read the host name: {e}")))?,

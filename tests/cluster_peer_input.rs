@@ -419,3 +419,205 @@ fn a_large_frame_before_hello_ends_the_connection_at_once() {
     wait_errors(&node, "bad_frame", 1.0);
     still_serves(&node);
 }
+
+// ---- the cluster secret ---------------------------------------------------------------------
+// The handshake as docs/cluster.md describes it, computed here with the secret the node was
+// given: HMAC-SHA256 over a label, then each part as a u32 big-endian length and its bytes.
+
+const SECRET: &str = "the grid's shared secret";
+
+fn mac(secret: &str, label: &str, parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(label.as_bytes());
+    for p in parts {
+        m.update(&(p.len() as u32).to_be_bytes());
+        m.update(p);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
+/// A HELLO of `node_id` carrying the challenge `nonce`.
+fn hello_with_nonce(node_id: &str, nonce: &[u8]) -> Vec<u8> {
+    let mut bytes = hello(PEER_VERSION, node_id, 1);
+    // Re-encode with the nonce: the body is the map after the 13-byte frame head.
+    let mut body = rmpv::decode::read_value(&mut &bytes[13..]).unwrap();
+    if let Value::Map(m) = &mut body {
+        m.push(("nonce".into(), Value::Binary(nonce.to_vec())));
+    }
+    bytes = frame(1, 0, &body);
+    bytes
+}
+
+fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+    body.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+/// Dials the node as `node-p` with nonce `nd`: the node's answer (its HELLO) and the stream.
+fn challenge(port: u16, nd: &[u8]) -> (TcpStream, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(&hello_with_nonce("node-p", nd)).unwrap();
+    let frames = read_frames(&mut s, |f| !f.is_empty());
+    let (kind, _, body) = frames.first().cloned().expect("an answer to the HELLO");
+    assert_eq!(kind, 1, "HELLO back: {body:?}");
+    (s, body)
+}
+
+fn auth_frame(proof: Vec<u8>) -> Vec<u8> {
+    frame(
+        17,
+        0,
+        &Value::Map(vec![(
+            "proofs".into(),
+            Value::Array(vec![Value::Binary(proof)]),
+        )]),
+    )
+}
+
+fn pull_one() -> Vec<u8> {
+    let body = Value::Map(vec![
+        ("partitions".into(), Value::Array(vec![Value::from(5)])),
+        ("window".into(), Value::from(4)),
+    ]);
+    frame(7, 1, &body)
+}
+
+fn refused_auth(s: &mut TcpStream) -> bool {
+    let frames = read_frames(s, |f| !f.is_empty());
+    frames
+        .first()
+        .is_some_and(|(k, _, b)| *k == 2 && reason(b).starts_with("auth"))
+}
+
+#[test]
+fn with_a_cluster_secret_only_a_peer_that_proves_it_is_served() {
+    let (node, port) = start_with(&["--cluster-secret", SECRET]);
+    let nd = [7u8; 32];
+
+    // The full handshake: the node proves the secret over our nonce and its own, we prove it
+    // back, and a request is then served.
+    let (mut s, answer) = challenge(port, &nd);
+    let nl = match field(&answer, "nonce") {
+        Some(Value::Binary(n)) => n.clone(),
+        other => panic!("no nonce in the answer: {other:?}"),
+    };
+    assert_eq!(nl.len(), 32);
+    let proofs = match field(&answer, "proofs") {
+        Some(Value::Array(p)) => p.clone(),
+        other => panic!("no proofs in the answer: {other:?}"),
+    };
+    let expected = mac(
+        SECRET,
+        "topgun-peer-accept",
+        &[&nd, &nl, b"node-x", b"node-p"],
+    );
+    assert_eq!(proofs, vec![Value::Binary(expected)], "the node's proof");
+    let auth = auth_frame(mac(
+        SECRET,
+        "topgun-peer-dial",
+        &[&nl, &nd, b"node-p", b"node-x"],
+    ));
+    s.write_all(&auth).unwrap();
+    s.write_all(&pull_one()).unwrap();
+    let frames = read_frames(&mut s, |f| f.iter().any(|(k, _, _)| *k == PULL_DONE));
+    assert!(
+        frames.iter().any(|(k, c, _)| *k == PULL_DONE && *c == 1),
+        "the authenticated peer's pull was served: {frames:?}"
+    );
+    drop(s);
+    assert_eq!(errors(&node, "auth"), 0.0);
+
+    // Replayed: the same HELLO and the recorded AUTH on a new connection. The node's nonce is
+    // fresh, so the old proof does not cover it.
+    let (mut s, again) = challenge(port, &nd);
+    assert_ne!(
+        field(&again, "nonce"),
+        Some(&Value::Binary(nl)),
+        "a fresh nonce"
+    );
+    s.write_all(&auth).unwrap();
+    s.write_all(&pull_one()).unwrap();
+    assert!(refused_auth(&mut s), "a replayed AUTH is refused");
+    wait_errors(&node, "auth", 1.0);
+
+    // A peer with another secret.
+    let (mut s, answer) = challenge(port, &nd);
+    let Some(Value::Binary(nl)) = field(&answer, "nonce").cloned() else {
+        panic!("no nonce: {answer:?}")
+    };
+    let wrong = mac(
+        "another secret, 16+",
+        "topgun-peer-dial",
+        &[&nl, &nd, b"node-p", b"node-x"],
+    );
+    s.write_all(&auth_frame(wrong)).unwrap();
+    assert!(refused_auth(&mut s), "a wrong proof is refused");
+    wait_errors(&node, "auth", 2.0);
+
+    // A request instead of the AUTH, and a HELLO without a challenge (a node with no secret).
+    let (mut s, _) = challenge(port, &nd);
+    s.write_all(&pull_one()).unwrap();
+    assert!(refused_auth(&mut s), "nothing is served before the AUTH");
+    let back = exchange(port, &hello(PEER_VERSION, "node-q", 1));
+    let (kind, body) = first_frame(&back);
+    assert_eq!(kind, 2, "REFUSED");
+    assert!(reason(&body).starts_with("auth"), "{body:?}");
+    wait_errors(&node, "auth", 4.0);
+
+    // Four refusals from one address within the minute: one line, with `err`.
+    let lines: Vec<_> = node
+        .logs()
+        .into_iter()
+        .filter(|l| l["msg"] == "peer refused" && l["reason"] == "auth")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["err"]["type"], "auth", "{:?}", lines[0]);
+    still_serves(&node);
+}
+
+#[test]
+fn membership_datagrams_without_the_secrets_mac_are_refused_before_decoding() {
+    let (node, port) = start_with(&["--cluster-secret", SECRET]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A well-formed membership header would be decoded by a node without a secret; here it
+    // is refused for its missing seal, then for a seal made with another secret.
+    let plain = b"TG\x02garbage that never reaches the decoder".to_vec();
+    let mut forged = b"TA\x01".to_vec();
+    forged.extend(mac("another secret, 16+", "topgun-membership", &[&plain]));
+    forged.extend(&plain);
+    let mut truncated = b"TA\x02".to_vec();
+    truncated.extend([0u8; 40]);
+    for d in [&plain, &forged, &truncated] {
+        udp.send_to(d, ("127.0.0.1", port)).unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    while node
+        .scrape()
+        .value_or_zero("topgun_cluster_invalid_datagrams_total", &[])
+        < 3.0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "datagrams not counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines: Vec<_> = node
+        .logs()
+        .into_iter()
+        .filter(|l| {
+            l["msg"]
+                == "cluster datagram refused: the sender does not share this node's cluster secret"
+        })
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line per address per minute: {lines:#?}"
+    );
+    assert_eq!(lines[0]["reason"], "auth");
+    still_serves(&node);
+}

@@ -32,6 +32,7 @@ use super::membership::{
 };
 use super::migration;
 use super::peer::{Direction, PeerConn};
+use super::secret::{self, SealError};
 use super::state::MissingLink;
 use super::table::{next_version, PartitionTable, Role, TableMember};
 use crate::data::DataPlane;
@@ -187,6 +188,10 @@ pub struct ClusterActor {
     invalid_log: Throttle,
     seed_log: Throttle,
     retry_log: Throttle,
+    /// Alone past the join timeout with a cluster secret: the seeds are asked, once a minute,
+    /// whether they share it (a node started with another secret hears nothing otherwise).
+    secret_probe_after: Instant,
+    secret_probe: Throttle,
     stats: ActorStats,
     log: Logger,
     metrics: Mailbox<MetricsActor>,
@@ -238,6 +243,8 @@ struct ReleaseEnded(super::release::Released);
 /// How often records are counted by role and, with partitioned placement, partitions this
 /// node no longer keeps are handed over.
 const RELEASE_EVERY: Duration = Duration::from_secs(5);
+/// How often a node alone asks its seeds whether they share its cluster secret.
+const SECRET_PROBE_EVERY: Duration = Duration::from_secs(60);
 
 impl ClusterActor {
     #[allow(clippy::too_many_arguments)]
@@ -268,6 +275,8 @@ impl ClusterActor {
             invalid_log: Throttle::new(WARN_EVERY),
             seed_log: Throttle::new(WARN_EVERY),
             retry_log: Throttle::new(WARN_EVERY),
+            secret_probe_after: Instant::now() + node.config.cluster_join_timeout,
+            secret_probe: Throttle::new(SECRET_PROBE_EVERY),
             stats: ActorStats::new(ActorKind::Cluster, timed),
             log: log.new(slog::o!("actor" => "cluster")),
             metrics,
@@ -365,10 +374,34 @@ impl ClusterActor {
                 debug!(self.log, "announcing while alone"; "addr" => %addr);
                 self.announce_to(addr);
             }
+            self.probe_seeds_secret(ctx);
         } else {
             self.probe_outside();
         }
         self.drain(ctx);
+    }
+
+    /// Alone past the join timeout with a cluster secret: a handshake with each seed address
+    /// tells whether it shares the secret, and the probe logs an error when it does not.
+    fn probe_seeds_secret(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if self.node.cluster.keys.is_none()
+            || self.seed_addrs.is_empty()
+            || now < self.secret_probe_after
+            || self.secret_probe.check(now).is_none()
+        {
+            return;
+        }
+        let host = self.node.config.cluster_host();
+        let timeout = self.node.cluster.timeout;
+        for addr in self.seed_addrs.clone() {
+            let connect = tokio::time::timeout(timeout, connect_from(host, addr));
+            ctx.spawn(connect.into_actor(self).map(|res, act, _| {
+                if let Ok(Ok(stream)) = res {
+                    PeerConn::start(act.node.clone(), stream, Direction::SecretProbe);
+                }
+            }));
+        }
     }
 
     /// Announces to one seed address or former member that is not a member now. After a split
@@ -571,7 +604,7 @@ impl ClusterActor {
         self.next_attempt += 1;
         let connect = tokio::time::timeout(
             Duration::from_secs(2),
-            connect_from(self.node.config.host, member.peer_addr),
+            connect_from(self.node.config.cluster_host(), member.peer_addr),
         );
         ctx.spawn(connect.into_actor(self).map(move |res, act, ctx| {
             let leaving = act.leaving;
@@ -826,7 +859,16 @@ impl ClusterActor {
         }
     }
 
+    /// `data` as it goes on the wire: sealed with the cluster secret when there is one.
+    fn sealed(&self, data: Bytes) -> Bytes {
+        match &self.node.cluster.keys {
+            Some(keys) => Bytes::from(keys.seal(&data)),
+            None => data,
+        }
+    }
+
     fn send(&self, to: SocketAddr, data: Bytes) {
+        let data = self.sealed(data);
         match self.socket.try_send_to(&data, to) {
             Ok(_) => {}
             // A fresh socket may not be writable until the reactor polled it once.
@@ -1012,6 +1054,30 @@ impl ClusterActor {
             now.insert(m.id().clone(), m.state());
         }
         self.states = now;
+    }
+
+    /// A datagram for foca, its seal (if any) checked and taken off.
+    fn membership_datagram(&mut self, data: Vec<u8>, from: SocketAddr) {
+        if self.is_ignored_verdict(&data) {
+            debug!(self.log, "down verdict of a minority ignored"; "from" => %from);
+        } else {
+            let len = data.len();
+            let data = self.believed(data);
+            if let Err(e) = self.foca.handle_data(&data, &mut self.runtime) {
+                self.invalid_datagram(Some(from), refusal_code(&e), len);
+            }
+        }
+    }
+
+    /// A datagram without the seal of this node's cluster secret: counted, and logged once a
+    /// minute per address.
+    fn unsealed_datagram(&mut self, from: SocketAddr, e: &SealError, len: usize) {
+        self.invalid += 1;
+        if let Some(suppressed) = self.node.cluster.may_log_auth(from.ip()) {
+            warn!(self.log, "cluster datagram refused: the sender does not share this node's cluster secret";
+                "from" => %from, "reason" => e.code(), "bytes" => len,
+                "suppressed" => suppressed, "err" => err_kv(e.code(), e));
+        }
     }
 
     fn invalid_datagram(&mut self, from: Option<SocketAddr>, reason: &'static str, len: usize) {
@@ -1255,18 +1321,19 @@ impl StreamHandler<Datagram> for ClusterActor {
     fn handle(&mut self, item: Datagram, ctx: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
         match item.0 {
-            Ok((data, from)) => {
+            Ok((mut data, from)) => {
                 if self.leaving {
                     // Gone from the cluster: answering would bring us back.
                 } else if data.len() >= MAX_DATAGRAM {
                     self.invalid_datagram(Some(from), "too_big", data.len());
-                } else if self.is_ignored_verdict(&data) {
-                    debug!(self.log, "down verdict of a minority ignored"; "from" => %from);
                 } else {
-                    let len = data.len();
-                    let data = self.believed(data);
-                    if let Err(e) = self.foca.handle_data(&data, &mut self.runtime) {
-                        self.invalid_datagram(Some(from), refusal_code(&e), len);
+                    let keys = self.node.cluster.keys.as_ref();
+                    match secret::open(keys, &data).map(|inner| data.len() - inner.len()) {
+                        Err(e) => self.unsealed_datagram(from, &e, data.len()),
+                        Ok(seal) => {
+                            data.drain(..seal);
+                            self.membership_datagram(data, from);
+                        }
                     }
                 }
                 self.drain(ctx);
@@ -1521,7 +1588,7 @@ impl Handler<Leave> for ClusterActor {
         self.leaving = true;
         let mut out = Vec::new();
         while let Some((to, data)) = self.runtime.to_send() {
-            out.push((to.addr, data));
+            out.push((to.addr, self.sealed(data)));
         }
         // Timers and notifications of a node that left no longer matter.
         while self.runtime.to_schedule().is_some() {}

@@ -355,7 +355,9 @@ pub fn foca_config(probe: Duration) -> foca::Config {
     c.remove_down_after = Some((probe * 30).max(Duration::from_secs(15)));
     c.max_transmissions = NonZeroU8::new(10).unwrap_or(NonZeroU8::MIN);
     c.notify_down_members = true;
-    c.max_packet_size = NonZeroUsize::new(1400).unwrap_or(NonZeroUsize::MIN);
+    // 1,400 bytes on the wire at most, the cluster secret's seal included.
+    c.max_packet_size =
+        NonZeroUsize::new(1400 - super::secret::MAX_SEAL_OVERHEAD).unwrap_or(NonZeroUsize::MIN);
     let three = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
     c.periodic_gossip = Some(foca::PeriodicParams {
         frequency: (probe / 5).max(Duration::from_millis(20)),

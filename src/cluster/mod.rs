@@ -16,6 +16,7 @@ pub mod migration;
 pub mod peer;
 pub mod release;
 pub mod replication;
+pub mod secret;
 pub mod state;
 pub mod table;
 pub mod wire;

@@ -7,6 +7,7 @@
 //! requests. A request waits at most the cluster timeout: a peer that stops answering fails its
 //! callers (counted as `timeout`) instead of holding client acks forever.
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use slog::{debug, info, warn, Logger};
+use serde_bytes::ByteBuf;
+use slog::{debug, error, info, warn, Logger};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +24,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::actor::{ClusterActor, LinkDown, LinkUp, PeerConnected};
 use super::replication;
+use super::secret;
 use super::state::ClusterState;
 use super::wire::{self, Frame, Hello, Kind, Refused, PEER_MAGIC, PEER_VERSION};
 use crate::data::DataPlane;
@@ -31,7 +34,8 @@ use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
 
 /// `reason` values of `topgun_cluster_peer_errors_total`.
-pub const PEER_ERROR_REASONS: [&str; 10] = [
+pub const PEER_ERROR_REASONS: [&str; 11] = [
+    "auth",
     "version",
     "placement",
     "bad_frame",
@@ -200,6 +204,9 @@ pub enum Direction {
         generation: u64,
         manager: Addr<ClusterActor>,
     },
+    /// Dialled by this node, alone, to a seed address, to learn whether the seed shares this
+    /// node's cluster secret: the handshake goes as far as the seed's proof, then closes.
+    SecretProbe,
     /// Dialled by a peer; the manager hears of each accepted HELLO (it schedules catch-ups).
     /// `count` is the listener's, released when the connection ends.
     Inbound {
@@ -237,6 +244,11 @@ pub struct PeerConn {
     greeted: std::rc::Rc<std::cell::Cell<bool>>,
     /// Refused: closing, the rest of the stream is ignored.
     refused: bool,
+    /// This side's fresh nonce for the handshake (sent only with a cluster secret).
+    nonce: [u8; secret::NONCE_LEN],
+    /// Inbound with a cluster secret: the dialler's HELLO, accepted but for its AUTH.
+    awaiting_auth: Option<Hello>,
+    remote_ip: Option<IpAddr>,
     stats: ActorStats,
     log: Logger,
 }
@@ -246,9 +258,8 @@ impl PeerConn {
     pub fn start(node: Arc<DataPlane>, stream: TcpStream, direction: Direction) -> Addr<Self> {
         let _ = stream.set_nodelay(true);
         watch_liveness(&stream, node.cluster.timeout);
-        let remote = stream
-            .peer_addr()
-            .map_or_else(|_| "?".into(), |a| a.to_string());
+        let remote_addr = stream.peer_addr().ok();
+        let remote = remote_addr.map_or_else(|| "?".into(), |a| a.to_string());
         let (read, write) = stream.into_split();
         let stalled_since = std::rc::Rc::new(std::cell::Cell::new(None));
         let greeted = std::rc::Rc::new(std::cell::Cell::new(false));
@@ -265,6 +276,7 @@ impl PeerConn {
             ctx.add_stream(FramedRead::new(read, decoder));
             let dir = match &direction {
                 Direction::Outbound { .. } => "out",
+                Direction::SecretProbe => "probe",
                 Direction::Inbound { .. } => "in",
             };
             let log = node
@@ -282,6 +294,9 @@ impl PeerConn {
                 stalled_since,
                 greeted,
                 refused: false,
+                nonce: secret::nonce(),
+                awaiting_auth: None,
+                remote_ip: remote_addr.map(|a| a.ip()),
                 log,
             }
         })
@@ -295,19 +310,36 @@ impl PeerConn {
         self.writer.write(wire::frame(kind, corr, body));
     }
 
-    fn hello(&self) -> Bytes {
+    /// This node's HELLO: with a cluster secret it carries this side's nonce, and the
+    /// listener's answer its `proofs`.
+    fn hello(&self, proofs: Vec<Vec<u8>>) -> Bytes {
         wire::body(&Hello {
             magic: PEER_MAGIC.into(),
             version: PEER_VERSION,
             node_id: self.cluster().node_id.clone(),
             generation: self.cluster().generation(),
             placement: self.cluster().placement.to_string(),
+            nonce: self
+                .cluster()
+                .keys
+                .as_ref()
+                .map(|_| ByteBuf::from(self.nonce.to_vec())),
+            proofs: proofs.into_iter().map(ByteBuf::from).collect(),
         })
+    }
+
+    /// Whether a refusal for `reason` may be logged now: a peer refused for the cluster secret
+    /// once a minute per address, anything else once per 10 s per reason.
+    fn may_log_refusal(&self, reason: &'static str) -> Option<u64> {
+        match (reason, self.remote_ip) {
+            ("auth", Some(ip)) => self.cluster().may_log_auth(ip),
+            _ => self.cluster().may_log(reason),
+        }
     }
 
     fn refuse(&mut self, ctx: &mut Context<Self>, reason: &'static str, detail: String) {
         self.cluster().counters.peer_error(reason);
-        if let Some(suppressed) = self.cluster().may_log(reason) {
+        if let Some(suppressed) = self.may_log_refusal(reason) {
             warn!(self.log, "peer refused"; "reason" => reason, "detail" => &detail,
                 "suppressed" => suppressed,
                 "err" => err_kv(reason, &detail));
@@ -373,41 +405,170 @@ impl PeerConn {
                 format!("another process uses node id {:?}", hello.node_id),
             );
         }
-        match &self.direction {
-            Direction::Inbound { manager, count } => {
-                let manager = manager.clone();
-                count.handshaking.fetch_sub(1, AtomicOrdering::Relaxed);
-                self.cluster().peer_connected(&hello.node_id);
-                let body = self.hello();
+        let keys = self.cluster().keys.clone();
+        match (&self.direction, keys) {
+            (Direction::Inbound { .. }, Some(keys)) => {
+                let Some(nd) = hello
+                    .nonce
+                    .as_ref()
+                    .filter(|n| n.len() == secret::NONCE_LEN)
+                else {
+                    return self.refuse(
+                        ctx,
+                        "auth",
+                        "the peer proves no cluster secret (it has none set)".into(),
+                    );
+                };
+                let proofs =
+                    keys.accept_proofs(nd, &self.nonce, &self.cluster().node_id, &hello.node_id);
+                let body = self.hello(proofs);
                 self.send_frame(Kind::Hello, 0, &body);
-                if self.cluster().partitioned() {
-                    let interest = super::live::interest_body(&self.node);
-                    self.send_frame(Kind::Interest, 0, &interest);
-                }
-                debug!(self.log, "peer connected"; "peer" => &hello.node_id,
-                    "generation" => hello.generation);
-                manager.do_send(PeerConnected {
-                    node_id: hello.node_id.clone(),
-                    generation: hello.generation,
-                });
+                self.awaiting_auth = Some(hello);
             }
-            Direction::Outbound {
-                node_id,
-                generation,
-                manager,
-            } => {
+            (Direction::Inbound { .. }, None) if hello.nonce.is_some() => self.refuse(
+                ctx,
+                "auth",
+                "the peer has a cluster secret and this node none".into(),
+            ),
+            (Direction::Inbound { .. }, None) => {
+                let body = self.hello(Vec::new());
+                self.send_frame(Kind::Hello, 0, &body);
+                self.accepted_inbound(hello);
+            }
+            (Direction::SecretProbe, keys) => {
+                let me = self.cluster().node_id.clone();
+                let shared = match (keys, &hello.nonce) {
+                    (Some(keys), Some(nl)) => keys.accept_verifies(
+                        &hello.proofs[..hello.proofs.len().min(2)],
+                        &self.nonce,
+                        nl,
+                        &hello.node_id,
+                        &me,
+                    ),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if shared {
+                    debug!(self.log, "seed shares the cluster secret"; "seed" => &hello.node_id);
+                } else {
+                    self.cluster().counters.peer_error("auth");
+                    if let Some(suppressed) = self.may_log_refusal("auth") {
+                        error!(self.log, "the seed does not share this node's cluster secret: this node cannot join";
+                            "seed" => &hello.node_id, "suppressed" => suppressed,
+                            "err" => err_kv("auth", "the seed's proof does not match any cluster secret of this node"));
+                    }
+                }
+                ctx.stop();
+            }
+            (
+                Direction::Outbound {
+                    node_id,
+                    generation,
+                    manager,
+                },
+                keys,
+            ) => {
                 if let Err(detail) = check_answer(node_id, *generation, &hello) {
                     return self.refuse(ctx, "bad_hello", detail);
+                }
+                let (node_id, manager) = (node_id.clone(), manager.clone());
+                match (keys, &hello.nonce) {
+                    (Some(keys), Some(nl)) => {
+                        let me = self.cluster().node_id.clone();
+                        if !keys.accept_verifies(
+                            &hello.proofs[..hello.proofs.len().min(2)],
+                            &self.nonce,
+                            nl,
+                            &node_id,
+                            &me,
+                        ) {
+                            return self.refuse(
+                                ctx,
+                                "auth",
+                                "the peer did not prove this node's cluster secret: the secrets differ".into(),
+                            );
+                        }
+                        let proofs = keys.dial_proofs(nl, &self.nonce, &me, &node_id);
+                        let body = wire::body(&wire::Auth {
+                            proofs: proofs.into_iter().map(ByteBuf::from).collect(),
+                        });
+                        self.send_frame(Kind::Auth, 0, &body);
+                    }
+                    (Some(_), None) => {
+                        return self.refuse(
+                            ctx,
+                            "auth",
+                            "the peer proves no cluster secret (it has none set)".into(),
+                        )
+                    }
+                    (None, Some(_)) => {
+                        return self.refuse(
+                            ctx,
+                            "auth",
+                            "the peer has a cluster secret and this node none".into(),
+                        )
+                    }
+                    (None, None) => {}
                 }
                 manager.do_send(LinkUp {
                     node_id: node_id.clone(),
                     generation: hello.generation,
                     link: ctx.address(),
                 });
-                info!(self.log, "peer link up"; "peer" => node_id,
+                info!(self.log, "peer link up"; "peer" => &node_id,
                     "generation" => hello.generation);
+                self.greet(hello);
             }
         }
+    }
+
+    /// The dialler's AUTH: its proof of the cluster secret, checked against this side's nonce.
+    fn on_auth(&mut self, hello: Hello, frame: Frame, ctx: &mut Context<Self>) {
+        let (Some(keys), Some(nd)) = (self.cluster().keys.clone(), hello.nonce.as_ref()) else {
+            return self.refuse(ctx, "auth", "AUTH without a challenge".into());
+        };
+        let proven = wire::decode::<wire::Auth>(&frame.body).is_ok_and(|auth| {
+            keys.dial_verifies(
+                &auth.proofs[..auth.proofs.len().min(2)],
+                &self.nonce,
+                nd,
+                &hello.node_id,
+                &self.cluster().node_id,
+            )
+        });
+        if !proven {
+            return self.refuse(
+                ctx,
+                "auth",
+                "the peer did not prove this node's cluster secret: the secrets differ".into(),
+            );
+        }
+        self.accepted_inbound(hello);
+    }
+
+    /// An inbound peer is in: the manager schedules its catch-up, live interest goes to it.
+    fn accepted_inbound(&mut self, hello: Hello) {
+        let Direction::Inbound { manager, count } = &self.direction else {
+            return;
+        };
+        let manager = manager.clone();
+        count.handshaking.fetch_sub(1, AtomicOrdering::Relaxed);
+        self.cluster().peer_connected(&hello.node_id);
+        if self.cluster().partitioned() {
+            let interest = super::live::interest_body(&self.node);
+            self.send_frame(Kind::Interest, 0, &interest);
+        }
+        debug!(self.log, "peer connected"; "peer" => &hello.node_id,
+            "generation" => hello.generation);
+        manager.do_send(PeerConnected {
+            node_id: hello.node_id.clone(),
+            generation: hello.generation,
+        });
+        self.greet(hello);
+    }
+
+    /// The handshake is over: frames of any allowed size and every kind are read from now on.
+    fn greet(&mut self, hello: Hello) {
         self.log = self.log.new(slog::o!("peer" => hello.node_id.clone()));
         self.peer = Some(hello.node_id);
         self.greeted.set(true);
@@ -415,6 +576,13 @@ impl PeerConn {
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         if self.peer.is_none() {
+            if let Some(hello) = self.awaiting_auth.take() {
+                return match frame.kind {
+                    Kind::Auth => self.on_auth(hello, frame, ctx),
+                    Kind::Refused => self.refused_by_peer(&frame, ctx),
+                    other => self.refuse(ctx, "auth", format!("{other:?} before AUTH")),
+                };
+            }
             return match frame.kind {
                 Kind::Hello => self.on_hello(frame, ctx),
                 Kind::Refused => self.refused_by_peer(&frame, ctx),
@@ -436,13 +604,21 @@ impl PeerConn {
             | Kind::SyncDone => self.answered(frame),
             Kind::Refused => self.refused_by_peer(&frame, ctx),
             Kind::Hello => self.refuse(ctx, "bad_hello", "second HELLO".into()),
+            Kind::Auth => self.refuse(ctx, "bad_hello", "AUTH after the handshake".into()),
         }
     }
 
     /// The peer refused this node (another version, a clash): log why and close.
     fn refused_by_peer(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
         let why = wire::decode::<Refused>(&frame.body).map_or_else(|e| e.to_string(), |r| r.reason);
-        if let Some(suppressed) = self.cluster().may_log("refused_by_peer") {
+        if why.starts_with("auth") {
+            // The other side of a secret mismatch: this node's operator must hear it as well.
+            self.cluster().counters.peer_error("auth");
+            if let Some(suppressed) = self.may_log_refusal("auth") {
+                error!(self.log, "peer refused this node: the cluster secrets differ"; "reason" => &why,
+                    "suppressed" => suppressed, "err" => err_kv("auth", &why));
+            }
+        } else if let Some(suppressed) = self.cluster().may_log("refused_by_peer") {
             warn!(self.log, "peer refused this node"; "reason" => &why,
                 "suppressed" => suppressed, "err" => err_kv("refused_by_peer", &why));
         }
@@ -722,8 +898,8 @@ impl Actor for PeerConn {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Direction::Outbound { .. } = self.direction {
-            let body = self.hello();
+        if let Direction::Outbound { .. } | Direction::SecretProbe = self.direction {
+            let body = self.hello(Vec::new());
             self.send_frame(Kind::Hello, 0, &body);
         }
         // A connection that never completes its handshake (a silent dialler, a peer that
@@ -1087,6 +1263,8 @@ mod tests {
             node_id: node_id.into(),
             generation,
             placement: "full".into(),
+            nonce: None,
+            proofs: Vec::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! `ClusterActor` reports. Connections (on HTTP worker threads) and peer connections read it on
 //! every write, so reads are a lock and an `Arc` clone, never a round trip to an actor.
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use actix::Addr;
 
 use super::catchup::PullLog;
 use super::peer::{PeerConn, PEER_ERROR_REASONS};
+use super::secret::ClusterKeys;
 use super::table::{PartitionTable, TableMember};
 use crate::config::{Placement, WriteAck};
 use crate::protocol::types::Timestamp;
@@ -26,6 +28,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One line per reason of a repeating warning per this interval; the rest are counted in it.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A peer refused for the cluster secret is logged at most once per this, per IP address.
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Addresses remembered for [`AUTH_LOG_EVERY`] at most: a flood from many addresses forgets
+/// them all at once rather than growing.
+const AUTH_LOG_ADDRS: usize = 4096;
 
 /// Counters bumped where things happen (any thread) and reported as deltas by the ClusterActor.
 #[derive(Default)]
@@ -109,6 +116,10 @@ pub struct ClusterState {
     pub timeout: Duration,
     pub backups: usize,
     pub placement: Placement,
+    /// The cluster secrets: `None`, peers are not authenticated.
+    pub keys: Option<ClusterKeys>,
+    /// When each address was last logged as refused for the cluster secret.
+    auth_log: Mutex<HashMap<IpAddr, Throttle>>,
     /// Per partition: this node gained a role for it and is still pulling it, so it must not
     /// answer a gathered read for it yet (its copy may be missing records).
     arriving: Vec<AtomicBool>,
@@ -143,6 +154,7 @@ impl ClusterState {
         timeout: Duration,
         backups: usize,
         placement: Placement,
+        keys: Option<ClusterKeys>,
     ) -> Self {
         let table = PartitionTable::compute(vec![me.clone()], backups, 1);
         ClusterState {
@@ -154,6 +166,8 @@ impl ClusterState {
             timeout,
             backups,
             placement,
+            keys,
+            auth_log: Mutex::new(HashMap::new()),
             arriving: (0..PARTITION_COUNT)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
@@ -355,6 +369,18 @@ impl ClusterState {
         lock(&self.repeat_log)
             .entry(reason)
             .or_insert_with(|| Throttle::new(REPEAT_LOG_EVERY))
+            .check(Instant::now())
+    }
+
+    /// `Some(suppressed)` when a refusal of `ip` for the cluster secret may be logged now (once
+    /// per [`AUTH_LOG_EVERY`] per address), with the refusals of it not logged since.
+    pub fn may_log_auth(&self, ip: IpAddr) -> Option<u64> {
+        let mut log = lock(&self.auth_log);
+        if log.len() >= AUTH_LOG_ADDRS && !log.contains_key(&ip) {
+            log.clear();
+        }
+        log.entry(ip)
+            .or_insert_with(|| Throttle::new(AUTH_LOG_EVERY))
             .check(Instant::now())
     }
 

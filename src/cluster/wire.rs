@@ -7,7 +7,9 @@
 //!
 //! Each side opens with `HELLO {magic, version, nodeId, generation, placement}`; a receiver that
 //! speaks another version or placement (or sees garbage, or its own node id from another process) answers
-//! `REFUSED {reason}` and closes. Requests carry a fresh correlation id and are answered with
+//! `REFUSED {reason}` and closes. With a cluster secret the HELLOs also carry `nonce` (and the
+//! listener's `proofs`), and the dialler sends `AUTH {proofs}` before anything else
+//! (`secret.rs`); a peer that proves no secret or another one is refused with reason `auth`. Requests carry a fresh correlation id and are answered with
 //! the same one: `WRITE_FORWARD`/`WRITE_REPLICATE` by `WRITE_DONE`, `PULL` by any number of
 //! `PULL_CHUNK`s then `PULL_DONE` (the puller grants chunks with `PULL_MORE`, one-way, under
 //! the pull's correlation id), `QUERY` by `QUERY_DONE`, `SYNC_READ` by `SYNC_DONE`. `TOPIC` is one-way.
@@ -53,6 +55,8 @@ pub enum Kind {
     Events = 15,
     /// The puller merged chunks of a pull: the exporter may send that many more; one-way.
     PullMore = 16,
+    /// The dialler's proof of the cluster secret, the last step of an authenticated handshake.
+    Auth = 17,
 }
 
 impl Kind {
@@ -74,6 +78,7 @@ impl Kind {
             14 => Kind::Interest,
             15 => Kind::Events,
             16 => Kind::PullMore,
+            17 => Kind::Auth,
             _ => return None,
         })
     }
@@ -90,6 +95,18 @@ pub struct Hello {
     /// full node expects every write, a partitioned one only its partitions'.
     #[serde(default = "full_placement")]
     pub placement: String,
+    /// With a cluster secret: fresh random bytes the other side's proof must cover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<serde_bytes::ByteBuf>,
+    /// The listener's proofs of the cluster secret, one per secret it holds (`secret.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proofs: Vec<serde_bytes::ByteBuf>,
+}
+
+/// The dialler's proofs of the cluster secret, one per secret it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Auth {
+    pub proofs: Vec<serde_bytes::ByteBuf>,
 }
 
 fn full_placement() -> String {

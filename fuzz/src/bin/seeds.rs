@@ -557,6 +557,8 @@ fn cluster_seeds() -> Seeds {
         node_id: "node-a".into(),
         generation: 1_700_000_000_000,
         placement: "partitioned".into(),
+        nonce: None,
+        proofs: Vec::new(),
     });
     let write = wire::Write {
         trace: wire::Trace {
@@ -691,6 +693,13 @@ fn cluster_seeds() -> Seeds {
             "pull-more".into(),
             Kind::PullMore,
             wire::body(&wire::PullMore { granted: 4 }),
+        ),
+        (
+            "auth".into(),
+            Kind::Auth,
+            wire::body(&wire::Auth {
+                proofs: vec![serde_bytes::ByteBuf::from(vec![7u8; 32])],
+            }),
         ),
         (
             "query-done".into(),
@@ -875,10 +884,19 @@ fn membership_seeds() -> Seeds {
     if !current.is_empty() {
         conversations.push((format!("conversation-{:02}", conversations.len()), current));
     }
+    // Two datagrams sealed with the fuzzed node's secrets, so the check of a good seal runs.
+    let keys = harness::fuzz_keys();
+    let sealed: Seeds = seen
+        .iter()
+        .take(2)
+        .enumerate()
+        .map(|(i, d)| (format!("sealed-{i:02}"), keys.seal(d)))
+        .collect();
     seen.into_iter()
         .enumerate()
         .map(|(i, d)| (format!("datagram-{i:02}"), d))
         .chain(conversations)
+        .chain(sealed)
         .collect()
 }
 
