@@ -120,6 +120,18 @@ load_digest() {
     "$out" >&2 || true
 }
 
+# cpu_ms PID...: summed utime + stime of the processes, ms.
+cpu_ms() {
+  local total=0 pid ticks clk_tck
+  clk_tck="$(getconf CLK_TCK)"
+  for pid in "$@"; do
+    # Fields 14 and 15 after the command name (which may contain spaces: cut after ')').
+    ticks="$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')"
+    total=$(( total + ticks ))
+  done
+  echo $(( total * 1000 / clk_tck ))
+}
+
 # The median of a jq path over JSON files: median PATH FILE...
 median() {
   local path="$1"; shift

@@ -351,6 +351,14 @@ pub struct Overrides {
     /// How long /ready waits for the seeds before the node serves alone, ms [default: 10000]
     #[arg(long, env = "TOPGUN_CLUSTER_JOIN_TIMEOUT_MS")]
     pub cluster_join_timeout_ms: Option<u64>,
+    /// How often the owner of partitions compares them with their backups and repairs what
+    /// differs, ms; 0 = never [default: 30000]
+    #[arg(long, env = "TOPGUN_ANTI_ENTROPY_INTERVAL_MS")]
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// Bytes a peer link may hold unsent (the peer not reading) before it is cut off and the
+    /// peer caught up later [default: 67108864]
+    #[arg(long, env = "TOPGUN_CLUSTER_LINK_BUFFER_BYTES")]
+    pub cluster_link_buffer_bytes: Option<usize>,
     /// Shared secret of the cluster: peers prove it in their handshake and MAC every membership
     /// datagram with it (at least 16 characters)
     #[arg(long, env = "TOPGUN_CLUSTER_SECRET", hide_env_values = true)]
@@ -528,6 +536,10 @@ pub struct Config {
     /// unless `cluster_insecure` ([`Config::cluster_host`]).
     pub cluster_secret: Option<ClusterSecret>,
     pub cluster_insecure: bool,
+    /// Unsent bytes one peer link may hold before it is cut off.
+    pub cluster_link_buffer: usize,
+    /// `None`: no anti-entropy rounds.
+    pub anti_entropy_interval: Option<Duration>,
     pub metrics_port: Option<u16>,
     pub storage_backend: StorageBackend,
     pub data_dir: PathBuf,
@@ -795,6 +807,8 @@ impl Default for Config {
             debug_token: None,
             cluster_secret: None,
             cluster_insecure: false,
+            cluster_link_buffer: 64 << 20,
+            anti_entropy_interval: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -888,6 +902,15 @@ impl Config {
                 cli.cluster_secret_file.or(file.cluster_secret_file),
             )?,
             cluster_insecure: pick!(cluster_insecure, d.cluster_insecure),
+            cluster_link_buffer: pick!(cluster_link_buffer_bytes, d.cluster_link_buffer),
+            anti_entropy_interval: match cli
+                .anti_entropy_interval_ms
+                .or(file.anti_entropy_interval_ms)
+            {
+                Some(0) => None,
+                Some(n) => Some(ms(n)),
+                None => d.anti_entropy_interval,
+            },
             metrics_port: cli.metrics_port.or(file.metrics_port),
             storage_backend: pick!(storage_backend, d.storage_backend),
             data_dir: pick!(data_dir, d.data_dir),
@@ -1015,7 +1038,7 @@ impl Config {
                 ),
             ));
         }
-        let positive: [(&'static str, u64); 26] = [
+        let positive: [(&'static str, u64); 27] = [
             (
                 "storage_group_max_records",
                 self.storage_group_max_records as u64,
@@ -1061,6 +1084,7 @@ impl Config {
                 self.cluster_timeout.as_millis() as u64,
             ),
             ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("cluster_link_buffer_bytes", self.cluster_link_buffer as u64),
             ("client_rate", u64::from(self.client_rate)),
             ("client_burst", u64::from(self.client_burst)),
             ("outbound_queue", self.outbound_queue as u64),

@@ -493,6 +493,27 @@ async fn one_cut_off_then_healed(a: &Member, b: &Member, c: &Member) -> Duration
         count_lines(a, "cluster rejoined as a new generation") <= 1,
         "node-a rejoined more than once"
     );
+    // The heal is said: a line on each side and the counter.
+    for m in all.iter() {
+        let healed = wait_for(
+            &format!("{}: topgun_cluster_heals_total >= 1", m.id),
+            Duration::from_secs(5),
+            || {
+                let n = m
+                    .node
+                    .scrape()
+                    .value_or_zero("topgun_cluster_heals_total", &[]);
+                if n >= 1.0 {
+                    Ok(n)
+                } else {
+                    Err(format!("{n}"))
+                }
+            },
+        )
+        .0;
+        assert!(healed <= 2.0, "{}: one heal counted {healed} times", m.id);
+        assert!(count_lines(m, "cluster split healed") >= 1, "{}", m.id);
+    }
     for (m, since) in all.iter().zip(catch_ups) {
         assert_catch_ups_bounded(m, since, 2);
     }

@@ -180,6 +180,12 @@ fn peer_frame(payload: Bytes) {
         Kind::PullMore => {
             let _ = wire::decode::<wire::PullMore>(body);
         }
+        Kind::Digests | Kind::Repair => {
+            let _ = wire::decode::<wire::Partitions>(body);
+        }
+        Kind::DigestsDone => {
+            let _ = wire::decode::<wire::DigestsDone>(body);
+        }
         Kind::Auth => {
             if let Ok(auth) = wire::decode::<wire::Auth>(body) {
                 let keys = fuzz_keys();

@@ -212,6 +212,11 @@ pub struct ClusterActor {
     catchups: CatchUps,
     /// Members that left on purpose (SIGTERM), while foca still lists them as down.
     left: HashSet<NodeIdentity>,
+    /// Members this node saw declared down (not leaving): since when, and their generation,
+    /// so their return tells a healed split or pause from a restart.
+    down: HashMap<String, (Instant, u64)>,
+    /// Splits healed since the last report.
+    heals: u64,
     /// Set by a rejoin until the fresh membership view has a member (or a grace passed).
     rejoined_at: Option<Instant>,
     /// When the last rejoin happened: for a while after it, down claims are not believed.
@@ -228,12 +233,19 @@ pub struct ClusterActor {
     next_round: u64,
     /// A handover pass ([`super::release`]) is running.
     releasing: bool,
+    /// An anti-entropy round runs (the next waits for it).
+    comparing: bool,
     /// Records stored here by this node's role for their partition, as of the last pass.
     records_by_role: [u64; 3],
     /// Partitions handed over and dropped since the last report.
     released: u64,
     release_log: Throttle,
 }
+
+/// One anti-entropy round ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AntiEntropyEnded(super::antientropy::Round);
 
 /// One handover pass ended.
 #[derive(Message)]
@@ -243,6 +255,11 @@ struct ReleaseEnded(super::release::Released);
 /// How often records are counted by role and, with partitioned placement, partitions this
 /// node no longer keeps are handed over.
 const RELEASE_EVERY: Duration = Duration::from_secs(5);
+/// Members remembered as declared down at most (a member is forgotten when it returns).
+const MAX_REMEMBERED_DOWN: usize = 1024;
+/// A member back with a generation at least this much newer restarted (its generation is its
+/// start time in ms); a smaller step is foca's renewal after it was declared down while alive.
+const RESTART_GENERATION_GAP: u64 = 1000;
 /// How often a node alone asks its seeds whether they share its cluster secret.
 const SECRET_PROBE_EVERY: Duration = Duration::from_secs(60);
 
@@ -290,6 +307,8 @@ impl ClusterActor {
             announce_ticks: 0,
             catchups: CatchUps::default(),
             left: HashSet::new(),
+            down: HashMap::new(),
+            heals: 0,
             rejoined_at: None,
             fresh_since: None,
             verdicts_ignored: HashMap::new(),
@@ -298,6 +317,7 @@ impl ClusterActor {
             rounds: HashMap::new(),
             next_round: 1,
             releasing: false,
+            comparing: false,
             records_by_role: [0; 3],
             released: 0,
             release_log: Throttle::new(WARN_EVERY),
@@ -803,6 +823,21 @@ impl ClusterActor {
         });
     }
 
+    /// Compares the partitions this node owns with their backups and repairs what differs
+    /// (`antientropy.rs`); not while a migration runs (partitions are still moving).
+    fn anti_entropy(&mut self, ctx: &mut Context<Self>) {
+        if self.comparing || self.leaving || !self.rounds.is_empty() {
+            return;
+        }
+        self.comparing = true;
+        let node = self.node.clone();
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let round = super::antientropy::round(node).await;
+            me.do_send(AntiEntropyEnded(round));
+        });
+    }
+
     /// Counts records by role, and with partitioned placement hands over the partitions this
     /// node no longer keeps (not while a migration runs: the table is still moving).
     fn release(&mut self, ctx: &mut Context<Self>) {
@@ -905,11 +940,16 @@ impl ClusterActor {
                 }
                 info!(self.log, "member joined"; "peer" => &id.node_id, "addr" => %id.addr,
                     "generation" => id.generation, "members" => self.members());
+                self.back_from_down(&id);
             }
             OwnedNotification::MemberDown(id) => {
                 if self.states.get(&id) == Some(&State::Suspect) {
                     warn!(self.log, "member down"; "peer" => &id.node_id, "addr" => %id.addr,
                         "generation" => id.generation, "members" => self.members());
+                    if self.down.len() < MAX_REMEMBERED_DOWN {
+                        self.down
+                            .insert(id.node_id.clone(), (Instant::now(), id.generation));
+                    }
                 } else {
                     info!(self.log, "member left"; "peer" => &id.node_id, "addr" => %id.addr,
                         "generation" => id.generation, "members" => self.members());
@@ -920,11 +960,17 @@ impl ClusterActor {
                 info!(self.log, "member rejoined"; "peer" => &new.node_id, "addr" => %new.addr,
                     "generation" => new.generation, "previousPeer" => &old.node_id,
                     "previousGeneration" => old.generation, "members" => self.members());
+                self.back_from_down(&new);
             }
             OwnedNotification::Rejoin(id) => {
                 warn!(self.log, "cluster rejoined as a new generation";
                     "generation" => id.generation, "previousGeneration" => self.identity.generation,
                     "members" => self.members());
+                // The others declared this node down and it reaches them again: from this
+                // side, the split (or the pause) healed.
+                self.heals += 1;
+                info!(self.log, "cluster split healed"; "side" => "rejoined",
+                    "generation" => id.generation, "members" => self.members());
                 self.rejoin(id, ctx);
             }
             OwnedNotification::Active => {
@@ -944,6 +990,21 @@ impl ClusterActor {
         }
     }
 
+    /// A member this node saw declared down is back. With its next generation (foca renews an
+    /// identity by one) it was cut off or paused, not restarted (a restart's generation is its
+    /// start time): the split healed.
+    fn back_from_down(&mut self, id: &NodeIdentity) {
+        let Some((since, generation)) = self.down.remove(&id.node_id) else {
+            return;
+        };
+        if id.generation.saturating_sub(generation) >= RESTART_GENERATION_GAP {
+            return;
+        }
+        self.heals += 1;
+        info!(self.log, "cluster split healed"; "side" => "stayed", "peer" => &id.node_id,
+            "apartMs" => since.elapsed().as_millis() as u64, "members" => self.members());
+    }
+
     /// The cluster declared this node down and foca renewed its identity: continue as that
     /// generation with a fresh membership view. The old view holds the other side of a split
     /// as down, and would tell them so the moment they accept the new identity, making them
@@ -960,6 +1021,8 @@ impl ClusterActor {
         self.epoch += 1;
         self.states.clear();
         self.left.clear();
+        // Counted as healed once, as "rejoined": the members it held down come back with it.
+        self.down.clear();
         // Every peer dials the new generation again, and each of those connections asks for
         // its catch-up: the ones asked for before the rejoin would only come first, for nothing.
         self.catchups = CatchUps::default();
@@ -1111,6 +1174,7 @@ impl ClusterActor {
             backup: backup as i64,
             version: i64::from(table.version),
             rebalances: std::mem::take(&mut self.rebalances),
+            heals: std::mem::take(&mut self.heals),
             migration_pending: c
                 .migration_pending
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -1143,6 +1207,8 @@ impl ClusterActor {
             handoffs_pending: c
                 .handoffs_pending
                 .load(std::sync::atomic::Ordering::Relaxed),
+            link_unsent: c.link_unsent.load(std::sync::atomic::Ordering::Relaxed),
+            antientropy: [take(&c.antientropy_rounds), take(&c.antientropy_repaired)],
         }
     }
 }
@@ -1153,6 +1219,7 @@ struct DataReport {
     backup: i64,
     version: i64,
     rebalances: u64,
+    heals: u64,
     migration_pending: i64,
     migration_records: u64,
     forwarded: u64,
@@ -1173,6 +1240,9 @@ struct DataReport {
     live: [u64; 3],
     released: u64,
     handoffs_pending: i64,
+    link_unsent: i64,
+    /// Rounds, partitions repaired.
+    antientropy: [u64; 2],
 }
 
 impl DataReport {
@@ -1181,6 +1251,7 @@ impl DataReport {
         m.partitions_backup.set(self.backup);
         m.partition_table_version.set(self.version);
         m.rebalance_total.inc_by(self.rebalances);
+        m.cluster_heals_total.inc_by(self.heals);
         m.migration_partitions_pending.set(self.migration_pending);
         m.migration_records_total.inc_by(self.migration_records);
         m.cluster_forwarded_total.inc_by(self.forwarded);
@@ -1205,6 +1276,9 @@ impl DataReport {
                 .inc_by(n);
         }
         m.cluster_handoffs_pending.set(self.handoffs_pending);
+        m.cluster_link_unsent_bytes.set(self.link_unsent);
+        m.antientropy_rounds_total.inc_by(self.antientropy[0]);
+        m.antientropy_repaired_total.inc_by(self.antientropy[1]);
         for (role, n) in ["owner", "backup", "replica"]
             .iter()
             .zip(self.records_by_role)
@@ -1304,6 +1378,9 @@ impl Actor for ClusterActor {
         );
         ctx.run_interval(Duration::from_secs(1), |act, _| act.check_links());
         ctx.run_interval(RELEASE_EVERY, |act, ctx| act.release(ctx));
+        if let Some(every) = self.node.config.anti_entropy_interval {
+            ctx.run_interval(every, |act, ctx| act.anti_entropy(ctx));
+        }
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -1551,6 +1628,18 @@ impl Handler<PullEnded> for ClusterActor {
             }
         }
         self.stats.end(t0);
+    }
+}
+
+impl Handler<AntiEntropyEnded> for ClusterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AntiEntropyEnded, _: &mut Context<Self>) {
+        let r = msg.0;
+        self.comparing = false;
+        debug!(self.log, "anti-entropy round"; "compared" => r.compared, "busy" => r.busy,
+            "repaired" => r.repaired, "failed" => r.failed,
+            "tookMs" => r.took.as_secs_f64() * 1000.0);
     }
 }
 

@@ -349,7 +349,7 @@ pub async fn serve_sync(node: Arc<DataPlane>, read: wire::SyncRead) -> wire::Syn
 }
 
 /// A request to `peer` answered with `answer_kind` within the cluster timeout: its body.
-async fn call(
+pub(super) async fn call(
     node: &Arc<DataPlane>,
     peer: &str,
     kind: Kind,

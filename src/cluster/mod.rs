@@ -6,6 +6,7 @@
 //! ([`handoff`]), and the shared
 //! view the rest of the node reads ([`state`]). `docs/cluster.md` is the operator's view.
 pub mod actor;
+pub mod antientropy;
 pub mod catchup;
 pub mod export;
 pub mod gather;

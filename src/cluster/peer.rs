@@ -34,8 +34,9 @@ use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
 
 /// `reason` values of `topgun_cluster_peer_errors_total`.
-pub const PEER_ERROR_REASONS: [&str; 11] = [
+pub const PEER_ERROR_REASONS: [&str; 12] = [
     "auth",
+    "backlog",
     "version",
     "placement",
     "bad_frame",
@@ -63,8 +64,11 @@ const MAX_WINDOW: u32 = 64;
 
 /// How long a refused connection stays open so the REFUSED frame leaves.
 const REFUSE_FLUSH: Duration = Duration::from_millis(100);
-/// How often waiting requests are checked against the timeout.
+/// How often waiting requests are checked against the timeout, and the link's unsent bytes
+/// against its bound.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// actix's write buffer low mark (its default).
+const WRITE_LOW_WATERMARK: usize = 4 * 1024;
 /// TCP keepalive on peer links: first probe after this much silence, then one per interval;
 /// after this many unanswered the kernel ends the connection (about 5 s in all).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
@@ -115,6 +119,41 @@ impl tokio_util::codec::Decoder for WatchedCodec {
         }
         self.buffered = src.len();
         Ok(frame)
+    }
+}
+
+/// The write half of a peer connection, counting the bytes the kernel took: with the bytes the
+/// connection wrote into its buffer, that is what waits unsent ([`PeerConn::unsent`]).
+pub struct CountingWriter {
+    inner: OwnedWriteHalf,
+    taken: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl tokio::io::AsyncWrite for CountingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.taken.set(self.taken.get() + *n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -230,7 +269,15 @@ fn check_answer(node_id: &str, generation: u64, hello: &Hello) -> Result<(), Str
 
 pub struct PeerConn {
     node: Arc<DataPlane>,
-    writer: FramedWrite<Bytes, OwnedWriteHalf, LengthDelimitedCodec>,
+    writer: FramedWrite<Bytes, CountingWriter, LengthDelimitedCodec>,
+    /// Bytes written into `writer` (frames with their length prefix), and of them the ones
+    /// the kernel took: the difference waits in this process.
+    written: u64,
+    taken: std::rc::Rc<std::cell::Cell<u64>>,
+    /// The unsent bytes last added to the node-wide gauge.
+    reported_unsent: i64,
+    /// Past the link's byte bound: frames are dropped until the sweep cuts the link.
+    overflowed: bool,
     direction: Direction,
     /// The peer's node id once its HELLO was accepted.
     peer: Option<String>,
@@ -261,6 +308,11 @@ impl PeerConn {
         let remote_addr = stream.peer_addr().ok();
         let remote = remote_addr.map_or_else(|| "?".into(), |a| a.to_string());
         let (read, write) = stream.into_split();
+        let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+        let write = CountingWriter {
+            inner: write,
+            taken: taken.clone(),
+        };
         let stalled_since = std::rc::Rc::new(std::cell::Cell::new(None));
         let greeted = std::rc::Rc::new(std::cell::Cell::new(false));
         let mut inner = codec();
@@ -283,7 +335,18 @@ impl PeerConn {
                 .log
                 .new(slog::o!("actor" => "peer", "remote" => remote.clone(), "direction" => dir));
             PeerConn {
-                writer: FramedWrite::new(write, codec(), ctx),
+                writer: {
+                    let mut w = FramedWrite::new(write, codec(), ctx);
+                    // actix stops handling messages while the buffer is past its high mark,
+                    // which would pile them up in the mailbox instead; the byte bound of the
+                    // link (checked by the sweep) is what limits the buffer.
+                    w.set_buffer_capacity(WRITE_LOW_WATERMARK, usize::MAX);
+                    w
+                },
+                written: 0,
+                taken,
+                reported_unsent: 0,
+                overflowed: false,
                 stats: ActorStats::new(ActorKind::Cluster, node.config.actor_telemetry),
                 node,
                 direction,
@@ -307,7 +370,54 @@ impl PeerConn {
     }
 
     fn send_frame(&mut self, kind: Kind, corr: u64, body: &[u8]) {
-        self.writer.write(wire::frame(kind, corr, body));
+        if self.overflowed {
+            // The link is being cut: whoever waits for an answer hears it fail.
+            return;
+        }
+        if self.unsent() > self.node.config.cluster_link_buffer as u64 {
+            self.overflowed = true;
+            return;
+        }
+        let frame = wire::frame(kind, corr, body);
+        self.written += frame.len() as u64 + 4;
+        self.writer.write(frame);
+    }
+
+    /// Bytes written to this link that the kernel has not taken yet.
+    fn unsent(&self) -> u64 {
+        self.written.saturating_sub(self.taken.get())
+    }
+
+    /// The peer stopped reading and the link holds more than its byte bound: cut it. The
+    /// requests waiting on it fail now (their callers resend or hand off), and the peer is
+    /// caught up when a link comes back (it pulls what it missed on reconnection).
+    fn cut_if_overflowed(&mut self, ctx: &mut Context<Self>) {
+        self.report_unsent();
+        if !self.overflowed {
+            return;
+        }
+        self.cluster().counters.peer_error("backlog");
+        if let Some(suppressed) = self.cluster().may_log("backlog") {
+            warn!(self.log, "peer link cut: the peer does not read what it is sent";
+                "unsentBytes" => self.unsent(),
+                "boundBytes" => self.node.config.cluster_link_buffer,
+                "suppressed" => suppressed,
+                "err" => err_kv("backlog", "the link's byte bound was reached"));
+        }
+        ctx.stop();
+    }
+
+    /// Moves the node-wide gauge of unsent peer bytes by this link's change.
+    fn report_unsent(&mut self) {
+        let now = i64::try_from(self.unsent()).unwrap_or(i64::MAX);
+        let delta = now - self.reported_unsent;
+        if delta != 0 {
+            self.cluster()
+                .counters
+                .link_unsent
+                .fetch_add(delta, AtomicOrdering::Relaxed);
+            self.reported_unsent = now;
+        }
     }
 
     /// This node's HELLO: with a cluster secret it carries this side's nonce, and the
@@ -596,12 +706,15 @@ impl PeerConn {
             Kind::Query => self.serve_query(frame, ctx),
             Kind::SyncRead => self.serve_sync(frame, ctx),
             Kind::Topic => self.serve_topic(frame),
+            Kind::Digests => self.serve_digests(frame, ctx),
+            Kind::Repair => self.serve_repair(frame),
             Kind::Interest | Kind::Events => self.live_from_peer(frame),
             Kind::WriteDone
             | Kind::PullChunk
             | Kind::PullDone
             | Kind::QueryDone
-            | Kind::SyncDone => self.answered(frame),
+            | Kind::SyncDone
+            | Kind::DigestsDone => self.answered(frame),
             Kind::Refused => self.refused_by_peer(&frame, ctx),
             Kind::Hello => self.refuse(ctx, "bad_hello", "second HELLO".into()),
             Kind::Auth => self.refuse(ctx, "bad_hello", "AUTH after the handshake".into()),
@@ -830,6 +943,50 @@ impl PeerConn {
         }
     }
 
+    /// Anti-entropy: this node's digests of the asked partitions it holds and finished pulling.
+    fn serve_digests(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let corr = frame.corr;
+        let asked: wire::Partitions = match wire::decode(&frame.body) {
+            Ok(a) => a,
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                debug!(self.log, "undecodable digests request"; "err" => err_kv("bad_frame", &e));
+                let empty = wire::body(&wire::DigestsDone::default());
+                self.send_frame(Kind::DigestsDone, corr, &empty);
+                return;
+            }
+        };
+        let node = self.node.clone();
+        let served = async move {
+            let held = super::antientropy::settled_holdings(&node, &asked.partitions);
+            super::antientropy::local_digests(&node, &held).await
+        };
+        ctx.spawn(served.into_actor(self).map(move |digests, act, _| {
+            let body = wire::body(&wire::DigestsDone { digests });
+            act.send_frame(Kind::DigestsDone, corr, &body);
+        }));
+    }
+
+    /// Anti-entropy: the peer merged our copy of these partitions; merge its copy here.
+    fn serve_repair(&mut self, frame: Frame) {
+        let Some(peer) = self.peer.clone() else {
+            return;
+        };
+        match wire::decode::<wire::Partitions>(&frame.body) {
+            Ok(asked) => {
+                actix_rt::spawn(super::antientropy::repaired_by(
+                    self.node.clone(),
+                    peer,
+                    asked.partitions,
+                ));
+            }
+            Err(e) => {
+                self.cluster().counters.peer_error("bad_frame");
+                debug!(self.log, "undecodable repair request"; "err" => err_kv("bad_frame", &e));
+            }
+        }
+    }
+
     fn serve_topic(&mut self, frame: Frame) {
         let topic: wire::Topic = match wire::decode(&frame.body) {
             Ok(t) => t,
@@ -914,6 +1071,7 @@ impl Actor for PeerConn {
         ctx.run_interval(SWEEP_EVERY, |act, ctx| {
             act.sweep();
             act.end_a_stalled_frame(ctx);
+            act.cut_if_overflowed(ctx);
         });
         let every = self.node.config.report_interval;
         ctx.run_interval(every, |act, _| {
@@ -925,6 +1083,9 @@ impl Actor for PeerConn {
     }
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
+        // What is still buffered goes with the connection.
+        self.written = self.taken.get();
+        self.report_unsent();
         let waiting = self.pending.len();
         self.pending.clear();
         if let Direction::Inbound { count, .. } = &self.direction {

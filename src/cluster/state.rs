@@ -56,6 +56,11 @@ pub struct ClusterCounters {
     pub gathers_ok: AtomicU64,
     pub gathers_failed: AtomicU64,
     pub gathers_retried: AtomicU64,
+    pub antientropy_rounds: AtomicU64,
+    /// Partitions found different from a backup's copy and merged both ways.
+    pub antientropy_repaired: AtomicU64,
+    /// Bytes written to peer links and not taken by the kernel yet, over every link.
+    pub link_unsent: AtomicI64,
     peer_errors: [AtomicU64; PEER_ERROR_REASONS.len()],
     /// Longest wait for a peer's answer since the last report, µs.
     lag_us: AtomicU64,

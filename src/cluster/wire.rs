@@ -57,6 +57,12 @@ pub enum Kind {
     PullMore = 16,
     /// The dialler's proof of the cluster secret, the last step of an authenticated handshake.
     Auth = 17,
+    /// Anti-entropy: the digests of the partitions asked, answered by `DIGESTS_DONE`.
+    Digests = 18,
+    DigestsDone = 19,
+    /// Anti-entropy: the sender found these partitions different and merged the receiver's
+    /// copy; the receiver pulls the sender's. One-way.
+    Repair = 20,
 }
 
 impl Kind {
@@ -79,6 +85,9 @@ impl Kind {
             15 => Kind::Events,
             16 => Kind::PullMore,
             17 => Kind::Auth,
+            18 => Kind::Digests,
+            19 => Kind::DigestsDone,
+            20 => Kind::Repair,
             _ => return None,
         })
     }
@@ -101,6 +110,18 @@ pub struct Hello {
     /// The listener's proofs of the cluster secret, one per secret it holds (`secret.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proofs: Vec<serde_bytes::ByteBuf>,
+}
+
+/// Anti-entropy: partitions to digest (`DIGESTS`) or to pull from the sender (`REPAIR`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Partitions {
+    pub partitions: Vec<u16>,
+}
+
+/// The digests of the asked partitions the answering node holds (and is not still pulling).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DigestsDone {
+    pub digests: Vec<crate::shard::digest::PartitionDigest>,
 }
 
 /// The dialler's proofs of the cluster secret, one per secret it holds.

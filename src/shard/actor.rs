@@ -12,6 +12,7 @@ use slog::{debug, warn, Logger};
 
 use super::aggregate::Groups;
 use super::catalog::MapCatalog;
+use super::digest::PartitionDigest;
 use super::hlc::{system_millis, Hlc};
 use super::lww::MergeOutcome;
 use super::merkle::LeafPath;
@@ -160,6 +161,15 @@ pub struct ReadChunk {
 #[rtype(result = "Vec<(u16, u64, u64)>")]
 pub struct PartitionCensus;
 
+/// The anti-entropy digest of each asked partition this shard holds ([`super::digest`]), and
+/// whether the partition is unchanged since the previous ask (only those are compared: a
+/// partition being written differs between holders while its writes are in flight).
+#[derive(Message)]
+#[rtype(result = "Vec<PartitionDigest>")]
+pub struct PartitionDigests {
+    pub partitions: Vec<u16>,
+}
+
 /// Deletes a partition handed over, from memory and durably from storage, if it did not
 /// change since `touched`. `Ok(keys dropped)`, `Err` when it changed or storage failed.
 #[derive(Message)]
@@ -193,6 +203,9 @@ pub struct ShardActor {
     settings: ShardSettings,
     /// (live, tombstones) last reported per map, so reports carry deltas of node-wide sums.
     reported_sizes: HashMap<Arc<str>, (i64, i64)>,
+    /// Per partition: its last change (`MapStore::census`) when its digest was computed, and
+    /// the digest, so an unchanged partition is not hashed again.
+    digests: HashMap<u16, (u64, u64)>,
     dirty_maps: Vec<Arc<str>>,
     enqueued: u64,
     rejected: u64,
@@ -271,6 +284,7 @@ impl ShardActor {
             stats: ActorStats::new(ActorKind::Shard, settings.timed).member(usize::from(index)),
             settings,
             reported_sizes: HashMap::new(),
+            digests: HashMap::new(),
             dirty_maps,
             enqueued: 0,
             rejected: 0,
@@ -691,6 +705,51 @@ impl Handler<LeafRecords> for ShardActor {
     }
 }
 
+impl Handler<PartitionDigests> for ShardActor {
+    type Result = MessageResult<PartitionDigests>;
+
+    fn handle(&mut self, msg: PartitionDigests, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let mine: Vec<(u16, u64)> = msg
+            .partitions
+            .iter()
+            .filter(|&&p| self.store.partitions().any(|q| q == p))
+            .map(|&p| (p, self.store.census(p).1))
+            .collect();
+        let changed: Vec<u16> = mine
+            .iter()
+            .filter(|(p, touched)| self.digests.get(p).is_none_or(|(t, _)| t != touched))
+            .map(|(p, _)| *p)
+            .collect();
+        let fresh: HashMap<u16, u64> = if changed.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.partition_digests(&changed).into_iter().collect()
+        };
+        let answer = mine
+            .into_iter()
+            .map(|(p, touched)| match fresh.get(&p) {
+                Some(&digest) => {
+                    // Changed since the last ask, or never asked: not known to be quiet.
+                    self.digests.insert(p, (touched, digest));
+                    PartitionDigest {
+                        partition: p,
+                        digest,
+                        stable: false,
+                    }
+                }
+                None => PartitionDigest {
+                    partition: p,
+                    digest: self.digests.get(&p).map_or(0, |(_, d)| *d),
+                    stable: true,
+                },
+            })
+            .collect();
+        self.stats.end(t0);
+        MessageResult(answer)
+    }
+}
+
 impl Handler<PartitionCensus> for ShardActor {
     type Result = MessageResult<PartitionCensus>;
 
@@ -745,6 +804,7 @@ impl Handler<DropPartition> for ShardActor {
             self.stats.end(t0);
             return Box::pin(async { Err("written to since it was handed over".to_owned()) });
         };
+        self.digests.remove(&msg.partition);
         for map in self.store.map_names() {
             let map: Arc<str> = Arc::from(map);
             if !self.dirty_maps.contains(&map) {

@@ -10,9 +10,11 @@
 //! - [`live`]: per-subscription ENTER / UPDATE / LEAVE decisions (6.3).
 //! - [`store`]: [`MapStore`], the maps of one set of partitions.
 //! - [`catalog`]: the node's map names, bounded by `--max-maps`.
+//! - [`digest`]: one hash per partition's live records, for anti-entropy between holders.
 pub mod actor;
 pub mod aggregate;
 pub mod catalog;
+pub mod digest;
 pub mod export;
 pub mod fnv;
 pub mod hlc;

@@ -143,6 +143,10 @@ pub struct Metrics {
     pub cluster_catch_ups_total: IntCounterVec,
     pub cluster_handoffs_total: IntCounterVec,
     pub cluster_handoffs_pending: IntGauge,
+    pub cluster_link_unsent_bytes: IntGauge,
+    pub antientropy_rounds_total: prometheus::IntCounter,
+    pub cluster_heals_total: prometheus::IntCounter,
+    pub antientropy_repaired_total: prometheus::IntCounter,
     pub cluster_gathers_total: IntCounterVec,
     pub cluster_live_events_total: IntCounterVec,
     pub partition_records: IntGaugeVec,
@@ -386,6 +390,22 @@ impl Metrics {
             cluster_handoffs_pending: b.gauge(
                 "topgun_cluster_handoffs_pending",
                 "Failed forwards waiting to be handed to their owner again.",
+            )?,
+            cluster_heals_total: b.counter(
+                "topgun_cluster_heals_total",
+                "Splits and pauses healed, as this node saw them: a member it saw declared down came back as its next generation (not a restart), or this node, declared down by the others, rejoined them.",
+            )?,
+            antientropy_rounds_total: b.counter(
+                "topgun_antientropy_rounds_total",
+                "Anti-entropy rounds this node ran as owner: its partitions' digests compared with each backup's (every --anti-entropy-interval-ms).",
+            )?,
+            antientropy_repaired_total: b.counter(
+                "topgun_antientropy_repaired_total",
+                "Partitions this node found different from a backup's copy (both unchanged since the previous round) and merged both ways.",
+            )?,
+            cluster_link_unsent_bytes: b.gauge(
+                "topgun_cluster_link_unsent_bytes",
+                "Bytes written to node-to-node links that the kernel has not taken yet, over every link: a peer that does not read makes it grow, and a link past --cluster-link-buffer-bytes is cut (peer errors, reason backlog).",
             )?,
             partition_records: b.gauge_vec(
                 "topgun_partition_records",

@@ -515,6 +515,24 @@ pub async fn request_partition_map(m: &Member) -> Value {
         .unwrap_or_else(|| panic!("{}: no PARTITION_MAP within 10 s", m.id))
 }
 
+/// Keys whose partition `owner` owns, by the PARTITION_MAP it sends.
+pub async fn keys_owned_by(owner: &Member, n: usize) -> Vec<String> {
+    let reply = request_partition_map(owner).await;
+    let partitions = get(payload(&reply), "partitions")
+        .and_then(Value::as_array)
+        .expect("PARTITION_MAP partitions");
+    let mut owned = vec![false; PARTITIONS];
+    for p in partitions {
+        let id = get(p, "partitionId").and_then(Value::as_u64).expect("id") as usize;
+        owned[id] = get(p, "ownerNodeId").and_then(Value::as_str) == Some(owner.id.as_str());
+    }
+    (0..)
+        .map(|i| format!("k{i:06}"))
+        .filter(|k| owned[(fnv1a(k) % PARTITIONS as u32) as usize])
+        .take(n)
+        .collect()
+}
+
 /// The next `BATCH` PUTs of a writer labelled `label` (keys `{label}-{n:05}`, values
 /// `{label}:{n}`, ids `{label}-op-{n}`): the ops, each key with its value, and the last op id.
 pub fn next_batch(

@@ -695,6 +695,31 @@ fn cluster_seeds() -> Seeds {
             wire::body(&wire::PullMore { granted: 4 }),
         ),
         (
+            "digests".into(),
+            Kind::Digests,
+            wire::body(&wire::Partitions {
+                partitions: vec![0, 5, 270],
+            }),
+        ),
+        (
+            "digests-done".into(),
+            Kind::DigestsDone,
+            wire::body(&wire::DigestsDone {
+                digests: vec![topgun_node::shard::digest::PartitionDigest {
+                    partition: 5,
+                    digest: 0x0123_4567_89ab_cdef,
+                    stable: true,
+                }],
+            }),
+        ),
+        (
+            "repair".into(),
+            Kind::Repair,
+            wire::body(&wire::Partitions {
+                partitions: vec![5],
+            }),
+        ),
+        (
             "auth".into(),
             Kind::Auth,
             wire::body(&wire::Auth {
