@@ -70,6 +70,11 @@ pub enum StartError {
 
 /// How long client connections get to close after the 1001 before the server stops anyway.
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Shutdown time kept for leaving the cluster and flushing storage after the handover.
+const LEAVE_RESERVE: Duration = Duration::from_secs(2);
+/// How long a node that left still answers its peers: their forwards routed here before they
+/// heard of the leave.
+const LEAVE_LINGER: Duration = Duration::from_millis(500);
 
 /// The node id: the configured one, or the one kept in the data dir (written on first start).
 /// With the memory backend nothing is written and an unset id is generated per run.
@@ -450,12 +455,32 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         h.stop(true).await;
     }
     info!(log, "http server stopped");
+    if data_plane.cluster.table().members().len() > 1 {
+        // The backups of this node's partitions become their owners: they get what they
+        // lack of it first, so that nothing this node acknowledged depends on a copy in flight.
+        let budget = config
+            .shutdown_timeout
+            .saturating_sub(CLIENT_CLOSE_GRACE + LEAVE_RESERVE);
+        let h = crate::cluster::leaving::hand_over(&data_plane, budget).await;
+        match &h.failure {
+            None => info!(log, "partitions handed over before leaving";
+                "compared" => h.compared, "sent" => h.sent, "records" => h.records,
+                "tookMs" => h.took.as_millis() as u64),
+            Some(e) => warn!(log, "handover before leaving incomplete: leaving anyway";
+                "compared" => h.compared, "sent" => h.sent, "records" => h.records,
+                "tookMs" => h.took.as_millis() as u64, "err" => err_kv("handover", e)),
+        }
+        // Then the others take over at once, not after failure detection. Forwards they
+        // routed here before they heard it are still answered while the node lingers.
+        let _ = tokio::time::timeout(Duration::from_secs(1), cluster.send(Leave)).await;
+        tokio::time::sleep(LEAVE_LINGER).await;
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), cluster.send(Leave)).await;
+    }
     if let Some(storage) = &storage {
         let _ = storage.send(Flush).await;
         info!(log, "storage flushed");
     }
-    // Tell the cluster last: peers keep counting this node while it still finishes its work.
-    let _ = tokio::time::timeout(Duration::from_secs(1), cluster.send(Leave)).await;
     info!(log, "shutdown complete"; "tookMs" => started.elapsed().as_millis() as u64);
     Ok(())
 }

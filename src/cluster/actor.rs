@@ -1429,6 +1429,9 @@ impl StreamHandler<Datagram> for ClusterActor {
     fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
+/// How long a link to a member that left still waits for the answers to its requests.
+const LINK_DRAIN: Duration = Duration::from_secs(1);
+
 /// Closes an outbound link whose member left the table.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -1438,7 +1441,13 @@ impl Handler<StopLink> for PeerConn {
     type Result = ();
 
     fn handle(&mut self, _: StopLink, ctx: &mut Context<PeerConn>) {
-        ctx.stop();
+        // A member that left gracefully still answers for a moment (it lingers): requests
+        // already on the link get their answers instead of failing with the connection.
+        if self.has_pending() {
+            ctx.run_later(LINK_DRAIN, |_, ctx| ctx.stop());
+        } else {
+            ctx.stop();
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod catchup;
 pub mod export;
 pub mod gather;
 pub mod handoff;
+pub mod leaving;
 pub mod live;
 pub mod membership;
 pub mod migration;

@@ -383,6 +383,11 @@ impl PeerConn {
         self.writer.write(frame);
     }
 
+    /// Requests sent on this link and not answered yet.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Bytes written to this link that the kernel has not taken yet.
     fn unsent(&self) -> u64 {
         self.written.saturating_sub(self.taken.get())

@@ -102,6 +102,26 @@ async fn hand_over_one(
     if holders.is_empty() {
         return Err(format!("partition {p} has no other holder"));
     }
+    let (touched, _) = send_partition(node, &holders, p).await?;
+    let shard = &node.shards.mailboxes[shard_of_partition(p, node.shards.len())];
+    shard
+        .send(DropPartition {
+            partition: p,
+            touched,
+        })
+        .await
+        .map_err(|_| "a shard did not answer".to_owned())?
+        .map_err(|e| format!("partition {p} kept: {e}"))
+}
+
+/// Sends what this node stores of partition `p` to `holders`, a chunk at a time, each
+/// confirmed durable by every holder before the next is read: the partition's last change
+/// when it was listed, and the records sent.
+pub async fn send_partition(
+    node: &Arc<DataPlane>,
+    holders: &[String],
+    p: u16,
+) -> Result<(u64, u64), String> {
     let trace = Trace {
         request_id: None,
         origin_node_id: node.cluster.node_id.clone(),
@@ -110,6 +130,7 @@ async fn hand_over_one(
     };
     let mut exporter = Exporter::new(node.clone(), &[p]).await?;
     let mut touched = None;
+    let mut records = 0u64;
     while let Some(chunk) = exporter.next().await? {
         if chunk.last {
             touched = Some(chunk.touched);
@@ -117,6 +138,7 @@ async fn hand_over_one(
         if chunk.ops.is_empty() {
             continue;
         }
+        records += chunk.ops.len() as u64;
         let body = wire::body(&WriteRef {
             trace: &trace,
             ops: chunk.ops.iter().collect(),
@@ -133,13 +155,5 @@ async fn hand_over_one(
         }
     }
     let touched = touched.ok_or_else(|| format!("partition {p} was not exported whole"))?;
-    let shard = &node.shards.mailboxes[shard_of_partition(p, node.shards.len())];
-    shard
-        .send(DropPartition {
-            partition: p,
-            touched,
-        })
-        .await
-        .map_err(|_| "a shard did not answer".to_owned())?
-        .map_err(|e| format!("partition {p} kept: {e}"))
+    Ok((touched, records))
 }
