@@ -33,19 +33,6 @@ use rmpv::Value;
 const CONVERGE_WITHIN: Duration = Duration::from_secs(10);
 const MAP: &str = "faults";
 
-/// A UDP and TCP port free on `host` (the cluster port binds both), so every node can be given
-/// every node's address as a seed before any of them starts.
-fn free_cluster_port(host: IpAddr) -> u16 {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind((host, 0)).expect("bind UDP on the test address");
-        let port = udp.local_addr().expect("local addr").port();
-        if std::net::TcpListener::bind((host, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP on {host}");
-}
-
 /// Three nodes `node-a`, `node-b`, `node-c` on 127.0.0.(first+2) and the next two addresses,
 /// each seeded with all three (as an operator lists them), started together and settled.
 fn three_apart(first: usize, extra: &[&str]) -> [Member; 3] {

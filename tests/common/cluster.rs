@@ -113,6 +113,19 @@ pub fn node_host(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))
 }
 
+/// A UDP and TCP port free on `host` (the cluster port binds both), so every node can be given
+/// every node's address as a seed before any of them starts.
+pub fn free_cluster_port(host: IpAddr) -> u16 {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind((host, 0)).expect("bind UDP on the test address");
+        let port = udp.local_addr().expect("local addr").port();
+        if std::net::TcpListener::bind((host, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on {host}");
+}
+
 /// `N` nodes `node-a`, `node-b`, ... all seeded with `node-a`, waited on until membership and
 /// the partition counts have settled.
 pub fn cluster<const N: usize>(extra: &[&str]) -> [Member; N] {

@@ -47,6 +47,9 @@ pub struct NodeOptions {
     /// `--host`: the address every listener of the node binds (fault tests give each node its
     /// own loopback address so iptables rules can cut between them).
     pub host: IpAddr,
+    /// Append the node's stderr to `node.stderr` in its directory instead of the test's own
+    /// stderr: a panic is printed there, not logged, and the chaos run searches it.
+    pub stderr_to_file: bool,
 }
 
 impl Default for NodeOptions {
@@ -59,6 +62,7 @@ impl Default for NodeOptions {
             memory_storage: true,
             port: None,
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            stderr_to_file: false,
         }
     }
 }
@@ -150,7 +154,17 @@ impl Node {
             cmd.env(k, v);
         }
         cmd.args(&options.args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let stderr = if options.stderr_to_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("node.stderr"))
+                .expect("node.stderr");
+            Stdio::from(file)
+        } else {
+            Stdio::inherit()
+        };
+        cmd.stdout(Stdio::piped()).stderr(stderr);
         let mut child = cmd.spawn().expect("spawn topgun-node");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
         let port = read_port(&mut stdout, "PORT").unwrap_or_else(|| {
