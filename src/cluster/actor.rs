@@ -36,6 +36,7 @@ use super::secret::{self, SealError};
 use super::state::MissingLink;
 use super::table::{next_version, PartitionTable, Role, TableMember};
 use crate::data::DataPlane;
+use crate::queue::actor::ResyncLiveQueries;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::metrics::{Metrics, MetricsActor};
@@ -217,6 +218,13 @@ pub struct ClusterActor {
     down: HashMap<String, (Instant, u64)>,
     /// Splits healed since the last report.
     heals: u64,
+    /// Why this node's live queries may have missed changes of other nodes (it was apart from
+    /// them): once every link is up and no migration runs, their clients are told to
+    /// subscribe again.
+    resync: Option<(&'static str, Instant)>,
+    /// The generation of each peer's last inbound connection: a new connection at the same
+    /// generation is a link that broke while the peer lived, and its changes meanwhile were lost.
+    inbound_generation: HashMap<String, u64>,
     /// Set by a rejoin until the fresh membership view has a member (or a grace passed).
     rejoined_at: Option<Instant>,
     /// When the last rejoin happened: for a while after it, down claims are not believed.
@@ -255,6 +263,9 @@ struct ReleaseEnded(super::release::Released);
 /// How often records are counted by role and, with partitioned placement, partitions this
 /// node no longer keeps are handed over.
 const RELEASE_EVERY: Duration = Duration::from_secs(5);
+/// How long after a reason to resync live queries the node waits at least (for the
+/// catch-ups its reconnections schedule) before it tells their clients.
+const RESYNC_SETTLE: Duration = Duration::from_secs(1);
 /// Members remembered as declared down at most (a member is forgotten when it returns).
 const MAX_REMEMBERED_DOWN: usize = 1024;
 /// A member back with a generation at least this much newer restarted (its generation is its
@@ -309,6 +320,8 @@ impl ClusterActor {
             left: HashSet::new(),
             down: HashMap::new(),
             heals: 0,
+            resync: None,
+            inbound_generation: HashMap::new(),
             rejoined_at: None,
             fresh_since: None,
             verdicts_ignored: HashMap::new(),
@@ -883,7 +896,11 @@ impl ClusterActor {
             });
         }
         missing.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let whole = missing.is_empty();
         self.node.cluster.set_missing_links(missing);
+        if whole && self.rounds.is_empty() && self.catchups.idle() {
+            self.resync_live_queries();
+        }
     }
 
     fn ready_if_synced(&self) {
@@ -969,6 +986,7 @@ impl ClusterActor {
                 // The others declared this node down and it reaches them again: from this
                 // side, the split (or the pause) healed.
                 self.heals += 1;
+                self.resync.get_or_insert(("rejoined", Instant::now()));
                 info!(self.log, "cluster split healed"; "side" => "rejoined",
                     "generation" => id.generation, "members" => self.members());
                 self.rejoin(id, ctx);
@@ -990,6 +1008,23 @@ impl ClusterActor {
         }
     }
 
+    /// Tells every connection with a live query to subscribe again, when something made it
+    /// miss changes (see `resync`).
+    fn resync_live_queries(&mut self) {
+        // The catch-ups the reconnections ask for are scheduled a moment after them.
+        let Some((reason, _)) = self
+            .resync
+            .take_if(|(_, since)| since.elapsed() >= RESYNC_SETTLE)
+        else {
+            return;
+        };
+        for stripe in self.node.queue.stripes.iter() {
+            stripe.mailbox.do_send(ResyncLiveQueries);
+        }
+        info!(self.log, "live queries told to resubscribe: changes of other nodes may have been missed";
+            "reason" => reason, "members" => self.members());
+    }
+
     /// A member this node saw declared down is back. With its next generation (foca renews an
     /// identity by one) it was cut off or paused, not restarted (a restart's generation is its
     /// start time): the split healed.
@@ -1001,6 +1036,8 @@ impl ClusterActor {
             return;
         }
         self.heals += 1;
+        // Its side took writes meanwhile, and their changes never reached this side.
+        self.resync.get_or_insert(("member back", Instant::now()));
         info!(self.log, "cluster split healed"; "side" => "stayed", "peer" => &id.node_id,
             "apartMs" => since.elapsed().as_millis() as u64, "members" => self.members());
     }
@@ -1530,6 +1567,15 @@ impl Handler<PeerConnected> for ClusterActor {
         if !self.leaving && msg.node_id != self.identity.node_id {
             debug!(self.log, "peer connected: catch-up requested"; "peer" => &msg.node_id,
                 "generation" => msg.generation);
+            if self.inbound_generation.len() >= MAX_REMEMBERED_DOWN {
+                self.inbound_generation.clear();
+            }
+            let before = self
+                .inbound_generation
+                .insert(msg.node_id.clone(), msg.generation);
+            if before == Some(msg.generation) {
+                self.resync.get_or_insert(("link restored", Instant::now()));
+            }
             if let Some(at) = self.catchups.request(&msg.node_id, Instant::now()) {
                 self.schedule_catch_up(msg.node_id, at, ctx);
             }

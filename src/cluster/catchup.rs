@@ -104,6 +104,11 @@ impl CatchUps {
         }
     }
 
+    /// No catch-up runs or waits for its time.
+    pub fn idle(&self) -> bool {
+        self.peers.values().all(|p| !p.running && !p.scheduled)
+    }
+
     /// Failures in a row of the catch-ups from `peer`.
     pub fn failures(&self, peer: &str) -> u32 {
         self.peers.get(peer).map_or(0, |p| p.failures)

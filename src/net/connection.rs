@@ -71,6 +71,11 @@ const CLOSE_SLOW: Close = Close {
     text: "slow consumer: reconnect and resync",
     label: "slow_consumer",
 };
+const CLOSE_RESYNC: Close = Close {
+    code: 1013,
+    text: "live queries missed changes: reconnect and resync",
+    label: "resync",
+};
 const CLOSE_SHUTDOWN: Close = Close {
     code: 1001,
     text: "server shutting down",
@@ -185,7 +190,8 @@ impl ConnectionActor {
             return;
         }
         self.closing = true;
-        if close.label != "shutdown" && close.label != "client" {
+        // Shutdown and resync are the node's doing, logged once by whoever decided them.
+        if !matches!(close.label, "shutdown" | "client" | "resync") {
             ClientEvicted {
                 reason: close.label,
                 code: close.code,
@@ -657,6 +663,7 @@ impl Handler<Deliver> for ConnectionActor {
                     value,
                     own,
                 } => self.on_window_change(ctx, &query_id, &key, value.as_ref(), own),
+                Delivery::Resync => self.close(ctx, CLOSE_RESYNC),
             }
         }
         self.tel.stats.end(t0);

@@ -377,6 +377,26 @@ impl Handler<TopicPublish> for StripeActor {
     }
 }
 
+/// The node was cut off from the grid (it rejoined, or a peer link came back): changes other
+/// nodes sent while apart did not arrive, so every connection with a live query here is told
+/// to resubscribe ([`Delivery::Resync`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResyncLiveQueries;
+
+impl Handler<ResyncLiveQueries> for StripeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ResyncLiveQueries, _: &mut Context<Self>) {
+        let t0 = self.stats.begin();
+        let conns: Vec<ConnId> = self.registry.live_connections().collect();
+        for conn in conns {
+            self.send_to(conn, Delivery::Resync);
+        }
+        self.stats.end(t0);
+    }
+}
+
 impl Handler<ConnectionClosed> for StripeActor {
     type Result = ();
 

@@ -47,6 +47,9 @@ pub enum Delivery {
         /// The subscriber wrote it: update the window, send nothing (writer exclusion).
         own: bool,
     },
+    /// The node may have missed changes for this subscriber's live queries (it was cut off
+    /// from the grid): its client must subscribe again from fresh snapshots.
+    Resync,
 }
 
 /// Deliveries for one event, and how many distinct connections they go to.
@@ -184,6 +187,14 @@ impl Registry {
     /// Removes at most `budget` of `conn`'s subscriptions and topics: `(done, maps_changed)`,
     /// `done` once nothing of it is left. The caller continues later with what remains, so a
     /// connection with very many subscriptions never holds the thread for long.
+    /// Connections with at least one live query here.
+    pub fn live_connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.by_conn
+            .iter()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(conn, _)| *conn)
+    }
+
     pub fn connection_closed(&mut self, conn: ConnId, budget: usize) -> (bool, bool) {
         let mut left = budget;
         let mut maps_changed = false;
@@ -481,7 +492,7 @@ mod tests {
             .flat_map(|(c, d)| match d {
                 Delivery::Frame(b) => vec![(*c, b.clone())],
                 Delivery::Frames(bs) => bs.iter().map(|b| (*c, b.clone())).collect(),
-                Delivery::WindowChange { .. } => Vec::new(),
+                Delivery::WindowChange { .. } | Delivery::Resync => Vec::new(),
             })
             .map(|(c, b)| {
                 let v = decode(&b);

@@ -80,6 +80,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "frame_too_large",
     "protocol_error",
     "slow_consumer",
+    "resync",
     "shutdown",
 ];
 
