@@ -44,24 +44,12 @@ pub async fn local_digests(node: &Arc<DataPlane>, partitions: &[u16]) -> Vec<Par
     if partitions.is_empty() {
         return Vec::new();
     }
-    let asks: Vec<_> = node
-        .shards
-        .mailboxes
-        .iter()
-        .map(|s| {
-            s.send(PartitionDigests {
-                partitions: partitions.to_vec(),
-            })
+    // A shard that does not answer leaves its partitions out of this round.
+    node.shards
+        .collect(|| PartitionDigests {
+            partitions: partitions.to_vec(),
         })
-        .collect();
-    let mut all = Vec::new();
-    for ask in asks {
-        // A shard that does not answer leaves its partitions out of this round.
-        if let Ok(d) = ask.await {
-            all.extend(d);
-        }
-    }
-    all
+        .await
 }
 
 /// The partitions of `partitions` this node holds now and has finished pulling.

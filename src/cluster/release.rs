@@ -71,20 +71,8 @@ pub async fn release(node: &Arc<DataPlane>, hand_over: bool) -> Released {
 }
 
 async fn census(node: &Arc<DataPlane>) -> Vec<(u16, u64, u64)> {
-    let requests: Vec<_> = node
-        .shards
-        .mailboxes
-        .iter()
-        .map(|s| s.send(PartitionCensus))
-        .collect();
-    let mut all = Vec::new();
-    for r in requests {
-        // A shard that does not answer is counted next time.
-        if let Ok(c) = r.await {
-            all.extend(c);
-        }
-    }
-    all
+    // A shard that does not answer is counted next time.
+    node.shards.collect(|| PartitionCensus).await
 }
 
 /// Sends partition `p` to its holders, a chunk at a time (each confirmed durable by every

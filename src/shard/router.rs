@@ -2,6 +2,9 @@
 //! Fixed for the life of the process, so every connection routes the same way.
 use std::sync::Arc;
 
+use actix::dev::ToEnvelope;
+use actix::{Actor, Handler, Message};
+
 use super::actor::ShardActor;
 use super::fnv::{partition_of, PARTITION_COUNT};
 use crate::telemetry::report::Mailbox;
@@ -22,6 +25,25 @@ impl Shards {
 
     pub fn of_key(&self, key: &str) -> usize {
         shard_of_partition(partition_of(key), self.mailboxes.len())
+    }
+
+    /// Asks every shard (all at once) and joins their lists; a shard that does not answer is
+    /// left out, for the caller's next pass to cover.
+    pub async fn collect<M, T>(&self, make: impl Fn() -> M) -> Vec<T>
+    where
+        M: Message<Result = Vec<T>> + Send + 'static,
+        T: Send + 'static,
+        ShardActor: Handler<M>,
+        <ShardActor as Actor>::Context: ToEnvelope<ShardActor, M>,
+    {
+        let asks: Vec<_> = self.mailboxes.iter().map(|s| s.send(make())).collect();
+        let mut all = Vec::new();
+        for ask in asks {
+            if let Ok(part) = ask.await {
+                all.extend(part);
+            }
+        }
+        all
     }
 }
 
