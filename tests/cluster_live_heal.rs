@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::cluster::*;
@@ -17,41 +16,17 @@ use rmpv::Value;
 
 const MAP: &str = "live";
 
-/// Three nodes on their own loopback addresses from `first`, each seeded with all.
-fn three(first: usize) -> Vec<Member> {
-    let hosts: Vec<IpAddr> = (first..first + 3).map(node_host).collect();
-    let ports: Vec<u16> = hosts.iter().map(|h| free_cluster_port(*h)).collect();
-    let seeds: Vec<SocketAddr> = hosts
-        .iter()
-        .zip(&ports)
-        .map(|(h, p)| SocketAddr::new(*h, *p))
-        .collect();
-    let members: Vec<Member> = (0..3)
-        .map(|i| {
-            let id = format!("node-{}", char::from(b'a' + i as u8));
-            let options = NodeOptions {
-                host: hosts[i],
-                ..Default::default()
-            };
-            launch_on(&id, &seeds, ports[i], &[], options, None)
-        })
-        .collect();
-    let refs: Vec<&Member> = members.iter().collect();
-    wait_settled(&refs, Duration::from_secs(15));
-    members
-}
-
 enum Apart {
     Paused,
     Cut,
 }
 
-async fn subscriber_resyncs_after(apart: Apart, first: usize) {
-    let ms = three(first);
+async fn subscriber_resyncs_after(how: Apart, first: usize) {
+    let ms = apart::<3>(first, &[]);
     let (a, b, c) = (&ms[0], &ms[1], &ms[2]);
     let mut sub = connect(c).await;
     sub.subscribe("q", MAP, map(&[])).await;
-    let cut = match apart {
+    let cut = match how {
         Apart::Cut => Some(Cut::between(&[c.node.host], &[a.node.host, b.node.host])),
         Apart::Paused => {
             c.node.signal("STOP");

@@ -108,6 +108,60 @@ pub fn launch_on(
     }
 }
 
+/// `N` nodes `node-a`, `node-b`, ... on 127.0.0.(first+2) and the next addresses, each seeded
+/// with all of them, started together and settled.
+pub fn apart<const N: usize>(first: usize, extra: &[&str]) -> [Member; N] {
+    apart_seeding::<N>(first, extra, |_| true)
+}
+
+/// [`apart`], where only the nodes `seeded(i)` get seeds (the others wait to be found).
+pub fn apart_seeding<const N: usize>(
+    first: usize,
+    extra: &[&str],
+    seeded: impl Fn(usize) -> bool + Sync,
+) -> [Member; N] {
+    // scripts/bench-heal also measures with other probe periods (the default 1000 ms).
+    let probe = std::env::var("TOPGUN_TEST_PROBE_MS").unwrap_or_else(|_| PROBE_MS.into());
+    let mut extra: Vec<&str> = extra.to_vec();
+    extra.extend(["--cluster-probe-ms", probe.as_str()]);
+    let extra = extra.as_slice();
+    let hosts: Vec<IpAddr> = (first..first + N).map(node_host).collect();
+    let ports: Vec<u16> = hosts.iter().map(|h| free_cluster_port(*h)).collect();
+    let seeds: Vec<SocketAddr> = hosts
+        .iter()
+        .zip(&ports)
+        .map(|(h, p)| SocketAddr::new(*h, *p))
+        .collect();
+    let members: Vec<Member> = std::thread::scope(|s| {
+        let ids: Vec<String> = (0..N)
+            .map(|i| format!("node-{}", char::from(b'a' + i as u8)))
+            .collect();
+        let started: Vec<_> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let none: &[SocketAddr] = &[];
+                let seeds = if seeded(i) { seeds.as_slice() } else { none };
+                let (extra, port) = (extra, ports[i]);
+                let options = NodeOptions {
+                    host: hosts[i],
+                    ..Default::default()
+                };
+                s.spawn(move || launch_on(&id, seeds, port, extra, options, None))
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("node started"))
+            .collect()
+    });
+    let members: [Member; N] = members.try_into().ok().expect("N members");
+    let refs: Vec<&Member> = members.iter().collect();
+    let took = wait_settled(&refs, Duration::from_secs(15));
+    eprintln!("{N} nodes settled {took:?} after the last one was ready");
+    members
+}
+
 /// The loopback address of the `i`-th node of a fault test: 127.0.0.2, 127.0.0.3, ...
 pub fn node_host(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))
