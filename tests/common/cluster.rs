@@ -365,19 +365,34 @@ pub async fn connect(m: &Member) -> Client {
 pub static READS: AtomicUsize = AtomicUsize::new(0);
 
 /// Every live key of `map_name` on one node: a QUERY_SUB without filter on a fresh connection.
+///
+/// A node closes connections with live queries (1013 `resync`) when it has been away from its
+/// peers, so that clients subscribe again; this reader does what a client does: it reconnects
+/// and asks again.
 pub async fn read_map(m: &Member, map_name: &str) -> BTreeMap<String, Value> {
-    let mut c = connect(m).await;
-    let qid = format!("read-{}", READS.fetch_add(1, Ordering::SeqCst));
-    c.send(&query_sub(&qid, map_name, map(&[]))).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let resp = loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let v = c
-            .recv_within(left)
-            .await
-            .unwrap_or_else(|| panic!("{}: no QUERY_RESP for {map_name} within 10 s", m.id));
-        if msg_type(&v) == "QUERY_RESP" && pstr(&v, "queryId") == Some(qid.as_str()) {
-            break v;
+    let mut closes = Vec::new();
+    let (mut c, resp) = 'ask: loop {
+        let mut c = connect(m).await;
+        let qid = format!("read-{}", READS.fetch_add(1, Ordering::SeqCst));
+        c.send(&query_sub(&qid, map_name, map(&[]))).await;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(v) = c.recv_within(left).await else {
+                match c.closed.take() {
+                    Some(close) if !left.is_zero() => {
+                        closes.push(format!("{close:?}"));
+                        continue 'ask;
+                    }
+                    _ => panic!(
+                        "{}: no QUERY_RESP for {map_name} within 10 s (closes before: {closes:?})",
+                        m.id
+                    ),
+                }
+            };
+            if msg_type(&v) == "QUERY_RESP" && pstr(&v, "queryId") == Some(qid.as_str()) {
+                break 'ask (c, v);
+            }
         }
     };
     assert!(
