@@ -369,6 +369,16 @@ pub struct Overrides {
     /// File holding the cluster secret (first line) and optionally the previous one (second line)
     #[arg(long, env = "TOPGUN_CLUSTER_SECRET_FILE", value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate chain this node presents on its peer links (mutual TLS; with
+    /// --cluster-tls-key and --cluster-tls-ca)
+    #[arg(long, env = "TOPGUN_CLUSTER_TLS_CERT", value_name = "FILE")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// PEM private key of --cluster-tls-cert
+    #[arg(long, env = "TOPGUN_CLUSTER_TLS_KEY", value_name = "FILE")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// PEM certificate of the cluster's CA: a peer link is accepted only with a certificate it signed
+    #[arg(long, env = "TOPGUN_CLUSTER_TLS_CA", value_name = "FILE")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// Let the cluster port listen beyond loopback without a cluster secret: anyone who reaches
     /// it can join the cluster and read every map
     #[arg(long, env = "TOPGUN_CLUSTER_INSECURE", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
@@ -536,6 +546,8 @@ pub struct Config {
     /// unless `cluster_insecure` ([`Config::cluster_host`]).
     pub cluster_secret: Option<ClusterSecret>,
     pub cluster_insecure: bool,
+    /// `None`: peer links are plain TCP.
+    pub cluster_tls: Option<TlsFiles>,
     /// Unsent bytes one peer link may hold before it is cut off.
     pub cluster_link_buffer: usize,
     /// `None`: no anti-entropy rounds.
@@ -704,6 +716,41 @@ impl ClusterSecret {
     }
 }
 
+/// The three files of the peer links' mutual TLS (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// The cluster's TLS files: all three, or none (links in plain TCP). Without the CA nothing
+/// could verify a peer, and without its own certificate a node could not be verified.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (cert, key, _) => {
+            let missing = if cert.is_none() {
+                "cluster_tls_cert"
+            } else if key.is_none() {
+                "cluster_tls_key"
+            } else {
+                "cluster_tls_ca"
+            };
+            Err(ConfigError::invalid(
+                missing,
+                "cluster TLS needs a certificate, its key and the cluster CA together \
+                 (--cluster-tls-cert, --cluster-tls-key, --cluster-tls-ca)",
+            ))
+        }
+    }
+}
+
 /// The bearer token of the `/debug/*` endpoints. Its `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DebugToken(String);
@@ -807,6 +854,7 @@ impl Default for Config {
             debug_token: None,
             cluster_secret: None,
             cluster_insecure: false,
+            cluster_tls: None,
             cluster_link_buffer: 64 << 20,
             anti_entropy_interval: Some(Duration::from_secs(30)),
         }
@@ -902,6 +950,11 @@ impl Config {
                 cli.cluster_secret_file.or(file.cluster_secret_file),
             )?,
             cluster_insecure: pick!(cluster_insecure, d.cluster_insecure),
+            cluster_tls: tls_files(
+                cli.cluster_tls_cert.or(file.cluster_tls_cert),
+                cli.cluster_tls_key.or(file.cluster_tls_key),
+                cli.cluster_tls_ca.or(file.cluster_tls_ca),
+            )?,
             cluster_link_buffer: pick!(cluster_link_buffer_bytes, d.cluster_link_buffer),
             anti_entropy_interval: match cli
                 .anti_entropy_interval_ms

@@ -66,6 +66,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("cluster TLS: {0}")]
+    ClusterTls(#[from] crate::cluster::tls::TlsError),
 }
 
 /// How long client connections get to close after the 1001 before the server stops anyway.
@@ -196,6 +198,15 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         warn!(log, "cluster port on loopback only: no cluster secret is set (TOPGUN_CLUSTER_SECRET, or --cluster-insecure)";
             "host" => %cluster_host);
     }
+    let cluster_tls = config
+        .cluster_tls
+        .as_ref()
+        .map(crate::cluster::tls::ClusterTls::load)
+        .transpose()?;
+    if let Some(files) = &config.cluster_tls {
+        info!(log, "cluster links use mutual TLS: peers need a certificate of the cluster CA";
+            "cert" => %files.cert.display(), "ca" => %files.ca.display());
+    }
     let (cluster_socket, peer_listener) =
         bind_cluster(SocketAddr::new(cluster_host, config.cluster_port))?;
     let cluster_port = cluster_socket
@@ -233,6 +244,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
                 s.previous.as_ref().map(String::as_bytes),
             )
         }),
+        cluster_tls,
     ));
 
     let timed = config.actor_telemetry;

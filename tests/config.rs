@@ -367,6 +367,41 @@ fn bad_config_files_fail_with_one_line() {
 }
 
 #[test]
+fn cluster_tls_needs_its_three_files_and_pem_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let junk = write_file(d, "junk.pem", "not a certificate\n");
+    let junk = junk.to_str().unwrap();
+    // Without the CA nothing could verify a peer: refused, naming what is missing.
+    assert_refused(
+        base(d).args(["--cluster-tls-cert", junk, "--cluster-tls-key", junk]),
+        &["cluster_tls_ca"],
+    );
+    assert_refused(
+        base(d).args(["--cluster-tls-ca", junk]),
+        &["cluster_tls_cert"],
+    );
+    assert_refused(
+        base(d)
+            .env("TOPGUN_CLUSTER_TLS_CERT", junk)
+            .args(["--cluster-tls-ca", junk]),
+        &["cluster_tls_key"],
+    );
+    // All three, but no PEM in them: the file is named.
+    assert_refused(
+        base(d).args([
+            "--cluster-tls-cert",
+            junk,
+            "--cluster-tls-key",
+            junk,
+            "--cluster-tls-ca",
+            junk,
+        ]),
+        &["cluster TLS", "junk.pem"],
+    );
+}
+
+#[test]
 fn busy_port_fails_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let (_l, busy) = busy_port();

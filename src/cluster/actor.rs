@@ -31,7 +31,7 @@ use super::membership::{
     foca_config, heeds_down_verdict, refusal_code, without_down_claims, NodeIdentity, WireCodec,
 };
 use super::migration;
-use super::peer::{Direction, PeerConn};
+use super::peer::{Direction, PeerConn, PeerStream, TlsFailure};
 use super::secret::{self, SealError};
 use super::state::MissingLink;
 use super::table::{next_version, PartitionTable, Role, TableMember};
@@ -105,6 +105,9 @@ struct PullEnded {
 
 /// How long after a failed dial the link is tried again.
 const REDIAL_AFTER: Duration = Duration::from_millis(300);
+/// Longest wait for a peer's TCP connection to open (its TLS handshake has the cluster
+/// timeout of its own): a member that does not answer is dialled again soon.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a member may be alive without a link before that is a fault (logged, `/ready`).
 const LINK_GRACE: Duration = Duration::from_secs(3);
 /// While a link stays missing, its warning is repeated this often.
@@ -425,12 +428,11 @@ impl ClusterActor {
         {
             return;
         }
-        let host = self.node.config.cluster_host();
-        let timeout = self.node.cluster.timeout;
         for addr in self.seed_addrs.clone() {
-            let connect = tokio::time::timeout(timeout, connect_from(host, addr));
+            let node = self.node.clone();
+            let connect = async move { dial_link(&node, addr).await };
             ctx.spawn(connect.into_actor(self).map(|res, act, _| {
-                if let Ok(Ok(stream)) = res {
+                if let Ok(stream) = res {
                     PeerConn::start(act.node.clone(), stream, Direction::SecretProbe);
                 }
             }));
@@ -635,10 +637,9 @@ impl ClusterActor {
             _ => return,
         }
         self.next_attempt += 1;
-        let connect = tokio::time::timeout(
-            Duration::from_secs(2),
-            connect_from(self.node.config.cluster_host(), member.peer_addr),
-        );
+        let node = self.node.clone();
+        let addr = member.peer_addr;
+        let connect = async move { dial_link(&node, addr).await };
         ctx.spawn(connect.into_actor(self).map(move |res, act, ctx| {
             let leaving = act.leaving;
             let Some(dial) = act
@@ -649,9 +650,9 @@ impl ClusterActor {
                 // Replaced (the member restarted or left meanwhile): the stream just drops.
                 return;
             };
-            let failure = match res {
-                Ok(Ok(_)) if leaving => return,
-                Ok(Ok(stream)) => {
+            let (reason, failure) = match res {
+                Ok(_) if leaving => return,
+                Ok(stream) => {
                     let conn = PeerConn::start(
                         act.node.clone(),
                         stream,
@@ -664,13 +665,29 @@ impl ClusterActor {
                     dial.handshake = Some(conn);
                     return;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".to_owned(),
+                Err(failure) => failure,
             };
             dial.attempt = None;
-            act.node.cluster.counters.peer_error("connect");
-            debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
-                "addr" => %member.peer_addr, "err" => err_kv("connect", failure));
+            act.node.cluster.counters.peer_error(reason);
+            let refused = reason == "tls";
+            match refused.then(|| {
+                act.node
+                    .cluster
+                    .may_log_refused(member.peer_addr.ip(), "tls_dial")
+            }) {
+                // A peer whose certificate this node does not trust (or the reverse) is a
+                // misconfiguration an operator must see; a peer not listening yet is not.
+                Some(Some(suppressed)) => {
+                    warn!(act.log, "peer link refused: the TLS handshake failed";
+                        "peer" => &member.node_id, "addr" => %member.peer_addr,
+                        "suppressed" => suppressed, "err" => err_kv(reason, failure));
+                }
+                Some(None) => {}
+                None => {
+                    debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
+                        "addr" => %member.peer_addr, "err" => err_kv(reason, failure));
+                }
+            }
             let id = member.node_id.clone();
             ctx.run_later(REDIAL_AFTER, move |act, ctx| act.redial(&id, ctx));
         }));
@@ -1173,7 +1190,7 @@ impl ClusterActor {
     /// minute per address.
     fn unsealed_datagram(&mut self, from: SocketAddr, e: &SealError, len: usize) {
         self.invalid += 1;
-        if let Some(suppressed) = self.node.cluster.may_log_auth(from.ip()) {
+        if let Some(suppressed) = self.node.cluster.may_log_refused(from.ip(), "datagram") {
             warn!(self.log, "cluster datagram refused: the sender does not share this node's cluster secret";
                 "from" => %from, "reason" => e.code(), "bytes" => len,
                 "suppressed" => suppressed, "err" => err_kv(e.code(), e));
@@ -1746,6 +1763,24 @@ impl Handler<Leave> for ClusterActor {
             }
         })
     }
+}
+
+/// A link to the peer listening at `addr`: connected within [`DIAL_TIMEOUT`], then through
+/// the cluster's TLS when it has one. A failure names its `topgun_cluster_peer_errors_total`
+/// reason: `connect` or `tls`.
+async fn dial_link(
+    node: &DataPlane,
+    addr: SocketAddr,
+) -> Result<PeerStream, (&'static str, String)> {
+    let connect = connect_from(node.config.cluster_host(), addr);
+    let stream = match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(("connect", e.to_string())),
+        Err(_) => return Err(("connect", "timed out".to_owned())),
+    };
+    PeerStream::establish(&node.cluster, stream, true)
+        .await
+        .map_err(|TlsFailure(e)| ("tls", e.to_string()))
 }
 
 /// Connects to a peer from this node's own address when `--host` names one, so its peer

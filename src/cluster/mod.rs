@@ -21,6 +21,7 @@ pub mod replication;
 pub mod secret;
 pub mod state;
 pub mod table;
+pub mod tls;
 pub mod wire;
 
 /// The URL clients should use: the advertised host (or the bind address when it is specific,

@@ -7,7 +7,7 @@
 //! requests. A request waits at most the cluster timeout: a peer that stops answering fails its
 //! callers (counted as `timeout`) instead of holding client acks forever.
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use serde_bytes::ByteBuf;
 use slog::{debug, error, info, warn, Logger};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -34,8 +34,9 @@ use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
 
 /// `reason` values of `topgun_cluster_peer_errors_total`.
-pub const PEER_ERROR_REASONS: [&str; 12] = [
+pub const PEER_ERROR_REASONS: [&str; 13] = [
     "auth",
+    "tls",
     "backlog",
     "version",
     "placement",
@@ -125,7 +126,7 @@ impl tokio_util::codec::Decoder for WatchedCodec {
 /// The write half of a peer connection, counting the bytes the kernel took: with the bytes the
 /// connection wrote into its buffer, that is what waits unsent ([`PeerConn::unsent`]).
 pub struct CountingWriter {
-    inner: OwnedWriteHalf,
+    inner: Box<dyn AsyncWrite + Unpin>,
     taken: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
@@ -154,6 +155,63 @@ impl tokio::io::AsyncWrite for CountingWriter {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A connected peer stream with the socket options of a link set, plain or inside the
+/// cluster's TLS: the halves the connection reads and writes.
+pub struct PeerStream {
+    read: Box<dyn AsyncRead + Unpin>,
+    write: Box<dyn AsyncWrite + Unpin>,
+    remote: Option<SocketAddr>,
+}
+
+/// A TLS handshake that failed: the peer (or this node) has no certificate the other's CA
+/// signed, or does not speak TLS at all.
+#[derive(Debug)]
+pub struct TlsFailure(pub std::io::Error);
+
+impl PeerStream {
+    /// `stream` as a link: through the cluster's TLS when it has one (the server side when
+    /// the peer dialled), within the cluster timeout.
+    pub async fn establish(
+        cluster: &ClusterState,
+        stream: TcpStream,
+        dialled: bool,
+    ) -> Result<PeerStream, TlsFailure> {
+        let _ = stream.set_nodelay(true);
+        watch_liveness(&stream, cluster.timeout);
+        let remote = stream.peer_addr().ok();
+        let Some(tls) = &cluster.tls else {
+            let (read, write) = stream.into_split();
+            return Ok(PeerStream {
+                read: Box::new(read),
+                write: Box::new(write),
+                remote,
+            });
+        };
+        let handshake = async {
+            if dialled {
+                tls.connect(stream).await
+            } else {
+                tls.accept(stream).await
+            }
+        };
+        let stream = tokio::time::timeout(cluster.timeout, handshake)
+            .await
+            .map_err(|_| {
+                TlsFailure(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no TLS handshake within the cluster timeout",
+                ))
+            })?
+            .map_err(TlsFailure)?;
+        let (read, write) = tokio::io::split(stream);
+        Ok(PeerStream {
+            read: Box::new(read),
+            write: Box::new(write),
+            remote,
+        })
     }
 }
 
@@ -302,12 +360,13 @@ pub struct PeerConn {
 
 impl PeerConn {
     /// Starts the actor on the current arbiter for a connected stream.
-    pub fn start(node: Arc<DataPlane>, stream: TcpStream, direction: Direction) -> Addr<Self> {
-        let _ = stream.set_nodelay(true);
-        watch_liveness(&stream, node.cluster.timeout);
-        let remote_addr = stream.peer_addr().ok();
+    pub fn start(node: Arc<DataPlane>, stream: PeerStream, direction: Direction) -> Addr<Self> {
+        let PeerStream {
+            read,
+            write,
+            remote: remote_addr,
+        } = stream;
         let remote = remote_addr.map_or_else(|| "?".into(), |a| a.to_string());
-        let (read, write) = stream.into_split();
         let taken = std::rc::Rc::new(std::cell::Cell::new(0));
         let write = CountingWriter {
             inner: write,
@@ -447,7 +506,7 @@ impl PeerConn {
     /// once a minute per address, anything else once per 10 s per reason.
     fn may_log_refusal(&self, reason: &'static str) -> Option<u64> {
         match (reason, self.remote_ip) {
-            ("auth", Some(ip)) => self.cluster().may_log_auth(ip),
+            ("auth", Some(ip)) => self.cluster().may_log_refused(ip, "auth"),
             _ => self.cluster().may_log(reason),
         }
     }
@@ -1386,7 +1445,28 @@ pub async fn accept_peers(
                     manager: manager.clone(),
                     count: count.clone(),
                 };
-                PeerConn::start(node.clone(), stream, direction);
+                let node = node.clone();
+                actix_rt::spawn(async move {
+                    match PeerStream::establish(&node.cluster, stream, false).await {
+                        Ok(stream) => {
+                            PeerConn::start(node, stream, direction);
+                        }
+                        Err(TlsFailure(e)) => {
+                            if let Direction::Inbound { count, .. } = direction {
+                                count.total.fetch_sub(1, AtomicOrdering::Relaxed);
+                                count.handshaking.fetch_sub(1, AtomicOrdering::Relaxed);
+                            }
+                            node.cluster.counters.peer_error("tls");
+                            if let Some(suppressed) =
+                                node.cluster.may_log_refused(from.ip(), "tls_accept")
+                            {
+                                warn!(node.log, "peer refused: its TLS handshake failed";
+                                    "from" => %from, "suppressed" => suppressed,
+                                    "err" => err_kv("tls", e));
+                            }
+                        }
+                    }
+                });
             }
             Err(e) => {
                 node.cluster.counters.peer_error("accept");

@@ -28,7 +28,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One line per reason of a repeating warning per this interval; the rest are counted in it.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
-/// A peer refused for the cluster secret is logged at most once per this, per IP address.
+/// A peer refused for the cluster secret or TLS is logged at most once per this, per IP
+/// address and kind of refusal.
 const AUTH_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Addresses remembered for [`AUTH_LOG_EVERY`] at most: a flood from many addresses forgets
 /// them all at once rather than growing.
@@ -123,8 +124,10 @@ pub struct ClusterState {
     pub placement: Placement,
     /// The cluster secrets: `None`, peers are not authenticated.
     pub keys: Option<ClusterKeys>,
+    /// The links' mutual TLS: `None`, links are plain TCP.
+    pub tls: Option<super::tls::ClusterTls>,
     /// When each address was last logged as refused for the cluster secret.
-    auth_log: Mutex<HashMap<IpAddr, Throttle>>,
+    auth_log: Mutex<HashMap<(IpAddr, &'static str), Throttle>>,
     /// Per partition: this node gained a role for it and is still pulling it, so it must not
     /// answer a gathered read for it yet (its copy may be missing records).
     arriving: Vec<AtomicBool>,
@@ -160,6 +163,7 @@ impl ClusterState {
         backups: usize,
         placement: Placement,
         keys: Option<ClusterKeys>,
+        tls: Option<super::tls::ClusterTls>,
     ) -> Self {
         let table = PartitionTable::compute(vec![me.clone()], backups, 1);
         ClusterState {
@@ -172,6 +176,7 @@ impl ClusterState {
             backups,
             placement,
             keys,
+            tls,
             auth_log: Mutex::new(HashMap::new()),
             arriving: (0..PARTITION_COUNT)
                 .map(|_| AtomicBool::new(false))
@@ -377,14 +382,15 @@ impl ClusterState {
             .check(Instant::now())
     }
 
-    /// `Some(suppressed)` when a refusal of `ip` for the cluster secret may be logged now (once
-    /// per [`AUTH_LOG_EVERY`] per address), with the refusals of it not logged since.
-    pub fn may_log_auth(&self, ip: IpAddr) -> Option<u64> {
+    /// `Some(suppressed)` when a refusal of `ip` for the cluster secret or TLS may be logged
+    /// now (once per [`AUTH_LOG_EVERY`] per address and `kind`, the line's own: a datagram, a
+    /// handshake, a link this node dialled), with the refusals of it not logged since.
+    pub fn may_log_refused(&self, ip: IpAddr, kind: &'static str) -> Option<u64> {
         let mut log = lock(&self.auth_log);
-        if log.len() >= AUTH_LOG_ADDRS && !log.contains_key(&ip) {
+        if log.len() >= AUTH_LOG_ADDRS && !log.contains_key(&(ip, kind)) {
             log.clear();
         }
-        log.entry(ip)
+        log.entry((ip, kind))
             .or_insert_with(|| Throttle::new(AUTH_LOG_EVERY))
             .check(Instant::now())
     }
