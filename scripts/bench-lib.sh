@@ -11,7 +11,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-NODE_BIN="${NODE_BIN:-$TARGET_DIR/release/topgun-node}"
+BUILT_NODE_BIN="$TARGET_DIR/release/topgun-node"
+NODE_BIN="${NODE_BIN:-$BUILT_NODE_BIN}"
 LOAD_BIN="$TARGET_DIR/release/topgun-load"
 # JWT mode: the benchmark measures authenticated connections, as clients use them.
 BENCH_SECRET="bench-secret-$$"
@@ -138,12 +139,23 @@ median() {
   jq -s "[.[] | $path | select(. != null)] | sort | if length == 0 then null else .[(length / 2 | floor)] end" "$@"
 }
 
+# The checkout's commit, and the node binary when NODE_BIN is another one than its build (an
+# A/B against an older node must not be reported as this commit's figures).
+bench_commit() {
+  local commit
+  commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  if [[ "$NODE_BIN" != "$BUILT_NODE_BIN" ]]; then
+    commit="$commit (load generator; node binary NODE_BIN=$NODE_BIN, not this commit's build)"
+  fi
+  echo "$commit"
+}
+
 machine_json() {
   jq -n --arg cpu "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)" \
     --arg cores "$(nproc)" \
     --arg mem "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
     --arg kernel "$(uname -r)" \
-    --arg commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --arg commit "$(bench_commit)" \
     '{cpu: $cpu, cores: ($cores | tonumber), memory: $mem, kernel: $kernel, commit: $commit,
       note: "load generator and node share the same cores"}'
 }
