@@ -248,7 +248,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     ));
 
     let timed = config.actor_telemetry;
-    let pending_batches = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let write_slots = Arc::new(crate::data::slots::BatchSlots::new());
     let metrics_arbiter = Arbiter::new();
     let budget = Arc::new(MemoryBudget::new(memory_budget(&config, &log)));
     let maps = Arc::new(MapCatalog::new(config.max_maps));
@@ -259,7 +259,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         config.report_interval,
         timed,
     )
-    .sample_pending_batches(pending_batches.clone())
+    .sample_pending_batches(write_slots.gauge())
     .sample_limits(budget.clone(), maps.clone());
     let depth = metrics_actor.depth_counter();
     let metrics = Mailbox::new(
@@ -312,7 +312,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         log: log.clone(),
         shards,
         queue,
-        pending_batches,
+        write_slots,
         cluster: cluster_state,
         budget,
         maps,

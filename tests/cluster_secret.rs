@@ -4,36 +4,13 @@
 //! keeps every pair of nodes talking.
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::cluster::*;
-use common::proto::*;
-use rmpv::Value;
 
 const SECRET: &str = "the grid's shared secret";
 const OTHER: &str = "some other grid's secret";
 const NEXT: &str = "the grid's next secret!!";
-
-/// Writes `n` keys through `via`, acknowledged, and returns them.
-async fn write_keys(via: &Member, prefix: &str, n: usize) -> BTreeMap<String, Value> {
-    let mut c = connect(via).await;
-    let mut want = BTreeMap::new();
-    for i in 0..n {
-        let key = format!("{prefix}-{i}");
-        let value = Value::from(i as i64);
-        let id = format!("{prefix}-op-{i}");
-        write_acked(
-            &mut c,
-            &via.id,
-            &client_op(put(&id, "m", &key, &value, 0)),
-            &id,
-        )
-        .await;
-        want.insert(key, value);
-    }
-    want
-}
 
 fn counter(m: &Member, name: &str, labels: &[(&str, &str)]) -> f64 {
     m.node.scrape().value_or_zero(name, labels)
@@ -50,7 +27,7 @@ async fn only_nodes_that_share_the_secret_join_and_the_others_say_why() {
     );
     wait_settled(&[&a, &b], Duration::from_secs(10));
     // Keys of every partition: forwards to the owner and gathered reads use the links.
-    let want = write_keys(&a, "k", 40).await;
+    let want = write_keys(&a, "m", "k", 40).await;
     wait_keys(&b, "m", &want, Duration::from_secs(10)).await;
 
     let quick = ["--cluster-join-timeout-ms", "1000"];
@@ -122,8 +99,8 @@ async fn during_a_rotation_nodes_with_the_old_secret_and_with_both_form_one_grid
     let b = start("node-b", Some(a.cluster_port), 0, &rotated);
     let c = start("node-c", Some(a.cluster_port), 0, &rotated);
     wait_settled(&[&a, &b, &c], Duration::from_secs(15));
-    let mut want = write_keys(&b, "via-b", 30).await;
-    want.extend(write_keys(&a, "via-a", 30).await);
+    let mut want = write_keys(&b, "m", "via-b", 30).await;
+    want.extend(write_keys(&a, "m", "via-a", 30).await);
     for m in [&a, &b, &c] {
         wait_keys(m, "m", &want, Duration::from_secs(10)).await;
         assert_eq!(

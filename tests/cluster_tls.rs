@@ -4,18 +4,15 @@
 //! another CA signed never gets a link, with the refusal counted and logged on both sides.
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::*;
-use common::proto::*;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rmpv::Value;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,19 +176,7 @@ async fn members_with_certificates_of_the_cluster_ca_form_a_grid_over_mutual_tls
     }
 
     // Keys of every partition: forwards to the owner, replicas and gathered reads cross the links.
-    let mut c = connect(&a).await;
-    let mut want = BTreeMap::new();
-    for i in 0..40 {
-        let (key, id, value) = (format!("k-{i}"), format!("op-{i}"), Value::from(i));
-        write_acked(
-            &mut c,
-            &a.id,
-            &client_op(put(&id, "m", &key, &value, 0)),
-            &id,
-        )
-        .await;
-        want.insert(key, value);
-    }
+    let want = write_keys(&a, "m", "k", 40).await;
     wait_keys(&b, "m", &want, Duration::from_secs(10)).await;
     assert_eq!(
         counter(&a, "topgun_cluster_peer_errors_total", &[("reason", "tls")]),

@@ -8,10 +8,10 @@ pub mod budget;
 pub mod intake;
 pub mod ops;
 pub mod reads;
+pub mod slots;
 pub mod sync;
 pub mod writes;
 
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use slog::Logger;
@@ -33,7 +33,7 @@ pub struct DataPlane {
     pub shards: Shards,
     pub queue: EventQueue,
     /// Write batches accepted from clients and not yet applied, node-wide (backpressure).
-    pub pending_batches: Arc<AtomicI64>,
+    pub write_slots: Arc<slots::BatchSlots>,
     /// The partition table, peer links and write settings of the cluster.
     pub cluster: Arc<ClusterState>,
     /// `--max-memory`: sampled by the metrics actor, read by the write intake.

@@ -5,7 +5,6 @@
 //! Every close the node initiates sends a Close frame with a code and a reason: 4001 after
 //! AUTH_FAIL, 1000 on timeouts, 1009 for an oversize message, 1002 for a protocol error, 1001
 //! on shutdown. Frames are processed strictly in order.
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -120,7 +119,7 @@ pub struct ConnectionActor {
     /// Write batches sent to shards, and how many of them have been applied: the forced sync
     /// waits for the two to meet, while the actor itself is paused.
     pub(super) writes_submitted: u64,
-    pub(super) writes_applied: Rc<Cell<u64>>,
+    pub(super) writes_applied: Rc<super::flow::AppliedWrites>,
     pub(super) batches: u64,
     pub(super) outbound: Option<Arc<Outbound>>,
     pub(super) subscriptions: HashSet<Arc<str>>,
@@ -160,7 +159,7 @@ impl ConnectionActor {
             pipeline: Pipeline::default(),
             completions: None,
             writes_submitted: 0,
-            writes_applied: Rc::new(Cell::new(0)),
+            writes_applied: Rc::default(),
             batches: 0,
             outbound: None,
             subscriptions: HashSet::new(),

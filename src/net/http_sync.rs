@@ -3,10 +3,8 @@
 //! the same node-wide backpressure limit (up to the backoff timeout, then a 429 in `errors`);
 //! queries are one-shot snapshots.
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::requests::reserve_within;
 use super::NodeContext;
 use crate::cluster::gather::{self, ReadRequest};
 use crate::data::ops::{op_label, query_spec};
@@ -73,12 +71,13 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
             let last_id = ops.last().and_then(|o| o.id.clone());
             // The same node-wide cap as WebSocket writes; an HTTP client has no socket to stop
             // reading, so the request itself waits, up to the backoff timeout.
-            let (reserved, had_to_wait) = reserve_within(
-                &node.pending_batches,
-                node.config.backpressure_limit as i64,
-                node.config.backpressure_timeout,
-            )
-            .await;
+            let (reserved, had_to_wait) = node
+                .write_slots
+                .reserve_until(
+                    node.config.backpressure_limit as i64,
+                    tokio::time::Instant::now() + node.config.backpressure_timeout,
+                )
+                .await;
             waited = had_to_wait;
             if reserved {
                 let trace = crate::cluster::wire::Trace {
@@ -91,7 +90,7 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
                     &node.data, 0, trace, ops, &node.log,
                 )
                 .await;
-                node.pending_batches.fetch_sub(1, Ordering::AcqRel);
+                node.write_slots.release();
                 errors.extend(outcome.rejected.into_iter().map(HttpSyncError::from));
                 match outcome.failure {
                     Some(reason) => {

@@ -2,9 +2,8 @@
 //! (one message per shard per client frame), reads and queries gather from every shard, topic
 //! messages go to their stripe. Requests run concurrently but their replies leave in request
 //! order ([`super::pipeline`]); write batches are subject to node-wide flow control.
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -87,40 +86,8 @@ fn valid_merkle_path(path: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Waits (without blocking the thread) for a pending-batch slot, up to `timeout`; for writes
-/// that have no socket to stop reading, such as `POST /sync`. Returns (got a slot, had to wait).
-pub(crate) async fn reserve_within(
-    pending: &std::sync::atomic::AtomicI64,
-    limit: i64,
-    timeout: Duration,
-) -> (bool, bool) {
-    if try_reserve(pending, limit) {
-        return (true, false);
-    }
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        tokio::time::sleep(FLOW_POLL).await;
-        if try_reserve(pending, limit) {
-            return (true, true);
-        }
-    }
-    (false, true)
-}
-
-/// Takes one of the node-wide pending-batch slots if one is free (the limit is a hard cap).
-fn try_reserve(pending: &std::sync::atomic::AtomicI64, limit: i64) -> bool {
-    pending
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .is_ok()
-}
-
 /// Rows outside a `limit` window remembered for refills, per subscription.
 const WINDOW_RESERVE: usize = 256;
-
-/// How often a waiting connection looks at the node-wide pending count again.
-const FLOW_POLL: Duration = Duration::from_millis(1);
 
 /// A finished request: the frames to send, then what to do once they are out.
 pub struct Completion {
@@ -228,16 +195,17 @@ impl ConnectionActor {
         }
         let cfg = &self.node.config;
         let limit = cfg.backpressure_limit as i64;
-        let pending = self.node.pending_batches.load(Ordering::Acquire);
+        let slots = self.node.write_slots.clone();
+        let pending = slots.in_flight();
         self.batches += 1;
         let every_nth = self.batches.is_multiple_of(cfg.backpressure_sync_every);
         let crowded = pending * 5 > limit * 4 && rand::random::<f64>() < 0.1;
         let force_sync = every_nth || crowded;
-        if !force_sync && try_reserve(&self.node.pending_batches, limit) {
+        if !force_sync && slots.try_reserve(limit) {
             self.submit_writes(ops);
             return;
         }
-        let at_limit = self.node.pending_batches.load(Ordering::Acquire) >= limit;
+        let at_limit = slots.in_flight() >= limit;
         if force_sync {
             self.tel.count_sync_forced();
         }
@@ -248,24 +216,16 @@ impl ConnectionActor {
         // writes are applied and/or the node is under its limit again.
         let applied = self.writes_applied.clone();
         let target = self.writes_submitted;
-        let pending = self.node.pending_batches.clone();
         let timeout = cfg.backpressure_timeout;
         let wait = async move {
             if force_sync {
-                while applied.get() < target {
-                    tokio::time::sleep(FLOW_POLL).await;
-                }
+                applied.reached(target).await;
             }
-            // Reserve the slot atomically: when the count dips, only as many waiting
-            // connections go on as there is room for, never all of them at once.
-            let deadline = Instant::now() + timeout;
-            while !try_reserve(&pending, limit) {
-                if Instant::now() >= deadline {
-                    return Flow::TimedOut;
-                }
-                tokio::time::sleep(FLOW_POLL).await;
+            let deadline = tokio::time::Instant::now() + timeout;
+            match slots.reserve_until(limit, deadline).await {
+                (true, _) => Flow::Go,
+                (false, _) => Flow::TimedOut,
             }
-            Flow::Go
         };
         ctx.wait(wait.into_actor(self).map(move |flow, act, ctx| match flow {
             Flow::Go => act.submit_writes(ops),
@@ -334,7 +294,7 @@ impl ConnectionActor {
             &self.tel.log,
         );
         self.writes_submitted += 1;
-        let pending = self.node.pending_batches.clone();
+        let slots = self.node.write_slots.clone();
         let applied = self.writes_applied.clone();
         self.start_request(async move {
             let outcome = applied_future.await;
@@ -348,8 +308,8 @@ impl ConnectionActor {
             } else {
                 ServerMessage::op_ack_applied(last_id.as_deref())
             }));
-            pending.fetch_sub(1, Ordering::AcqRel);
-            applied.set(applied.get() + 1);
+            slots.release();
+            applied.one_more();
             Completion::frames(frames)
         });
     }
@@ -785,44 +745,5 @@ impl ConnectionActor {
             data: m.data,
             publisher: self.id,
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicI64;
-
-    #[test]
-    fn the_limit_is_a_hard_cap() {
-        let pending = AtomicI64::new(0);
-        assert!(try_reserve(&pending, 2));
-        assert!(try_reserve(&pending, 2));
-        assert!(!try_reserve(&pending, 2));
-        assert_eq!(pending.load(Ordering::Acquire), 2);
-    }
-
-    #[tokio::test]
-    async fn a_waiter_gets_a_freed_slot_or_times_out() {
-        let pending = Arc::new(AtomicI64::new(1));
-        assert_eq!(
-            reserve_within(&pending, 1, Duration::from_millis(20)).await,
-            (false, true)
-        );
-        let freer = pending.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            freer.fetch_sub(1, Ordering::AcqRel);
-        });
-        assert_eq!(
-            reserve_within(&pending, 1, Duration::from_secs(5)).await,
-            (true, true)
-        );
-        assert_eq!(pending.load(Ordering::Acquire), 1);
-        pending.fetch_sub(1, Ordering::AcqRel);
-        assert_eq!(
-            reserve_within(&pending, 1, Duration::from_millis(1)).await,
-            (true, false)
-        );
     }
 }

@@ -432,6 +432,32 @@ pub fn diff(want: &BTreeMap<String, Value>, found: &BTreeMap<String, Value>) -> 
     ))
 }
 
+/// Writes `n` keys `{prefix}-{i}` = `i` to `map_name` through `via`, one acknowledged op at a
+/// time, and returns them.
+pub async fn write_keys(
+    via: &Member,
+    map_name: &str,
+    prefix: &str,
+    n: usize,
+) -> BTreeMap<String, Value> {
+    let mut c = connect(via).await;
+    let mut want = BTreeMap::new();
+    for i in 0..n {
+        let key = format!("{prefix}-{i}");
+        let value = Value::from(i as i64);
+        let id = format!("{prefix}-op-{i}");
+        write_acked(
+            &mut c,
+            &via.id,
+            &client_op(put(&id, map_name, &key, &value, 0)),
+            &id,
+        )
+        .await;
+        want.insert(key, value);
+    }
+    want
+}
+
 /// Polls `read_map` until every wanted key reads back with its value.
 pub async fn wait_keys(
     m: &Member,
