@@ -35,6 +35,16 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// Stable, for scripts that read the exit line and for log queries.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Flag(_) => "config_flag",
+            ConfigError::ReadFile { .. } => "config_unreadable",
+            ConfigError::ParseFile { .. } => "config_unparsable",
+            ConfigError::Invalid { .. } => "config_invalid",
+        }
+    }
+
     fn invalid(setting: &'static str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             setting,

@@ -11,19 +11,20 @@ use topgun_node::telemetry::logging::Logging;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn fail(e: impl std::fmt::Display, code: u8) -> ExitCode {
-    eprintln!("topgun-node: error: {e}");
-    ExitCode::from(code)
+/// The one stderr line of a node that cannot start: the error's stable code, then its message.
+fn fail(e: impl std::fmt::Display, code: &str, exit: u8) -> ExitCode {
+    eprintln!("topgun-node: error [{code}]: {e}");
+    ExitCode::from(exit)
 }
 
 fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(c) => c,
-        Err(e) => return fail(e, 2),
+        Err(e) => return fail(&e, e.code(), 2),
     };
     let node_id = match node::resolve_node_id(&config) {
         Ok(id) => id,
-        Err(e) => return fail(e, 1),
+        Err(e) => return fail(&e, e.code(), 1),
     };
     let logging = match Logging::init(
         &config.log_dest,
@@ -34,11 +35,12 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(source) => {
             let dest = config.log_dest.to_string();
-            return fail(StartError::LogDest { dest, source }, 1);
+            let e = StartError::LogDest { dest, source };
+            return fail(&e, e.code(), 1);
         }
     };
     match node::run(config, logging, node_id) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e, 1),
+        Err(e) => fail(&e, e.code(), 1),
     }
 }

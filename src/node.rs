@@ -70,6 +70,22 @@ pub enum StartError {
     ClusterTls(#[from] crate::cluster::tls::TlsError),
 }
 
+impl StartError {
+    /// Stable, printed with the exit line: what went wrong, for a script or an alert to match.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StartError::Config(_) => "config",
+            StartError::Bind { .. } => "bind",
+            StartError::DataDir { .. } => "data_dir",
+            StartError::LogDest { .. } => "log_dest",
+            StartError::Storage(e) => e.code(),
+            StartError::Metrics(_) => "metrics_registry",
+            StartError::Runtime(_) => "runtime",
+            StartError::ClusterTls(e) => e.code(),
+        }
+    }
+}
+
 /// How long client connections get to close after the 1001 before the server stops anyway.
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Shutdown time kept for leaving the cluster and flushing storage after the handover.
@@ -182,7 +198,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
 
     // Everything that can fail happens before the first actor starts: a node either starts
     // whole or exits with one line, never half-started.
-    let registry = Metrics::new(config.map_label_cap, config.summary_window)?;
+    let registry = Metrics::new(config.map_label_cap, config.summary_window)?
+        .with_peer_error_reasons(&crate::cluster::peer_error::PeerError::codes());
     let backend = open_backend(&config, &log)?;
     let client_addr = SocketAddr::new(config.host, config.port);
     let client_listener = bind(client_addr)?;

@@ -269,7 +269,7 @@ async fn no_auth_accepts_true_yes_1() {
 }
 
 /// Asserts the node refused to start: non-zero exit, no `PORT=`, exactly one stderr line that
-/// contains every one of `names`.
+/// contains every one of `names` (`[code]`: the error's stable code, printed before its message).
 fn assert_refused(cmd: &mut Command, names: &[&str]) {
     let out = run_to_exit(cmd, Duration::from_secs(10));
     assert!(
@@ -300,7 +300,7 @@ fn bad_flags_and_values_fail_with_one_line() {
     let d = dir.path();
     assert_refused(
         base(d).args(["--port", "0", "--bogus-flag"]),
-        &["--bogus-flag"],
+        &["[config_flag]", "--bogus-flag"],
     );
     assert_refused(base(d).args(["--port", "eighty"]), &["eighty", "port"]);
     assert_refused(base(d).args(["--port", "70000"]), &["70000", "port"]);
@@ -351,13 +351,13 @@ fn bad_config_files_fail_with_one_line() {
     let syntax = write_file(d, "syntax.toml", "port = = 1\n[[[\n");
     assert_refused(
         base(d).args(["--port", "0", "--config"]).arg(&syntax),
-        &["syntax.toml"],
+        &["[config_unparsable]", "syntax.toml"],
     );
     assert_refused(
         base(d)
             .args(["--port", "0", "--config"])
             .arg(d.join("missing.toml")),
-        &["missing.toml"],
+        &["[config_unreadable]", "missing.toml"],
     );
     // A directory is not a readable file either.
     assert_refused(
@@ -375,7 +375,7 @@ fn cluster_tls_needs_its_three_files_and_pem_in_them() {
     // Without the CA nothing could verify a peer: refused, naming what is missing.
     assert_refused(
         base(d).args(["--cluster-tls-cert", junk, "--cluster-tls-key", junk]),
-        &["cluster_tls_ca"],
+        &["[config_invalid]", "cluster_tls_ca"],
     );
     assert_refused(
         base(d).args(["--cluster-tls-ca", junk]),
@@ -397,7 +397,7 @@ fn cluster_tls_needs_its_three_files_and_pem_in_them() {
             "--cluster-tls-ca",
             junk,
         ]),
-        &["cluster TLS", "junk.pem"],
+        &["[cluster_tls_empty]", "cluster TLS", "junk.pem"],
     );
 }
 
@@ -407,7 +407,7 @@ fn busy_port_fails_with_one_line() {
     let (_l, busy) = busy_port();
     assert_refused(
         base(dir.path()).args(["--port", &busy.to_string()]),
-        &[&busy.to_string()],
+        &["[bind]", &busy.to_string()],
     );
     let (_m, busy_metrics) = busy_port();
     assert_refused(
@@ -464,7 +464,7 @@ fn unopenable_log_destination_fails_with_one_line() {
         .env("STORAGE_BACKEND", "memory")
         .args(["--port", "0", "--log-dest"])
         .arg(&bad);
-    assert_refused(&mut cmd, &[bad.to_str().unwrap()]);
+    assert_refused(&mut cmd, &["[log_dest]", bad.to_str().unwrap()]);
 }
 
 /// A restart on the same fixed port right after `kill -9`, while a client was connected (its

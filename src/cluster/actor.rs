@@ -32,6 +32,7 @@ use super::membership::{
 };
 use super::migration;
 use super::peer::{Direction, PeerConn, PeerStream, TlsFailure};
+use super::peer_error::PeerError;
 use super::secret::{self, SealError};
 use super::state::MissingLink;
 use super::table::{next_version, PartitionTable, Role, TableMember};
@@ -669,7 +670,7 @@ impl ClusterActor {
             };
             dial.attempt = None;
             act.node.cluster.counters.peer_error(reason);
-            let refused = reason == "tls";
+            let refused = reason == PeerError::Tls;
             match refused.then(|| {
                 act.node
                     .cluster
@@ -680,12 +681,12 @@ impl ClusterActor {
                 Some(Some(suppressed)) => {
                     warn!(act.log, "peer link refused: the TLS handshake failed";
                         "peer" => &member.node_id, "addr" => %member.peer_addr,
-                        "suppressed" => suppressed, "err" => err_kv(reason, failure));
+                        "suppressed" => suppressed, "err" => err_kv(reason.code(), failure));
                 }
                 Some(None) => {}
                 None => {
                     debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
-                        "addr" => %member.peer_addr, "err" => err_kv(reason, failure));
+                        "addr" => %member.peer_addr, "err" => err_kv(reason.code(), failure));
                 }
             }
             let id = member.node_id.clone();
@@ -1767,20 +1768,17 @@ impl Handler<Leave> for ClusterActor {
 
 /// A link to the peer listening at `addr`: connected within [`DIAL_TIMEOUT`], then through
 /// the cluster's TLS when it has one. A failure names its `topgun_cluster_peer_errors_total`
-/// reason: `connect` or `tls`.
-async fn dial_link(
-    node: &DataPlane,
-    addr: SocketAddr,
-) -> Result<PeerStream, (&'static str, String)> {
+/// reason.
+async fn dial_link(node: &DataPlane, addr: SocketAddr) -> Result<PeerStream, (PeerError, String)> {
     let connect = connect_from(node.config.cluster_host(), addr);
     let stream = match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(("connect", e.to_string())),
-        Err(_) => return Err(("connect", "timed out".to_owned())),
+        Ok(Err(e)) => return Err((PeerError::Connect, e.to_string())),
+        Err(_) => return Err((PeerError::Connect, "timed out".to_owned())),
     };
     PeerStream::establish(&node.cluster, stream, true)
         .await
-        .map_err(|TlsFailure(e)| ("tls", e.to_string()))
+        .map_err(|TlsFailure(e)| (PeerError::Tls, e.to_string()))
 }
 
 /// Connects to a peer from this node's own address when `--host` names one, so its peer

@@ -21,6 +21,7 @@ use slog::{debug, info, warn};
 use super::gather::call;
 use super::migration::{self, Merge};
 use super::peer::Cast;
+use super::peer_error::PeerError;
 use super::wire::{self, Kind};
 use crate::data::DataPlane;
 use crate::shard::actor::PartitionDigests;
@@ -102,9 +103,9 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
                 Ok(reply) => match wire::decode(&reply) {
                     Ok(d) => d,
                     Err(e) => {
-                        node.cluster.counters.peer_error("bad_frame");
+                        node.cluster.counters.peer_error(PeerError::BadFrame);
                         debug!(node.log, "anti-entropy: undecodable digests"; "peer" => &backup,
-                            "err" => err_kv("bad_frame", &e));
+                            "err" => err_kv(PeerError::BadFrame.code(), &e));
                         continue;
                     }
                 },

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use futures_util::future::{join_all, LocalBoxFuture};
 
 use super::peer::Call;
+use super::peer_error::PeerError;
 use super::table::PartitionTable;
 use super::wire::{self, Kind, QueryDone};
 use crate::data::reads::{grouped_page, local_groups, local_rows, run_query, PartitionMask};
@@ -279,14 +280,14 @@ pub async fn sync_read(
                 });
                 let reply = call(node, &peer, Kind::SyncRead, Kind::SyncDone, body).await?;
                 let done: wire::SyncDone = wire::decode(&reply).map_err(|e| {
-                    node.cluster.counters.peer_error("bad_frame");
+                    node.cluster.counters.peer_error(PeerError::BadFrame);
                     format!("{peer} answered garbage: {e}")
                 })?;
                 if let Some(e) = done.error {
                     return Err(format!("{peer}: {e}"));
                 }
                 check_sync_share(&done.share, &parts, &done.refused)
-                    .inspect_err(|_| node.cluster.counters.peer_error("bad_frame"))
+                    .inspect_err(|_| node.cluster.counters.peer_error(PeerError::BadFrame))
                     .map_err(|e| format!("{peer} answered garbage: {e}"))?;
                 Ok((done.share, done.refused))
             })
@@ -363,13 +364,13 @@ pub(super) async fn call(
     match tokio::time::timeout(timeout, link.send(Call { kind, body })).await {
         Ok(Ok(Ok(reply))) if reply.kind == answer_kind => Ok(reply.body),
         Ok(Ok(Ok(reply))) => {
-            node.cluster.counters.peer_error("bad_frame");
+            node.cluster.counters.peer_error(PeerError::BadFrame);
             Err(format!("{peer} answered {:?} to {kind:?}", reply.kind))
         }
         Ok(Ok(Err(e))) => Err(format!("{peer}: {e}")),
         Ok(Err(_)) => Err(format!("{peer}: connection closed")),
         Err(_) => {
-            node.cluster.counters.peer_error("timeout");
+            node.cluster.counters.peer_error(PeerError::Timeout);
             Err(format!(
                 "{peer} did not answer within {} ms",
                 timeout.as_millis()
@@ -434,7 +435,7 @@ async fn ask(
     });
     let reply = call(node, peer, Kind::Query, Kind::QueryDone, body).await?;
     wire::decode::<QueryDone>(&reply).map_err(|e| {
-        node.cluster.counters.peer_error("bad_frame");
+        node.cluster.counters.peer_error(PeerError::BadFrame);
         format!("{peer} answered garbage: {e}")
     })
 }

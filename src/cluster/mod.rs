@@ -16,6 +16,7 @@ pub mod live;
 pub mod membership;
 pub mod migration;
 pub mod peer;
+pub mod peer_error;
 pub mod release;
 pub mod replication;
 pub mod secret;

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::actor::{ClusterActor, LinkDown, LinkUp, PeerConnected};
+use super::peer_error::PeerError;
 use super::replication;
 use super::secret;
 use super::state::ClusterState;
@@ -32,23 +33,6 @@ use crate::queue::actor::TopicPublish;
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
-
-/// `reason` values of `topgun_cluster_peer_errors_total`.
-pub const PEER_ERROR_REASONS: [&str; 13] = [
-    "auth",
-    "tls",
-    "backlog",
-    "version",
-    "placement",
-    "bad_frame",
-    "bad_hello",
-    "node_id_clash",
-    "connect",
-    "lost",
-    "timeout",
-    "capacity",
-    "accept",
-];
 
 /// Inbound connections still in their handshake at once: silent connections to the cluster
 /// port are closed after the cluster timeout, and beyond this many they are not even kept, so
@@ -460,7 +444,7 @@ impl PeerConn {
         if !self.overflowed {
             return;
         }
-        self.cluster().counters.peer_error("backlog");
+        self.cluster().counters.peer_error(PeerError::Backlog);
         if let Some(suppressed) = self.cluster().may_log("backlog") {
             warn!(self.log, "peer link cut: the peer does not read what it is sent";
                 "unsentBytes" => self.unsent(),
@@ -504,22 +488,22 @@ impl PeerConn {
 
     /// Whether a refusal for `reason` may be logged now: a peer refused for the cluster secret
     /// once a minute per address, anything else once per 10 s per reason.
-    fn may_log_refusal(&self, reason: &'static str) -> Option<u64> {
+    fn may_log_refusal(&self, reason: PeerError) -> Option<u64> {
         match (reason, self.remote_ip) {
-            ("auth", Some(ip)) => self.cluster().may_log_refused(ip, "auth"),
-            _ => self.cluster().may_log(reason),
+            (PeerError::Auth, Some(ip)) => self.cluster().may_log_refused(ip, "auth"),
+            _ => self.cluster().may_log(reason.code()),
         }
     }
 
-    fn refuse(&mut self, ctx: &mut Context<Self>, reason: &'static str, detail: String) {
+    fn refuse(&mut self, ctx: &mut Context<Self>, reason: PeerError, detail: String) {
         self.cluster().counters.peer_error(reason);
         if let Some(suppressed) = self.may_log_refusal(reason) {
-            warn!(self.log, "peer refused"; "reason" => reason, "detail" => &detail,
+            warn!(self.log, "peer refused"; "reason" => reason.code(), "detail" => &detail,
                 "suppressed" => suppressed,
-                "err" => err_kv(reason, &detail));
+                "err" => err_kv(reason.code(), &detail));
         }
         let body = wire::body(&Refused {
-            reason: format!("{reason}: {detail}"),
+            reason: format!("{}: {detail}", reason.code()),
         });
         self.send_frame(Kind::Refused, 0, &body);
         self.writer.close();
@@ -544,15 +528,15 @@ impl PeerConn {
     fn on_hello(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         let hello: Hello = match wire::decode(&frame.body) {
             Ok(h) => h,
-            Err(e) => return self.refuse(ctx, "bad_hello", e.to_string()),
+            Err(e) => return self.refuse(ctx, PeerError::BadHello, e.to_string()),
         };
         if hello.magic != PEER_MAGIC {
-            return self.refuse(ctx, "bad_hello", format!("magic {:?}", hello.magic));
+            return self.refuse(ctx, PeerError::BadHello, format!("magic {:?}", hello.magic));
         }
         if hello.version != PEER_VERSION {
             return self.refuse(
                 ctx,
-                "version",
+                PeerError::Version,
                 format!(
                     "peer speaks version {}, this node {PEER_VERSION}",
                     hello.version
@@ -563,7 +547,7 @@ impl PeerConn {
         if hello.placement != placement {
             return self.refuse(
                 ctx,
-                "placement",
+                PeerError::Placement,
                 format!(
                     "peer keeps {} placement, this node {placement}",
                     hello.placement
@@ -575,7 +559,7 @@ impl PeerConn {
         {
             return self.refuse(
                 ctx,
-                "node_id_clash",
+                PeerError::NodeIdClash,
                 format!("another process uses node id {:?}", hello.node_id),
             );
         }
@@ -589,7 +573,7 @@ impl PeerConn {
                 else {
                     return self.refuse(
                         ctx,
-                        "auth",
+                        PeerError::Auth,
                         "the peer proves no cluster secret (it has none set)".into(),
                     );
                 };
@@ -601,7 +585,7 @@ impl PeerConn {
             }
             (Direction::Inbound { .. }, None) if hello.nonce.is_some() => self.refuse(
                 ctx,
-                "auth",
+                PeerError::Auth,
                 "the peer has a cluster secret and this node none".into(),
             ),
             (Direction::Inbound { .. }, None) => {
@@ -625,11 +609,11 @@ impl PeerConn {
                 if shared {
                     debug!(self.log, "seed shares the cluster secret"; "seed" => &hello.node_id);
                 } else {
-                    self.cluster().counters.peer_error("auth");
-                    if let Some(suppressed) = self.may_log_refusal("auth") {
+                    self.cluster().counters.peer_error(PeerError::Auth);
+                    if let Some(suppressed) = self.may_log_refusal(PeerError::Auth) {
                         error!(self.log, "the seed does not share this node's cluster secret: this node cannot join";
                             "seed" => &hello.node_id, "suppressed" => suppressed,
-                            "err" => err_kv("auth", "the seed's proof does not match any cluster secret of this node"));
+                            "err" => err_kv(PeerError::Auth.code(), "the seed's proof does not match any cluster secret of this node"));
                     }
                 }
                 ctx.stop();
@@ -643,7 +627,7 @@ impl PeerConn {
                 keys,
             ) => {
                 if let Err(detail) = check_answer(node_id, *generation, &hello) {
-                    return self.refuse(ctx, "bad_hello", detail);
+                    return self.refuse(ctx, PeerError::BadHello, detail);
                 }
                 let (node_id, manager) = (node_id.clone(), manager.clone());
                 match (keys, &hello.nonce) {
@@ -658,7 +642,7 @@ impl PeerConn {
                         ) {
                             return self.refuse(
                                 ctx,
-                                "auth",
+                                PeerError::Auth,
                                 "the peer did not prove this node's cluster secret: the secrets differ".into(),
                             );
                         }
@@ -671,14 +655,14 @@ impl PeerConn {
                     (Some(_), None) => {
                         return self.refuse(
                             ctx,
-                            "auth",
+                            PeerError::Auth,
                             "the peer proves no cluster secret (it has none set)".into(),
                         )
                     }
                     (None, Some(_)) => {
                         return self.refuse(
                             ctx,
-                            "auth",
+                            PeerError::Auth,
                             "the peer has a cluster secret and this node none".into(),
                         )
                     }
@@ -699,7 +683,7 @@ impl PeerConn {
     /// The dialler's AUTH: its proof of the cluster secret, checked against this side's nonce.
     fn on_auth(&mut self, hello: Hello, frame: Frame, ctx: &mut Context<Self>) {
         let (Some(keys), Some(nd)) = (self.cluster().keys.clone(), hello.nonce.as_ref()) else {
-            return self.refuse(ctx, "auth", "AUTH without a challenge".into());
+            return self.refuse(ctx, PeerError::Auth, "AUTH without a challenge".into());
         };
         let proven = wire::decode::<wire::Auth>(&frame.body).is_ok_and(|auth| {
             keys.dial_verifies(
@@ -713,7 +697,7 @@ impl PeerConn {
         if !proven {
             return self.refuse(
                 ctx,
-                "auth",
+                PeerError::Auth,
                 "the peer did not prove this node's cluster secret: the secrets differ".into(),
             );
         }
@@ -754,13 +738,13 @@ impl PeerConn {
                 return match frame.kind {
                     Kind::Auth => self.on_auth(hello, frame, ctx),
                     Kind::Refused => self.refused_by_peer(&frame, ctx),
-                    other => self.refuse(ctx, "auth", format!("{other:?} before AUTH")),
+                    other => self.refuse(ctx, PeerError::Auth, format!("{other:?} before AUTH")),
                 };
             }
             return match frame.kind {
                 Kind::Hello => self.on_hello(frame, ctx),
                 Kind::Refused => self.refused_by_peer(&frame, ctx),
-                other => self.refuse(ctx, "bad_hello", format!("{other:?} before HELLO")),
+                other => self.refuse(ctx, PeerError::BadHello, format!("{other:?} before HELLO")),
             };
         }
         match frame.kind {
@@ -780,8 +764,8 @@ impl PeerConn {
             | Kind::SyncDone
             | Kind::DigestsDone => self.answered(frame),
             Kind::Refused => self.refused_by_peer(&frame, ctx),
-            Kind::Hello => self.refuse(ctx, "bad_hello", "second HELLO".into()),
-            Kind::Auth => self.refuse(ctx, "bad_hello", "AUTH after the handshake".into()),
+            Kind::Hello => self.refuse(ctx, PeerError::BadHello, "second HELLO".into()),
+            Kind::Auth => self.refuse(ctx, PeerError::BadHello, "AUTH after the handshake".into()),
         }
     }
 
@@ -790,10 +774,10 @@ impl PeerConn {
         let why = wire::decode::<Refused>(&frame.body).map_or_else(|e| e.to_string(), |r| r.reason);
         if why.starts_with("auth") {
             // The other side of a secret mismatch: this node's operator must hear it as well.
-            self.cluster().counters.peer_error("auth");
-            if let Some(suppressed) = self.may_log_refusal("auth") {
+            self.cluster().counters.peer_error(PeerError::Auth);
+            if let Some(suppressed) = self.may_log_refusal(PeerError::Auth) {
                 error!(self.log, "peer refused this node: the cluster secrets differ"; "reason" => &why,
-                    "suppressed" => suppressed, "err" => err_kv("auth", &why));
+                    "suppressed" => suppressed, "err" => err_kv(PeerError::Auth.code(), &why));
             }
         } else if let Some(suppressed) = self.cluster().may_log("refused_by_peer") {
             warn!(self.log, "peer refused this node"; "reason" => &why,
@@ -844,8 +828,8 @@ impl PeerConn {
         let write: wire::Write = match wire::decode(&frame.body) {
             Ok(w) => w,
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
-                warn!(self.log, "undecodable write from peer"; "err" => err_kv("bad_frame", &e));
+                self.cluster().counters.peer_error(PeerError::BadFrame);
+                warn!(self.log, "undecodable write from peer"; "err" => err_kv(PeerError::BadFrame.code(), &e));
                 let done = wire::WriteDone {
                     rejected: Vec::new(),
                     failure: Some(format!("undecodable write: {e}")),
@@ -889,7 +873,7 @@ impl PeerConn {
         let pull: wire::Pull = match wire::decode(&frame.body) {
             Ok(p) => p,
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
+                self.cluster().counters.peer_error(PeerError::BadFrame);
                 let done = wire::PullDone {
                     records: 0,
                     failure: Some(format!("undecodable pull: {e}")),
@@ -902,7 +886,7 @@ impl PeerConn {
         if self.exports.len() >= MAX_EXPORTS {
             // A peer pulls one stream at a time per purpose; more is a peer gone wrong, and
             // each export holds a pass of keys.
-            self.cluster().counters.peer_error("bad_frame");
+            self.cluster().counters.peer_error(PeerError::BadFrame);
             let done = wire::PullDone {
                 records: 0,
                 failure: Some(format!("more than {MAX_EXPORTS} pulls at once")),
@@ -933,8 +917,8 @@ impl PeerConn {
                 }
             }
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
-                debug!(self.log, "undecodable PULL_MORE from peer"; "err" => err_kv("bad_frame", &e));
+                self.cluster().counters.peer_error(PeerError::BadFrame);
+                debug!(self.log, "undecodable PULL_MORE from peer"; "err" => err_kv(PeerError::BadFrame.code(), &e));
             }
         }
     }
@@ -944,7 +928,7 @@ impl PeerConn {
         let query: wire::Query = match wire::decode(&frame.body) {
             Ok(q) => q,
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
+                self.cluster().counters.peer_error(PeerError::BadFrame);
                 let done = wire::QueryDone {
                     table_version: self.cluster().table().version,
                     error: Some(format!("undecodable query: {e}")),
@@ -970,7 +954,7 @@ impl PeerConn {
         let read: wire::SyncRead = match wire::decode(&frame.body) {
             Ok(r) => r,
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
+                self.cluster().counters.peer_error(PeerError::BadFrame);
                 let done = wire::SyncDone {
                     table_version: self.cluster().table().version,
                     error: Some(format!("undecodable sync read: {e}")),
@@ -1001,9 +985,9 @@ impl PeerConn {
             _ => wire::decode(&frame.body).map(|e| super::live::events_received(&self.node, e)),
         };
         if let Err(e) = decoded {
-            self.cluster().counters.peer_error("bad_frame");
+            self.cluster().counters.peer_error(PeerError::BadFrame);
             debug!(self.log, "undecodable live message from peer"; "kind" => ?frame.kind,
-                "err" => err_kv("bad_frame", &e));
+                "err" => err_kv(PeerError::BadFrame.code(), &e));
         }
     }
 
@@ -1013,8 +997,8 @@ impl PeerConn {
         let asked: wire::Partitions = match wire::decode(&frame.body) {
             Ok(a) => a,
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
-                debug!(self.log, "undecodable digests request"; "err" => err_kv("bad_frame", &e));
+                self.cluster().counters.peer_error(PeerError::BadFrame);
+                debug!(self.log, "undecodable digests request"; "err" => err_kv(PeerError::BadFrame.code(), &e));
                 let empty = wire::body(&wire::DigestsDone::default());
                 self.send_frame(Kind::DigestsDone, corr, &empty);
                 return;
@@ -1045,8 +1029,8 @@ impl PeerConn {
                 ));
             }
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
-                debug!(self.log, "undecodable repair request"; "err" => err_kv("bad_frame", &e));
+                self.cluster().counters.peer_error(PeerError::BadFrame);
+                debug!(self.log, "undecodable repair request"; "err" => err_kv(PeerError::BadFrame.code(), &e));
             }
         }
     }
@@ -1055,8 +1039,8 @@ impl PeerConn {
         let topic: wire::Topic = match wire::decode(&frame.body) {
             Ok(t) => t,
             Err(e) => {
-                self.cluster().counters.peer_error("bad_frame");
-                debug!(self.log, "undecodable topic from peer"; "err" => err_kv("bad_frame", &e));
+                self.cluster().counters.peer_error(PeerError::BadFrame);
+                debug!(self.log, "undecodable topic from peer"; "err" => err_kv(PeerError::BadFrame.code(), &e));
                 return;
             }
         };
@@ -1091,7 +1075,7 @@ impl PeerConn {
             if let Some(p) = self.pending.remove(&corr) {
                 // Write callers count their own timeouts; a pull has no other clock.
                 if matches!(p.waiter, Waiter::Stream(_)) {
-                    self.cluster().counters.peer_error("timeout");
+                    self.cluster().counters.peer_error(PeerError::Timeout);
                 }
             }
         }
@@ -1107,7 +1091,7 @@ impl PeerConn {
             .get()
             .is_some_and(|since| since.elapsed() >= timeout)
         {
-            self.cluster().counters.peer_error("timeout");
+            self.cluster().counters.peer_error(PeerError::Timeout);
             debug!(self.log, "peer connection closed: a frame stalled";
                 "err" => err_kv("timeout", format!("no byte of an incomplete frame for {} ms", timeout.as_millis())));
             ctx.stop();
@@ -1127,7 +1111,7 @@ impl Actor for PeerConn {
         // accepted and froze) is not held: an outbound one is dialled again.
         ctx.run_later(self.cluster().timeout, |act, ctx| {
             if act.peer.is_none() && !act.refused {
-                act.cluster().counters.peer_error("timeout");
+                act.cluster().counters.peer_error(PeerError::Timeout);
                 debug!(act.log, "peer handshake timed out");
                 ctx.stop();
             }
@@ -1185,18 +1169,18 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerConn {
                 Ok(frame) => self.on_frame(frame, ctx),
                 Err(e) => {
                     let detail = e.to_string();
-                    self.refuse(ctx, e.code(), detail);
+                    self.refuse(ctx, PeerError::BadFrame, detail);
                 }
             },
             Err(e) => {
                 // An oversized length prefix or a reset: the stream cannot be trusted further.
                 let reason = if e.kind() == std::io::ErrorKind::InvalidData {
-                    "bad_frame"
+                    PeerError::BadFrame
                 } else {
-                    "lost"
+                    PeerError::Lost
                 };
                 self.cluster().counters.peer_error(reason);
-                debug!(self.log, "peer connection failed"; "err" => err_kv(reason, &e));
+                debug!(self.log, "peer connection failed"; "err" => err_kv(reason.code(), &e));
                 ctx.stop();
             }
         }
@@ -1205,7 +1189,7 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerConn {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         if self.peer.is_some() && matches!(self.direction, Direction::Outbound { .. }) {
-            self.cluster().counters.peer_error("lost");
+            self.cluster().counters.peer_error(PeerError::Lost);
         }
         ctx.stop();
     }
@@ -1213,7 +1197,7 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerConn {
 
 impl WriteHandler<std::io::Error> for PeerConn {
     fn error(&mut self, err: std::io::Error, _: &mut Context<Self>) -> Running {
-        self.cluster().counters.peer_error("lost");
+        self.cluster().counters.peer_error(PeerError::Lost);
         debug!(self.log, "peer write failed"; "err" => err_kv("lost", &err));
         Running::Stop
     }
@@ -1427,7 +1411,7 @@ pub async fn accept_peers(
                 let handshaking = count.handshaking.load(AtomicOrdering::Relaxed);
                 let total = count.total.load(AtomicOrdering::Relaxed);
                 if handshaking >= MAX_HANDSHAKING || total >= MAX_INBOUND {
-                    node.cluster.counters.peer_error("capacity");
+                    node.cluster.counters.peer_error(PeerError::Capacity);
                     if let Some(suppressed) = node.cluster.may_log("capacity") {
                         let why = format!(
                             "{handshaking} connections in their handshake (at most \
@@ -1456,7 +1440,7 @@ pub async fn accept_peers(
                                 count.total.fetch_sub(1, AtomicOrdering::Relaxed);
                                 count.handshaking.fetch_sub(1, AtomicOrdering::Relaxed);
                             }
-                            node.cluster.counters.peer_error("tls");
+                            node.cluster.counters.peer_error(PeerError::Tls);
                             if let Some(suppressed) =
                                 node.cluster.may_log_refused(from.ip(), "tls_accept")
                             {
@@ -1469,7 +1453,7 @@ pub async fn accept_peers(
                 });
             }
             Err(e) => {
-                node.cluster.counters.peer_error("accept");
+                node.cluster.counters.peer_error(PeerError::Accept);
                 if let Some(suppressed) = node.cluster.may_log("accept") {
                     warn!(node.log, "cluster accept failed"; "suppressed" => suppressed,
                         "retryInMs" => backoff.as_millis() as u64, "err" => err_kv("accept", e));

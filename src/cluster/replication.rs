@@ -17,6 +17,7 @@ use serde::Serialize;
 use slog::{debug, Logger};
 
 use super::peer::{Call, Notify};
+use super::peer_error::PeerError;
 use super::state::ClusterState;
 use super::table::{PartitionTable, Role};
 use super::wire::{self, Kind, Trace, WriteDone};
@@ -416,7 +417,7 @@ pub(super) fn ask(
             Ok(Ok(Err(e))) => failed(format!("{role} {peer}: {e}")),
             Ok(Err(_)) => failed(format!("{role} {peer}: connection closed")),
             Err(_) => {
-                node.cluster.counters.peer_error("timeout");
+                node.cluster.counters.peer_error(PeerError::Timeout);
                 failed(format!(
                     "{role} {peer} did not confirm within {} ms",
                     timeout.as_millis()

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 
 use super::catchup::PullLog;
-use super::peer::{PeerConn, PEER_ERROR_REASONS};
+use super::peer::PeerConn;
+use super::peer_error::PeerError;
 use super::secret::ClusterKeys;
 use super::table::{PartitionTable, TableMember};
 use crate::config::{Placement, WriteAck};
@@ -62,23 +63,21 @@ pub struct ClusterCounters {
     pub antientropy_repaired: AtomicU64,
     /// Bytes written to peer links and not taken by the kernel yet, over every link.
     pub link_unsent: AtomicI64,
-    peer_errors: [AtomicU64; PEER_ERROR_REASONS.len()],
+    peer_errors: [AtomicU64; PeerError::ALL.len()],
     /// Longest wait for a peer's answer since the last report, µs.
     lag_us: AtomicU64,
 }
 
 impl ClusterCounters {
-    pub fn peer_error(&self, reason: &str) {
-        if let Some(i) = PEER_ERROR_REASONS.iter().position(|r| *r == reason) {
-            self.peer_errors[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn peer_error(&self, reason: PeerError) {
+        self.peer_errors[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn take_peer_errors(&self) -> Vec<(&'static str, u64)> {
-        PEER_ERROR_REASONS
+        PeerError::ALL
             .iter()
             .zip(&self.peer_errors)
-            .map(|(r, c)| (*r, c.swap(0, Ordering::Relaxed)))
+            .map(|(r, c)| (r.code(), c.swap(0, Ordering::Relaxed)))
             .collect()
     }
 

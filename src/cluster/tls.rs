@@ -44,9 +44,9 @@ pub enum TlsError {
 impl TlsError {
     pub fn code(&self) -> &'static str {
         match self {
-            TlsError::Read { .. } => "tls_read",
-            TlsError::Empty { .. } => "tls_empty",
-            TlsError::Rustls(_) | TlsError::Verifier(_) => "tls_invalid",
+            TlsError::Read { .. } => "cluster_tls_unreadable",
+            TlsError::Empty { .. } => "cluster_tls_empty",
+            TlsError::Rustls(_) | TlsError::Verifier(_) => "cluster_tls_invalid",
         }
     }
 }

@@ -24,6 +24,12 @@ use crate::telemetry::report::{ActorKind, ActorStats, Mailbox, Report, Reported,
 #[error("storage commit failed: {0}")]
 pub struct NotDurable(pub String);
 
+impl NotDurable {
+    pub fn code(&self) -> &'static str {
+        "not_durable"
+    }
+}
+
 /// Mutations to make durable; answered after the commit of the group they joined.
 #[derive(Message)]
 #[rtype(result = "Result<(), NotDurable>")]

@@ -111,6 +111,16 @@ pub enum OpenError {
     Corrupt { path: String, message: String },
 }
 
+impl OpenError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            OpenError::Locked { .. } => "storage_locked",
+            OpenError::Unusable { .. } => "storage_unusable",
+            OpenError::Corrupt { .. } => "storage_corrupt",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{op} failed: {message}")]
 pub struct StorageError {

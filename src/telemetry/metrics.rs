@@ -550,9 +550,6 @@ impl Metrics {
         for role in ["owner", "backup", "replica"] {
             m.cluster_applied_total.with_label_values(&[role]);
         }
-        for reason in crate::cluster::peer::PEER_ERROR_REASONS {
-            m.cluster_peer_errors_total.with_label_values(&[reason]);
-        }
         for reason in CLOSE_REASONS {
             m.connections_closed_total.with_label_values(&[reason]);
         }
@@ -591,6 +588,15 @@ impl Metrics {
     }
 
     /// The text exposition: everything gathered, plus HELP/TYPE of families with no series.
+    /// Exports every `reason` of `topgun_cluster_peer_errors_total` at zero from the start; the
+    /// cluster owns the list (telemetry imports nothing from the layers above it).
+    pub fn with_peer_error_reasons(self, reasons: &[&str]) -> Metrics {
+        for reason in reasons {
+            self.cluster_peer_errors_total.with_label_values(&[reason]);
+        }
+        self
+    }
+
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let families = self.registry.gather();
         let mut buf = Vec::with_capacity(16 * 1024);
