@@ -139,8 +139,14 @@ async fn a_record_resurrected_on_one_holder_is_found_and_deleted_on_both() {
     // Converged: later rounds compare and find nothing to repair.
     let repaired = counter(&a, "topgun_antientropy_repaired_total");
     let rounds = counter(&a, "topgun_antientropy_rounds_total");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(counter(&a, "topgun_antientropy_rounds_total") >= rounds + 3.0);
+    wait_for(
+        "three more anti-entropy rounds on node-a",
+        Duration::from_secs(15),
+        || match counter(&a, "topgun_antientropy_rounds_total") {
+            n if n >= rounds + 3.0 => Ok(()),
+            n => Err(format!("{} rounds since", n - rounds)),
+        },
+    );
     assert_eq!(
         counter(&a, "topgun_antientropy_repaired_total"),
         repaired,
