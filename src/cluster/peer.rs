@@ -1169,7 +1169,7 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerConn {
                 Ok(frame) => self.on_frame(frame, ctx),
                 Err(e) => {
                     let detail = e.to_string();
-                    self.refuse(ctx, PeerError::BadFrame, detail);
+                    self.refuse(ctx, e.code(), detail);
                 }
             },
             Err(e) => {

@@ -311,8 +311,8 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    pub fn code(&self) -> &'static str {
-        "bad_frame"
+    pub fn code(&self) -> super::peer_error::PeerError {
+        super::peer_error::PeerError::BadFrame
     }
 }
 
