@@ -6,10 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::node::events::LogLevelChanged;
+use crate::telemetry::event::{Event, Shown};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use slog::info;
 
 use crate::config::LogLevel;
 use crate::net::connection::ConnectionActor;
@@ -294,7 +295,13 @@ async fn put_log_level(
     };
     let previous = node.log_level.get();
     // Logged under the more verbose of the two levels, so the line survives the change.
-    let note = || info!(node.log, "log level changed"; "from" => %previous, "to" => %level);
+    let note = || {
+        LogLevelChanged {
+            from: Shown(&previous),
+            to: Shown(&level),
+        }
+        .emit(&node.log)
+    };
     if level < previous {
         node.log_level.set(level);
         note();

@@ -369,6 +369,31 @@ async fn repeated_warnings_are_rate_limited() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["level"], 40);
     assert!(lines[0]["suppressed"].is_number(), "{}", lines[0]);
+    assert_eq!(lines[0]["err"]["type"], "rate_limited", "{}", lines[0]);
+    // One line, but the event's series counts every refusal.
+    let events = node.scrape();
+    assert_eq!(
+        events.value(
+            "topgun_events_total",
+            &[("event", "client_rate_limited"), ("level", "warn")]
+        ),
+        Some(refused as f64)
+    );
+    assert_eq!(
+        events.value(
+            "topgun_events_total",
+            &[("event", "node_starting"), ("level", "info")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        events.value(
+            "topgun_events_total",
+            &[("event", "member_down"), ("level", "warn")]
+        ),
+        Some(0.0),
+        "every event's series exists before it happens"
+    );
 }
 
 #[tokio::test]

@@ -138,6 +138,9 @@ ROWS = [
         ("Log lines dropped", "ts", "ops",
          [(f'rate(topgun_log_records_dropped_total{{{S}}}[{R}])', "{{instance}}")],
          "Lines the log writer could not keep up with (logging never blocks the node)."),
+        ("Warning and error events", "ts", "ops",
+         [(f'topk(10, sum by (event) (rate(topgun_events_total{{{S},level=~"warn|error|fatal"}}[{R}])))', "{{event}}")],
+         "Notable events at warn and above, the ten most frequent (docs/events.md lists every event; each has its log line)."),
     ]),
     ("Storage", [
         ("Commit duration", "ts", "s",

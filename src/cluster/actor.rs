@@ -23,10 +23,11 @@ use foca::{
 };
 use rand_foca::rngs::StdRng;
 use rand_foca::SeedableRng;
-use slog::{debug, info, warn, Logger};
+use slog::{debug, Logger};
 use tokio::net::UdpSocket;
 
 use super::catchup::CatchUps;
+use super::events as ev;
 use super::membership::{
     foca_config, heeds_down_verdict, refusal_code, without_down_claims, NodeIdentity, WireCodec,
 };
@@ -39,6 +40,7 @@ use super::table::{next_version, PartitionTable, Role, TableMember};
 use crate::data::DataPlane;
 use crate::queue::actor::ResyncLiveQueries;
 use crate::shard::fnv::PARTITION_COUNT;
+use crate::telemetry::event::{ErrField, Event, Shown};
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::metrics::{Metrics, MetricsActor};
 use crate::telemetry::report::{
@@ -393,10 +395,13 @@ impl ClusterActor {
                 // Every address of a seed: a name may stand for many.
                 Ok(addrs) => seed_addrs.extend(addrs.into_iter().filter(|a| !self.is_self(*a))),
                 Err(e) => {
-                    if let Some(suppressed) = self.seed_log.check(Instant::now()) {
-                        warn!(self.log, "seed does not resolve"; "seed" => &seed,
-                            "suppressed" => suppressed, "err" => err_kv("resolve", e));
+                    let suppressed = self.seed_log.check(Instant::now());
+                    ev::SeedUnresolved {
+                        seed: &seed,
+                        suppressed: suppressed.unwrap_or(0),
+                        err: ErrField::new("resolve", e),
                     }
+                    .emit_if(&self.log, suppressed.is_some());
                 }
             }
         }
@@ -469,7 +474,11 @@ impl ClusterActor {
             .foca
             .announce(NodeIdentity::seed(addr), &mut self.runtime)
         {
-            warn!(self.log, "announce failed"; "addr" => %addr, "err" => err_kv("foca", e));
+            ev::AnnounceFailed {
+                addr: Shown(&addr),
+                err: ErrField::new("foca", e),
+            }
+            .emit(&self.log);
         }
     }
 
@@ -571,12 +580,21 @@ impl ClusterActor {
         let moved = candidate.moved_owners(&old);
         let (owned, backup) = candidate.counts(&cluster.node_id);
         self.rebalances += 1;
-        info!(self.log, "partitions rebalanced";
-            "version" => candidate.version, "previousVersion" => old.version,
-            "members" => candidate.members().len(), "owned" => owned, "backup" => backup,
-            "movedOwners" => moved,
-            "memberIds" => candidate.members().iter().map(|m| m.node_id.as_str())
-                .collect::<Vec<_>>().join(","));
+        ev::PartitionsRebalanced {
+            version: candidate.version,
+            previous_version: old.version,
+            members: candidate.members().len(),
+            owned,
+            backup,
+            moved_owners: moved,
+            member_ids: candidate
+                .members()
+                .iter()
+                .map(|m| m.node_id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+        .emit(&self.log);
         cluster.set_table(candidate.clone());
         self.sync_links(&candidate, ctx);
         self.start_migration(&old, &candidate, ctx);
@@ -678,12 +696,13 @@ impl ClusterActor {
             }) {
                 // A peer whose certificate this node does not trust (or the reverse) is a
                 // misconfiguration an operator must see; a peer not listening yet is not.
-                Some(Some(suppressed)) => {
-                    warn!(act.log, "peer link refused: the TLS handshake failed";
-                        "peer" => &member.node_id, "addr" => %member.peer_addr,
-                        "suppressed" => suppressed, "err" => err_kv(reason.code(), failure));
+                Some(suppressed) => ev::DialTlsFailed {
+                    peer: &member.node_id,
+                    addr: Shown(&member.peer_addr),
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::new(reason.code(), failure),
                 }
-                Some(None) => {}
+                .emit_if(&act.log, suppressed.is_some()),
                 None => {
                     debug!(act.log, "peer dial failed"; "peer" => &member.node_id,
                         "addr" => %member.peer_addr, "err" => err_kv(reason.code(), failure));
@@ -758,8 +777,13 @@ impl ClusterActor {
             .counters
             .migration_pending
             .fetch_add(partitions as i64, std::sync::atomic::Ordering::Relaxed);
-        info!(self.log, "migration started"; "round" => round, "partitions" => partitions,
-            "sources" => plan.keys().cloned().collect::<Vec<_>>().join(","), "initial" => initial);
+        ev::MigrationStarted {
+            round,
+            partitions,
+            sources: plan.keys().cloned().collect::<Vec<_>>().join(","),
+            initial,
+        }
+        .emit(&self.log);
         self.rounds.insert(
             round,
             Round {
@@ -829,8 +853,12 @@ impl ClusterActor {
         // A migration pull asked the peer for some of them since it connected: those come
         // whole with it.
         let partitions = self.node.cluster.not_pulled_since_connected(&peer, &kept);
-        info!(self.log, "catch-up started"; "peer" => &peer, "partitions" => partitions.len(),
-            "coveredByPull" => kept.len() - partitions.len());
+        ev::CatchUpStarted {
+            peer: &peer,
+            partitions: partitions.len(),
+            covered_by_pull: kept.len() - partitions.len(),
+        }
+        .emit(&self.log);
         let node = self.node.clone();
         let me = ctx.address();
         actix_rt::spawn(async move {
@@ -902,12 +930,17 @@ impl ClusterActor {
                 continue;
             }
             dial.reported = true;
-            if let Some(suppressed) = dial.missing_log.check(now) {
-                warn!(self.log, "peer link missing while the member is alive"; "peer" => id,
-                    "downForMs" => now.duration_since(since).as_millis() as u64,
-                    "suppressed" => suppressed,
-                    "err" => err_kv("link_missing", "no node-to-node connection to a live member"));
+            let suppressed = dial.missing_log.check(now);
+            ev::LinkMissing {
+                peer: id,
+                down_for_ms: now.duration_since(since).as_millis() as u64,
+                suppressed: suppressed.unwrap_or(0),
+                err: ErrField::new(
+                    "link_missing",
+                    "no node-to-node connection to a live member",
+                ),
             }
+            .emit_if(&self.log, suppressed.is_some());
             missing.push(MissingLink {
                 node_id: id.clone(),
                 since,
@@ -924,8 +957,10 @@ impl ClusterActor {
     fn ready_if_synced(&self) {
         if self.synced && !self.node.cluster.data_ready() {
             self.node.cluster.set_data_ready();
-            info!(self.log, "cluster joined and data pulled: ready";
-                "members" => self.node.cluster.table().members().len());
+            ev::DataReady {
+                members: self.node.cluster.table().members().len(),
+            }
+            .emit(&self.log);
         }
     }
 
@@ -970,56 +1005,104 @@ impl ClusterActor {
         match n {
             OwnedNotification::MemberUp(id) => {
                 if id.node_id == self.identity.node_id {
-                    warn!(self.log, "node id clash"; "peer" => &id.node_id, "addr" => %id.addr,
-                        "ownAddr" => %self.identity.addr);
+                    ev::NodeIdClash {
+                        peer: &id.node_id,
+                        addr: Shown(&id.addr),
+                        own_addr: Shown(&self.identity.addr),
+                        err: ErrField::new(
+                            "node_id_clash",
+                            "another member announces this node's id",
+                        ),
+                    }
+                    .emit(&self.log);
                 }
-                info!(self.log, "member joined"; "peer" => &id.node_id, "addr" => %id.addr,
-                    "generation" => id.generation, "members" => self.members());
+                ev::MemberJoined {
+                    peer: &id.node_id,
+                    addr: Shown(&id.addr),
+                    generation: id.generation,
+                    members: self.members(),
+                }
+                .emit(&self.log);
                 self.back_from_down(&id);
             }
             OwnedNotification::MemberDown(id) => {
                 if self.states.get(&id) == Some(&State::Suspect) {
-                    warn!(self.log, "member down"; "peer" => &id.node_id, "addr" => %id.addr,
-                        "generation" => id.generation, "members" => self.members());
+                    ev::MemberDown {
+                        peer: &id.node_id,
+                        addr: Shown(&id.addr),
+                        generation: id.generation,
+                        members: self.members(),
+                        err: ErrField::new(
+                            "member_down",
+                            "the member stopped answering probes and was declared down",
+                        ),
+                    }
+                    .emit(&self.log);
                     if self.down.len() < MAX_REMEMBERED_DOWN {
                         self.down
                             .insert(id.node_id.clone(), (Instant::now(), id.generation));
                     }
                 } else {
-                    info!(self.log, "member left"; "peer" => &id.node_id, "addr" => %id.addr,
-                        "generation" => id.generation, "members" => self.members());
+                    ev::MemberLeft {
+                        peer: &id.node_id,
+                        addr: Shown(&id.addr),
+                        generation: id.generation,
+                        members: self.members(),
+                    }
+                    .emit(&self.log);
                     self.left.insert(id);
                 }
             }
             OwnedNotification::Rename(old, new) => {
-                info!(self.log, "member rejoined"; "peer" => &new.node_id, "addr" => %new.addr,
-                    "generation" => new.generation, "previousPeer" => &old.node_id,
-                    "previousGeneration" => old.generation, "members" => self.members());
+                ev::MemberRejoined {
+                    peer: &new.node_id,
+                    addr: Shown(&new.addr),
+                    generation: new.generation,
+                    previous_peer: &old.node_id,
+                    previous_generation: old.generation,
+                    members: self.members(),
+                }
+                .emit(&self.log);
                 self.back_from_down(&new);
             }
             OwnedNotification::Rejoin(id) => {
-                warn!(self.log, "cluster rejoined as a new generation";
-                    "generation" => id.generation, "previousGeneration" => self.identity.generation,
-                    "members" => self.members());
+                ev::RejoinedAsNewGeneration {
+                    generation: id.generation,
+                    previous_generation: self.identity.generation,
+                    members: self.members(),
+                    err: ErrField::new(
+                        "declared_down",
+                        "the other members had declared this node down",
+                    ),
+                }
+                .emit(&self.log);
                 // The others declared this node down and it reaches them again: from this
                 // side, the split (or the pause) healed.
                 self.heals += 1;
                 self.resync.get_or_insert(("rejoined", Instant::now()));
-                info!(self.log, "cluster split healed"; "side" => "rejoined",
-                    "generation" => id.generation, "members" => self.members());
+                ev::SplitHealed {
+                    side: "rejoined",
+                    generation: Some(id.generation),
+                    members: self.members(),
+                    ..Default::default()
+                }
+                .emit(&self.log);
                 self.rejoin(id, ctx);
             }
             OwnedNotification::Active => {
-                info!(self.log, "cluster active"; "members" => self.members());
+                ev::ClusterActive {
+                    members: self.members(),
+                }
+                .emit(&self.log);
             }
             OwnedNotification::Idle => {
-                info!(self.log, "cluster idle"; "members" => 1);
+                ev::ClusterIdle { members: 1 }.emit(&self.log);
             }
             OwnedNotification::Defunct => {
-                warn!(
-                    self.log,
-                    "cluster membership defunct: declared down by the others"
-                );
+                ev::MembershipDefunct {
+                    err: ErrField::new("defunct", "the other members declared this node down"),
+                }
+                .emit(&self.log);
             }
             #[allow(unreachable_patterns)]
             _ => {}
@@ -1039,8 +1122,11 @@ impl ClusterActor {
         for stripe in self.node.queue.stripes.iter() {
             stripe.mailbox.do_send(ResyncLiveQueries);
         }
-        info!(self.log, "live queries told to resubscribe: changes of other nodes may have been missed";
-            "reason" => reason, "members" => self.members());
+        ev::LiveQueriesResynced {
+            reason,
+            members: self.members(),
+        }
+        .emit(&self.log);
     }
 
     /// A member this node saw declared down is back. With its next generation (foca renews an
@@ -1056,8 +1142,14 @@ impl ClusterActor {
         self.heals += 1;
         // Its side took writes meanwhile, and their changes never reached this side.
         self.resync.get_or_insert(("member back", Instant::now()));
-        info!(self.log, "cluster split healed"; "side" => "stayed", "peer" => &id.node_id,
-            "apartMs" => since.elapsed().as_millis() as u64, "members" => self.members());
+        ev::SplitHealed {
+            side: "stayed",
+            peer: Some(&id.node_id),
+            apart_ms: Some(since.elapsed().as_millis() as u64),
+            members: self.members(),
+            ..Default::default()
+        }
+        .emit(&self.log);
     }
 
     /// The cluster declared this node down and foca renewed its identity: continue as that
@@ -1166,8 +1258,12 @@ impl ClusterActor {
         for m in self.foca.iter_membership_state() {
             let before = self.states.get(m.id());
             if m.state() == State::Suspect && before != Some(&State::Suspect) {
-                warn!(self.log, "member suspected"; "peer" => &m.id().node_id,
-                    "addr" => %m.id().addr, "generation" => m.id().generation);
+                ev::MemberSuspected {
+                    peer: &m.id().node_id,
+                    addr: Shown(&m.id().addr),
+                    generation: m.id().generation,
+                }
+                .emit(&self.log);
             }
             now.insert(m.id().clone(), m.state());
         }
@@ -1191,20 +1287,28 @@ impl ClusterActor {
     /// minute per address.
     fn unsealed_datagram(&mut self, from: SocketAddr, e: &SealError, len: usize) {
         self.invalid += 1;
-        if let Some(suppressed) = self.node.cluster.may_log_refused(from.ip(), "datagram") {
-            warn!(self.log, "cluster datagram refused: the sender does not share this node's cluster secret";
-                "from" => %from, "reason" => e.code(), "bytes" => len,
-                "suppressed" => suppressed, "err" => err_kv(e.code(), e));
+        let suppressed = self.node.cluster.may_log_refused(from.ip(), "datagram");
+        ev::DatagramUnsealed {
+            from: Shown(&from),
+            reason: e.code(),
+            bytes: len,
+            suppressed: suppressed.unwrap_or(0),
+            err: ErrField::new(e.code(), e),
         }
+        .emit_if(&self.log, suppressed.is_some());
     }
 
     fn invalid_datagram(&mut self, from: Option<SocketAddr>, reason: &'static str, len: usize) {
         self.invalid += 1;
-        if let Some(suppressed) = self.invalid_log.check(Instant::now()) {
-            warn!(self.log, "invalid cluster datagram";
-                "from" => from.map(|a| a.to_string()), "reason" => reason, "bytes" => len,
-                "suppressed" => suppressed);
+        let suppressed = self.invalid_log.check(Instant::now());
+        ev::DatagramInvalid {
+            from: from.map(|a| a.to_string()),
+            reason,
+            bytes: len,
+            suppressed: suppressed.unwrap_or(0),
+            err: ErrField::new(reason, "the datagram was dropped"),
         }
+        .emit_if(&self.log, suppressed.is_some());
     }
 
     fn report(&mut self) {
@@ -1386,9 +1490,13 @@ impl Actor for ClusterActor {
             Some((Datagram(read), socket))
         });
         ctx.add_stream(datagrams);
-        info!(self.log, "cluster membership started";
-            "addr" => %self.identity.addr, "generation" => self.identity.generation,
-            "seeds" => self.seeds.join(","), "probeMs" => self.probe.as_millis() as u64);
+        ev::MembershipStarted {
+            addr: Shown(&self.identity.addr),
+            generation: self.identity.generation,
+            seeds: self.seeds.join(","),
+            probe_ms: self.probe.as_millis() as u64,
+        }
+        .emit(&self.log);
         if self.seeds.is_empty() {
             // A cluster of one by choice: nothing to wait for. It still pulls everything from
             // the first peers that find it, like any node that joins.
@@ -1397,9 +1505,16 @@ impl Actor for ClusterActor {
             let wait = self.node.config.cluster_join_timeout;
             ctx.run_later(wait, move |act, _| {
                 if !act.node.cluster.data_ready() {
-                    warn!(act.log, "cluster join timed out: serving with this node's data";
-                        "waitedMs" => wait.as_millis() as u64, "seeds" => act.seeds.join(","),
-                        "members" => act.members());
+                    ev::JoinTimedOut {
+                        waited_ms: wait.as_millis() as u64,
+                        seeds: act.seeds.join(","),
+                        members: act.members(),
+                        err: ErrField::new(
+                            "join_timeout",
+                            "no partition table with data pulled within the join timeout",
+                        ),
+                    }
+                    .emit(&act.log);
                     act.node.cluster.set_data_ready();
                 }
             });
@@ -1417,11 +1532,13 @@ impl Actor for ClusterActor {
             act.announce_ticks += 1;
             let alone = act.foca.num_members() == 0;
             if alone && (!act.seeds.is_empty() || !act.known_addrs.is_empty()) {
-                if let Some(suppressed) = act.retry_log.check(Instant::now()) {
-                    info!(act.log, "no cluster member known; announcing to seeds and former members";
-                        "seeds" => act.seeds.join(","), "formerMembers" => act.known_addrs.len(),
-                        "suppressed" => suppressed);
+                let suppressed = act.retry_log.check(Instant::now());
+                ev::Announcing {
+                    seeds: act.seeds.join(","),
+                    former_members: act.known_addrs.len(),
+                    suppressed: suppressed.unwrap_or(0),
                 }
+                .emit_if(&act.log, suppressed.is_some());
                 act.announce_to_seeds(ctx);
             } else if !alone && act.announce_ticks % OUTSIDE_PROBE_TICKS == 0 {
                 act.announce_to_seeds(ctx);
@@ -1471,10 +1588,12 @@ impl StreamHandler<Datagram> for ClusterActor {
                 self.drain(ctx);
             }
             Err(e) => {
-                if let Some(suppressed) = self.invalid_log.check(Instant::now()) {
-                    warn!(self.log, "cluster socket read failed";
-                        "suppressed" => suppressed, "err" => err_kv("recv", e));
+                let suppressed = self.invalid_log.check(Instant::now());
+                ev::SocketReadFailed {
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::new("recv", e),
                 }
+                .emit_if(&self.log, suppressed.is_some());
             }
         }
         self.stats.end(t0);
@@ -1524,8 +1643,11 @@ impl Handler<LinkUp> for ClusterActor {
                     let down = dial
                         .down_since
                         .map_or(0, |t| t.elapsed().as_millis() as u64);
-                    info!(self.log, "peer link restored"; "peer" => &msg.node_id,
-                        "downForMs" => down);
+                    ev::LinkRestored {
+                        peer: &msg.node_id,
+                        down_for_ms: down,
+                    }
+                    .emit(&self.log);
                 }
                 dial.down_since = None;
                 let was_reported = std::mem::take(&mut dial.reported);
@@ -1559,7 +1681,7 @@ impl Handler<LinkDown> for ClusterActor {
             let redial = if dial.link.as_ref() == Some(&msg.link) {
                 dial.link = None;
                 dial.down_since = Some(Instant::now());
-                info!(self.log, "peer link lost; redialling"; "peer" => &msg.node_id);
+                ev::LinkLost { peer: &msg.node_id }.emit(&self.log);
                 true
             } else if dial.handshake.as_ref() == Some(&msg.link) {
                 dial.handshake = None;
@@ -1615,19 +1737,27 @@ impl Handler<CatchUpEnded> for ClusterActor {
                 counters
                     .catch_ups_ok
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!(self.log, "catch-up finished"; "peer" => &msg.peer, "records" => records,
-                    "tookMs" => took);
+                ev::CatchUpFinished {
+                    peer: &msg.peer,
+                    records: *records,
+                    took_ms: took,
+                }
+                .emit(&self.log);
             }
             Err(e) => {
                 counters
                     .catch_ups_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let attempt = self.catchups.failures(&msg.peer) + 1;
-                if let Some(suppressed) = self.node.cluster.may_log("catch_up_failed") {
-                    warn!(self.log, "catch-up failed; retrying"; "peer" => &msg.peer,
-                        "attempt" => attempt, "tookMs" => took, "suppressed" => suppressed,
-                        "err" => err_kv("pull", e));
+                let suppressed = self.node.cluster.may_log("catch_up_failed");
+                ev::CatchUpFailed {
+                    peer: &msg.peer,
+                    attempt,
+                    took_ms: took,
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::new("pull", e),
                 }
+                .emit_if(&self.log, suppressed.is_some());
             }
         }
         if let Some(at) = self.catchups.ended(&msg.peer, ok, Instant::now()) {
@@ -1650,9 +1780,13 @@ impl Handler<PullEnded> for ClusterActor {
         match msg.pulled.failure {
             Some(e) if msg.attempt < PULL_ATTEMPTS && still_member => {
                 // Resumed where it stopped: the merged partitions are not pulled again.
-                warn!(self.log, "partition pull failed; retrying"; "peer" => &msg.source,
-                    "partitions" => left.len(), "attempt" => msg.attempt,
-                    "err" => err_kv("pull", &e));
+                ev::PullFailed {
+                    peer: &msg.source,
+                    partitions: left.len(),
+                    attempt: msg.attempt,
+                    err: ErrField::new("pull", &e),
+                }
+                .emit(&self.log);
                 let (round, source, attempt) = (msg.round, msg.source, msg.attempt + 1);
                 ctx.run_later(REDIAL_AFTER * attempt, move |act, ctx| {
                     act.pull(round, source, left, attempt, ctx)
@@ -1672,8 +1806,12 @@ impl Handler<PullEnded> for ClusterActor {
                     round.pending -= 1;
                     if let Some(e) = failure {
                         round.failed += 1;
-                        warn!(self.log, "partition pull given up"; "peer" => &msg.source,
-                            "partitions" => left.len(), "err" => err_kv("pull", &e));
+                        ev::PullGivenUp {
+                            peer: &msg.source,
+                            partitions: left.len(),
+                            err: ErrField::new("pull", &e),
+                        }
+                        .emit(&self.log);
                     }
                 }
                 if !left.is_empty() {
@@ -1686,10 +1824,14 @@ impl Handler<PullEnded> for ClusterActor {
         }
         if self.rounds.get(&msg.round).is_some_and(|r| r.pending == 0) {
             if let Some(round) = self.rounds.remove(&msg.round) {
-                info!(self.log, "migration finished"; "round" => msg.round,
-                    "partitions" => round.partitions, "records" => round.records,
-                    "failedSources" => round.failed,
-                    "tookMs" => round.started.elapsed().as_millis() as u64);
+                ev::MigrationFinished {
+                    round: msg.round,
+                    partitions: round.partitions,
+                    records: round.records,
+                    failed_sources: round.failed,
+                    took_ms: round.started.elapsed().as_millis() as u64,
+                }
+                .emit(&self.log);
                 if round.initial && round.failed == 0 {
                     self.synced = true;
                     self.ready_if_synced();
@@ -1725,15 +1867,21 @@ impl Handler<ReleaseEnded> for ClusterActor {
         self.records_by_role = r.records_by_role;
         self.released += r.partitions as u64;
         if r.partitions > 0 {
-            info!(self.log, "partitions handed over"; "partitions" => r.partitions,
-                "records" => r.records, "keptBack" => r.kept_back);
+            ev::PartitionsHandedOver {
+                partitions: r.partitions,
+                records: r.records,
+                kept_back: r.kept_back,
+            }
+            .emit(&self.log);
         }
         if let Some(e) = &r.failure {
-            if let Some(suppressed) = self.release_log.check(Instant::now()) {
-                warn!(self.log, "partition handover incomplete; retrying";
-                    "keptBack" => r.kept_back, "suppressed" => suppressed,
-                    "err" => err_kv("handover", e));
+            let suppressed = self.release_log.check(Instant::now());
+            ev::HandoverIncomplete {
+                kept_back: r.kept_back,
+                suppressed: suppressed.unwrap_or(0),
+                err: ErrField::new("handover", e),
             }
+            .emit_if(&self.log, suppressed.is_some());
         }
     }
 }
@@ -1745,7 +1893,10 @@ impl Handler<Leave> for ClusterActor {
         let t0 = self.stats.begin();
         let members = self.members();
         if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
-            warn!(self.log, "leaving the cluster failed"; "err" => err_kv("foca", e));
+            ev::LeaveFailed {
+                err: ErrField::new("foca", e),
+            }
+            .emit(&self.log);
         }
         self.leaving = true;
         let mut out = Vec::new();
@@ -1755,7 +1906,11 @@ impl Handler<Leave> for ClusterActor {
         // Timers and notifications of a node that left no longer matter.
         while self.runtime.to_schedule().is_some() {}
         while self.runtime.to_notify().is_some() {}
-        info!(self.log, "cluster left"; "members" => members, "told" => out.len());
+        ev::ClusterLeft {
+            members,
+            told: out.len(),
+        }
+        .emit(&self.log);
         self.stats.end(t0);
         let socket = self.socket.clone();
         Box::pin(async move {

@@ -16,8 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slog::{debug, info, warn};
+use slog::debug;
 
+use super::events as ev;
 use super::gather::call;
 use super::migration::{self, Merge};
 use super::peer::Cast;
@@ -26,6 +27,7 @@ use super::wire::{self, Kind};
 use crate::data::DataPlane;
 use crate::shard::actor::PartitionDigests;
 use crate::shard::digest::PartitionDigest;
+use crate::telemetry::event::{ErrField, Event};
 use crate::telemetry::logging::err_kv;
 
 /// What one round did.
@@ -138,8 +140,12 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
                 Ok(()) => out.repaired += 1,
                 Err(e) => {
                     out.failed += 1;
-                    warn!(node.log, "anti-entropy repair failed"; "partition" => p,
-                        "peer" => &backup, "err" => err_kv("repair", &e));
+                    ev::RepairFailed {
+                        partition: p,
+                        peer: &backup,
+                        err: ErrField::new("repair", &e),
+                    }
+                    .emit(&node.log);
                 }
             }
         }
@@ -162,8 +168,13 @@ async fn repair(node: &Arc<DataPlane>, peer: &str, partition: u16) -> Result<(),
     if let Some(f) = pulled.failure {
         return Err(f);
     }
-    info!(node.log, "anti-entropy repair"; "partition" => partition, "peer" => peer,
-        "records" => pulled.records, "direction" => "pulled");
+    ev::Repaired {
+        partition,
+        peer,
+        records: pulled.records,
+        direction: "pulled",
+    }
+    .emit(&node.log);
     let Some(link) = node.cluster.link(peer) else {
         return Err(format!("no connection to {peer} to send the repair"));
     };
@@ -182,12 +193,21 @@ pub async fn repaired_by(node: Arc<DataPlane>, peer: String, partitions: Vec<u16
         let pulled = migration::pull(&node, &peer, &[p], Merge::Announced, |_| {}).await;
         match pulled.failure {
             None => {
-                info!(node.log, "anti-entropy repair"; "partition" => p, "peer" => &peer,
-                    "records" => pulled.records, "direction" => "pulled on request");
+                ev::Repaired {
+                    partition: p,
+                    peer: &peer,
+                    records: pulled.records,
+                    direction: "pulled on request",
+                }
+                .emit(&node.log);
             }
             Some(e) => {
-                warn!(node.log, "anti-entropy repair failed"; "partition" => p,
-                    "peer" => &peer, "err" => err_kv("repair", &e));
+                ev::RepairFailed {
+                    partition: p,
+                    peer: &peer,
+                    err: ErrField::new("repair", &e),
+                }
+                .emit(&node.log);
             }
         }
     }

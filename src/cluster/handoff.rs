@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use slog::{debug, warn};
+use slog::debug;
 
+use super::events as ev;
 use super::replication::{ask, replicate};
 use super::wire::Kind;
 use crate::data::DataPlane;
-use crate::telemetry::logging::err_kv;
+use crate::telemetry::event::{ErrField, Event};
 
 /// Forwards waiting for a handoff at most, and their bodies' bytes at most.
 pub const MAX_PENDING: usize = 10_000;
@@ -44,11 +45,14 @@ pub fn hand_off(node: &Arc<DataPlane>, body: Bytes, partitions: BTreeSet<u16>, f
         counters.handoffs_pending.fetch_sub(1, Ordering::Relaxed);
         counters.handoff_bytes.fetch_sub(size, Ordering::Relaxed);
         counters.handoffs_dropped.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = node.cluster.may_log("handoff_full") {
-            warn!(node.log, "write handoff dropped: too many waiting";
-                "pending" => waiting, "pendingBytes" => bytes, "suppressed" => suppressed,
-                "err" => err_kv("handoff_full", &failure));
+        let suppressed = node.cluster.may_log("handoff_full");
+        ev::HandoffDropped {
+            pending: waiting,
+            pending_bytes: bytes,
+            suppressed: suppressed.unwrap_or(0),
+            err: ErrField::new("handoff_full", &failure),
         }
+        .emit_if(&node.log, suppressed.is_some());
         return;
     }
     let node = node.clone();
@@ -65,11 +69,14 @@ pub fn hand_off(node: &Arc<DataPlane>, body: Bytes, partitions: BTreeSet<u16>, f
             }
             Err(last) => {
                 counters.handoffs_dropped.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = node.cluster.may_log("handoff_expired") {
-                    warn!(node.log, "write handoff given up"; "partitions" => partitions.len(),
-                        "triedForMs" => GIVE_UP_AFTER.as_millis() as u64,
-                        "suppressed" => suppressed, "err" => err_kv("handoff_expired", last));
+                let suppressed = node.cluster.may_log("handoff_expired");
+                ev::HandoffGivenUp {
+                    partitions: partitions.len(),
+                    tried_for_ms: GIVE_UP_AFTER.as_millis() as u64,
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::new("handoff_expired", last),
                 }
+                .emit_if(&node.log, suppressed.is_some());
             }
         }
     });

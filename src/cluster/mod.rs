@@ -8,6 +8,7 @@
 pub mod actor;
 pub mod antientropy;
 pub mod catchup;
+pub mod events;
 pub mod export;
 pub mod gather;
 pub mod handoff;

@@ -16,13 +16,14 @@ use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use serde_bytes::ByteBuf;
-use slog::{debug, error, info, warn, Logger};
+use slog::{debug, Logger};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::actor::{ClusterActor, LinkDown, LinkUp, PeerConnected};
+use super::events as ev;
 use super::peer_error::PeerError;
 use super::replication;
 use super::secret;
@@ -30,6 +31,7 @@ use super::state::ClusterState;
 use super::wire::{self, Frame, Hello, Kind, Refused, PEER_MAGIC, PEER_VERSION};
 use crate::data::DataPlane;
 use crate::queue::actor::TopicPublish;
+use crate::telemetry::event::{ErrField, Event, Shown};
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
@@ -445,13 +447,17 @@ impl PeerConn {
             return;
         }
         self.cluster().counters.peer_error(PeerError::Backlog);
-        if let Some(suppressed) = self.cluster().may_log("backlog") {
-            warn!(self.log, "peer link cut: the peer does not read what it is sent";
-                "unsentBytes" => self.unsent(),
-                "boundBytes" => self.node.config.cluster_link_buffer,
-                "suppressed" => suppressed,
-                "err" => err_kv("backlog", "the link's byte bound was reached"));
+        let suppressed = self.cluster().may_log("backlog");
+        ev::LinkBacklogCut {
+            unsent_bytes: self.unsent(),
+            bound_bytes: self.node.config.cluster_link_buffer,
+            suppressed: suppressed.unwrap_or(0),
+            err: ErrField::new(
+                PeerError::Backlog.code(),
+                "the link's byte bound was reached",
+            ),
         }
+        .emit_if(&self.log, suppressed.is_some());
         ctx.stop();
     }
 
@@ -497,11 +503,14 @@ impl PeerConn {
 
     fn refuse(&mut self, ctx: &mut Context<Self>, reason: PeerError, detail: String) {
         self.cluster().counters.peer_error(reason);
-        if let Some(suppressed) = self.may_log_refusal(reason) {
-            warn!(self.log, "peer refused"; "reason" => reason.code(), "detail" => &detail,
-                "suppressed" => suppressed,
-                "err" => err_kv(reason.code(), &detail));
+        let suppressed = self.may_log_refusal(reason);
+        ev::PeerRefused {
+            reason: reason.code(),
+            detail: &detail,
+            suppressed: suppressed.unwrap_or(0),
+            err: ErrField::new(reason.code(), &detail),
         }
+        .emit_if(&self.log, suppressed.is_some());
         let body = wire::body(&Refused {
             reason: format!("{}: {detail}", reason.code()),
         });
@@ -610,11 +619,16 @@ impl PeerConn {
                     debug!(self.log, "seed shares the cluster secret"; "seed" => &hello.node_id);
                 } else {
                     self.cluster().counters.peer_error(PeerError::Auth);
-                    if let Some(suppressed) = self.may_log_refusal(PeerError::Auth) {
-                        error!(self.log, "the seed does not share this node's cluster secret: this node cannot join";
-                            "seed" => &hello.node_id, "suppressed" => suppressed,
-                            "err" => err_kv(PeerError::Auth.code(), "the seed's proof does not match any cluster secret of this node"));
+                    let suppressed = self.may_log_refusal(PeerError::Auth);
+                    ev::SeedSecretDiffers {
+                        seed: &hello.node_id,
+                        suppressed: suppressed.unwrap_or(0),
+                        err: ErrField::new(
+                            PeerError::Auth.code(),
+                            "the seed's proof does not match any cluster secret of this node",
+                        ),
                     }
+                    .emit_if(&self.log, suppressed.is_some());
                 }
                 ctx.stop();
             }
@@ -673,8 +687,11 @@ impl PeerConn {
                     generation: hello.generation,
                     link: ctx.address(),
                 });
-                info!(self.log, "peer link up"; "peer" => &node_id,
-                    "generation" => hello.generation);
+                ev::LinkUp {
+                    peer: &node_id,
+                    generation: hello.generation,
+                }
+                .emit(&self.log);
                 self.greet(hello);
             }
         }
@@ -775,13 +792,21 @@ impl PeerConn {
         if why.starts_with("auth") {
             // The other side of a secret mismatch: this node's operator must hear it as well.
             self.cluster().counters.peer_error(PeerError::Auth);
-            if let Some(suppressed) = self.may_log_refusal(PeerError::Auth) {
-                error!(self.log, "peer refused this node: the cluster secrets differ"; "reason" => &why,
-                    "suppressed" => suppressed, "err" => err_kv(PeerError::Auth.code(), &why));
+            let suppressed = self.may_log_refusal(PeerError::Auth);
+            ev::RefusedForSecret {
+                reason: &why,
+                suppressed: suppressed.unwrap_or(0),
+                err: ErrField::new(PeerError::Auth.code(), &why),
             }
-        } else if let Some(suppressed) = self.cluster().may_log("refused_by_peer") {
-            warn!(self.log, "peer refused this node"; "reason" => &why,
-                "suppressed" => suppressed, "err" => err_kv("refused_by_peer", &why));
+            .emit_if(&self.log, suppressed.is_some());
+        } else {
+            let suppressed = self.cluster().may_log("refused_by_peer");
+            ev::RefusedByPeer {
+                reason: &why,
+                suppressed: suppressed.unwrap_or(0),
+                err: ErrField::new("refused_by_peer", &why),
+            }
+            .emit_if(&self.log, suppressed.is_some());
         }
         ctx.stop();
     }
@@ -829,7 +854,10 @@ impl PeerConn {
             Ok(w) => w,
             Err(e) => {
                 self.cluster().counters.peer_error(PeerError::BadFrame);
-                warn!(self.log, "undecodable write from peer"; "err" => err_kv(PeerError::BadFrame.code(), &e));
+                ev::UndecodableWrite {
+                    err: ErrField::new(PeerError::BadFrame.code(), &e),
+                }
+                .emit(&self.log);
                 let done = wire::WriteDone {
                     rejected: Vec::new(),
                     failure: Some(format!("undecodable write: {e}")),
@@ -1345,10 +1373,18 @@ async fn stream_export(
         })
         .await;
     match failure {
-        None => info!(log, "partitions sent to peer"; "partitions" => pull.partitions.len(),
-            "records" => records, "tookMs" => t0.elapsed().as_millis() as u64),
-        Some(f) => warn!(log, "partitions not sent to peer"; "partitions" => pull.partitions.len(),
-            "records" => records, "err" => err_kv("export", &f)),
+        None => ev::PartitionsSent {
+            partitions: pull.partitions.len(),
+            records,
+            took_ms: t0.elapsed().as_millis() as u64,
+        }
+        .emit(&log),
+        Some(f) => ev::PartitionsNotSent {
+            partitions: pull.partitions.len(),
+            records,
+            err: ErrField::new("export", &f),
+        }
+        .emit(&log),
     }
 }
 
@@ -1412,14 +1448,17 @@ pub async fn accept_peers(
                 let total = count.total.load(AtomicOrdering::Relaxed);
                 if handshaking >= MAX_HANDSHAKING || total >= MAX_INBOUND {
                     node.cluster.counters.peer_error(PeerError::Capacity);
-                    if let Some(suppressed) = node.cluster.may_log("capacity") {
-                        let why = format!(
-                            "{handshaking} connections in their handshake (at most \
-                             {MAX_HANDSHAKING}), {total} in all (at most {MAX_INBOUND})"
-                        );
-                        warn!(node.log, "cluster connection refused: too many"; "from" => %from,
-                            "suppressed" => suppressed, "err" => err_kv("capacity", why));
+                    let suppressed = node.cluster.may_log("capacity");
+                    let why = format_args!(
+                        "{handshaking} connections in their handshake (at most \
+                         {MAX_HANDSHAKING}), {total} in all (at most {MAX_INBOUND})"
+                    );
+                    ev::TooManyConnections {
+                        from: Shown(&from),
+                        suppressed: suppressed.unwrap_or(0),
+                        err: ErrField::new(PeerError::Capacity.code(), why),
                     }
+                    .emit_if(&node.log, suppressed.is_some());
                     drop(stream);
                     continue;
                 }
@@ -1441,23 +1480,26 @@ pub async fn accept_peers(
                                 count.handshaking.fetch_sub(1, AtomicOrdering::Relaxed);
                             }
                             node.cluster.counters.peer_error(PeerError::Tls);
-                            if let Some(suppressed) =
-                                node.cluster.may_log_refused(from.ip(), "tls_accept")
-                            {
-                                warn!(node.log, "peer refused: its TLS handshake failed";
-                                    "from" => %from, "suppressed" => suppressed,
-                                    "err" => err_kv("tls", e));
+                            let suppressed = node.cluster.may_log_refused(from.ip(), "tls_accept");
+                            ev::AcceptTlsFailed {
+                                from: Shown(&from),
+                                suppressed: suppressed.unwrap_or(0),
+                                err: ErrField::new(PeerError::Tls.code(), e),
                             }
+                            .emit_if(&node.log, suppressed.is_some());
                         }
                     }
                 });
             }
             Err(e) => {
                 node.cluster.counters.peer_error(PeerError::Accept);
-                if let Some(suppressed) = node.cluster.may_log("accept") {
-                    warn!(node.log, "cluster accept failed"; "suppressed" => suppressed,
-                        "retryInMs" => backoff.as_millis() as u64, "err" => err_kv("accept", e));
+                let suppressed = node.cluster.may_log("accept");
+                ev::AcceptFailed {
+                    suppressed: suppressed.unwrap_or(0),
+                    retry_in_ms: backoff.as_millis() as u64,
+                    err: ErrField::new(PeerError::Accept.code(), e),
                 }
+                .emit_if(&node.log, suppressed.is_some());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

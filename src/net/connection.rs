@@ -22,15 +22,15 @@ use super::pipeline::Pipeline;
 use super::requests::Completion;
 use super::token_bucket::TokenBucket;
 use super::NodeContext;
+use crate::net::events::{
+    ClientAuthFailed, ClientAuthenticated, ClientConnected, ClientDisconnected, ClientEvicted,
+    ClientRateLimited, InvalidFrame,
+};
 use crate::protocol::{self, ClientMessage, ServerMessage};
 use crate::queue::actor::ConnectionClosed;
 use crate::queue::outbound::{Deliver, Outbound};
 use crate::queue::subscriptions::Delivery;
 use crate::shard::live::LiveQuery;
-use crate::telemetry::events::{
-    ClientAuthFailed, ClientAuthenticated, ClientConnected, ClientDisconnected, ClientEvicted,
-    ClientRateLimited, InvalidFrame,
-};
 use crate::telemetry::report::{Mailbox, Reported};
 
 /// Close the socket with this code/reason and count it under `label`.
@@ -191,11 +191,7 @@ impl ConnectionActor {
         self.closing = true;
         // Shutdown and resync are the node's doing, logged once by whoever decided them.
         if !matches!(close.label, "shutdown" | "client" | "resync") {
-            ClientEvicted {
-                reason: close.label,
-                code: close.code,
-            }
-            .emit(&mut self.tel);
+            ClientEvicted::new(close.label, close.code).emit_on(&mut self.tel);
         } else {
             self.tel.count_closed(close.label);
         }
@@ -219,7 +215,7 @@ impl ConnectionActor {
         ClientAuthenticated {
             user_id: user_id.as_deref(),
         }
-        .emit(&mut self.tel);
+        .emit_on(&mut self.tel);
         self.send(
             ctx,
             &ServerMessage::AuthAck(protocol::AuthAck {
@@ -234,11 +230,7 @@ impl ConnectionActor {
         let msg = match protocol::decode(frame) {
             Ok(msg) => msg,
             Err(e) => {
-                InvalidFrame {
-                    reason: e.code(),
-                    detail: &e,
-                }
-                .emit(&mut self.tel);
+                InvalidFrame::new(e.code(), &e).emit_on(&mut self.tel);
                 self.refuse_undecodable(ctx, frame, &e);
                 return;
             }
@@ -252,7 +244,11 @@ impl ConnectionActor {
             .bucket
             .try_take(cost.min(u64::from(u32::MAX)) as u32, Instant::now())
         {
-            ClientRateLimited { cost }.emit(&mut self.tel);
+            ClientRateLimited {
+                cost,
+                ..Default::default()
+            }
+            .emit_on(&mut self.tel);
             self.send(
                 ctx,
                 &ServerMessage::error(429, "rate limit exceeded, slow down"),
@@ -267,11 +263,8 @@ impl ConnectionActor {
                     }
                 }
                 Err(_) => {
-                    InvalidFrame {
-                        reason: "batch_too_large",
-                        detail: &"more than 8192 items",
-                    }
-                    .emit(&mut self.tel);
+                    InvalidFrame::new("batch_too_large", &"more than 8192 items")
+                        .emit_on(&mut self.tel);
                     self.send(
                         ctx,
                         &ServerMessage::error(413, "batch exceeds maximum inner item count"),
@@ -286,18 +279,12 @@ impl ConnectionActor {
     /// is refused (it would let one frame recurse without bound).
     fn on_batch_item(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: &[u8]) {
         match protocol::decode(item) {
-            Ok(ClientMessage::Batch(_)) => InvalidFrame {
-                reason: "malformed",
-                detail: &"BATCH nested in BATCH",
+            Ok(ClientMessage::Batch(_)) => {
+                InvalidFrame::new("malformed", &"BATCH nested in BATCH").emit_on(&mut self.tel)
             }
-            .emit(&mut self.tel),
             Ok(msg) => self.dispatch(ctx, msg),
             Err(e) => {
-                InvalidFrame {
-                    reason: e.code(),
-                    detail: &e,
-                }
-                .emit(&mut self.tel);
+                InvalidFrame::new(e.code(), &e).emit_on(&mut self.tel);
                 self.refuse_undecodable(ctx, item, &e);
             }
         }
@@ -327,11 +314,7 @@ impl ConnectionActor {
         let ClientMessage::Auth(auth) = msg else {
             // protocol.md 3.3: before AUTH every other frame (PING and DEVICE_HELLO too) is
             // dropped.
-            InvalidFrame {
-                reason: "before_auth",
-                detail: &msg.tag(),
-            }
-            .emit(&mut self.tel);
+            InvalidFrame::new("before_auth", &msg.tag()).emit_on(&mut self.tel);
             return;
         };
         let Some(verifier) = &self.node.verifier else {
@@ -346,7 +329,7 @@ impl ConnectionActor {
     /// A refused AUTH: counted and logged with `reason`, answered `AUTH_FAIL` (the reason is
     /// not told to the client), and the connection closed with 4001.
     fn fail_auth(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: &'static str) {
-        ClientAuthFailed { reason }.emit(&mut self.tel);
+        ClientAuthFailed::new(reason).emit_on(&mut self.tel);
         self.send(
             ctx,
             &ServerMessage::AuthFail(protocol::AuthFail {
@@ -429,11 +412,8 @@ impl ConnectionActor {
                 if !binary {
                     // Text messages are ignored whole (protocol.md 1.2); its later fragments
                     // find no buffer and are skipped.
-                    InvalidFrame {
-                        reason: "text_frame",
-                        detail: &"fragmented text message",
-                    }
-                    .emit(&mut self.tel);
+                    InvalidFrame::new("text_frame", &"fragmented text message")
+                        .emit_on(&mut self.tel);
                     self.fragments = None;
                     return;
                 }
@@ -450,11 +430,8 @@ impl ConnectionActor {
             .is_some_and(|b| b.len() > self.node.config.max_frame_bytes);
         if too_big {
             self.fragments = None;
-            InvalidFrame {
-                reason: "frame_too_large",
-                detail: &"fragmented message over the limit",
-            }
-            .emit(&mut self.tel);
+            InvalidFrame::new("frame_too_large", &"fragmented message over the limit")
+                .emit_on(&mut self.tel);
             self.close(ctx, CLOSE_TOO_BIG);
             return;
         }
@@ -498,12 +475,12 @@ impl Actor for ConnectionActor {
             peer: &self.peer,
             auth_required,
         }
-        .emit(&mut self.tel);
+        .emit_on(&mut self.tel);
         if auth_required {
             self.send(ctx, &ServerMessage::AuthRequired);
             ctx.run_later(self.node.config.auth_timeout, |act, ctx| {
                 if matches!(act.auth, AuthState::Pending) {
-                    ClientAuthFailed { reason: "timeout" }.emit(&mut act.tel);
+                    ClientAuthFailed::new("timeout").emit_on(&mut act.tel);
                     act.close(ctx, CLOSE_AUTH_TIMEOUT);
                 }
             });
@@ -529,7 +506,7 @@ impl Actor for ConnectionActor {
                 reason: "client",
                 frames: self.frames,
             }
-            .emit(&mut self.tel);
+            .emit_on(&mut self.tel);
         }
         self.node.gate.do_send(Unregister { id: self.id });
         for stripe in self.node.queue.stripes.iter() {
@@ -553,11 +530,9 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                 }
             }
             Ok(ws::Message::Continuation(item)) => self.on_continuation(ctx, item),
-            Ok(ws::Message::Text(_)) => InvalidFrame {
-                reason: "text_frame",
-                detail: &"text frame",
+            Ok(ws::Message::Text(_)) => {
+                InvalidFrame::new("text_frame", &"text frame").emit_on(&mut self.tel)
             }
-            .emit(&mut self.tel),
             Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
@@ -568,28 +543,24 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                         reason: "client",
                         frames: self.frames,
                     }
-                    .emit(&mut self.tel);
+                    .emit_on(&mut self.tel);
                 }
                 ctx.close(reason);
                 ctx.stop();
             }
             Err(ProtocolError::Overflow) => {
-                InvalidFrame {
-                    reason: "frame_too_large",
-                    detail: &"message over the limit",
-                }
-                .emit(&mut self.tel);
+                InvalidFrame::new("frame_too_large", &"message over the limit")
+                    .emit_on(&mut self.tel);
                 self.close(ctx, CLOSE_TOO_BIG);
             }
             // actix-web-actors reports two different things as `Io`: a text frame that is not
             // UTF-8 (a text frame like any other: ignored, protocol.md 1.2) and the transport
             // failing under the stream (the client vanished without a Close: a disconnect,
             // not a bad frame, and there is no one left to send a Close to).
-            Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => InvalidFrame {
-                reason: "text_frame",
-                detail: &"text frame that is not UTF-8",
+            Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
+                InvalidFrame::new("text_frame", &"text frame that is not UTF-8")
+                    .emit_on(&mut self.tel)
             }
-            .emit(&mut self.tel),
             Err(ProtocolError::Io(_)) => {
                 if !self.closing {
                     self.closing = true;
@@ -597,16 +568,12 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                         reason: "client",
                         frames: self.frames,
                     }
-                    .emit(&mut self.tel);
+                    .emit_on(&mut self.tel);
                 }
                 ctx.stop();
             }
             Err(e) => {
-                InvalidFrame {
-                    reason: "protocol_error",
-                    detail: &e,
-                }
-                .emit(&mut self.tel);
+                InvalidFrame::new("protocol_error", &e).emit_on(&mut self.tel);
                 self.close(ctx, CLOSE_PROTOCOL);
             }
         }

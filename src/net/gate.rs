@@ -7,9 +7,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{debug, info, warn, Logger};
+use slog::{debug, Logger};
 
 use super::connection::{ConnectionActor, PushPartitionMap, Shutdown};
+use crate::net::events::{ClosingClients, ConnectionRateLimited};
+use crate::telemetry::event::{ErrField, Event};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
 use crate::telemetry::report::{
     ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta, UNBOUNDED_MAILBOX,
@@ -87,10 +89,16 @@ pub struct WantsPartitionMap {
 #[rtype(result = "()")]
 pub struct PartitionTableChanged;
 
-/// Counts open connections now (the shutdown sequence waits for 0).
+/// Counts open connections now.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct OpenConnections;
+
+/// Answered once no connection is open (at once if none is): the shutdown sequence waits on
+/// it instead of asking for the count in a loop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AllClosed;
 
 pub struct ConnectionGateActor {
     rate: usize,
@@ -108,6 +116,8 @@ pub struct ConnectionGateActor {
     accepted_this_second: u64,
     accepted_last_full_second: u64,
     closing: bool,
+    /// Answers to [`AllClosed`], sent when the last connection goes.
+    all_closed: Vec<tokio::sync::oneshot::Sender<()>>,
     refusal_log: Throttle,
     stats: ActorStats,
     log: Logger,
@@ -139,6 +149,7 @@ impl ConnectionGateActor {
             accepted_this_second: 0,
             accepted_last_full_second: 0,
             closing: false,
+            all_closed: Vec::new(),
             refusal_log: Throttle::new(Duration::from_secs(10)),
             stats: ActorStats::new(ActorKind::Gate, timed),
             log: log.new(slog::o!("actor" => "gate")),
@@ -162,6 +173,14 @@ impl ConnectionGateActor {
             };
             self.current_second = second;
             self.accepted_this_second = 0;
+        }
+    }
+
+    fn wake_if_all_closed(&mut self) {
+        if self.connections.is_empty() {
+            for waiter in self.all_closed.drain(..) {
+                let _ = waiter.send(());
+            }
         }
     }
 
@@ -247,11 +266,15 @@ impl Handler<Admit> for ConnectionGateActor {
             }
             Err(refusal) => {
                 self.rejected += 1;
-                if let Some(suppressed) = self.refusal_log.check(now) {
-                    warn!(self.log, "connection rate-limited";
-                        "reason" => refusal.code(), "suppressed" => suppressed,
-                        "pending" => self.pending.len(), "limitPerSecond" => self.rate);
+                let suppressed = self.refusal_log.check(now);
+                ConnectionRateLimited {
+                    reason: refusal.code(),
+                    pending: self.pending.len(),
+                    limit_per_second: self.rate,
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::new(refusal.code(), "the connection was refused at the gate"),
                 }
+                .emit_if(&self.log, suppressed.is_some());
                 Err(refusal)
             }
         };
@@ -267,6 +290,7 @@ impl Handler<AdmissionVoided> for ConnectionGateActor {
         let t0 = self.stats.begin();
         self.pending.remove(&msg.id);
         self.connections.remove(&msg.id);
+        self.wake_if_all_closed();
         self.stats.end(t0);
     }
 }
@@ -302,6 +326,7 @@ impl Handler<Unregister> for ConnectionGateActor {
         self.pending.remove(&msg.id);
         self.connections.remove(&msg.id);
         self.map_clients.remove(&msg.id);
+        self.wake_if_all_closed();
         self.stats.end(t0);
     }
 }
@@ -317,7 +342,7 @@ impl Handler<CloseAll> for ConnectionGateActor {
             mailbox.do_send(Shutdown);
             told += 1;
         }
-        info!(self.log, "closing client connections"; "connections" => told);
+        ClosingClients { connections: told }.emit(&self.log);
         self.report();
         self.stats.end(t0);
         told
@@ -350,6 +375,21 @@ impl Handler<PartitionTableChanged> for ConnectionGateActor {
         }
         debug!(self.log, "partition map pushed to cluster clients"; "connections" => pushed);
         self.stats.end(t0);
+    }
+}
+
+impl Handler<AllClosed> for ConnectionGateActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: AllClosed, _: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.all_closed.push(tx);
+        self.wake_if_all_closed();
+        self.stats.end(t0);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 

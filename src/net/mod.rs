@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod conn_telemetry;
 pub mod connection;
+pub mod events;
 pub mod flow;
 pub mod gate;
 pub mod grouped;

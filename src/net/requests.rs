@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use slog::{debug, warn};
+use slog::debug;
 
 use super::connection::ConnectionActor;
 use crate::cluster::gather::{self, sync_read, Gathered, ReadRequest};
 use crate::data::ops::{op_label, query_spec};
 use crate::data::sync::{SyncAsk, SyncShare};
+use crate::net::events::{BackpressureTimeout, LimitExceeded};
 use crate::protocol::{
     self, ClientOp, LeafRecord, MerkleReqBucket, QueryResp, QueryResultItem, QuerySub, QueryUnsub,
     ServerMessage, SyncInit, SyncRespBuckets, SyncRespLeaf, SyncRespRoot, TopicPub,
@@ -27,7 +28,7 @@ use crate::queue::actor::{
 use crate::queue::subscriptions::SubKey;
 use crate::shard::live::LiveQuery;
 use crate::shard::query::CompiledQuery;
-use crate::telemetry::logging::err_kv;
+use crate::telemetry::event::{ErrField, Event};
 
 /// A QUERY_RESP that answers a subscription with an error instead of rows.
 fn query_refused(query_id: String, error: String, code: &str) -> ServerMessage {
@@ -231,11 +232,14 @@ impl ConnectionActor {
             Flow::Go => act.submit_writes(ops),
             Flow::TimedOut => {
                 act.tel.count_backpressure_timeout();
-                if let Some(suppressed) = act.tel.backpressure_log.check(Instant::now()) {
-                    warn!(act.tel.log, "backpressure timeout";
-                        "ops" => ops.len(), "suppressed" => suppressed,
-                        "timeoutMs" => timeout.as_millis() as u64);
+                let suppressed = act.tel.backpressure_log.check(Instant::now());
+                BackpressureTimeout {
+                    ops: ops.len(),
+                    timeout_ms: timeout.as_millis() as u64,
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::new("backpressure_timeout", "no pending-batch slot in time"),
                 }
+                .emit_if(&act.tel.log, suppressed.is_some());
                 let reply = ServerMessage::error(
                     429,
                     format!(
@@ -718,10 +722,14 @@ impl ConnectionActor {
     }
 
     fn log_limit(&mut self, limit: &'static str, max: usize, error: &str) {
-        if let Some(suppressed) = self.tel.limit_log.check(std::time::Instant::now()) {
-            warn!(self.tel.log, "limit exceeded"; "limit" => limit, "max" => max,
-                "suppressed" => suppressed, "err" => err_kv("limit_exceeded", error));
+        let suppressed = self.tel.limit_log.check(std::time::Instant::now());
+        LimitExceeded {
+            limit,
+            max,
+            suppressed: suppressed.unwrap_or(0),
+            err: ErrField::new("limit_exceeded", error),
         }
+        .emit_if(&self.tel.log, suppressed.is_some());
     }
 
     pub(super) fn on_topic_unsub(&mut self, topic: String) {

@@ -9,7 +9,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use rmpv::Value;
-use slog::{info, warn, Logger};
+use slog::Logger;
+
+use super::events::{StripeDrained, StripeNearFull};
+use crate::telemetry::event::Event;
 
 use super::outbound::Outbound;
 use super::subscriptions::{Delivery, Registry, Routed, SubKey};
@@ -194,11 +197,14 @@ impl StripeActor {
         let threshold = self.capacity * 8 / 10;
         if !self.near_full && queued >= threshold {
             self.near_full = true;
-            warn!(self.log, "event queue stripe near full";
-                "queued" => queued, "capacity" => self.capacity);
+            StripeNearFull {
+                queued,
+                capacity: self.capacity,
+            }
+            .emit(&self.log);
         } else if self.near_full && queued < threshold {
             self.near_full = false;
-            info!(self.log, "event queue stripe below 80 %"; "queued" => queued);
+            StripeDrained { queued }.emit(&self.log);
         }
     }
 }

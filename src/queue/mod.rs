@@ -13,6 +13,7 @@
 //! event-queue families and are bounded by the publisher's token bucket instead.
 pub mod actor;
 pub mod cross;
+pub mod events;
 pub mod outbound;
 pub mod recency;
 pub mod subscriptions;

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{debug, warn, Logger};
+use slog::{debug, Logger};
+
+use crate::queue::events::StripeRejecting;
+use crate::telemetry::event::{ErrField, Event};
 
 use super::aggregate::Groups;
 use super::catalog::MapCatalog;
@@ -388,11 +391,15 @@ impl ShardActor {
             if refused > 0 {
                 batch.truncate(fits);
                 self.rejected += refused as u64;
-                if let Some(suppressed) = self.reject_log.check(Instant::now()) {
-                    warn!(self.log, "event queue stripe rejecting events";
-                        "stripe" => s, "rejected" => refused, "suppressed" => suppressed,
-                        "capacity" => stripe.capacity());
+                let suppressed = self.reject_log.check(Instant::now());
+                StripeRejecting {
+                    stripe: s,
+                    rejected: refused,
+                    capacity: stripe.capacity(),
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::new("event_queue_full", "the stripe has no room for the events"),
                 }
+                .emit_if(&self.log, suppressed.is_some());
             }
             if fits > 0 {
                 self.enqueued += fits as u64;

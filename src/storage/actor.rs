@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{error, info, Logger};
+use slog::Logger;
 use tokio::sync::oneshot;
 
+use super::events::{CommitFailed, Flushed};
 use super::{Backend, Mutation};
 use crate::protocol::types::Timestamp;
+use crate::telemetry::event::{ErrField, Event};
 use crate::telemetry::histogram::{LocalHistogram, COMMIT_RECORDS, COMMIT_SECONDS};
-use crate::telemetry::logging::err_kv;
 use crate::telemetry::metrics::{Metrics, MetricsActor};
 use crate::telemetry::report::{ActorKind, ActorStats, Mailbox, Report, Reported, StatsDelta};
 
@@ -113,9 +114,12 @@ impl StorageActor {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.counters.errors += 1;
-                error!(self.log, "storage commit failed";
-                    "records" => records, "requests" => self.waiting.len(),
-                    "err" => err_kv(e.op, &e.message));
+                CommitFailed {
+                    records,
+                    requests: self.waiting.len(),
+                    err: ErrField::new(e.op, &e.message),
+                }
+                .emit(&self.log);
                 Err(NotDurable(e.message))
             }
         };
@@ -170,7 +174,7 @@ impl Actor for StorageActor {
 
     fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
         self.commit(ctx);
-        info!(self.log, "storage flushed");
+        Flushed {}.emit(&self.log);
         Running::Stop
     }
 }

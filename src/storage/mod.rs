@@ -5,6 +5,7 @@
 //! What is stored: every LWW record (tombstones included), OR-Map records and removed tags,
 //! and the HLC high-water mark, so a restarted node never hands out a lower timestamp.
 pub mod actor;
+pub mod events;
 pub mod memory;
 pub mod redb;
 

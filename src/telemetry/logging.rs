@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use slog::{o, Drain, FnValue, Level, Logger, OwnedKVList, PushFnValue, Record};
 
 use crate::config::{LogDest, LogLevel};
@@ -39,20 +38,11 @@ fn epoch_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The `err` field: `{type, message}`. `type` is a bounded code, the message is free text.
-#[derive(Clone, Serialize)]
-pub struct ErrField {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub message: String,
-}
+pub use super::event::ErrField;
 
-/// `"err" => err_kv("bind_failed", &e)`.
-pub fn err_kv(kind: &'static str, message: impl ToString) -> slog::Serde<ErrField> {
-    slog::Serde(ErrField {
-        kind,
-        message: message.to_string(),
-    })
+/// `"err" => err_kv("bind_failed", &e)` in a debug line; notable events take an [`ErrField`].
+pub fn err_kv(kind: &'static str, message: impl std::fmt::Display) -> ErrField {
+    ErrField::new(kind, message)
 }
 
 /// What the node keeps of its logging: the root logger, the drop counter for

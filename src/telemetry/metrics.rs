@@ -15,11 +15,12 @@ use prometheus::{
     Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use slog::{info, warn, Logger};
+use slog::Logger;
 
 use super::debug::{ActorTable, ActorsSnapshot};
+use super::event::{ErrField, Event, EventInfo};
+use super::events::{ExpositionFailed, MemoryBudgetExceeded, MemoryBudgetRecovered};
 use super::histogram::{HistogramFamily, COMMIT_RECORDS, COMMIT_SECONDS, HANDLE_SECONDS};
-use super::logging::err_kv;
 use super::report::{ActorKind, ActorStats, Report, Reported, UNBOUNDED_MAILBOX};
 use super::summary::SlidingSummary;
 use crate::data::budget::{resident_bytes, Crossing, MemoryBudget};
@@ -129,6 +130,9 @@ pub struct Metrics {
     pub client_rate_limited_total: IntCounter,
     pub connections_closed_total: IntCounterVec,
     pub log_records_dropped_total: IntCounter,
+    pub events_total: IntCounterVec,
+    /// Every declared event, its count copied into `events_total` before each scrape.
+    events: Vec<&'static EventInfo>,
     pub cluster_invalid_datagrams_total: IntCounter,
     pub partitions_owned: IntGauge,
     pub partitions_backup: IntGauge,
@@ -431,6 +435,13 @@ impl Metrics {
                 "topgun_log_records_dropped_total",
                 "Log lines dropped because the log writer could not keep up.",
             )?,
+            events_total: b.counter_vec(
+                "topgun_events_total",
+                "Notable events (each with its own log line), by event and level; counted \
+                 even when the line was not written (throttled, or below the log level).",
+                &["event", "level"],
+            )?,
+            events: Vec::new(),
             actor_messages_total: b.counter_vec(
                 "topgun_actor_messages_total",
                 "Messages handled, by actor kind.",
@@ -597,7 +608,31 @@ impl Metrics {
         self
     }
 
+    /// The events to count, each series created at 0.
+    pub fn with_events(mut self, events: impl IntoIterator<Item = &'static EventInfo>) -> Metrics {
+        for info in events {
+            self.events_total
+                .with_label_values(&[info.name, info.level_label()]);
+            self.events.push(info);
+        }
+        self
+    }
+
+    /// Copies each event's count into its series (the counts live beside the declarations).
+    fn copy_event_counts(&self) {
+        for info in &self.events {
+            let series = self
+                .events_total
+                .with_label_values(&[info.name, info.level_label()]);
+            let (now, shown) = (info.count(), series.get());
+            if now > shown {
+                series.inc_by(now - shown);
+            }
+        }
+    }
+
     pub fn render(&self) -> Result<String, prometheus::Error> {
+        self.copy_event_counts();
         let families = self.registry.gather();
         let mut buf = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&families, &mut buf)?;
@@ -771,14 +806,22 @@ impl MetricsActor {
         };
         match budget.observe(used) {
             Some(Crossing::Exceeded { used }) => {
-                warn!(self.log, "memory budget exceeded: refusing writes that add data";
-                    "usedBytes" => used, "budgetBytes" => budget.limit(),
-                    "err" => err_kv("memory_budget_exceeded",
-                        "resident memory reached --max-memory"));
+                MemoryBudgetExceeded {
+                    used_bytes: used,
+                    budget_bytes: budget.limit(),
+                    err: ErrField::new(
+                        "memory_budget_exceeded",
+                        "resident memory reached --max-memory",
+                    ),
+                }
+                .emit(&self.log);
             }
             Some(Crossing::Recovered { used }) => {
-                info!(self.log, "memory back under budget: taking writes again";
-                    "usedBytes" => used, "budgetBytes" => budget.limit());
+                MemoryBudgetRecovered {
+                    used_bytes: used,
+                    budget_bytes: budget.limit(),
+                }
+                .emit(&self.log);
             }
             None => {}
         }
@@ -859,7 +902,10 @@ impl Handler<Scrape> for MetricsActor {
         let t0 = self.stats.begin();
         self.refresh_sampled();
         let text = self.metrics.render().unwrap_or_else(|e| {
-            warn!(self.log, "metrics exposition failed"; "err" => err_kv("encode_failed", e));
+            ExpositionFailed {
+                err: ErrField::new("encode_failed", e),
+            }
+            .emit(&self.log);
             String::new()
         });
         self.stats.end(t0);

@@ -1,5 +1,6 @@
 //! Telemetry: Pino-shaped logs, the metrics actor and the path every number takes to it.
 pub mod debug;
+pub mod event;
 pub mod events;
 pub mod histogram;
 pub mod lag;

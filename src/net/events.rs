@@ -1,0 +1,152 @@
+//! The client side's notable events: a connection's life, its refusals, the gate's. Declared
+//! once here (see `telemetry::event`). A connection's events also bump its own counters of
+//! `topgun_*` families through [`ConnectionTelemetry`], so each has an `emit_on` that does both.
+use std::time::Instant;
+
+use crate::events;
+use crate::net::conn_telemetry::ConnectionTelemetry;
+use crate::telemetry::event::{ErrField, Event};
+
+events! {
+    Info ClientConnected<'a> = "client_connected", "client connected" {
+        peer: &'a str => "peer",
+        auth_required: bool => "authRequired",
+    }
+    Info ClientAuthenticated<'a> = "client_authenticated", "client authenticated" {
+        user_id: Option<&'a str> => "userId",
+    }
+    /// AUTH refused, or no AUTH in time. `reason` is a bounded code, never the raw error text.
+    Warning ClientAuthFailed = "client_auth_failed", "client auth failed" {
+        reason: &'static str => "reason",
+        err: ErrField => "err",
+    }
+    /// The node closed the connection because of the client's behaviour (timeouts, slow
+    /// reads, oversize or broken frames); `reason` is the close-reason label.
+    Warning ClientEvicted = "client_evicted", "client evicted" {
+        reason: &'static str => "reason",
+        code: u16 => "code",
+        err: ErrField => "err",
+    }
+    Info ClientDisconnected = "client_disconnected", "client disconnected" {
+        reason: &'static str => "reason",
+        frames: u64 => "frames",
+    }
+    /// Counted always, its line at debug and at most once per interval per connection.
+    Debug InvalidFrame = "invalid_frame", "invalid frame dropped" {
+        reason: &'static str => "reason",
+        suppressed: u64 => "suppressed",
+        err: ErrField => "err",
+    }
+    /// The per-connection token bucket refused a frame (ERROR 429).
+    Warning ClientRateLimited = "client_rate_limited", "client rate-limited" {
+        cost: u64 => "cost",
+        suppressed: u64 => "suppressed",
+        err: ErrField => "err",
+    }
+    /// A write batch waited for a pending-batch slot longer than its timeout (ERROR 429).
+    Warning BackpressureTimeout = "backpressure_timeout", "backpressure timeout" {
+        ops: usize => "ops",
+        timeout_ms: u64 => "timeoutMs",
+        suppressed: u64 => "suppressed",
+        err: ErrField => "err",
+    }
+    /// A request over one of the per-client limits (`telemetry::metrics::LIMITS`).
+    Warning LimitExceeded = "limit_exceeded", "limit exceeded" {
+        limit: &'static str => "limit",
+        max: usize => "max",
+        suppressed: u64 => "suppressed",
+        err: ErrField => "err",
+    }
+    /// The gate refused a new connection (rate or pending-handshake limit).
+    Warning ConnectionRateLimited = "connection_rate_limited", "connection rate-limited" {
+        reason: &'static str => "reason",
+        pending: usize => "pending",
+        limit_per_second: usize => "limitPerSecond",
+        suppressed: u64 => "suppressed",
+        err: ErrField => "err",
+    }
+    Info ClosingClients = "closing_clients", "closing client connections" {
+        connections: usize => "connections",
+    }
+}
+
+impl ClientConnected<'_> {
+    pub fn emit_on(self, t: &mut ConnectionTelemetry) {
+        self.emit(&t.log);
+    }
+}
+
+impl ClientAuthenticated<'_> {
+    pub fn emit_on(self, t: &mut ConnectionTelemetry) {
+        self.emit(&t.log);
+    }
+}
+
+impl ClientAuthFailed {
+    pub fn new(reason: &'static str) -> Self {
+        ClientAuthFailed {
+            reason,
+            err: ErrField::new(
+                reason,
+                "the client's AUTH was refused or did not come in time",
+            ),
+        }
+    }
+
+    pub fn emit_on(self, t: &mut ConnectionTelemetry) {
+        t.count_auth_failure(self.reason);
+        self.emit(&t.log);
+    }
+}
+
+impl ClientEvicted {
+    pub fn new(reason: &'static str, code: u16) -> Self {
+        ClientEvicted {
+            reason,
+            code,
+            err: ErrField::new(reason, format_args!("closed with {code}")),
+        }
+    }
+
+    pub fn emit_on(self, t: &mut ConnectionTelemetry) {
+        t.count_closed(self.reason);
+        self.emit(&t.log);
+    }
+}
+
+impl ClientDisconnected {
+    pub fn emit_on(self, t: &mut ConnectionTelemetry) {
+        t.count_closed(self.reason);
+        self.emit(&t.log);
+    }
+}
+
+impl InvalidFrame {
+    pub fn new(reason: &'static str, detail: &dyn std::fmt::Display) -> Self {
+        InvalidFrame {
+            reason,
+            suppressed: 0,
+            err: ErrField::new(reason, detail),
+        }
+    }
+
+    pub fn emit_on(mut self, t: &mut ConnectionTelemetry) {
+        t.count_invalid(self.reason);
+        let suppressed = t.invalid_log.check(Instant::now());
+        self.suppressed = suppressed.unwrap_or(0);
+        self.emit_if(&t.log, suppressed.is_some());
+    }
+}
+
+impl ClientRateLimited {
+    pub fn emit_on(self, t: &mut ConnectionTelemetry) {
+        t.count_rate_limited();
+        let suppressed = t.rate_limit_log.check(Instant::now());
+        ClientRateLimited {
+            suppressed: suppressed.unwrap_or(0),
+            err: ErrField::new("rate_limited", "the connection's token bucket is empty"),
+            ..self
+        }
+        .emit_if(&t.log, suppressed.is_some());
+    }
+}
