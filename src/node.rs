@@ -19,12 +19,12 @@ use slog::{error, info, warn, Logger};
 
 use crate::cluster::actor::{ClusterActor, Leave};
 use crate::cluster::membership::NodeIdentity;
+use crate::cluster::plane::DataPlane;
 use crate::cluster::secret::ClusterKeys;
 use crate::cluster::state::ClusterState;
 use crate::cluster::table::TableMember;
 use crate::config::{AuthMode, Config, MemoryLimit, StorageBackend};
 use crate::data::budget::{self, LimitSource, MemoryBudget};
-use crate::data::DataPlane;
 use crate::http;
 use crate::net::auth::Verifier;
 use crate::net::gate::{CloseAll, ConnectionGateActor, OpenConnections};

@@ -33,10 +33,10 @@ use super::membership::{
 use super::migration;
 use super::peer::{Direction, PeerConn, PeerStream, TlsFailure};
 use super::peer_error::PeerError;
+use super::plane::DataPlane;
 use super::secret::{self, SealError};
 use super::state::MissingLink;
 use super::table::{next_version, PartitionTable, Role, TableMember};
-use crate::data::DataPlane;
 use crate::queue::actor::ResyncLiveQueries;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::telemetry::logging::err_kv;

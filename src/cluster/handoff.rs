@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slog::{debug, warn};
 
+use super::plane::DataPlane;
 use super::replication::{ask, replicate};
 use super::wire::Kind;
-use crate::data::DataPlane;
 use crate::telemetry::logging::err_kv;
 
 /// Forwards waiting for a handoff at most, and their bodies' bytes at most.

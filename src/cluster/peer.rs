@@ -24,11 +24,11 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::actor::{ClusterActor, LinkDown, LinkUp, PeerConnected};
 use super::peer_error::PeerError;
+use super::plane::DataPlane;
 use super::replication;
 use super::secret;
 use super::state::ClusterState;
 use super::wire::{self, Frame, Hello, Kind, Refused, PEER_MAGIC, PEER_VERSION};
-use crate::data::DataPlane;
 use crate::queue::actor::TopicPublish;
 use crate::telemetry::logging::err_kv;
 use crate::telemetry::report::Reported;
