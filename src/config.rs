@@ -675,6 +675,11 @@ impl fmt::Debug for ClusterSecret {
     }
 }
 
+/// Backups per partition a node accepts (`--backup-count`); each one costs a synchronous
+/// replication per write. Here, not in the partition table that honours it, because
+/// `validate()` refuses more and config sits below the cluster.
+pub const MAX_BACKUPS: usize = 6;
+
 /// The shortest cluster secret accepted: an HMAC key shorter than this can be guessed offline
 /// from one recorded handshake.
 pub const MIN_CLUSTER_SECRET_LEN: usize = 16;
@@ -1091,13 +1096,12 @@ impl Config {
                 ));
             }
         }
-        if usize::from(self.backup_count) > crate::cluster::table::MAX_BACKUPS {
+        if usize::from(self.backup_count) > MAX_BACKUPS {
             return Err(ConfigError::invalid(
                 "backup_count",
                 format!(
                     "{} backups per partition; at most {} are supported",
-                    self.backup_count,
-                    crate::cluster::table::MAX_BACKUPS
+                    self.backup_count, MAX_BACKUPS
                 ),
             ));
         }

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`cluster`]: membership (ClusterActor, foca SWIM), the partition table, the node-to-node
-//!   transport, write routing and replication, migration and catch-up.
+//!   transport, write routing and replication, migration and catch-up; the `DataPlane`.
 //! - [`config`]: flags, environment, TOML file; precedence and validation.
 //! - [`data`]: the data plane shared by client connections and peers: the local write and read
 //!   paths, wire ops and queries translated for the shards.
@@ -14,6 +14,9 @@
 //! - [`queue`]: the bounded, striped event queue and subscription routing.
 //! - [`storage`]: durable group commit (redb) behind a small backend trait; recovery.
 //! - [`telemetry`]: Pino-shaped logging, the `MetricsActor`, the reporting path.
+//!
+//! The modules are layers: none imports from a higher one (`docs/architecture.md`, "Layers",
+//! checked by `scripts/check-layers`).
 pub mod cluster;
 pub mod config;
 pub mod data;

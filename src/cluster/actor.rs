@@ -3,7 +3,7 @@
 //! foca does no I/O: the actor owns it outright, feeds it the datagrams of the cluster socket
 //! (a stream on this actor), schedules its timers with `ctx.run_later`, sends what it asks to
 //! send, and turns its notifications into log lines and `topgun_cluster_members`. The socket
-//! is bound by `node.rs` before any actor starts, so a busy cluster port stops the node whole.
+//! is bound by `node::ports` before any actor starts, so a busy cluster port stops the node whole.
 //!
 //! Seeds (`--seed-nodes`) are resolved off the actor (`tokio::net::lookup_host`) and announced
 //! to at start and, with former members, every two probe periods while no member is known;
@@ -34,10 +34,10 @@ use super::membership::{
 use super::migration;
 use super::peer::{Direction, PeerConn, PeerStream, TlsFailure};
 use super::peer_error::PeerError;
+use super::plane::DataPlane;
 use super::secret::{self, SealError};
 use super::state::MissingLink;
 use super::table::{next_version, PartitionTable, Role, TableMember};
-use crate::data::DataPlane;
 use crate::queue::actor::ResyncLiveQueries;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::telemetry::event::{ErrField, Event, Shown};

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::data::DataPlane;
+use super::plane::DataPlane;
 use crate::protocol::ClientOp;
 use crate::shard::actor::{ListKeys, PartitionCensus, ReadChunk};
 use crate::shard::export::PartitionKeys;

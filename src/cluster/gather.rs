@@ -17,12 +17,13 @@ use futures_util::future::{join_all, LocalBoxFuture};
 
 use super::peer::Call;
 use super::peer_error::PeerError;
+use super::plane::DataPlane;
 use super::table::PartitionTable;
 use super::wire::{self, Kind, QueryDone};
-use crate::data::reads::{grouped_page, local_groups, local_rows, run_query, PartitionMask};
+use crate::data::reads::{grouped_page, local_groups, local_rows, run_query};
 use crate::data::sync::{local_sync, SyncAsk, SyncShare};
-use crate::data::DataPlane;
 use crate::protocol;
+use crate::shard::actor::PartitionMask;
 use crate::shard::aggregate::Groups;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::shard::query::{CompiledQuery, PartialResult, QueryPage};

@@ -21,9 +21,9 @@ use bytes::Bytes;
 use slog::debug;
 
 use super::events as ev;
+use super::plane::DataPlane;
 use super::replication::{ask, replicate};
 use super::wire::Kind;
-use crate::data::DataPlane;
 use crate::telemetry::event::{ErrField, Event};
 
 /// Forwards waiting for a handoff at most, and their bodies' bytes at most.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::antientropy::local_digests;
 use super::gather::call;
+use super::plane::DataPlane;
 use super::release::send_partition;
 use super::wire::{self, Kind};
-use crate::data::DataPlane;
 use crate::shard::digest::PartitionDigest;
 
 /// What the handover before leaving did.

@@ -21,9 +21,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::peer::Cast;
+use super::plane::DataPlane;
 use super::table::Role;
 use super::wire::{self, Event, Events, Interest, Kind};
-use crate::data::DataPlane;
 use crate::queue::actor::RouteEvents;
 use crate::queue::cross::OUT_CAPACITY;
 use crate::queue::{Change, ChangeEvent, REMOTE_SHARD};

@@ -15,9 +15,9 @@ use futures_util::future::Either;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use super::peer::{CallStream, Grant};
+use super::plane::DataPlane;
 use super::wire::{self, Kind, Pull, PullChunk, PullDone};
 use crate::data::writes::{apply_writes, merge_quietly};
-use crate::data::DataPlane;
 use crate::shard::fnv::partition_of;
 
 /// How long a pull waits for the link to its source to come up (it was just dialled).

@@ -3,8 +3,9 @@
 //! replication ([`replication`]), migration after a rebalance ([`migration`]) of partitions
 //! exported in bounded pieces ([`export`]), catching up
 //! from a peer that (re)connects ([`catchup`]), handing failed forwards off again
-//! ([`handoff`]), and the shared
-//! view the rest of the node reads ([`state`]). `docs/cluster.md` is the operator's view.
+//! ([`handoff`]), the shared
+//! view the rest of the node reads ([`state`]), and the [`plane::DataPlane`] that client
+//! connections and peers both work through. `docs/cluster.md` is the operator's view.
 pub mod actor;
 pub mod antientropy;
 pub mod catchup;
@@ -18,6 +19,7 @@ pub mod membership;
 pub mod migration;
 pub mod peer;
 pub mod peer_error;
+pub mod plane;
 pub mod release;
 pub mod replication;
 pub mod secret;

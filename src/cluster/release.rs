@@ -14,10 +14,10 @@
 use std::sync::Arc;
 
 use super::export::Exporter;
+use super::plane::DataPlane;
 use super::replication::{ask, WriteRef};
 use super::table::{PartitionTable, Role};
 use super::wire::{self, Kind, Trace};
-use crate::data::DataPlane;
 use crate::shard::actor::{DropPartition, PartitionCensus};
 use crate::shard::router::shard_of_partition;
 

@@ -18,12 +18,12 @@ use slog::{debug, Logger};
 
 use super::peer::{Call, Notify};
 use super::peer_error::PeerError;
+use super::plane::DataPlane;
 use super::state::ClusterState;
 use super::table::{PartitionTable, Role};
 use super::wire::{self, Kind, Trace, WriteDone};
 use crate::config::WriteAck;
 use crate::data::writes::{apply_writes, apply_writes_from, WriteOutcome};
-use crate::data::DataPlane;
 use crate::protocol::types::LwwRecord;
 use crate::protocol::{ClientOp, OpKind};
 use crate::queue::ConnId;

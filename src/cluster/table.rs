@@ -9,11 +9,9 @@
 //! first backup becomes owner, because the order of the others does not change.
 use std::net::SocketAddr;
 
+use crate::config::MAX_BACKUPS;
 use crate::protocol::{NodeEndpoints, PartitionMap, PartitionMapNode, PartitionOwner};
 use crate::shard::fnv::PARTITION_COUNT;
-
-/// Backups per partition a node accepts; each one costs a synchronous replication per write.
-pub const MAX_BACKUPS: usize = 6;
 
 /// A live member as the table sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

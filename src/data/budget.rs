@@ -7,6 +7,8 @@
 //! so it is what the budget weighs too.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::telemetry::sampled::{kib_field, Crossing, SampledBudget};
+
 /// Writes resume once resident memory is back under this share of the budget.
 pub const RESUME_PERCENT: u64 = 95;
 
@@ -30,15 +32,6 @@ impl LimitSource {
             LimitSource::Machine => "machine",
         }
     }
-}
-
-/// A crossing of the budget, for the caller to log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Crossing {
-    /// Resident memory reached the budget: new writes are refused from now on.
-    Exceeded { used: u64 },
-    /// Back under [`RESUME_PERCENT`] of it: writes are taken again.
-    Recovered { used: u64 },
 }
 
 /// Shared by every connection (which reads [`MemoryBudget::exceeded`] once per write batch)
@@ -98,10 +91,23 @@ impl MemoryBudget {
     }
 }
 
-/// The process's resident memory in bytes (`None` where `/proc` does not exist).
-pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    kib_field(&status, "VmRSS:").map(|kib| kib * 1024)
+/// The metrics actor samples the budget (every [`crate::telemetry::metrics::BUDGET_SAMPLE`]).
+impl SampledBudget for MemoryBudget {
+    fn limit(&self) -> u64 {
+        MemoryBudget::limit(self)
+    }
+
+    fn used(&self) -> u64 {
+        MemoryBudget::used(self)
+    }
+
+    fn exceeded(&self) -> bool {
+        MemoryBudget::exceeded(self)
+    }
+
+    fn observe(&self, used: u64) -> Option<Crossing> {
+        MemoryBudget::observe(self, used)
+    }
 }
 
 /// The default budget: [`DEFAULT_PERCENT`] of the cgroup's memory limit, else of the
@@ -133,16 +139,6 @@ fn cgroup_limit() -> Option<u64> {
         .filter(|&bytes| bytes < 1 << 60)
 }
 
-/// `Name:   1234 kB` from a `/proc` status-like text.
-fn kib_field(text: &str, name: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(name))?;
-    line[name.len()..]
-        .split_whitespace()
-        .next()?
-        .parse::<u64>()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,16 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn proc_fields_parse() {
-        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
-        assert_eq!(kib_field(status, "VmRSS:"), Some(1024));
-        assert_eq!(kib_field(status, "VmSwap:"), None);
-        assert_eq!(kib_field("VmRSS: lots kB", "VmRSS:"), None);
-    }
-
-    #[test]
-    fn this_process_is_measured_and_a_default_found() {
-        assert!(resident_bytes().is_some_and(|b| b > 0));
+    fn a_default_is_found() {
         let (limit, _) = default_limit().expect("a Linux machine has /proc/meminfo");
         assert!(limit > 0);
     }

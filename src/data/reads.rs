@@ -3,13 +3,10 @@
 //! restricted to some partitions: a gathered read takes each partition from one holder.
 use std::sync::Arc;
 
-use crate::shard::actor::{GroupQuery, RunQuery};
+use crate::shard::actor::{GroupQuery, PartitionMask, RunQuery};
 use crate::shard::aggregate::{GroupSpec, Groups};
 use crate::shard::query::{CompiledQuery, PartialResult, QueryPage};
 use crate::shard::router::Shards;
-
-/// Partitions by id: whether a share includes it. `None`: every partition.
-pub type PartitionMask = Option<Arc<Vec<bool>>>;
 
 /// One query over every shard: the merged page, each shard's apply sequence at the time, and
 /// the shards' shares (a live window is seeded from them).

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::reads::PartitionMask;
 use crate::protocol::types::{LwwRecord, Timestamp};
 use crate::protocol::OrMapEntry;
-use crate::shard::actor::{LeafRecords, MerkleLeaves, OrEntries, OrLeaves, OrSelect};
+use crate::shard::actor::{
+    LeafRecords, MerkleLeaves, OrEntries, OrLeaves, OrSelect, PartitionMask,
+};
 use crate::shard::merkle::{LeafPath, MerkleUnion};
 use crate::shard::router::Shards;
 

@@ -16,7 +16,7 @@ use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::data::DataPlane;
+use crate::cluster::plane::DataPlane;
 use crate::telemetry::logging::LevelHandle;
 use crate::telemetry::report::Mailbox;
 use auth::Verifier;

@@ -20,5 +20,10 @@ pub use codec::{
 pub use messages::*;
 pub use types::{LwwRecord, OrMapRecord, Timestamp};
 
+/// Number of partitions of the key space (protocol.md 7). Fixed by the protocol: the reference
+/// and the cluster client both assume it. Defined here, with the wire, so that every layer may
+/// name it; `shard::fnv` computes a key's partition among them.
+pub const PARTITION_COUNT: u16 = 271;
+
 #[cfg(test)]
 mod tests;

@@ -64,6 +64,9 @@ pub enum OpOutcome {
     },
 }
 
+/// Partitions by id: whether a share includes it. `None`: every partition.
+pub type PartitionMask = Option<Arc<Vec<bool>>>;
+
 /// The ops of one client frame that belong to this shard, in the client's order.
 #[derive(Message)]
 #[rtype(result = "Vec<OpOutcome>")]
@@ -104,7 +107,7 @@ pub struct GroupQuery {
 pub struct MerkleLeaves {
     pub map: Arc<str>,
     /// Only keys of these partitions (a gathered sync); `None`: every key, from the tree.
-    pub partitions: crate::data::reads::PartitionMask,
+    pub partitions: PartitionMask,
 }
 
 /// The records of one Merkle leaf path (tombstones included, expired entries not).
@@ -113,7 +116,7 @@ pub struct MerkleLeaves {
 pub struct LeafRecords {
     pub map: Arc<str>,
     pub path: String,
-    pub partitions: crate::data::reads::PartitionMask,
+    pub partitions: PartitionMask,
 }
 
 /// OR-Map sync: this shard's leaf hashes of a map's OR keys, and a fresh HLC timestamp.
@@ -121,7 +124,7 @@ pub struct LeafRecords {
 #[rtype(result = "(Vec<(LeafPath, u32)>, Timestamp)")]
 pub struct OrLeaves {
     pub map: Arc<str>,
-    pub partitions: crate::data::reads::PartitionMask,
+    pub partitions: PartitionMask,
 }
 
 /// Which OR-Map entries to read.
@@ -137,7 +140,7 @@ pub enum OrSelect {
 pub struct OrEntries {
     pub map: Arc<str>,
     pub select: OrSelect,
-    pub partitions: crate::data::reads::PartitionMask,
+    pub partitions: PartitionMask,
 }
 
 /// The keys this shard stores for the marked partitions it owns (indexed by partition id),
@@ -556,6 +559,31 @@ impl Handler<ApplyOps> for ShardActor {
                 })
                 .collect()
         })
+    }
+}
+
+/// What an applied change persists as. Here, where changes are persisted, rather than in
+/// storage: storage sits below the event queue that defines the change.
+impl From<&ChangeEvent> for Mutation {
+    fn from(ev: &ChangeEvent) -> Self {
+        let (map, key) = (ev.map.to_string(), ev.key.to_string());
+        match &ev.change {
+            Change::Lww(record) => Mutation::Lww {
+                map,
+                key,
+                record: record.clone(),
+            },
+            Change::OrAdd(record) => Mutation::OrAdd {
+                map,
+                key,
+                record: record.clone(),
+            },
+            Change::OrRemove { tag } => Mutation::OrRemove {
+                map,
+                key,
+                tag: tag.clone(),
+            },
+        }
     }
 }
 

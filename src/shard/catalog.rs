@@ -10,6 +10,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
+use crate::telemetry::sampled::SampledCount;
+
 #[derive(Debug)]
 pub struct MapCatalog {
     max: usize,
@@ -57,6 +59,13 @@ impl MapCatalog {
             }
         }
         self.count.store(names.len(), Ordering::Relaxed);
+    }
+}
+
+/// The metrics actor shows the count as `topgun_maps`.
+impl SampledCount for MapCatalog {
+    fn count(&self) -> usize {
+        self.len()
     }
 }
 

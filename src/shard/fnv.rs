@@ -3,9 +3,7 @@
 //! (section 7). Everything here must agree with the TS client to the bit: Merkle sync compares
 //! our hashes with the client's own. Tree shape lives in `merkle.rs`.
 
-/// Number of partitions of the key space (protocol.md 7). Fixed by the protocol: the reference
-/// and the cluster client both assume it.
-pub const PARTITION_COUNT: u16 = 271;
+pub use crate::protocol::PARTITION_COUNT;
 
 const FNV_OFFSET: u32 = 0x811c_9dc5;
 const FNV_PRIME: u32 = 0x0100_0193;

@@ -405,7 +405,6 @@ impl MapStore {
 mod tests {
     use super::*;
     use crate::protocol::types::Timestamp;
-    use crate::protocol::ClientOp;
     use crate::shard::merkle::path_string;
     use crate::shard::merkle::MerkleUnion;
     use crate::shard::query::QuerySpec;
@@ -584,94 +583,6 @@ mod tests {
         assert!(page.has_more);
         // Tombstoned keys never match.
         assert!(page.rows.iter().all(|r| !r.value.is_nil()));
-    }
-
-    /// Applies exported ops the way a pulling node does: through the client-op conversion.
-    /// Everything stored for the partitions marked in `wanted`, the way a pull sends it.
-    fn export(store: &MapStore, wanted: &[bool]) -> Vec<ClientOp> {
-        let mut out = Vec::new();
-        for p in crate::shard::export::list_keys(store, wanted) {
-            for mut m in p.maps {
-                while !m.keys.is_empty() {
-                    out.extend(crate::shard::export::read_chunk(
-                        store,
-                        &mut m,
-                        1 << 16,
-                        100,
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    fn import(into: &mut MapStore, ops: Vec<ClientOp>) {
-        use crate::shard::actor::OpKind;
-        for op in ops {
-            let Some(sop) = crate::data::ops::shard_op(op).unwrap() else {
-                continue;
-            };
-            match sop.kind {
-                OpKind::Lww(Some(r)) => {
-                    into.apply_lww(&sop.map, &sop.key, r);
-                }
-                OpKind::Lww(None) => panic!("export never sends a bare REMOVE"),
-                OpKind::OrAdd(r) => {
-                    into.apply_or_add(&sop.map, &sop.key, r);
-                }
-                OpKind::OrRemove { tag } => {
-                    into.apply_or_remove(&sop.map, &sop.key, &tag);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn an_export_of_some_partitions_rebuilds_exactly_those_partitions() {
-        let (_, whole) = split_and_whole(2_000);
-        let mut whole = whole;
-        let or_rec = |tag: &str| OrMapRecord {
-            value: 7.into(),
-            timestamp: Timestamp {
-                millis: 5,
-                counter: 0,
-                node_id: "n".into(),
-            },
-            tag: tag.into(),
-            ttl_ms: None,
-        };
-        for i in 0..200 {
-            let key = format!("o:{i}");
-            whole.apply_or_add("or", &key, or_rec(&format!("t{i}")));
-            whole.apply_or_remove("or", &key, &format!("gone{i}"));
-        }
-        let even: Vec<bool> = (0..PARTITION_COUNT).map(|p| p % 2 == 0).collect();
-        let mut copy = MapStore::new(0..PARTITION_COUNT);
-        import(&mut copy, export(&whole, &even));
-        // The same keys, tombstones included, as a store that only ever held even partitions.
-        let mut expected = MapStore::new(0..PARTITION_COUNT);
-        for (key, r) in whole.lww_map("m").unwrap().iter_stored() {
-            if even[usize::from(partition_of(key))] {
-                expected.apply_lww("m", key, r.clone());
-            }
-        }
-        assert_eq!(copy.merkle_root("m"), expected.merkle_root("m"));
-        assert_ne!(copy.merkle_root("m"), whole.merkle_root("m"));
-        assert_eq!(copy.stats("m"), expected.stats("m"));
-        let or = copy.or_map("or").unwrap();
-        for key in or.keys() {
-            assert!(even[usize::from(partition_of(key))], "{key} is odd");
-            assert_eq!(copy.get_or("or", key, 0).len(), 1);
-            assert_eq!(or.removed_tags(key).count(), 1);
-        }
-        assert!(or.key_len() > 50);
-        // Everything exported twice changes nothing: a pull may repeat.
-        let all = vec![true; usize::from(PARTITION_COUNT)];
-        let mut twice = MapStore::new(0..PARTITION_COUNT);
-        import(&mut twice, export(&whole, &all));
-        import(&mut twice, export(&whole, &all));
-        assert_eq!(twice.merkle_root("m"), whole.merkle_root("m"));
-        assert_eq!(twice.stats("m"), whole.stats("m"));
     }
 
     #[test]

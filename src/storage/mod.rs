@@ -62,29 +62,6 @@ impl Mutation {
     }
 }
 
-impl From<&crate::queue::ChangeEvent> for Mutation {
-    fn from(ev: &crate::queue::ChangeEvent) -> Self {
-        let (map, key) = (ev.map.to_string(), ev.key.to_string());
-        match &ev.change {
-            crate::queue::Change::Lww(record) => Mutation::Lww {
-                map,
-                key,
-                record: record.clone(),
-            },
-            crate::queue::Change::OrAdd(record) => Mutation::OrAdd {
-                map,
-                key,
-                record: record.clone(),
-            },
-            crate::queue::Change::OrRemove { tag } => Mutation::OrRemove {
-                map,
-                key,
-                tag: tag.clone(),
-            },
-        }
-    }
-}
-
 /// What a backend held at start.
 #[derive(Default, Debug)]
 pub struct Recovered {

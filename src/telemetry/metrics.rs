@@ -22,9 +22,8 @@ use super::event::{ErrField, Event, EventInfo};
 use super::events::{ExpositionFailed, MemoryBudgetExceeded, MemoryBudgetRecovered};
 use super::histogram::{HistogramFamily, COMMIT_RECORDS, COMMIT_SECONDS, HANDLE_SECONDS};
 use super::report::{ActorKind, ActorStats, Report, Reported, UNBOUNDED_MAILBOX};
+use super::sampled::{resident_bytes, Crossing, SampledBudget, SampledCount};
 use super::summary::SlidingSummary;
-use crate::data::budget::{resident_bytes, Crossing, MemoryBudget};
-use crate::shard::catalog::MapCatalog;
 
 /// Label value that absorbs maps beyond the label cap.
 pub const OTHER_MAP: &str = "__other__";
@@ -556,7 +555,7 @@ impl Metrics {
         // A standalone node is a cluster of one (metrics.md: itself included).
         m.cluster_members.set(1);
         m.partitions_owned
-            .set(i64::from(crate::shard::fnv::PARTITION_COUNT));
+            .set(i64::from(crate::protocol::PARTITION_COUNT));
         m.partition_table_version.set(1);
         for role in ["owner", "backup", "replica"] {
             m.cluster_applied_total.with_label_values(&[role]);
@@ -759,8 +758,8 @@ pub struct MetricsActor {
     /// Sampled at scrape time: exact, and no actor needs to report it.
     pending_batches: Option<Arc<std::sync::atomic::AtomicI64>>,
     /// Sampled every [`BUDGET_SAMPLE`] (writes are refused on it), shown at scrape time.
-    budget: Option<Arc<MemoryBudget>>,
-    maps: Option<Arc<MapCatalog>>,
+    budget: Option<Arc<dyn SampledBudget>>,
+    maps: Option<Arc<dyn SampledCount>>,
 }
 
 /// How often resident memory is measured against the budget: a client writing as fast as it
@@ -791,7 +790,11 @@ impl MetricsActor {
     }
 
     /// The memory budget to sample (and log crossings of), and the map catalog to show.
-    pub fn sample_limits(mut self, budget: Arc<MemoryBudget>, maps: Arc<MapCatalog>) -> Self {
+    pub fn sample_limits(
+        mut self,
+        budget: Arc<dyn SampledBudget>,
+        maps: Arc<dyn SampledCount>,
+    ) -> Self {
         self.budget = Some(budget);
         self.maps = Some(maps);
         self
@@ -856,7 +859,7 @@ impl MetricsActor {
             m.memory_budget_exceeded.set(i64::from(b.exceeded()));
         }
         if let Some(maps) = &self.maps {
-            self.metrics.maps.set(maps.len() as i64);
+            self.metrics.maps.set(maps.count() as i64);
         }
         let dropped = self.log_records_dropped.load(Ordering::Relaxed);
         if dropped > self.log_records_seen {

@@ -7,5 +7,6 @@ pub mod lag;
 pub mod logging;
 pub mod metrics;
 pub mod report;
+pub mod sampled;
 pub mod summary;
 pub mod throttle;
