@@ -1,4 +1,4 @@
-//! `StripeActor`: one stripe of the event queue, on its own arbiter. Takes batches of change
+//! `StripeActor`: one stripe of the event queue, on a shard's data thread. Takes batches of change
 //! events from the shards, routes each to the subscribed connections through their bounded
 //! outbound queues, and keeps the subscription registry of its keys and topics.
 use std::collections::HashMap;

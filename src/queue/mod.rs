@@ -2,8 +2,9 @@
 //! hear of it, and of topic messages to their subscribers.
 //!
 //! A key always maps to the same stripe (`fnv1a(key) % stripes`), a topic too, so events of one
-//! key (messages of one topic) reach every client in order. Each stripe is an actor on its own
-//! arbiter holding, for its keys, the live membership of every query subscription.
+//! key (messages of one topic) reach every client in order. Each stripe is an actor on a shard's
+//! data thread (stripe i on thread i % shards), holding, for its keys, the live membership of
+//! every query subscription.
 //!
 //! Bounds: a stripe holds at most `capacity / stripes` change events. Shards reserve room
 //! before handing a batch over ([`StripeHandle::reserve`], a lock-free counter shared with the

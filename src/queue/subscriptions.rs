@@ -184,9 +184,6 @@ impl Registry {
         }
     }
 
-    /// Removes at most `budget` of `conn`'s subscriptions and topics: `(done, maps_changed)`,
-    /// `done` once nothing of it is left. The caller continues later with what remains, so a
-    /// connection with very many subscriptions never holds the thread for long.
     /// Connections with at least one live query here.
     pub fn live_connections(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.by_conn
@@ -195,6 +192,9 @@ impl Registry {
             .map(|(conn, _)| *conn)
     }
 
+    /// Removes at most `budget` of `conn`'s subscriptions and topics: `(done, maps_changed)`,
+    /// `done` once nothing of it is left. The caller continues later with what remains, so a
+    /// connection with very many subscriptions never holds the thread for long.
     pub fn connection_closed(&mut self, conn: ConnId, budget: usize) -> (bool, bool) {
         let mut left = budget;
         let mut maps_changed = false;
