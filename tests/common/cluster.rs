@@ -217,6 +217,22 @@ pub fn wait_for<T>(
     }
 }
 
+/// Calls `probe` every 100 ms for `period` and panics with `what` and what was seen the first
+/// time it fails: a claim that nothing changes is checked throughout, not at one instant after
+/// a sleep.
+pub fn holds(what: &str, period: Duration, mut probe: impl FnMut() -> Result<(), String>) {
+    let t0 = Instant::now();
+    loop {
+        if let Err(seen) = probe() {
+            panic!("{what}: broke after {:?}; seen: {seen}", t0.elapsed());
+        }
+        if t0.elapsed() >= period {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Sum of every series of a family (a counter with labels, or a plain gauge); 0 when absent.
 pub fn family_sum(s: &Scrape, name: &str) -> f64 {
     s.samples
