@@ -27,6 +27,7 @@ use slog::{debug, Logger};
 use tokio::net::UdpSocket;
 
 use super::catchup::CatchUps;
+use super::error::ClusterError;
 use super::events as ev;
 use super::membership::{
     foca_config, heeds_down_verdict, refusal_code, without_down_claims, NodeIdentity, WireCodec,
@@ -91,7 +92,7 @@ pub struct PeerConnected {
 struct CatchUpEnded {
     peer: String,
     started: Instant,
-    result: Result<u64, String>,
+    result: Result<u64, ClusterError>,
 }
 
 /// A pull of partitions from one peer ended (or stopped part way: `pulled.partitions_done` of
@@ -1755,7 +1756,7 @@ impl Handler<CatchUpEnded> for ClusterActor {
                     attempt,
                     took_ms: took,
                     suppressed: suppressed.unwrap_or(0),
-                    err: ErrField::new("pull", e),
+                    err: ErrField::new(e.code(), e),
                 }
                 .emit_if(&self.log, suppressed.is_some());
             }
@@ -1784,7 +1785,7 @@ impl Handler<PullEnded> for ClusterActor {
                     peer: &msg.source,
                     partitions: left.len(),
                     attempt: msg.attempt,
-                    err: ErrField::new("pull", &e),
+                    err: ErrField::new(e.code(), &e),
                 }
                 .emit(&self.log);
                 let (round, source, attempt) = (msg.round, msg.source, msg.attempt + 1);
@@ -1809,7 +1810,7 @@ impl Handler<PullEnded> for ClusterActor {
                         ev::PullGivenUp {
                             peer: &msg.source,
                             partitions: left.len(),
-                            err: ErrField::new("pull", &e),
+                            err: ErrField::new(e.code(), &e),
                         }
                         .emit(&self.log);
                     }
@@ -1879,7 +1880,7 @@ impl Handler<ReleaseEnded> for ClusterActor {
             ev::HandoverIncomplete {
                 kept_back: r.kept_back,
                 suppressed: suppressed.unwrap_or(0),
-                err: ErrField::new("handover", e),
+                err: ErrField::new(e.code(), e),
             }
             .emit_if(&self.log, suppressed.is_some());
         }

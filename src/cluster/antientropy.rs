@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use slog::debug;
 
+use super::error::{ClusterError, Peer};
 use super::events as ev;
 use super::gather::call;
 use super::migration::{self, Merge};
@@ -114,7 +115,7 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
                 Err(e) => {
                     // The link is down or the peer is slow: the next round asks again.
                     debug!(node.log, "anti-entropy: digests not received"; "peer" => &backup,
-                        "err" => err_kv("peer", &e));
+                        "err" => err_kv(e.code(), &e));
                     continue;
                 }
             };
@@ -143,7 +144,7 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
                     ev::RepairFailed {
                         partition: p,
                         peer: &backup,
-                        err: ErrField::new("repair", &e),
+                        err: ErrField::new(e.code(), &e),
                     }
                     .emit(&node.log);
                 }
@@ -163,7 +164,7 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
 }
 
 /// Merges `peer`'s copy of `partition` here, then asks `peer` to merge this node's.
-async fn repair(node: &Arc<DataPlane>, peer: &str, partition: u16) -> Result<(), String> {
+async fn repair(node: &Arc<DataPlane>, peer: &str, partition: u16) -> Result<(), ClusterError> {
     let pulled = migration::pull(node, peer, &[partition], Merge::Announced, |_| {}).await;
     if let Some(f) = pulled.failure {
         return Err(f);
@@ -176,7 +177,9 @@ async fn repair(node: &Arc<DataPlane>, peer: &str, partition: u16) -> Result<(),
     }
     .emit(&node.log);
     let Some(link) = node.cluster.link(peer) else {
-        return Err(format!("no connection to {peer} to send the repair"));
+        return Err(ClusterError::NoLink {
+            peer: Peer::node(peer),
+        });
     };
     link.do_send(Cast {
         kind: Kind::Repair,
@@ -205,7 +208,7 @@ pub async fn repaired_by(node: Arc<DataPlane>, peer: String, partitions: Vec<u16
                 ev::RepairFailed {
                     partition: p,
                     peer: &peer,
-                    err: ErrField::new("repair", &e),
+                    err: ErrField::new(e.code(), &e),
                 }
                 .emit(&node.log);
             }

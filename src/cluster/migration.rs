@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::future::Either;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
+use super::error::{ClusterError, Peer};
 use super::peer::{CallStream, Grant};
 use super::plane::DataPlane;
 use super::wire::{self, Kind, Pull, PullChunk, PullDone};
@@ -29,7 +30,7 @@ const LINK_WAIT: Duration = Duration::from_secs(5);
 pub struct Pulled {
     pub records: u64,
     pub partitions_done: usize,
-    pub failure: Option<String>,
+    pub failure: Option<ClusterError>,
 }
 
 /// How pulled records are merged.
@@ -74,11 +75,12 @@ async fn pull_in_order(
     mut done: impl FnMut(u16),
 ) -> Pulled {
     let mut pulled = Pulled::default();
+    let peer = || Peer::node(source);
     // Asked once the source's own connection to this node is up (and settled), this pull
     // covers the catch-up that connection triggers (`catchup::PullLog`): the data comes once.
     node.cluster.pull_planned(source, partitions);
     let Some(link) = node.cluster.wait_link(source, LINK_WAIT).await else {
-        pulled.failure = Some(format!("no connection to {source}"));
+        pulled.failure = Some(ClusterError::NoLink { peer: peer() });
         return pulled;
     };
     node.cluster.wait_connected(source, LINK_WAIT).await;
@@ -94,7 +96,7 @@ async fn pull_in_order(
         })
         .await
     else {
-        pulled.failure = Some(format!("connection to {source} closed"));
+        pulled.failure = Some(ClusterError::LinkClosed { peer: peer() });
         return pulled;
     };
     // Chunks are merged as they come, up to [`WINDOW`] at a time (consecutive partitions
@@ -104,7 +106,7 @@ async fn pull_in_order(
     let mut merging = FuturesOrdered::new();
     // Index in `partitions` of the partition the next chunk must belong to.
     let mut arriving = 0usize;
-    let mut ended: Option<Option<String>> = None;
+    let mut ended: Option<Option<ClusterError>> = None;
     let failure = loop {
         if ended.is_some() && merging.is_empty() {
             break ended.flatten();
@@ -127,20 +129,22 @@ async fn pull_in_order(
                 Err(failure) => break Some(failure),
             },
             reply = answers.recv(), if ended.is_none() && merging.len() < WINDOW as usize => {
+                // The link closes the stream when the connection is lost or falls silent.
                 let Some(reply) = reply else {
-                    break Some(format!(
-                        "pull from {source} ended early (connection lost or timed out)"
-                    ));
+                    break Some(ClusterError::Unanswered { peer: peer() });
                 };
                 match reply.kind {
                     Kind::PullChunk => {
                         let chunk = match wire::decode::<PullChunk>(&reply.body) {
                             Ok(chunk) => chunk,
-                            Err(e) => break Some(format!("undecodable chunk from {source}: {e}")),
+                            Err(e) => break Some(ClusterError::Undecodable {
+                                peer: peer(),
+                                detail: e.to_string(),
+                            }),
                         };
                         let expected = partitions.get(arriving).copied();
-                        if let Err(e) = check_chunk(&chunk, expected) {
-                            break Some(format!("{source} sent garbage: {e}"));
+                        if let Err(detail) = check_chunk(&chunk, expected) {
+                            break Some(ClusterError::Invalid { peer: peer(), detail });
                         }
                         if chunk.last {
                             arriving += 1;
@@ -152,17 +156,33 @@ async fn pull_in_order(
                             Ok(PullDone { failure: None, .. }) if arriving == partitions.len() => {
                                 None
                             }
-                            Ok(PullDone { failure: None, .. }) => Some(format!(
-                                "{source} ended the pull after {arriving} of {} partitions",
-                                partitions.len()
-                            )),
+                            Ok(PullDone { failure: None, .. }) => {
+                                Some(ClusterError::PullIncomplete {
+                                    peer: peer(),
+                                    done: arriving,
+                                    asked: partitions.len(),
+                                })
+                            }
                             Ok(PullDone {
-                                failure: Some(f), ..
-                            }) => Some(format!("{source} could not export: {f}")),
-                            Err(e) => Some(format!("undecodable end of pull from {source}: {e}")),
+                                failure: Some(message),
+                                ..
+                            }) => Some(ClusterError::Remote {
+                                peer: peer(),
+                                message,
+                            }),
+                            Err(e) => Some(ClusterError::Undecodable {
+                                peer: peer(),
+                                detail: e.to_string(),
+                            }),
                         });
                     }
-                    other => break Some(format!("unexpected {other:?} in a pull")),
+                    other => {
+                        break Some(ClusterError::UnexpectedAnswer {
+                            peer: peer(),
+                            asked: Kind::Pull,
+                            answer: other,
+                        })
+                    }
                 }
             }
         }
@@ -207,7 +227,7 @@ fn merge_chunk(
     node: &Arc<DataPlane>,
     mut chunk: PullChunk,
     merge: Merge,
-) -> impl std::future::Future<Output = Result<Merged, String>> + 'static {
+) -> impl std::future::Future<Output = Result<Merged, ClusterError>> + 'static {
     if !node.cluster.keeps(&node.cluster.table(), chunk.partition) {
         chunk.ops.clear();
     }
@@ -219,7 +239,7 @@ fn merge_chunk(
     };
     async move {
         match applied.await.failure {
-            Some(failure) => Err(format!("merging pulled records failed: {failure}")),
+            Some(reason) => Err(ClusterError::MergeFailed { reason }),
             None => Ok(Merged { records, completed }),
         }
     }

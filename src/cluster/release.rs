@@ -13,6 +13,7 @@
 //! for `topgun_partition_records{role}`.
 use std::sync::Arc;
 
+use super::error::ClusterError;
 use super::export::Exporter;
 use super::plane::DataPlane;
 use super::replication::{ask, WriteRef};
@@ -30,7 +31,7 @@ pub struct Released {
     pub records: u64,
     /// Handed over but kept: written to meanwhile, or a holder did not confirm.
     pub kept_back: usize,
-    pub failure: Option<String>,
+    pub failure: Option<ClusterError>,
 }
 
 /// Counts records by role and, when `hand_over`, hands over and drops the partitions this
@@ -81,14 +82,14 @@ async fn hand_over_one(
     node: &Arc<DataPlane>,
     table: &PartitionTable,
     p: u16,
-) -> Result<u64, String> {
+) -> Result<u64, ClusterError> {
     let holders: Vec<String> = table
         .holders(p)
         .filter(|m| m.node_id != node.cluster.node_id)
         .map(|m| m.node_id.clone())
         .collect();
     if holders.is_empty() {
-        return Err(format!("partition {p} has no other holder"));
+        return Err(ClusterError::NoOtherHolder { partition: p });
     }
     let (touched, _) = send_partition(node, &holders, p).await?;
     let shard = &node.shards.mailboxes[shard_of_partition(p, node.shards.len())];
@@ -98,8 +99,11 @@ async fn hand_over_one(
             touched,
         })
         .await
-        .map_err(|_| "a shard did not answer".to_owned())?
-        .map_err(|e| format!("partition {p} kept: {e}"))
+        .map_err(|_| ClusterError::ShardUnavailable)?
+        .map_err(|reason| ClusterError::Kept {
+            partition: p,
+            reason,
+        })
 }
 
 /// Sends what this node stores of partition `p` to `holders`, a chunk at a time, each
@@ -109,7 +113,7 @@ pub async fn send_partition(
     node: &Arc<DataPlane>,
     holders: &[String],
     p: u16,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), ClusterError> {
     let trace = Trace {
         request_id: None,
         origin_node_id: node.cluster.node_id.clone(),
@@ -137,11 +141,14 @@ pub async fn send_partition(
             .map(|h| ask(node, h, Kind::WriteReplicate, body.clone(), "holder"))
             .collect();
         for done in futures_util::future::join_all(confirmations).await {
-            if let Some(f) = done.failure {
-                return Err(format!("partition {p} not handed over: {f}"));
+            if let Some(cause) = done.failure {
+                return Err(ClusterError::NotHandedOver {
+                    partition: p,
+                    cause: Box::new(cause),
+                });
             }
         }
     }
-    let touched = touched.ok_or_else(|| format!("partition {p} was not exported whole"))?;
+    let touched = touched.ok_or(ClusterError::NotExportedWhole { partition: p })?;
     Ok((touched, records))
 }
