@@ -16,6 +16,7 @@ pub mod export;
 pub mod gather;
 pub mod handoff;
 pub mod leaving;
+pub mod links;
 pub mod live;
 pub mod membership;
 pub mod migration;
