@@ -72,16 +72,8 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
     let t0 = Instant::now();
     let mut out = Round::default();
     let table = node.cluster.table();
-    let me = node.cluster.node_id.clone();
-    let mut by_backup: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-    for p in 0..crate::shard::fnv::PARTITION_COUNT {
-        if table.owner(p).is_none_or(|o| o.node_id != me) || node.cluster.is_arriving(p) {
-            continue;
-        }
-        for b in table.backups(p) {
-            by_backup.entry(b.node_id.clone()).or_default().push(p);
-        }
-    }
+    // A partition still arriving would differ for that alone.
+    let by_backup = table.owned_by_backup(&node.cluster.node_id, |p| node.cluster.is_arriving(p));
     if by_backup.is_empty() {
         out.took = t0.elapsed();
         return out;

@@ -50,15 +50,7 @@ pub async fn hand_over(node: &Arc<DataPlane>, budget: Duration) -> Handover {
 
 async fn hand_over_all(node: &Arc<DataPlane>, out: &mut Handover) -> Result<(), ClusterError> {
     let table = node.cluster.table();
-    let me = node.cluster.node_id.clone();
-    let mut by_backup: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-    for p in 0..crate::shard::fnv::PARTITION_COUNT {
-        if table.owner(p).is_some_and(|o| o.node_id == me) {
-            for b in table.backups(p) {
-                by_backup.entry(b.node_id.clone()).or_default().push(p);
-            }
-        }
-    }
+    let by_backup = table.owned_by_backup(&node.cluster.node_id, |_| false);
     if by_backup.is_empty() {
         return Ok(());
     }
