@@ -10,7 +10,7 @@
 //! with members, one seed or former member outside them every ten; an entry resolving
 //! to this node is ignored, one that does not resolve is logged (at most every 10 s). Garbage on the port is counted
 //! (`topgun_cluster_invalid_datagrams_total`) and logged at most once per 10 s.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +27,12 @@ use slog::{debug, Logger};
 use tokio::net::UdpSocket;
 
 use super::catchup::CatchUps;
+use super::error::ClusterError;
 use super::events as ev;
+use super::links::{link_changes, missing_since, LinkChanges};
 use super::membership::{
-    foca_config, heeds_down_verdict, refusal_code, without_down_claims, NodeIdentity, WireCodec,
+    back_from_split, classify, foca_config, heeds_down_verdict, refusal_code, without_down_claims,
+    Change, NodeIdentity, WireCodec,
 };
 use super::migration;
 use super::peer::{Direction, PeerConn, PeerStream, TlsFailure};
@@ -37,7 +40,7 @@ use super::peer_error::PeerError;
 use super::plane::DataPlane;
 use super::secret::{self, SealError};
 use super::state::MissingLink;
-use super::table::{next_version, PartitionTable, Role, TableMember};
+use super::table::{next_version, PartitionTable, TableMember};
 use crate::queue::actor::ResyncLiveQueries;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::telemetry::event::{ErrField, Event, Shown};
@@ -91,7 +94,7 @@ pub struct PeerConnected {
 struct CatchUpEnded {
     peer: String,
     started: Instant,
-    result: Result<u64, String>,
+    result: Result<u64, ClusterError>,
 }
 
 /// A pull of partitions from one peer ended (or stopped part way: `pulled.partitions_done` of
@@ -111,8 +114,6 @@ const REDIAL_AFTER: Duration = Duration::from_millis(300);
 /// Longest wait for a peer's TCP connection to open (its TLS handshake has the cluster
 /// timeout of its own): a member that does not answer is dialled again soon.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a member may be alive without a link before that is a fault (logged, `/ready`).
-const LINK_GRACE: Duration = Duration::from_secs(3);
 /// While a link stays missing, its warning is repeated this often.
 const MISSING_LINK_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Addresses of former members remembered to re-announce to when alone (bounded), and for how
@@ -122,19 +123,6 @@ const KNOWN_ADDR_TTL: Duration = Duration::from_secs(3600);
 /// A node that has members announces to one address outside them every this many ticks of the
 /// announce timer (two probe periods each).
 const OUTSIDE_PROBE_TICKS: u64 = 5;
-/// A pull that failed is retried this many times (after the link is back).
-const PULL_ATTEMPTS: u32 = 5;
-
-/// A migration round: the pulls started by one rebalance.
-struct Round {
-    started: Instant,
-    pending: usize,
-    partitions: usize,
-    records: u64,
-    failed: usize,
-    /// The first pull after joining: `/ready` waits for it.
-    initial: bool,
-}
 
 /// A datagram read from the cluster socket (a stream item, never in the mailbox).
 pub struct Datagram(std::io::Result<(Vec<u8>, SocketAddr)>);
@@ -243,8 +231,7 @@ pub struct ClusterActor {
     /// Every partition was pulled from peers once since start: later rounds only pull the
     /// partitions this node gains a role for.
     synced: bool,
-    rounds: HashMap<u64, Round>,
-    next_round: u64,
+    rounds: migration::Rounds,
     /// A handover pass ([`super::release`]) is running.
     releasing: bool,
     /// An anti-entropy round runs (the next waits for it).
@@ -274,9 +261,6 @@ const RELEASE_EVERY: Duration = Duration::from_secs(5);
 const RESYNC_SETTLE: Duration = Duration::from_secs(1);
 /// Members remembered as declared down at most (a member is forgotten when it returns).
 const MAX_REMEMBERED_DOWN: usize = 1024;
-/// A member back with a generation at least this much newer restarted (its generation is its
-/// start time in ms); a smaller step is foca's renewal after it was declared down while alive.
-const RESTART_GENERATION_GAP: u64 = 1000;
 /// How often a node alone asks its seeds whether they share its cluster secret.
 const SECRET_PROBE_EVERY: Duration = Duration::from_secs(60);
 
@@ -333,8 +317,7 @@ impl ClusterActor {
             verdicts_ignored: HashMap::new(),
             rebalances: 0,
             synced: false,
-            rounds: HashMap::new(),
-            next_round: 1,
+            rounds: migration::Rounds::default(),
             releasing: false,
             comparing: false,
             records_by_role: [0; 3],
@@ -604,24 +587,13 @@ impl ClusterActor {
     /// closed and the member dialled again; a link to a newer one (the member rejoined and the
     /// table here has not caught up) is kept.
     fn sync_links(&mut self, table: &PartitionTable, ctx: &mut Context<Self>) {
-        let me = self.identity.node_id.clone();
-        let wanted: HashMap<&str, &TableMember> = table
-            .members()
-            .iter()
-            .filter(|m| m.node_id != me)
-            .map(|m| (m.node_id.as_str(), m))
-            .collect();
-        let gone: Vec<String> = self
+        let me = self.identity.node_id.as_str();
+        let dialled = self
             .dialled
             .iter()
-            .filter(|(id, dial)| {
-                wanted
-                    .get(id.as_str())
-                    .is_none_or(|m| m.generation > dial.generation)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
+            .map(|(id, d)| (id.as_str(), d.generation));
+        let LinkChanges { close, dial } = link_changes(table, me, dialled);
+        for id in close {
             if let Some(dial) = self.dialled.remove(&id) {
                 if let Some(link) = &dial.link {
                     self.node.cluster.with_links(|l| {
@@ -634,14 +606,18 @@ impl ClusterActor {
                 dial.close();
             }
         }
+        for m in dial {
+            self.dialled
+                .insert(m.node_id.clone(), Dial::new(m.generation));
+            self.dial(m.clone(), ctx);
+        }
         let now = Instant::now();
-        for (id, m) in wanted {
-            if !self.dialled.contains_key(id) {
-                self.dialled.insert(id.to_owned(), Dial::new(m.generation));
-                self.dial(m.clone(), ctx);
+        for m in table.members() {
+            if m.node_id == self.identity.node_id {
+                continue;
             }
-            if let Some(at) = self.catchups.member_now(id, now) {
-                self.schedule_catch_up(id.to_owned(), at, ctx);
+            if let Some(at) = self.catchups.member_now(&m.node_id, now) {
+                self.schedule_catch_up(m.node_id.clone(), at, ctx);
             }
         }
     }
@@ -735,33 +711,11 @@ impl ClusterActor {
         new: &PartitionTable,
         ctx: &mut Context<Self>,
     ) {
-        let me = self.identity.node_id.as_str();
         let initial = !self.synced && new.members().len() > 1;
-        let mut plan: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-        for p in 0..PARTITION_COUNT {
-            let before = old.role(p, me);
-            let after = new.role(p, me);
-            let gained = (after != Role::Replica && before == Role::Replica)
-                || (after == Role::Owner && before != Role::Owner);
-            let wanted = if initial {
-                self.node.cluster.keeps(new, p)
-            } else {
-                gained
-            };
-            if !wanted {
-                continue;
-            }
-            let source = old
-                .owner(p)
-                .into_iter()
-                .chain(old.backups(p))
-                .chain(new.owner(p))
-                .chain(new.backups(p))
-                .find(|m| m.node_id != me && new.member(&m.node_id).is_some());
-            if let Some(source) = source {
-                plan.entry(source.node_id.clone()).or_default().push(p);
-            }
-        }
+        let cluster = &self.node.cluster;
+        let plan = migration::plan(old, new, &self.identity.node_id, initial, |p| {
+            cluster.keeps(new, p)
+        });
         if plan.is_empty() {
             if initial {
                 self.synced = true;
@@ -769,9 +723,10 @@ impl ClusterActor {
             self.ready_if_synced();
             return;
         }
-        let round = self.next_round;
-        self.next_round += 1;
         let partitions: usize = plan.values().map(Vec::len).sum();
+        let round = self
+            .rounds
+            .start(plan.len(), partitions, initial, Instant::now());
         self.node
             .cluster
             .counters
@@ -784,17 +739,6 @@ impl ClusterActor {
             initial,
         }
         .emit(&self.log);
-        self.rounds.insert(
-            round,
-            Round {
-                started: Instant::now(),
-                pending: plan.len(),
-                partitions,
-                records: 0,
-                failed: 0,
-                initial,
-            },
-        );
         for (source, parts) in plan {
             self.node.cluster.set_arriving(&parts, true);
             self.pull(round, source, parts, 1, ctx);
@@ -913,8 +857,8 @@ impl ClusterActor {
         });
     }
 
-    /// Members alive without a link for longer than [`LINK_GRACE`]: logged (once, then every
-    /// [`MISSING_LINK_LOG_EVERY`]) and published for `/ready`.
+    /// Members alive without a link for longer than [`super::links::LINK_GRACE`]: logged
+    /// (once, then every [`MISSING_LINK_LOG_EVERY`]) and published for `/ready`.
     fn check_links(&mut self) {
         if self.leaving {
             return;
@@ -923,12 +867,10 @@ impl ClusterActor {
         let now = Instant::now();
         let mut missing = Vec::new();
         for (id, dial) in &mut self.dialled {
-            let Some(since) = dial.down_since else {
+            let Some(since) = missing_since(dial.down_since, table.member(id).is_some(), now)
+            else {
                 continue;
             };
-            if table.member(id).is_none() || now.duration_since(since) < LINK_GRACE {
-                continue;
-            }
             dial.reported = true;
             let suppressed = dial.missing_log.check(now);
             ev::LinkMissing {
@@ -1002,12 +944,14 @@ impl ClusterActor {
     }
 
     fn notified(&mut self, n: OwnedNotification<NodeIdentity>, ctx: &mut Context<Self>) {
-        match n {
-            OwnedNotification::MemberUp(id) => {
-                if id.node_id == self.identity.node_id {
+        let states = &self.states;
+        let change = classify(n, &self.identity.node_id, |id| states.get(id).copied());
+        match change {
+            Change::Joined { member, clash } => {
+                if clash {
                     ev::NodeIdClash {
-                        peer: &id.node_id,
-                        addr: Shown(&id.addr),
+                        peer: &member.node_id,
+                        addr: Shown(&member.addr),
                         own_addr: Shown(&self.identity.addr),
                         err: ErrField::new(
                             "node_id_clash",
@@ -1017,43 +961,42 @@ impl ClusterActor {
                     .emit(&self.log);
                 }
                 ev::MemberJoined {
+                    peer: &member.node_id,
+                    addr: Shown(&member.addr),
+                    generation: member.generation,
+                    members: self.members(),
+                }
+                .emit(&self.log);
+                self.back_from_down(&member);
+            }
+            Change::Down(id) => {
+                ev::MemberDown {
+                    peer: &id.node_id,
+                    addr: Shown(&id.addr),
+                    generation: id.generation,
+                    members: self.members(),
+                    err: ErrField::new(
+                        "member_down",
+                        "the member stopped answering probes and was declared down",
+                    ),
+                }
+                .emit(&self.log);
+                if self.down.len() < MAX_REMEMBERED_DOWN {
+                    self.down
+                        .insert(id.node_id.clone(), (Instant::now(), id.generation));
+                }
+            }
+            Change::Left(id) => {
+                ev::MemberLeft {
                     peer: &id.node_id,
                     addr: Shown(&id.addr),
                     generation: id.generation,
                     members: self.members(),
                 }
                 .emit(&self.log);
-                self.back_from_down(&id);
+                self.left.insert(id);
             }
-            OwnedNotification::MemberDown(id) => {
-                if self.states.get(&id) == Some(&State::Suspect) {
-                    ev::MemberDown {
-                        peer: &id.node_id,
-                        addr: Shown(&id.addr),
-                        generation: id.generation,
-                        members: self.members(),
-                        err: ErrField::new(
-                            "member_down",
-                            "the member stopped answering probes and was declared down",
-                        ),
-                    }
-                    .emit(&self.log);
-                    if self.down.len() < MAX_REMEMBERED_DOWN {
-                        self.down
-                            .insert(id.node_id.clone(), (Instant::now(), id.generation));
-                    }
-                } else {
-                    ev::MemberLeft {
-                        peer: &id.node_id,
-                        addr: Shown(&id.addr),
-                        generation: id.generation,
-                        members: self.members(),
-                    }
-                    .emit(&self.log);
-                    self.left.insert(id);
-                }
-            }
-            OwnedNotification::Rename(old, new) => {
+            Change::Renamed { old, new } => {
                 ev::MemberRejoined {
                     peer: &new.node_id,
                     addr: Shown(&new.addr),
@@ -1065,7 +1008,7 @@ impl ClusterActor {
                 .emit(&self.log);
                 self.back_from_down(&new);
             }
-            OwnedNotification::Rejoin(id) => {
+            Change::Rejoined(id) => {
                 ev::RejoinedAsNewGeneration {
                     generation: id.generation,
                     previous_generation: self.identity.generation,
@@ -1089,23 +1032,22 @@ impl ClusterActor {
                 .emit(&self.log);
                 self.rejoin(id, ctx);
             }
-            OwnedNotification::Active => {
+            Change::Active => {
                 ev::ClusterActive {
                     members: self.members(),
                 }
                 .emit(&self.log);
             }
-            OwnedNotification::Idle => {
+            Change::Idle => {
                 ev::ClusterIdle { members: 1 }.emit(&self.log);
             }
-            OwnedNotification::Defunct => {
+            Change::Defunct => {
                 ev::MembershipDefunct {
                     err: ErrField::new("defunct", "the other members declared this node down"),
                 }
                 .emit(&self.log);
             }
-            #[allow(unreachable_patterns)]
-            _ => {}
+            Change::Other => {}
         }
     }
 
@@ -1136,7 +1078,7 @@ impl ClusterActor {
         let Some((since, generation)) = self.down.remove(&id.node_id) else {
             return;
         };
-        if id.generation.saturating_sub(generation) >= RESTART_GENERATION_GAP {
+        if !back_from_split(generation, id.generation) {
             return;
         }
         self.heals += 1;
@@ -1755,7 +1697,7 @@ impl Handler<CatchUpEnded> for ClusterActor {
                     attempt,
                     took_ms: took,
                     suppressed: suppressed.unwrap_or(0),
-                    err: ErrField::new("pull", e),
+                    err: ErrField::new(e.code(), e),
                 }
                 .emit_if(&self.log, suppressed.is_some());
             }
@@ -1773,18 +1715,16 @@ impl Handler<PullEnded> for ClusterActor {
     fn handle(&mut self, msg: PullEnded, ctx: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
         let still_member = self.node.cluster.table().member(&msg.source).is_some();
-        if let Some(round) = self.rounds.get_mut(&msg.round) {
-            round.records += msg.pulled.records;
-        }
+        self.rounds.merged(msg.round, msg.pulled.records);
         let left = msg.partitions[msg.pulled.partitions_done.min(msg.partitions.len())..].to_vec();
         match msg.pulled.failure {
-            Some(e) if msg.attempt < PULL_ATTEMPTS && still_member => {
+            Some(e) if migration::retries(msg.attempt, still_member) => {
                 // Resumed where it stopped: the merged partitions are not pulled again.
                 ev::PullFailed {
                     peer: &msg.source,
                     partitions: left.len(),
                     attempt: msg.attempt,
-                    err: ErrField::new("pull", &e),
+                    err: ErrField::new(e.code(), &e),
                 }
                 .emit(&self.log);
                 let (round, source, attempt) = (msg.round, msg.source, msg.attempt + 1);
@@ -1802,17 +1742,13 @@ impl Handler<PullEnded> for ClusterActor {
                     .migration_pending
                     .fetch_sub(left.len() as i64, std::sync::atomic::Ordering::Relaxed);
                 self.node.cluster.set_arriving(&left, false);
-                if let Some(round) = self.rounds.get_mut(&msg.round) {
-                    round.pending -= 1;
-                    if let Some(e) = failure {
-                        round.failed += 1;
-                        ev::PullGivenUp {
-                            peer: &msg.source,
-                            partitions: left.len(),
-                            err: ErrField::new("pull", &e),
-                        }
-                        .emit(&self.log);
+                if let Some(e) = &failure {
+                    ev::PullGivenUp {
+                        peer: &msg.source,
+                        partitions: left.len(),
+                        err: ErrField::new(e.code(), e),
                     }
+                    .emit(&self.log);
                 }
                 if !left.is_empty() {
                     // A catch-up from the source may have skipped these for this pull.
@@ -1820,26 +1756,24 @@ impl Handler<PullEnded> for ClusterActor {
                         self.schedule_catch_up(msg.source.clone(), at, ctx);
                     }
                 }
-            }
-        }
-        if self.rounds.get(&msg.round).is_some_and(|r| r.pending == 0) {
-            if let Some(round) = self.rounds.remove(&msg.round) {
-                ev::MigrationFinished {
-                    round: msg.round,
-                    partitions: round.partitions,
-                    records: round.records,
-                    failed_sources: round.failed,
-                    took_ms: round.started.elapsed().as_millis() as u64,
+                if let Some(round) = self.rounds.source_ended(msg.round, failure.is_some()) {
+                    ev::MigrationFinished {
+                        round: msg.round,
+                        partitions: round.partitions,
+                        records: round.records,
+                        failed_sources: round.failed,
+                        took_ms: round.started.elapsed().as_millis() as u64,
+                    }
+                    .emit(&self.log);
+                    if round.makes_ready() {
+                        self.synced = true;
+                        self.ready_if_synced();
+                    }
+                    if self.rounds.is_empty() && self.node.cluster.partitioned() {
+                        // What this node gave up can be handed over now.
+                        self.release(ctx);
+                    }
                 }
-                .emit(&self.log);
-                if round.initial && round.failed == 0 {
-                    self.synced = true;
-                    self.ready_if_synced();
-                }
-            }
-            if self.rounds.is_empty() && self.node.cluster.partitioned() {
-                // What this node gave up can be handed over now.
-                self.release(ctx);
             }
         }
         self.stats.end(t0);
@@ -1879,7 +1813,7 @@ impl Handler<ReleaseEnded> for ClusterActor {
             ev::HandoverIncomplete {
                 kept_back: r.kept_back,
                 suppressed: suppressed.unwrap_or(0),
-                err: ErrField::new("handover", e),
+                err: ErrField::new(e.code(), e),
             }
             .emit_if(&self.log, suppressed.is_some());
         }

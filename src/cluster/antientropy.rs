@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use slog::debug;
 
+use super::error::{ClusterError, Peer};
 use super::events as ev;
 use super::gather::call;
 use super::migration::{self, Merge};
@@ -71,16 +72,8 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
     let t0 = Instant::now();
     let mut out = Round::default();
     let table = node.cluster.table();
-    let me = node.cluster.node_id.clone();
-    let mut by_backup: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-    for p in 0..crate::shard::fnv::PARTITION_COUNT {
-        if table.owner(p).is_none_or(|o| o.node_id != me) || node.cluster.is_arriving(p) {
-            continue;
-        }
-        for b in table.backups(p) {
-            by_backup.entry(b.node_id.clone()).or_default().push(p);
-        }
-    }
+    // A partition still arriving would differ for that alone.
+    let by_backup = table.owned_by_backup(&node.cluster.node_id, |p| node.cluster.is_arriving(p));
     if by_backup.is_empty() {
         out.took = t0.elapsed();
         return out;
@@ -114,7 +107,7 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
                 Err(e) => {
                     // The link is down or the peer is slow: the next round asks again.
                     debug!(node.log, "anti-entropy: digests not received"; "peer" => &backup,
-                        "err" => err_kv("peer", &e));
+                        "err" => err_kv(e.code(), &e));
                     continue;
                 }
             };
@@ -143,7 +136,7 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
                     ev::RepairFailed {
                         partition: p,
                         peer: &backup,
-                        err: ErrField::new("repair", &e),
+                        err: ErrField::new(e.code(), &e),
                     }
                     .emit(&node.log);
                 }
@@ -163,7 +156,7 @@ pub async fn round(node: Arc<DataPlane>) -> Round {
 }
 
 /// Merges `peer`'s copy of `partition` here, then asks `peer` to merge this node's.
-async fn repair(node: &Arc<DataPlane>, peer: &str, partition: u16) -> Result<(), String> {
+async fn repair(node: &Arc<DataPlane>, peer: &str, partition: u16) -> Result<(), ClusterError> {
     let pulled = migration::pull(node, peer, &[partition], Merge::Announced, |_| {}).await;
     if let Some(f) = pulled.failure {
         return Err(f);
@@ -176,7 +169,9 @@ async fn repair(node: &Arc<DataPlane>, peer: &str, partition: u16) -> Result<(),
     }
     .emit(&node.log);
     let Some(link) = node.cluster.link(peer) else {
-        return Err(format!("no connection to {peer} to send the repair"));
+        return Err(ClusterError::NoLink {
+            peer: Peer::node(peer),
+        });
     };
     link.do_send(Cast {
         kind: Kind::Repair,
@@ -205,7 +200,7 @@ pub async fn repaired_by(node: Arc<DataPlane>, peer: String, partitions: Vec<u16
                 ev::RepairFailed {
                     partition: p,
                     peer: &peer,
-                    err: ErrField::new("repair", &e),
+                    err: ErrField::new(e.code(), &e),
                 }
                 .emit(&node.log);
             }

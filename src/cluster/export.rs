@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::error::ClusterError;
 use super::plane::DataPlane;
 use crate::protocol::ClientOp;
 use crate::shard::actor::{ListKeys, PartitionCensus, ReadChunk};
@@ -63,7 +64,7 @@ pub struct Exporter {
 
 impl Exporter {
     /// An export of `partitions` (ids at or above 271 and repeats are ignored), in that order.
-    pub async fn new(node: Arc<DataPlane>, partitions: &[u16]) -> Result<Self, String> {
+    pub async fn new(node: Arc<DataPlane>, partitions: &[u16]) -> Result<Self, ClusterError> {
         let mut keys = vec![0u64; usize::from(PARTITION_COUNT)];
         let census: Vec<_> = node
             .shards
@@ -72,7 +73,7 @@ impl Exporter {
             .map(|s| s.send(PartitionCensus))
             .collect();
         for c in census {
-            for (p, n, _) in c.await.map_err(|_| "a shard did not answer".to_owned())? {
+            for (p, n, _) in c.await.map_err(|_| ClusterError::ShardUnavailable)? {
                 keys[usize::from(p)] = n;
             }
         }
@@ -94,7 +95,7 @@ impl Exporter {
 
     /// The next piece, `None` once every partition was exported; `Err` when a shard did
     /// not answer (a partial export must not pass for a complete one).
-    pub async fn next(&mut self) -> Result<Option<Chunk>, String> {
+    pub async fn next(&mut self) -> Result<Option<Chunk>, ClusterError> {
         if self.listed.is_empty() {
             let Some(group) = self.groups.pop_front() else {
                 return Ok(None);
@@ -119,7 +120,7 @@ impl Exporter {
                     max_ops: CHUNK_OPS,
                 })
                 .await
-                .map_err(|_| "a shard did not answer".to_owned())?;
+                .map_err(|_| ClusterError::ShardUnavailable)?;
             if !rest.keys.is_empty() {
                 front.maps.push(rest);
             }
@@ -138,7 +139,7 @@ impl Exporter {
     }
 
     /// The keys of `group`'s partitions, in the group's order.
-    async fn list(&self, group: &[u16]) -> Result<Vec<PartitionKeys>, String> {
+    async fn list(&self, group: &[u16]) -> Result<Vec<PartitionKeys>, ClusterError> {
         let mut marked = vec![false; usize::from(PARTITION_COUNT)];
         let shards = &self.node.shards;
         let mut asked = vec![false; shards.len()];
@@ -160,7 +161,7 @@ impl Exporter {
         let mut by_partition: Vec<Option<PartitionKeys>> =
             (0..PARTITION_COUNT).map(|_| None).collect();
         for r in requests {
-            for listed in r.await.map_err(|_| "a shard did not answer".to_owned())? {
+            for listed in r.await.map_err(|_| ClusterError::ShardUnavailable)? {
                 let p = usize::from(listed.partition);
                 by_partition[p] = Some(listed);
             }
@@ -170,7 +171,7 @@ impl Exporter {
             .map(|&p| {
                 by_partition[usize::from(p)]
                     .take()
-                    .ok_or_else(|| format!("no shard listed partition {p}"))
+                    .ok_or(ClusterError::NotListed { partition: p })
             })
             .collect()
     }

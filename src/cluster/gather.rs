@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use futures_util::future::{join_all, LocalBoxFuture};
 
+use super::error::{ClusterError, Peer};
 use super::peer::Call;
 use super::peer_error::PeerError;
 use super::plane::DataPlane;
@@ -83,7 +84,7 @@ pub struct Gathered {
 
 /// Answers `request` over every partition: locally with full placement (or alone), gathered
 /// from the holders with partitioned placement. `Err` names what could not be read.
-pub async fn read(node: &Arc<DataPlane>, request: ReadRequest) -> Result<Gathered, String> {
+pub async fn read(node: &Arc<DataPlane>, request: ReadRequest) -> Result<Gathered, ClusterError> {
     let cluster = &node.cluster;
     let table = cluster.table();
     if !cluster.partitioned() || table.members().len() <= 1 {
@@ -111,7 +112,7 @@ enum Share {
 }
 
 /// One member's share of a gathered read and the asked partitions it refused.
-type Answer<T> = Result<(T, Vec<u16>), String>;
+type Answer<T> = Result<(T, Vec<u16>), ClusterError>;
 
 /// Asks every partition of one member that serves it: this node's share from `local` (over
 /// the partitions it serves), the others' from `remote` (peer, its partitions). Shares that
@@ -123,10 +124,10 @@ async fn scatter<'a, T>(
     what: &str,
     local: impl Fn(Arc<Vec<bool>>) -> LocalBoxFuture<'a, T>,
     remote: impl Fn(String, Vec<u16>) -> LocalBoxFuture<'a, Answer<T>>,
-) -> Result<Vec<T>, String> {
+) -> Result<Vec<T>, ClusterError> {
     let cluster = &node.cluster;
     let mut passed_over: BTreeSet<String> = BTreeSet::new();
-    let mut why: Vec<String> = Vec::new();
+    let mut why: Vec<ClusterError> = Vec::new();
     let mut todo: Vec<u16> = (0..PARTITION_COUNT).collect();
     let mut shares = Vec::new();
     let mut local_done = false;
@@ -139,15 +140,16 @@ async fn scatter<'a, T>(
             |p| !local_done && cluster.serves(table, p),
             &passed_over,
         );
-        if !plan.unavailable.is_empty() {
-            why.sort();
+        if let Some(&first) = plan.unavailable.first() {
+            // In the order of their text, each once: what the client has always read.
+            why.sort_by_cached_key(ToString::to_string);
             why.dedup();
-            return Err(format!(
-                "{} partition(s) of {what} could not be read from any holder (first: {}): {}",
-                plan.unavailable.len(),
-                plan.unavailable[0],
-                why.join("; ")
-            ));
+            return Err(ClusterError::Unreadable {
+                what: what.to_owned(),
+                partitions: plan.unavailable.len(),
+                first,
+                why,
+            });
         }
         let local_share = async {
             match plan.local.is_empty() {
@@ -172,7 +174,9 @@ async fn scatter<'a, T>(
                     if refused.is_empty() {
                         continue;
                     }
-                    why.push(format!("{peer} does not serve them now"));
+                    why.push(ClusterError::NotServed {
+                        peer: Peer::node(peer),
+                    });
                     refused
                 }
                 Err(e) => {
@@ -201,7 +205,7 @@ async fn gather(
     node: &Arc<DataPlane>,
     table: &PartitionTable,
     request: &ReadRequest,
-) -> Result<Gathered, String> {
+) -> Result<Gathered, ClusterError> {
     let spec = request.query.group().cloned();
     let grouped = spec.is_some();
     let shares = scatter(
@@ -220,7 +224,7 @@ async fn gather(
         |peer, parts| {
             Box::pin(async move {
                 let done = ask(node, table, request, &peer, &parts).await?;
-                let (share, refused) = accept(request, grouped, &parts, done)?;
+                let (share, refused) = accept(request, grouped, &peer, &parts, done)?;
                 Ok((QueryShare { share, seen: None }, refused))
             })
         },
@@ -255,7 +259,7 @@ pub async fn sync_read(
     node: &Arc<DataPlane>,
     map: Arc<str>,
     ask: SyncAsk,
-) -> Result<SyncShare, String> {
+) -> Result<SyncShare, ClusterError> {
     let cluster = &node.cluster;
     let table = cluster.table();
     if !cluster.partitioned() || table.members().len() <= 1 {
@@ -282,14 +286,19 @@ pub async fn sync_read(
                 let reply = call(node, &peer, Kind::SyncRead, Kind::SyncDone, body).await?;
                 let done: wire::SyncDone = wire::decode(&reply).map_err(|e| {
                     node.cluster.counters.peer_error(PeerError::BadFrame);
-                    format!("{peer} answered garbage: {e}")
+                    ClusterError::Undecodable {
+                        peer: Peer::node(&peer),
+                        detail: e.to_string(),
+                    }
                 })?;
-                if let Some(e) = done.error {
-                    return Err(format!("{peer}: {e}"));
+                if let Some(message) = done.error {
+                    return Err(ClusterError::Remote {
+                        peer: Peer::node(&peer),
+                        message,
+                    });
                 }
-                check_sync_share(&done.share, &parts, &done.refused)
-                    .inspect_err(|_| node.cluster.counters.peer_error(PeerError::BadFrame))
-                    .map_err(|e| format!("{peer} answered garbage: {e}"))?;
+                check_sync_share(&peer, &done.share, &parts, &done.refused)
+                    .inspect_err(|_| node.cluster.counters.peer_error(PeerError::BadFrame))?;
                 Ok((done.share, done.refused))
             })
         },
@@ -307,10 +316,19 @@ pub async fn sync_read(
     Ok(all)
 }
 
-/// A peer's sync share must name only leaves that exist and keys of the partitions it served.
-pub fn check_sync_share(share: &SyncShare, asked: &[u16], refused: &[u16]) -> Result<(), String> {
+/// `peer`'s sync share must name only leaves that exist and keys of the partitions it served.
+pub fn check_sync_share(
+    peer: &str,
+    share: &SyncShare,
+    asked: &[u16],
+    refused: &[u16],
+) -> Result<(), ClusterError> {
+    let invalid = |detail: &str| ClusterError::Invalid {
+        peer: Peer::node(peer),
+        detail: detail.to_owned(),
+    };
     if share.leaves.iter().any(|(p, _)| p.iter().any(|&n| n > 15)) {
-        return Err("a leaf path outside the tree".to_owned());
+        return Err(invalid("a leaf path outside the tree"));
     }
     let served = |key: &str| {
         let p = crate::shard::fnv::partition_of(key);
@@ -319,10 +337,10 @@ pub fn check_sync_share(share: &SyncShare, asked: &[u16], refused: &[u16]) -> Re
     if share.records.iter().any(|(k, _)| !served(k))
         || share.entries.iter().any(|e| !served(&e.key))
     {
-        return Err("records of partitions it was not asked for".to_owned());
+        return Err(invalid("records of partitions it was not asked for"));
     }
     if refused.iter().any(|p| !asked.contains(p)) {
-        return Err("refused partitions it was not asked for".to_owned());
+        return Err(invalid("refused partitions it was not asked for"));
     }
     Ok(())
 }
@@ -357,25 +375,33 @@ pub(super) async fn call(
     kind: Kind,
     answer_kind: Kind,
     body: bytes::Bytes,
-) -> Result<bytes::Bytes, String> {
+) -> Result<bytes::Bytes, ClusterError> {
     let Some(link) = node.cluster.link(peer) else {
-        return Err(format!("no connection to {peer}"));
+        return Err(ClusterError::NoLink {
+            peer: Peer::node(peer),
+        });
     };
     let timeout = node.cluster.timeout;
     match tokio::time::timeout(timeout, link.send(Call { kind, body })).await {
         Ok(Ok(Ok(reply))) if reply.kind == answer_kind => Ok(reply.body),
         Ok(Ok(Ok(reply))) => {
             node.cluster.counters.peer_error(PeerError::BadFrame);
-            Err(format!("{peer} answered {:?} to {kind:?}", reply.kind))
+            Err(ClusterError::UnexpectedAnswer {
+                peer: Peer::node(peer),
+                asked: kind,
+                answer: reply.kind,
+            })
         }
-        Ok(Ok(Err(e))) => Err(format!("{peer}: {e}")),
-        Ok(Err(_)) => Err(format!("{peer}: connection closed")),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) => Err(ClusterError::LinkClosed {
+            peer: Peer::node(peer),
+        }),
         Err(_) => {
             node.cluster.counters.peer_error(PeerError::Timeout);
-            Err(format!(
-                "{peer} did not answer within {} ms",
-                timeout.as_millis()
-            ))
+            Err(ClusterError::Timeout {
+                peer: Peer::node(peer),
+                ms: timeout.as_millis(),
+            })
         }
     }
 }
@@ -425,7 +451,7 @@ async fn ask(
     request: &ReadRequest,
     peer: &str,
     partitions: &[u16],
-) -> Result<QueryDone, String> {
+) -> Result<QueryDone, ClusterError> {
     let body = wire::body(&wire::Query {
         map: request.map.to_string(),
         query: request.wire.clone(),
@@ -437,29 +463,40 @@ async fn ask(
     let reply = call(node, peer, Kind::Query, Kind::QueryDone, body).await?;
     wire::decode::<QueryDone>(&reply).map_err(|e| {
         node.cluster.counters.peer_error(PeerError::BadFrame);
-        format!("{peer} answered garbage: {e}")
+        ClusterError::Undecodable {
+            peer: Peer::node(peer),
+            detail: e.to_string(),
+        }
     })
 }
 
-/// A member's answer checked against what was asked: its share, and the partitions it
+/// `peer`'s answer checked against what was asked: its share, and the partitions it
 /// refused (a subset of `asked`, else the answer is garbage).
 fn accept(
     request: &ReadRequest,
     grouped: bool,
+    peer: &str,
     asked: &[u16],
     done: QueryDone,
-) -> Result<(Share, Vec<u16>), String> {
-    if let Some(e) = done.error {
-        return Err(e);
+) -> Result<(Share, Vec<u16>), ClusterError> {
+    let invalid = |detail: &str| ClusterError::Invalid {
+        peer: Peer::node(peer),
+        detail: detail.to_owned(),
+    };
+    if let Some(message) = done.error {
+        return Err(ClusterError::Remote {
+            peer: Peer::node(peer),
+            message,
+        });
     }
     if done.refused.iter().any(|p| !asked.contains(p)) {
-        return Err("a peer refused partitions it was not asked for".to_owned());
+        return Err(invalid("refused partitions it was not asked for"));
     }
     let share = if grouped {
         let groups = done.groups.unwrap_or_default();
         match request.query.group() {
             Some(spec) if groups.fits(spec) => Share::Groups(groups),
-            _ => return Err("a peer answered groups of another shape".to_owned()),
+            _ => return Err(invalid("groups of another shape")),
         }
     } else {
         Share::Rows(vec![request.query.share_from_peer(
@@ -538,6 +575,65 @@ mod tests {
                 assert_eq!(t.owner(p).map(|m| m.node_id.as_str()), Some(peer.as_str()));
             }
         }
+    }
+
+    #[test]
+    fn a_sync_share_naming_what_was_not_asked_is_refused_as_garbage() {
+        use crate::protocol::types::{LwwRecord, Timestamp};
+        let key = "k1";
+        let p = crate::shard::fnv::partition_of(key);
+        let other = (p + 1) % PARTITION_COUNT;
+        let record = |k: &str| {
+            (
+                k.to_owned(),
+                LwwRecord {
+                    value: rmpv::Value::Nil,
+                    timestamp: Timestamp {
+                        millis: 1,
+                        counter: 0,
+                        node_id: "b".into(),
+                    },
+                    ttl_ms: None,
+                },
+            )
+        };
+        let share = |records: Vec<(String, LwwRecord)>, leaves| SyncShare {
+            leaves,
+            records,
+            ..SyncShare::default()
+        };
+        let check = |s: &SyncShare, asked: &[u16], refused: &[u16]| {
+            check_sync_share("b", s, asked, refused).map_err(|e| (e.code(), e.to_string()))
+        };
+        assert_eq!(check(&share(vec![record(key)], vec![]), &[p], &[]), Ok(()));
+        assert_eq!(
+            check(&share(vec![], vec![([15, 0, 1], 3)]), &[p], &[]),
+            Ok(())
+        );
+        assert_eq!(
+            check(&share(vec![], vec![([16, 0, 0], 3)]), &[p], &[]),
+            Err((
+                "invalid_answer",
+                "b answered garbage: a leaf path outside the tree".to_owned()
+            ))
+        );
+        let stray = "b answered garbage: records of partitions it was not asked for";
+        assert_eq!(
+            check(&share(vec![record(key)], vec![]), &[other], &[]),
+            Err(("invalid_answer", stray.to_owned()))
+        );
+        // Refused and still sent: as bad as never asked.
+        assert_eq!(
+            check(&share(vec![record(key)], vec![]), &[p], &[p]),
+            Err(("invalid_answer", stray.to_owned()))
+        );
+        assert_eq!(
+            check(&share(vec![], vec![]), &[p], &[other]),
+            Err((
+                "invalid_answer",
+                "b answered garbage: refused partitions it was not asked for".to_owned()
+            ))
+        );
     }
 
     #[test]

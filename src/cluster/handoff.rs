@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slog::debug;
 
+use super::error::ClusterError;
 use super::events as ev;
 use super::plane::DataPlane;
 use super::replication::{ask, replicate};
@@ -36,7 +37,12 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// Retries, in the background, a forward of `body` (ops of `partitions`) that failed with
 /// `failure`.
-pub fn hand_off(node: &Arc<DataPlane>, body: Bytes, partitions: BTreeSet<u16>, failure: String) {
+pub fn hand_off(
+    node: &Arc<DataPlane>,
+    body: Bytes,
+    partitions: BTreeSet<u16>,
+    failure: ClusterError,
+) {
     let counters = &node.cluster.counters;
     let size = body.len() as i64;
     let waiting = counters.handoffs_pending.fetch_add(1, Ordering::Relaxed);
@@ -50,7 +56,7 @@ pub fn hand_off(node: &Arc<DataPlane>, body: Bytes, partitions: BTreeSet<u16>, f
             pending: waiting,
             pending_bytes: bytes,
             suppressed: suppressed.unwrap_or(0),
-            err: ErrField::new("handoff_full", &failure),
+            err: ErrField::new(failure.code(), &failure),
         }
         .emit_if(&node.log, suppressed.is_some());
         return;
@@ -74,7 +80,7 @@ pub fn hand_off(node: &Arc<DataPlane>, body: Bytes, partitions: BTreeSet<u16>, f
                     partitions: partitions.len(),
                     tried_for_ms: GIVE_UP_AFTER.as_millis() as u64,
                     suppressed: suppressed.unwrap_or(0),
-                    err: ErrField::new("handoff_expired", last),
+                    err: ErrField::new(last.code(), &last),
                 }
                 .emit_if(&node.log, suppressed.is_some());
             }
@@ -88,7 +94,7 @@ async fn retry(
     node: &Arc<DataPlane>,
     body: Bytes,
     partitions: &BTreeSet<u16>,
-) -> Result<String, String> {
+) -> Result<String, ClusterError> {
     let started = Instant::now();
     let mut wait = FIRST_RETRY;
     loop {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::antientropy::local_digests;
+use super::error::{ClusterError, Peer};
 use super::gather::call;
 use super::plane::DataPlane;
 use super::release::send_partition;
@@ -27,7 +28,7 @@ pub struct Handover {
     pub sent: usize,
     pub records: u64,
     pub took: Duration,
-    pub failure: Option<String>,
+    pub failure: Option<ClusterError>,
 }
 
 /// Brings the backups of this node's partitions up to date with it, within `budget`.
@@ -37,23 +38,19 @@ pub async fn hand_over(node: &Arc<DataPlane>, budget: Duration) -> Handover {
     match tokio::time::timeout(budget, hand_over_all(node, &mut out)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => out.failure = Some(e),
-        Err(_) => out.failure = Some(format!("not finished within {} ms", budget.as_millis())),
+        Err(_) => {
+            out.failure = Some(ClusterError::NotFinished {
+                ms: budget.as_millis(),
+            })
+        }
     }
     out.took = t0.elapsed();
     out
 }
 
-async fn hand_over_all(node: &Arc<DataPlane>, out: &mut Handover) -> Result<(), String> {
+async fn hand_over_all(node: &Arc<DataPlane>, out: &mut Handover) -> Result<(), ClusterError> {
     let table = node.cluster.table();
-    let me = node.cluster.node_id.clone();
-    let mut by_backup: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-    for p in 0..crate::shard::fnv::PARTITION_COUNT {
-        if table.owner(p).is_some_and(|o| o.node_id == me) {
-            for b in table.backups(p) {
-                by_backup.entry(b.node_id.clone()).or_default().push(p);
-            }
-        }
-    }
+    let by_backup = table.owned_by_backup(&node.cluster.node_id, |_| false);
     if by_backup.is_empty() {
         return Ok(());
     }
@@ -73,7 +70,10 @@ async fn hand_over_all(node: &Arc<DataPlane>, out: &mut Handover) -> Result<(), 
         let theirs: BTreeMap<u16, u64> =
             match call(node, &backup, Kind::Digests, Kind::DigestsDone, body).await {
                 Ok(reply) => wire::decode::<wire::DigestsDone>(&reply)
-                    .map_err(|e| format!("{backup}: undecodable digests: {e}"))?
+                    .map_err(|e| ClusterError::Undecodable {
+                        peer: Peer::node(&backup),
+                        detail: e.to_string(),
+                    })?
                     .digests
                     .into_iter()
                     .map(|d| (d.partition, d.digest))

@@ -1,5 +1,6 @@
-//! Membership as plain data for foca (SWIM): the node identity, the datagram codec and the
-//! foca configuration. No actix and no I/O here; `actor.rs` owns the socket and the timers.
+//! Membership as plain data for foca (SWIM): the node identity, the datagram codec, the
+//! foca configuration, and what foca's notifications mean ([`classify`], [`back_from_split`]).
+//! No actix and no I/O here; `actor.rs` owns the socket and the timers.
 //!
 //! Wire format of one datagram (big-endian), version [`WIRE_VERSION`]:
 //! `"TG"`, version `u8`, then foca's header: source identity, source incarnation `u16`,
@@ -13,7 +14,7 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
-use foca::{Codec, Header, Identity, Member, Message, State};
+use foca::{Codec, Header, Identity, Member, Message, OwnedNotification, State};
 
 /// Magic bytes opening every cluster datagram: anything else on the port is garbage.
 const MAGIC: [u8; 2] = *b"TG";
@@ -408,6 +409,71 @@ pub fn without_down_claims(data: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A member back with a generation at least this much newer restarted (its generation is its
+/// start time in ms); a smaller step is foca's renewal after it was declared down while alive.
+pub const RESTART_GENERATION_GAP: u64 = 1000;
+
+/// What a membership notification means to this node.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A member is up. `clash`: it announces this node's own id (a second process with it).
+    Joined {
+        member: NodeIdentity,
+        clash: bool,
+    },
+    /// Declared down by the failure detector: foca suspected it first.
+    Down(NodeIdentity),
+    /// Down without being suspected first: it announced that it leaves (SIGTERM).
+    Left(NodeIdentity),
+    /// A member is known under a new identity (foca's rename: renewed, or restarted on its
+    /// address).
+    Renamed {
+        old: NodeIdentity,
+        new: NodeIdentity,
+    },
+    /// The others declared this node down; foca renewed its identity to this one.
+    Rejoined(NodeIdentity),
+    Active,
+    Idle,
+    Defunct,
+    /// Nothing this node acts on.
+    Other,
+}
+
+/// What `n` means, given this node's id and the state it last saw each member in: a member
+/// that goes down while it was suspected failed, one that goes down alive said it leaves (a
+/// leave is gossiped as down at once, without suspicion).
+pub fn classify(
+    n: OwnedNotification<NodeIdentity>,
+    me: &str,
+    last_state: impl Fn(&NodeIdentity) -> Option<State>,
+) -> Change {
+    match n {
+        OwnedNotification::MemberUp(member) => Change::Joined {
+            clash: member.node_id == me,
+            member,
+        },
+        OwnedNotification::MemberDown(id) if last_state(&id) == Some(State::Suspect) => {
+            Change::Down(id)
+        }
+        OwnedNotification::MemberDown(id) => Change::Left(id),
+        OwnedNotification::Rename(old, new) => Change::Renamed { old, new },
+        OwnedNotification::Rejoin(id) => Change::Rejoined(id),
+        OwnedNotification::Active => Change::Active,
+        OwnedNotification::Idle => Change::Idle,
+        OwnedNotification::Defunct => Change::Defunct,
+        #[allow(unreachable_patterns)]
+        _ => Change::Other,
+    }
+}
+
+/// A member this node saw declared down at `down_generation` is back at `generation`: whether
+/// it was cut off or paused (foca renews an identity by one), so its side took writes this
+/// side never saw, rather than restarted (a restart's generation is its start time).
+pub fn back_from_split(down_generation: u64, generation: u64) -> bool {
+    generation.saturating_sub(down_generation) < RESTART_GENERATION_GAP
+}
+
 /// Whether this node believes a member it holds down when that member tells it that it is the
 /// one down (foca's `TurnUndead`, which makes a node rejoin as a new generation).
 ///
@@ -531,6 +597,91 @@ mod tests {
         assert!(heeds_down_verdict(1, 2));
         // Three of five keep their generation.
         assert!(!heeds_down_verdict(3, 5));
+    }
+
+    #[test]
+    fn a_member_down_after_suspicion_failed_and_one_down_while_alive_left() {
+        let b = id("b", 2, 20);
+        let suspected = |_: &NodeIdentity| Some(State::Suspect);
+        let alive = |_: &NodeIdentity| Some(State::Alive);
+        let unknown = |_: &NodeIdentity| None;
+        assert_eq!(
+            classify(OwnedNotification::MemberDown(b.clone()), "a", suspected),
+            Change::Down(b.clone())
+        );
+        assert_eq!(
+            classify(OwnedNotification::MemberDown(b.clone()), "a", alive),
+            Change::Left(b.clone())
+        );
+        // Not seen before (e.g. the view was rebuilt by a rejoin): no suspicion seen, a leave.
+        assert_eq!(
+            classify(OwnedNotification::MemberDown(b.clone()), "a", unknown),
+            Change::Left(b)
+        );
+    }
+
+    #[test]
+    fn a_member_up_with_this_nodes_id_is_a_clash() {
+        let classify_up =
+            |member: NodeIdentity| classify(OwnedNotification::MemberUp(member), "a", |_| None);
+        assert_eq!(
+            classify_up(id("b", 2, 20)),
+            Change::Joined {
+                member: id("b", 2, 20),
+                clash: false
+            }
+        );
+        assert_eq!(
+            classify_up(id("a", 9, 90)),
+            Change::Joined {
+                member: id("a", 9, 90),
+                clash: true
+            }
+        );
+    }
+
+    #[test]
+    fn the_other_notifications_map_one_to_one() {
+        let none = |_: &NodeIdentity| None;
+        let (old, new) = (id("b", 2, 20), id("b", 2, 21));
+        assert_eq!(
+            classify(
+                OwnedNotification::Rename(old.clone(), new.clone()),
+                "a",
+                none
+            ),
+            Change::Renamed { old, new }
+        );
+        assert_eq!(
+            classify(OwnedNotification::Rejoin(id("a", 1, 11)), "a", none),
+            Change::Rejoined(id("a", 1, 11))
+        );
+        assert_eq!(
+            classify(OwnedNotification::Active, "a", none),
+            Change::Active
+        );
+        assert_eq!(classify(OwnedNotification::Idle, "a", none), Change::Idle);
+        assert_eq!(
+            classify(OwnedNotification::Defunct, "a", none),
+            Change::Defunct
+        );
+    }
+
+    #[test]
+    fn a_member_back_with_the_next_generation_healed_a_split_and_a_restart_did_not() {
+        assert!(back_from_split(1_000_000, 1_000_001), "foca's renewal");
+        assert!(back_from_split(
+            1_000_000,
+            1_000_000 + RESTART_GENERATION_GAP - 1
+        ));
+        assert!(!back_from_split(
+            1_000_000,
+            1_000_000 + RESTART_GENERATION_GAP
+        ));
+        // A restart 30 s later: its start time in ms.
+        assert!(!back_from_split(1_000_000, 1_030_000));
+        // An older generation (a stale notification) counts as the same run.
+        assert!(back_from_split(1_000_000, 999_999));
     }
 
     #[test]

@@ -5,15 +5,18 @@
 //! from a peer that (re)connects ([`catchup`]), handing failed forwards off again
 //! ([`handoff`]), the shared
 //! view the rest of the node reads ([`state`]), and the [`plane::DataPlane`] that client
-//! connections and peers both work through. `docs/cluster.md` is the operator's view.
+//! connections and peers both work through. Their failures are one [`error::ClusterError`].
+//! `docs/cluster.md` is the operator's view.
 pub mod actor;
 pub mod antientropy;
 pub mod catchup;
+pub mod error;
 pub mod events;
 pub mod export;
 pub mod gather;
 pub mod handoff;
 pub mod leaving;
+pub mod links;
 pub mod live;
 pub mod membership;
 pub mod migration;

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::actor::{ClusterActor, LinkDown, LinkUp, PeerConnected};
+use super::error::{ClusterError, Peer};
 use super::events as ev;
 use super::peer_error::PeerError;
 use super::plane::DataPlane;
@@ -227,10 +228,10 @@ struct Pending {
     sent: Instant,
 }
 
-/// A request that expects one answer. Fails when the connection is lost or the peer does not
-/// answer within the cluster timeout.
+/// A request that expects one answer. Fails ([`ClusterError::Unanswered`]) when the connection
+/// is lost or the peer does not answer within the cluster timeout.
 #[derive(Message)]
-#[rtype(result = "Result<Reply, String>")]
+#[rtype(result = "Result<Reply, ClusterError>")]
 pub struct Call {
     pub kind: Kind,
     pub body: Bytes,
@@ -1232,7 +1233,7 @@ impl WriteHandler<std::io::Error> for PeerConn {
 }
 
 impl Handler<Call> for PeerConn {
-    type Result = ResponseFuture<Result<Reply, String>>;
+    type Result = ResponseFuture<Result<Reply, ClusterError>>;
 
     fn handle(&mut self, msg: Call, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin_item();
@@ -1240,11 +1241,8 @@ impl Handler<Call> for PeerConn {
         let corr = self.register(Waiter::Once(tx));
         self.send_frame(msg.kind, corr, &msg.body);
         self.stats.end(t0);
-        let peer = self.peer.clone().unwrap_or_default();
-        Box::pin(async move {
-            rx.await
-                .map_err(|_| format!("peer {peer} did not answer (connection lost or timed out)"))
-        })
+        let peer = Peer::node(self.peer.as_deref().unwrap_or_default());
+        Box::pin(async move { rx.await.map_err(|_| ClusterError::Unanswered { peer }) })
     }
 }
 
@@ -1288,7 +1286,7 @@ impl Handler<Answer> for PeerConn {
 async fn read_chunks(
     node: Arc<DataPlane>,
     partitions: Vec<u16>,
-    out: mpsc::Sender<Result<Option<super::export::Chunk>, String>>,
+    out: mpsc::Sender<Result<Option<super::export::Chunk>, ClusterError>>,
 ) {
     let mut exporter = match super::export::Exporter::new(node, &partitions).await {
         Ok(e) => e,
@@ -1329,7 +1327,7 @@ async fn stream_export(
             Some(Ok(Some(chunk))) => chunk,
             Some(Ok(None)) => break None,
             Some(Err(f)) => break Some(f),
-            None => break Some("the export stopped".to_owned()),
+            None => break Some(ClusterError::ExportStopped),
         };
         while credit == 0 {
             match tokio::time::timeout(stall, granted.recv()).await {
@@ -1340,10 +1338,9 @@ async fn stream_export(
             }
         }
         if credit == 0 {
-            break Some(format!(
-                "the puller granted no chunk for {} ms",
-                stall.as_millis()
-            ));
+            break Some(ClusterError::PullerStalled {
+                ms: stall.as_millis(),
+            });
         }
         credit -= 1;
         records += chunk.ops.len() as u64;
@@ -1361,9 +1358,10 @@ async fn stream_export(
             return;
         }
     };
+    // A string on the wire: the puller may run another version.
     let done = wire::PullDone {
         records,
-        failure: failure.clone(),
+        failure: failure.as_ref().map(ToString::to_string),
     };
     let _ = conn
         .send(Answer {
@@ -1382,7 +1380,7 @@ async fn stream_export(
         Some(f) => ev::PartitionsNotSent {
             partitions: pull.partitions.len(),
             records,
-            err: ErrField::new("export", &f),
+            err: ErrField::new(f.code(), &f),
         }
         .emit(&log),
     }

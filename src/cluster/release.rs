@@ -13,6 +13,7 @@
 //! for `topgun_partition_records{role}`.
 use std::sync::Arc;
 
+use super::error::ClusterError;
 use super::export::Exporter;
 use super::plane::DataPlane;
 use super::replication::{ask, WriteRef};
@@ -30,7 +31,7 @@ pub struct Released {
     pub records: u64,
     /// Handed over but kept: written to meanwhile, or a holder did not confirm.
     pub kept_back: usize,
-    pub failure: Option<String>,
+    pub failure: Option<ClusterError>,
 }
 
 /// Counts records by role and, when `hand_over`, hands over and drops the partitions this
@@ -40,22 +41,16 @@ pub async fn release(node: &Arc<DataPlane>, hand_over: bool) -> Released {
     let table = node.cluster.table();
     let census = census(node).await;
     let me = node.cluster.node_id.as_str();
-    let mut strays = Vec::new();
-    for &(p, keys, touched) in &census {
-        let role = match table.role(p, me) {
-            Role::Owner => 0,
-            Role::Backup => 1,
-            Role::Replica => 2,
-        };
-        out.records_by_role[role] += keys;
-        if role == 2 && !node.cluster.keeps(&table, p) {
-            strays.push((p, touched));
-        }
-    }
+    let (by_role, strays) = tally(
+        &census,
+        |p| table.role(p, me),
+        |p| node.cluster.keeps(&table, p),
+    );
+    out.records_by_role = by_role;
     if !hand_over || table.members().len() <= 1 {
         return out;
     }
-    for (p, _) in strays {
+    for p in strays {
         match hand_over_one(node, &table, p).await {
             Ok(keys) => {
                 out.partitions += 1;
@@ -70,6 +65,30 @@ pub async fn release(node: &Arc<DataPlane>, hand_over: bool) -> Released {
     out
 }
 
+/// Of a census (partition, records, last change), the records by this node's `role` for
+/// their partition (owner, backup, none), and the partitions stored here that it does not
+/// `keep`: the strays a pass hands over. With full placement it keeps every partition.
+fn tally(
+    census: &[(u16, u64, u64)],
+    role: impl Fn(u16) -> Role,
+    keeps: impl Fn(u16) -> bool,
+) -> ([u64; 3], Vec<u16>) {
+    let mut by_role = [0u64; 3];
+    let mut strays = Vec::new();
+    for &(p, keys, _) in census {
+        let i = match role(p) {
+            Role::Owner => 0,
+            Role::Backup => 1,
+            Role::Replica => 2,
+        };
+        by_role[i] += keys;
+        if i == 2 && !keeps(p) {
+            strays.push(p);
+        }
+    }
+    (by_role, strays)
+}
+
 async fn census(node: &Arc<DataPlane>) -> Vec<(u16, u64, u64)> {
     // A shard that does not answer is counted next time.
     node.shards.collect(|| PartitionCensus).await
@@ -81,14 +100,14 @@ async fn hand_over_one(
     node: &Arc<DataPlane>,
     table: &PartitionTable,
     p: u16,
-) -> Result<u64, String> {
+) -> Result<u64, ClusterError> {
     let holders: Vec<String> = table
         .holders(p)
         .filter(|m| m.node_id != node.cluster.node_id)
         .map(|m| m.node_id.clone())
         .collect();
     if holders.is_empty() {
-        return Err(format!("partition {p} has no other holder"));
+        return Err(ClusterError::NoOtherHolder { partition: p });
     }
     let (touched, _) = send_partition(node, &holders, p).await?;
     let shard = &node.shards.mailboxes[shard_of_partition(p, node.shards.len())];
@@ -98,8 +117,11 @@ async fn hand_over_one(
             touched,
         })
         .await
-        .map_err(|_| "a shard did not answer".to_owned())?
-        .map_err(|e| format!("partition {p} kept: {e}"))
+        .map_err(|_| ClusterError::ShardUnavailable)?
+        .map_err(|reason| ClusterError::Kept {
+            partition: p,
+            reason,
+        })
 }
 
 /// Sends what this node stores of partition `p` to `holders`, a chunk at a time, each
@@ -109,7 +131,7 @@ pub async fn send_partition(
     node: &Arc<DataPlane>,
     holders: &[String],
     p: u16,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), ClusterError> {
     let trace = Trace {
         request_id: None,
         origin_node_id: node.cluster.node_id.clone(),
@@ -137,11 +159,38 @@ pub async fn send_partition(
             .map(|h| ask(node, h, Kind::WriteReplicate, body.clone(), "holder"))
             .collect();
         for done in futures_util::future::join_all(confirmations).await {
-            if let Some(f) = done.failure {
-                return Err(format!("partition {p} not handed over: {f}"));
+            if let Some(cause) = done.failure {
+                return Err(ClusterError::NotHandedOver {
+                    partition: p,
+                    cause: Box::new(cause),
+                });
             }
         }
     }
-    let touched = touched.ok_or_else(|| format!("partition {p} was not exported whole"))?;
+    let touched = touched.ok_or(ClusterError::NotExportedWhole { partition: p })?;
     Ok((touched, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::table::of_ids;
+
+    #[test]
+    fn records_are_counted_by_role_and_unkept_partitions_are_strays() {
+        let t = of_ids(&["a", "b", "c"]);
+        let role = |p| t.role(p, "a");
+        let find = |r: Role| (0..271).find(|&p| role(p) == r).expect("a has every role");
+        let (owned, backed, other) = (find(Role::Owner), find(Role::Backup), find(Role::Replica));
+        let census = [(owned, 10, 1), (backed, 20, 2), (other, 5, 3)];
+        // Partitioned: a keeps what it owns or backs up; the rest is handed over.
+        let partitioned = |p| role(p) != Role::Replica;
+        assert_eq!(
+            tally(&census, role, partitioned),
+            ([10, 20, 5], vec![other])
+        );
+        // Full placement: every node keeps every partition, nothing is a stray.
+        assert_eq!(tally(&census, role, |_| true), ([10, 20, 5], vec![]));
+        assert_eq!(tally(&[], role, partitioned), ([0; 3], vec![]));
+    }
 }

@@ -16,6 +16,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use slog::{debug, Logger};
 
+use super::error::{ClusterError, Peer};
 use super::peer::{Call, Notify};
 use super::peer_error::PeerError;
 use super::plane::DataPlane;
@@ -25,7 +26,7 @@ use super::wire::{self, Kind, Trace, WriteDone};
 use crate::config::WriteAck;
 use crate::data::writes::{apply_writes, apply_writes_from, WriteOutcome};
 use crate::protocol::types::LwwRecord;
-use crate::protocol::{ClientOp, OpKind};
+use crate::protocol::{ClientOp, OpKind, OpRejected};
 use crate::queue::ConnId;
 use crate::shard::fnv::partition_of;
 
@@ -71,7 +72,7 @@ pub fn route_client_write(
         group.0.push(i);
         group.1.insert(partition);
     }
-    let mut peers: Vec<LocalBoxFuture<'static, WriteDone>> = Vec::new();
+    let mut peers: Vec<LocalBoxFuture<'static, Confirmation>> = Vec::new();
     for (owner, (indexes, partitions)) in groups {
         let ops_of_group = || indexes.iter().map(|&i| &ops[i]).collect();
         if owner == cluster.node_id {
@@ -82,7 +83,7 @@ pub fn route_client_write(
             });
             let replicated = replicate_or_hand_off(node, body, &cluster.node_id, None, partitions);
             peers.push(Box::pin(async move {
-                WriteDone {
+                Confirmation {
                     rejected: Vec::new(),
                     failure: replicated.await,
                 }
@@ -121,10 +122,7 @@ pub fn route_client_write(
             let _ = tx.send(done);
         });
         peers.push(Box::pin(async move {
-            rx.await.unwrap_or_else(|_| WriteDone {
-                rejected: Vec::new(),
-                failure: Some("the forward was abandoned".to_owned()),
-            })
+            rx.await.unwrap_or_else(|_| failed(ClusterError::Abandoned))
         }));
     }
     let kept: Vec<ClientOp> = if cluster.partitioned() {
@@ -147,8 +145,9 @@ pub fn route_client_write(
                     outcome.rejected.push(r);
                 }
             }
+            // The client's ERROR says why: `write not acknowledged: no connection to owner b`.
             if let Some(failure) = done.failure {
-                outcome.failure.get_or_insert(failure);
+                outcome.failure.get_or_insert_with(|| failure.to_string());
             }
         }
         outcome
@@ -178,9 +177,10 @@ pub fn own(
     async move {
         let outcome = local.await;
         let failure = replicated.await;
+        // A string on the wire: the origin may run another version.
         WriteDone {
             rejected: outcome.rejected,
-            failure: outcome.failure.or(failure),
+            failure: outcome.failure.or(failure.map(|e| e.to_string())),
         }
     }
 }
@@ -195,7 +195,7 @@ fn replicate_or_hand_off(
     origin: &str,
     origin_kept: Option<&BTreeSet<u16>>,
     partitions: BTreeSet<u16>,
-) -> LocalBoxFuture<'static, Option<String>> {
+) -> LocalBoxFuture<'static, Option<ClusterError>> {
     let replicated = replicate(node, body.clone(), origin, origin_kept, &partitions);
     if !node.cluster.partitioned() {
         return replicated;
@@ -267,7 +267,7 @@ pub(super) fn replicate(
     origin: &str,
     origin_kept: Option<&BTreeSet<u16>>,
     partitions: &BTreeSet<u16>,
-) -> LocalBoxFuture<'static, Option<String>> {
+) -> LocalBoxFuture<'static, Option<ClusterError>> {
     let cluster = &node.cluster;
     let table = cluster.table();
     let waited = cluster.ack == WriteAck::OwnerAndBackup;
@@ -374,15 +374,23 @@ fn copies_for(
         .collect()
 }
 
-/// A write request to `peer`, failed (with a reason) when there is no link, the peer does
-/// not answer within the timeout, or its apply was not durable.
+/// A peer's answer to a write request: the ops it rejected, and why the write is not
+/// confirmed there, if it is not.
+pub(super) struct Confirmation {
+    pub rejected: Vec<OpRejected>,
+    pub failure: Option<ClusterError>,
+}
+
+/// A write request to `peer` (the write's `role`), failed (with a reason) when there is no
+/// link, the peer does not answer within the timeout, or its apply was not durable.
 pub(super) fn ask(
     node: &Arc<DataPlane>,
     peer: &str,
     kind: Kind,
     body: Bytes,
     role: &'static str,
-) -> LocalBoxFuture<'static, WriteDone> {
+) -> LocalBoxFuture<'static, Confirmation> {
+    let who = Peer::confirming(role, peer);
     let peer = peer.to_owned();
     // An owner answers after its own wait for the backups, so the origin gives it two.
     let timeout = if kind == Kind::WriteForward {
@@ -403,32 +411,38 @@ pub(super) fn ask(
             Some(call) => call,
             None => match node.cluster.wait_link(&peer, LINK_WAIT.min(timeout)).await {
                 Some(link) => link.send(Call { kind, body }),
-                None => return failed(format!("no connection to {role} {peer}")),
+                None => return failed(ClusterError::NoLink { peer: who }),
             },
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(Ok(reply))) => match wire::decode::<WriteDone>(&reply.body) {
-                Ok(done) => WriteDone {
+                Ok(done) => Confirmation {
                     rejected: done.rejected,
-                    failure: done.failure.map(|f| format!("{role} {peer}: {f}")),
+                    failure: done
+                        .failure
+                        .map(|message| ClusterError::Remote { peer: who, message }),
                 },
-                Err(e) => failed(format!("{role} {peer} answered garbage: {e}")),
+                Err(e) => failed(ClusterError::Undecodable {
+                    peer: who,
+                    detail: e.to_string(),
+                }),
             },
-            Ok(Ok(Err(e))) => failed(format!("{role} {peer}: {e}")),
-            Ok(Err(_)) => failed(format!("{role} {peer}: connection closed")),
+            // The one way a link fails a call; named with the write's role here.
+            Ok(Ok(Err(_))) => failed(ClusterError::Unanswered { peer: who }),
+            Ok(Err(_)) => failed(ClusterError::LinkClosed { peer: who }),
             Err(_) => {
                 node.cluster.counters.peer_error(PeerError::Timeout);
-                failed(format!(
-                    "{role} {peer} did not confirm within {} ms",
-                    timeout.as_millis()
-                ))
+                failed(ClusterError::Timeout {
+                    peer: who,
+                    ms: timeout.as_millis(),
+                })
             }
         }
     })
 }
 
-fn failed(failure: String) -> WriteDone {
-    WriteDone {
+fn failed(failure: ClusterError) -> Confirmation {
+    Confirmation {
         rejected: Vec::new(),
         failure: Some(failure),
     }

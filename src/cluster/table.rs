@@ -7,6 +7,7 @@
 //! member list computes the same table, with no coordination; a member joining or leaving
 //! moves only the partitions it wins or held (about 1/n of them), and when an owner goes its
 //! first backup becomes owner, because the order of the others does not change.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::config::MAX_BACKUPS;
@@ -141,6 +142,36 @@ impl PartitionTable {
         (0..PARTITION_COUNT)
             .filter(|&p| self.owner(p).map(|m| &m.node_id) != before.owner(p).map(|m| &m.node_id))
             .count()
+    }
+
+    /// Whether `node_id` gains a role for `partition` from the table `before` to this one: it
+    /// holds the partition now and did not, or owns it now and only backed it up. What it
+    /// gains it must pull: it may lack writes the others acknowledged without it.
+    pub fn gains(&self, before: &PartitionTable, partition: u16, node_id: &str) -> bool {
+        let (was, is) = (
+            before.role(partition, node_id),
+            self.role(partition, node_id),
+        );
+        (is != Role::Replica && was == Role::Replica) || (is == Role::Owner && was != Role::Owner)
+    }
+
+    /// The partitions `node_id` owns, by backup (each backup's in ascending order), leaving
+    /// out those `skip` names: what an owner compares with each of its backups.
+    pub fn owned_by_backup(
+        &self,
+        node_id: &str,
+        skip: impl Fn(u16) -> bool,
+    ) -> BTreeMap<String, Vec<u16>> {
+        let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for p in 0..PARTITION_COUNT {
+            if self.owner(p).is_none_or(|o| o.node_id != node_id) || skip(p) {
+                continue;
+            }
+            for b in self.backups(p) {
+                out.entry(b.node_id.clone()).or_default().push(p);
+            }
+        }
+        out
     }
 
     /// Whether `members` (as membership reports them) would place partitions exactly as this
@@ -326,6 +357,63 @@ mod tests {
         let moved = after.moved_owners(&before);
         assert_eq!(moved, after.counts("d").0, "only partitions d wins move");
         assert!((40..=100).contains(&moved), "moved {moved}");
+    }
+
+    #[test]
+    fn a_member_gains_what_it_now_holds_or_now_owns_and_nothing_else() {
+        let before = PartitionTable::compute(three(), 1, 1);
+        let mut four = three();
+        four.push(member("d", 4));
+        let after = PartitionTable::compute(four, 1, 2);
+        for p in 0..PARTITION_COUNT {
+            // d held nothing: it gains exactly what it holds now.
+            assert_eq!(
+                after.gains(&before, p, "d"),
+                after.role(p, "d") != Role::Replica,
+                "partition {p}"
+            );
+            for id in ["a", "b", "c"] {
+                let (was, is) = (before.role(p, id), after.role(p, id));
+                let gained = after.gains(&before, p, id);
+                match (was, is) {
+                    (Role::Replica, Role::Owner | Role::Backup) => assert!(gained),
+                    (Role::Backup, Role::Owner) => assert!(gained, "promoted on {p}"),
+                    // Demoted or dropped, or unchanged: nothing to pull.
+                    _ => assert!(!gained, "{id} on {p}: {was:?} -> {is:?}"),
+                }
+            }
+        }
+        // A backup promoted when its owner leaves gains the ownership.
+        let two = PartitionTable::compute(vec![member("a", 1), member("c", 3)], 1, 3);
+        let promoted = (0..PARTITION_COUNT)
+            .find(|&p| {
+                before.owner(p).is_some_and(|m| m.node_id == "b")
+                    && before.role(p, "a") == Role::Backup
+            })
+            .expect("a backs up some partition b owns");
+        assert!(two.gains(&before, promoted, "a"));
+        // The same table gains nothing.
+        assert!((0..PARTITION_COUNT).all(|p| !before.gains(&before, p, "a")));
+    }
+
+    #[test]
+    fn an_owner_compares_each_owned_partition_with_each_of_its_backups() {
+        let t = PartitionTable::compute(three(), 2, 1);
+        let by_backup = t.owned_by_backup("a", |_| false);
+        assert!(!by_backup.contains_key("a"));
+        let owned: Vec<u16> = (0..PARTITION_COUNT)
+            .filter(|&p| t.role(p, "a") == Role::Owner)
+            .collect();
+        // Two backups of three members: b and c back up every partition a owns.
+        assert_eq!(by_backup.get("b"), Some(&owned));
+        assert_eq!(by_backup.get("c"), Some(&owned));
+        let skipped = owned[0];
+        let fewer = t.owned_by_backup("a", |p| p == skipped);
+        assert_eq!(fewer.get("b").map(Vec::len), Some(owned.len() - 1));
+        assert!(!fewer["b"].contains(&skipped));
+        // A member alone owns everything and has no backup to compare with.
+        let alone = PartitionTable::compute(vec![member("a", 1)], 1, 1);
+        assert!(alone.owned_by_backup("a", |_| false).is_empty());
     }
 
     #[test]

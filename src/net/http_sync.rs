@@ -146,10 +146,10 @@ pub async fn handle(node: Arc<NodeContext>, req: HttpSyncRequest) -> HttpSyncRes
         };
         let page = match gather::read(&node.data, read).await {
             Ok(g) => g.page,
-            Err(message) => {
+            Err(e) => {
                 errors.push(HttpSyncError {
                     code: 503,
-                    message,
+                    message: e.to_string(),
                     context: Some(q.query_id),
                 });
                 continue;

@@ -395,7 +395,7 @@ impl ConnectionActor {
                 Ok(share) => {
                     reply(share).unwrap_or_else(|| ServerMessage::error(500, "sync unavailable"))
                 }
-                Err(e) => ServerMessage::error(500, &e),
+                Err(e) => ServerMessage::error(500, e.to_string()),
             };
             Completion::frames(vec![protocol::encode(&message)])
         });
@@ -472,7 +472,7 @@ impl ConnectionActor {
             let Gathered { page, seen, parts } = match gather::read(&data, read).await {
                 Ok(g) => g,
                 Err(error) => {
-                    let reply = query_refused(m.query_id, error, "unavailable");
+                    let reply = query_refused(m.query_id, error.to_string(), "unavailable");
                     return Completion {
                         frames: vec![protocol::encode(&reply)],
                         after: Some(After::SnapshotFailed { query_id: key.1 }),

@@ -107,7 +107,7 @@ async fn leave_cluster(node: &Running) {
             sent: h.sent,
             records: h.records,
             took_ms,
-            err: ErrField::new("handover", e),
+            err: ErrField::new(e.code(), e),
         }
         .emit(&node.log),
     }
