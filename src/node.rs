@@ -40,8 +40,8 @@ use crate::storage::redb::RedbBackend;
 use crate::storage::{Mutation, Recovered};
 use crate::telemetry::lag::LagProbe;
 use crate::telemetry::logging::{err_kv, Logging};
+use crate::telemetry::mailbox::{DeadLetters, Mailbox};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
-use crate::telemetry::report::Mailbox;
 
 /// A reason the node could not start (or run). `main` prints it as one line.
 #[derive(Debug, thiserror::Error)]
@@ -269,19 +269,23 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let metrics_arbiter = Arbiter::new();
     let budget = Arc::new(MemoryBudget::new(memory_budget(&config, &log)));
     let maps = Arc::new(MapCatalog::new(config.max_maps));
+    // Node-wide: every mailbox counts what it could not deliver here (see `DeadLetters`).
+    let dead_letters = Arc::new(DeadLetters::default());
     let metrics_actor = MetricsActor::new(
         registry,
         &log,
         logging.dropped.clone(),
         config.report_interval,
         timed,
+        dead_letters.clone(),
     )
     .sample_pending_batches(write_slots.gauge())
     .sample_limits(budget.clone(), maps.clone());
-    let depth = metrics_actor.depth_counter();
+    let tap = metrics_actor.tap();
     let metrics = Mailbox::new(
         MetricsActor::start_in_arbiter(&metrics_arbiter.handle(), move |_| metrics_actor),
-        depth,
+        tap,
+        dead_letters,
     );
     {
         let (m, every) = (metrics.clone(), config.report_interval);
@@ -297,12 +301,12 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         config.report_interval,
         timed,
     );
-    let depth = gate_actor.stats().depth_counter();
+    let tap = gate_actor.stats().tap();
     // The gate's address is needed by the HTTP factories, but the actor itself starts only
     // once both ports are bound: an actor started on this arbiter and then dropped unpolled by
     // an early return (a busy port) would run `started` during runtime teardown and panic.
     let gate_ctx = Context::<ConnectionGateActor>::new();
-    let gate = Mailbox::new(gate_ctx.address(), depth);
+    let gate = Mailbox::new(gate_ctx.address(), tap, metrics.dead_letters());
 
     let (storage, recovered) = start_storage(&config, &log, &metrics, backend);
     // One data thread per shard; the event-queue stripes live on them too.
@@ -413,8 +417,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             timed,
             data_plane.clone(),
         );
-        let depth = actor.depth_counter();
-        Mailbox::new(actor.start(), depth)
+        let tap = actor.tap();
+        Mailbox::new(actor.start(), tap, metrics.dead_letters())
     };
     match tokio::net::TcpListener::from_std(peer_listener) {
         Ok(listener) => {
@@ -565,9 +569,10 @@ fn start_event_queue(
                 partitioned,
             );
             let queued = actor.queued_counter();
-            let depth = actor.depth_counter();
+            let tap = actor.tap();
             let addr = StripeActor::start_in_arbiter(arbiter, move |_| actor);
-            StripeHandle::new(Mailbox::new(addr, depth), queued, per_stripe)
+            let mailbox = Mailbox::new(addr, tap, metrics.dead_letters());
+            StripeHandle::new(mailbox, queued, per_stripe)
         })
         .collect();
     EventQueue {
@@ -683,14 +688,15 @@ fn start_storage(
         config.report_interval,
         config.actor_telemetry,
     );
-    let depth = actor.depth_counter();
+    let tap = actor.tap();
     let arbiter = Arbiter::new();
     let addr = StorageActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
     let (m, every) = (metrics.clone(), config.report_interval);
     LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
         LagProbe::new("storage", m, every)
     });
-    (Some(Mailbox::new(addr, depth)), recovered)
+    let mailbox = Mailbox::new(addr, tap, metrics.dead_letters());
+    (Some(mailbox), recovered)
 }
 
 /// Splits what storage held by the shard owning each key.
@@ -751,14 +757,14 @@ fn start_shards(
                 log,
                 recovery.next().unwrap_or_default(),
             );
-            let depth = actor.depth_counter();
+            let tap = actor.tap();
             let addr = ShardActor::start_in_arbiter(arbiter, move |_| actor);
             let (m, every) = (metrics.clone(), config.report_interval);
             // `shard-i` is the data thread: shard i and the stripes placed on it.
             LagProbe::start_in_arbiter(arbiter, move |_| {
                 LagProbe::new(format!("shard-{i}"), m, every)
             });
-            Mailbox::new(addr, depth)
+            Mailbox::new(addr, tap, metrics.dead_letters())
         })
         .collect();
     Shards {

@@ -295,8 +295,8 @@ impl ShardActor {
         }
     }
 
-    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
-        self.stats.depth_counter()
+    pub fn tap(&self) -> crate::telemetry::mailbox::Tap {
+        self.stats.tap()
     }
 
     fn apply_one(
@@ -501,6 +501,9 @@ impl Actor for ShardActor {
         ctx.run_interval(self.settings.sweep_interval, |act, _| act.sweep());
     }
 }
+
+// Messages sent through a `Mailbox` arrive wrapped, with the time they were sent.
+crate::telemetry::mailbox::mailbox_handlers!(ShardActor, stats);
 
 impl Handler<ApplyOps> for ShardActor {
     type Result = ResponseFuture<Vec<OpOutcome>>;
