@@ -362,6 +362,17 @@ impl ActorTable {
                 .push((*instance, inst.figures(now)));
         }
         for (kind, all) in by_kind {
+            // The only actor of its kind (the gate, storage, metrics) is its kind's row already.
+            let single = match all.as_slice() {
+                [(instance, _)] => self
+                    .instances
+                    .get(&(kind, *instance))
+                    .is_some_and(|i| i.name.is_none() && i.member.is_none()),
+                _ => false,
+            };
+            if single {
+                continue;
+            }
             let entry = |(instance, f): (u64, Figures)| TopEntry {
                 id: self
                     .instances
@@ -755,8 +766,11 @@ mod tests {
         assert!((busy - 10.0).abs() < 0.5, "{busy}");
         assert!((a_row.messages_per_second - 50.0).abs() < 2.0, "{a_row:?}");
         assert_eq!(top.by_mailbox_wait[0].wait_max_seconds, Some(0.5));
-        // Members are named as on their rows.
+        // Members are named as on their rows; a kind's only, unnamed actor is its row.
         assert_eq!(ids(&s.top["shard"].by_busy), ["shard-3"]);
+        let mut gate = ActorStats::new(ActorKind::Gate, true);
+        t.record(&report(&mut gate, 10, 1e-4, 1e-4, 0), t0);
+        assert!(!t.snapshot(t0, 2).top.contains_key("gate"));
         assert!(t.snapshot(t0, 0).top.is_empty(), "top=0 lists nothing");
     }
 
