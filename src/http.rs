@@ -18,6 +18,7 @@ use crate::net::gate::{AdmissionVoided, Admit};
 use crate::net::http_sync;
 use crate::net::NodeContext;
 use crate::protocol;
+use crate::telemetry::debug::MAX_TOP;
 use crate::telemetry::metrics::{DebugActors, Scrape};
 
 /// Prometheus text format 0.0.4.
@@ -246,12 +247,28 @@ async fn debug_cluster(req: HttpRequest, node: web::Data<Arc<NodeContext>>) -> H
     HttpResponse::Ok().json(node.cluster.describe())
 }
 
+/// `?top=N`: how many actors of each kind `/debug/actors` lists by mailbox depth, mailbox wait
+/// and busy time (default 10, at most `debug::MAX_TOP`; 0 for none).
+#[derive(serde::Deserialize)]
+struct DebugActorsQuery {
+    top: Option<usize>,
+}
+
+const DEFAULT_TOP: usize = 10;
+
 async fn debug_actors(req: HttpRequest, node: web::Data<Arc<NodeContext>>) -> HttpResponse {
     if let Some(refused) = refuse(&req, &node) {
         return refused;
     }
-    let snapshot = match tokio::time::timeout(SCRAPE_TIMEOUT, node.metrics.send(DebugActors)).await
-    {
+    let top = match web::Query::<DebugActorsQuery>::from_query(req.query_string()) {
+        Ok(q) => q.top.unwrap_or(DEFAULT_TOP).min(MAX_TOP),
+        Err(e) => {
+            return HttpResponse::BadRequest()
+                .json(serde_json::json!({"error": format!("query: {e}")}))
+        }
+    };
+    let ask = node.metrics.send(DebugActors { top });
+    let snapshot = match tokio::time::timeout(SCRAPE_TIMEOUT, ask).await {
         Ok(Ok(s)) => s,
         _ => {
             return HttpResponse::ServiceUnavailable()

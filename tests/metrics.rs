@@ -100,6 +100,8 @@ fn seed_families_types_help_and_content_type() {
         ("topgun_actor_messages_total", "counter"),
         ("topgun_actor_mailbox_depth", "gauge"),
         ("topgun_actor_handle_seconds", "histogram"),
+        ("topgun_actor_mailbox_wait_seconds", "histogram"),
+        ("topgun_actor_dead_letters_total", "counter"),
         ("topgun_actor_restarts_total", "counter"),
         ("topgun_runtime_lag_seconds", "gauge"),
         ("topgun_process_cpu_seconds_total", "counter"),

@@ -68,7 +68,8 @@ pub struct Leave;
 pub struct LinkUp {
     pub node_id: String,
     pub generation: u64,
-    pub link: Addr<PeerConn>,
+    /// Writers send to it through its mailbox (timed, counted); the manager keeps its `addr`.
+    pub link: Mailbox<PeerConn>,
 }
 
 /// An outbound peer connection closed.
@@ -295,7 +296,8 @@ impl ClusterActor {
             retry_log: Throttle::new(WARN_EVERY),
             secret_probe_after: Instant::now() + node.config.cluster_join_timeout,
             secret_probe: Throttle::new(SECRET_PROBE_EVERY),
-            stats: ActorStats::new(ActorKind::Cluster, timed),
+            // Its peer links are of the same kind, named by their peer.
+            stats: ActorStats::new(ActorKind::Cluster, timed).named("membership"),
             log: log.new(slog::o!("actor" => "cluster")),
             metrics,
             report_interval,
@@ -326,8 +328,8 @@ impl ClusterActor {
         }
     }
 
-    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
-        self.stats.depth_counter()
+    pub fn tap(&self) -> crate::telemetry::mailbox::Tap {
+        self.stats.tap()
     }
 
     /// Active members including this node.
@@ -597,7 +599,7 @@ impl ClusterActor {
             if let Some(dial) = self.dialled.remove(&id) {
                 if let Some(link) = &dial.link {
                     self.node.cluster.with_links(|l| {
-                        if l.get(&id) == Some(link) {
+                        if l.get(&id).map(|m| &m.addr) == Some(link) {
                             l.remove(&id);
                         }
                     });
@@ -1508,6 +1510,9 @@ impl Actor for ClusterActor {
     }
 }
 
+// Messages sent through a `Mailbox` arrive wrapped, with the time they were sent.
+crate::telemetry::mailbox::mailbox_handlers!(ClusterActor, stats);
+
 impl StreamHandler<Datagram> for ClusterActor {
     fn handle(&mut self, item: Datagram, ctx: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
@@ -1574,13 +1579,13 @@ impl Handler<LinkUp> for ClusterActor {
         let t0 = self.stats.begin_item();
         match self.dialled.get_mut(&msg.node_id) {
             Some(dial)
-                if dial.handshake.as_ref() == Some(&msg.link)
+                if dial.handshake.as_ref() == Some(&msg.link.addr)
                     && msg.generation >= dial.generation =>
             {
                 dial.generation = msg.generation;
                 dial.handshake = None;
                 dial.attempt = None;
-                dial.link = Some(msg.link.clone());
+                dial.link = Some(msg.link.addr.clone());
                 if dial.reported {
                     let down = dial
                         .down_since
@@ -1615,7 +1620,7 @@ impl Handler<LinkDown> for ClusterActor {
     fn handle(&mut self, msg: LinkDown, ctx: &mut Context<Self>) {
         let t0 = self.stats.begin_item();
         self.node.cluster.with_links(|l| {
-            if l.get(&msg.node_id) == Some(&msg.link) {
+            if l.get(&msg.node_id).map(|m| &m.addr) == Some(&msg.link) {
                 l.remove(&msg.node_id);
             }
         });

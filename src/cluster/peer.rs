@@ -34,6 +34,7 @@ use super::wire::{self, Frame, Hello, Kind, Refused, PEER_MAGIC, PEER_VERSION};
 use crate::queue::actor::TopicPublish;
 use crate::telemetry::event::{ErrField, Event, Shown};
 use crate::telemetry::logging::err_kv;
+use crate::telemetry::mailbox::Mailbox;
 use crate::telemetry::report::Reported;
 use crate::telemetry::report::{ActorKind, ActorStats, StatsOnly};
 
@@ -393,7 +394,9 @@ impl PeerConn {
                 taken,
                 reported_unsent: 0,
                 overflowed: false,
-                stats: ActorStats::new(ActorKind::Cluster, node.config.actor_telemetry),
+                // By its address until the peer's HELLO names it.
+                stats: ActorStats::new(ActorKind::Cluster, node.config.actor_telemetry)
+                    .named(&remote),
                 node,
                 direction,
                 peer: None,
@@ -686,7 +689,11 @@ impl PeerConn {
                 manager.do_send(LinkUp {
                     node_id: node_id.clone(),
                     generation: hello.generation,
-                    link: ctx.address(),
+                    link: Mailbox::new(
+                        ctx.address(),
+                        self.stats.tap(),
+                        self.node.metrics.dead_letters(),
+                    ),
                 });
                 ev::LinkUp {
                     peer: &node_id,
@@ -746,6 +753,7 @@ impl PeerConn {
     /// The handshake is over: frames of any allowed size and every kind are read from now on.
     fn greet(&mut self, hello: Hello) {
         self.log = self.log.new(slog::o!("peer" => hello.node_id.clone()));
+        self.stats.set_name(Arc::from(hello.node_id.as_str()));
         self.peer = Some(hello.node_id);
         self.greeted.set(true);
     }
@@ -1186,6 +1194,9 @@ impl Actor for PeerConn {
             .do_send(Reported(Box::new(StatsOnly(self.stats.take_final()))));
     }
 }
+
+// Writers reach a link through a `Mailbox` (`ClusterState::link`): their messages arrive timed.
+crate::telemetry::mailbox::mailbox_handlers!(PeerConn, stats);
 
 impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerConn {
     fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {

@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use actix::Addr;
-
 use super::catchup::PullLog;
 use super::peer::PeerConn;
 use super::peer_error::PeerError;
@@ -19,6 +17,7 @@ use crate::config::{Placement, WriteAck};
 use crate::protocol::types::Timestamp;
 use crate::shard::fnv::PARTITION_COUNT;
 use crate::shard::hlc::{system_millis, Hlc};
+use crate::telemetry::mailbox::Mailbox;
 use crate::telemetry::throttle::Throttle;
 
 /// A held lock even if a panicking holder poisoned it: the data behind these locks stays
@@ -135,7 +134,7 @@ pub struct ClusterState {
     table: RwLock<Arc<PartitionTable>>,
     /// The version of every new table, for whoever must know (cluster clients get it pushed).
     table_changes: tokio::sync::watch::Sender<u32>,
-    links: RwLock<HashMap<String, Addr<PeerConn>>>,
+    links: RwLock<HashMap<String, Mailbox<PeerConn>>>,
     /// Woken on every change of `links`, so a writer waiting for a link needs no polling.
     links_changed: tokio::sync::Notify,
     /// Members that membership sees alive and that have had no link for longer than the grace
@@ -275,7 +274,7 @@ impl ClusterState {
     }
 
     /// The open link to `node_id`, if its handshake finished.
-    pub fn link(&self, node_id: &str) -> Option<Addr<PeerConn>> {
+    pub fn link(&self, node_id: &str) -> Option<Mailbox<PeerConn>> {
         let links = match self.links.read() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
@@ -285,7 +284,7 @@ impl ClusterState {
 
     /// The link to `node_id`, waiting up to `within` for it while it is a member: right after
     /// a rebalance a new member's link may still be in its handshake.
-    pub async fn wait_link(&self, node_id: &str, within: Duration) -> Option<Addr<PeerConn>> {
+    pub async fn wait_link(&self, node_id: &str, within: Duration) -> Option<Mailbox<PeerConn>> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             // Registered before the check, so a change between the check and the wait wakes it.
@@ -348,7 +347,7 @@ impl ClusterState {
     }
 
     /// Every open link but the ones to `except`.
-    pub fn links_except(&self, except: &[&str]) -> Vec<(String, Addr<PeerConn>)> {
+    pub fn links_except(&self, except: &[&str]) -> Vec<(String, Mailbox<PeerConn>)> {
         let links = match self.links.read() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
@@ -362,7 +361,7 @@ impl ClusterState {
 
     pub(super) fn with_links<R>(
         &self,
-        f: impl FnOnce(&mut HashMap<String, Addr<PeerConn>>) -> R,
+        f: impl FnOnce(&mut HashMap<String, Mailbox<PeerConn>>) -> R,
     ) -> R {
         let out = match self.links.write() {
             Ok(mut l) => f(&mut l),

@@ -1,6 +1,7 @@
 //! What one connection counts between reports, and the report that carries it to the metrics
 //! actor. Plain fields, no atomics: only the connection's own actor touches them.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use slog::Logger;
@@ -36,10 +37,13 @@ pub struct ConnectionTelemetry {
 }
 
 impl ConnectionTelemetry {
-    pub fn new(log: Logger, timed: bool) -> Self {
+    /// `name`: what `/debug/actors` calls the connection (see `ActorStats::set_name`).
+    pub fn new(log: Logger, timed: bool, name: Arc<str>) -> Self {
+        let mut stats = ActorStats::new(ActorKind::Connection, timed);
+        stats.set_name(name);
         ConnectionTelemetry {
             log,
-            stats: ActorStats::new(ActorKind::Connection, timed),
+            stats,
             rate_limit_log: Throttle::new(WARN_INTERVAL),
             invalid_log: Throttle::new(WARN_INTERVAL),
             backpressure_log: Throttle::new(WARN_INTERVAL),

@@ -140,6 +140,13 @@ impl ConnectionActor {
             .log
             .new(slog::o!("actor" => "connection", "clientId" => client_id.clone()));
         let now = Instant::now();
+        // `/debug/actors` names a connection by its clientId once it is authenticated, and by
+        // its address until then.
+        let name = if node.verifier.is_some() {
+            Arc::from(peer.as_str())
+        } else {
+            client_id.clone()
+        };
         ConnectionActor {
             id,
             client_id,
@@ -155,7 +162,7 @@ impl ConnectionActor {
             closing: false,
             device_acked: false,
             frames: 0,
-            tel: ConnectionTelemetry::new(log, node.config.actor_telemetry),
+            tel: ConnectionTelemetry::new(log, node.config.actor_telemetry, name),
             pipeline: Pipeline::default(),
             completions: None,
             writes_submitted: 0,
@@ -169,10 +176,6 @@ impl ConnectionActor {
             wants_partition_map: false,
             node,
         }
-    }
-
-    pub fn depth_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicI64> {
-        self.tel.stats.depth_counter()
     }
 
     fn send_partition_map(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -210,6 +213,7 @@ impl ConnectionActor {
 
     fn authenticated(&mut self, ctx: &mut ws::WebsocketContext<Self>, user_id: Option<String>) {
         self.auth = AuthState::Authenticated;
+        self.tel.stats.set_name(self.client_id.clone());
         self.last_heartbeat = Instant::now();
         self.node.gate.do_send(HandshakeFinished { id: self.id });
         ClientAuthenticated {
@@ -456,11 +460,12 @@ impl Actor for ConnectionActor {
         // The mailbox is the outbound queue (protocol.md 1.4): while the client does not read,
         // this actor is not polled, the mailbox fills and live broadcasts are refused.
         ctx.set_mailbox_capacity(self.node.config.outbound_queue);
-        let mailbox = Mailbox::new(ctx.address(), self.depth_counter());
-        self.outbound = Some(Arc::new(Outbound::new(
-            ctx.address().recipient(),
-            self.depth_counter(),
-        )));
+        let mailbox = Mailbox::new(
+            ctx.address(),
+            self.tel.stats.tap(),
+            self.node.metrics.dead_letters(),
+        );
+        self.outbound = Some(Arc::new(Outbound::new(mailbox.recipient())));
         self.node.gate.do_send(Register {
             id: self.id,
             mailbox,
@@ -515,6 +520,9 @@ impl Actor for ConnectionActor {
         self.report(true);
     }
 }
+
+// Messages sent through a `Mailbox` arrive wrapped, with the time they were sent.
+crate::telemetry::mailbox::mailbox_handlers!(ConnectionActor, tel.stats);
 
 impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
     fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {

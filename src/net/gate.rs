@@ -232,6 +232,9 @@ impl Actor for ConnectionGateActor {
     }
 }
 
+// Messages sent through a `Mailbox` arrive wrapped, with the time they were sent.
+crate::telemetry::mailbox::mailbox_handlers!(ConnectionGateActor, stats);
+
 impl Handler<Admit> for ConnectionGateActor {
     type Result = Result<u64, Refusal>;
 

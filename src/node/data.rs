@@ -24,8 +24,8 @@ use crate::storage::redb::RedbBackend;
 use crate::storage::{Mutation, Recovered};
 use crate::telemetry::event::{Event, Shown};
 use crate::telemetry::lag::LagProbe;
+use crate::telemetry::mailbox::Mailbox;
 use crate::telemetry::metrics::MetricsActor;
-use crate::telemetry::report::Mailbox;
 
 /// Storage, the event queue's stripes and the shards, wired into the data plane.
 pub(super) fn start_data_plane(
@@ -129,9 +129,13 @@ fn start_event_queue(
                 partitioned,
             );
             let queued = actor.queued_counter();
-            let depth = actor.depth_counter();
+            let tap = actor.tap();
             let addr = StripeActor::start_in_arbiter(arbiter, move |_| actor);
-            StripeHandle::new(Mailbox::new(addr, depth), queued, per_stripe)
+            StripeHandle::new(
+                Mailbox::new(addr, tap, metrics.dead_letters()),
+                queued,
+                per_stripe,
+            )
         })
         .collect();
     EventQueue {
@@ -188,14 +192,17 @@ fn start_storage(
         config.report_interval,
         config.actor_telemetry,
     );
-    let depth = actor.depth_counter();
+    let tap = actor.tap();
     let arbiter = Arbiter::new();
     let addr = StorageActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
     let (m, every) = (metrics.clone(), config.report_interval);
     LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
         LagProbe::new("storage", m, every)
     });
-    (Some(Mailbox::new(addr, depth)), recovered)
+    (
+        Some(Mailbox::new(addr, tap, metrics.dead_letters())),
+        recovered,
+    )
 }
 
 /// Splits what storage held by the shard owning each key.
@@ -256,14 +263,14 @@ fn start_shards(
                 log,
                 recovery.next().unwrap_or_default(),
             );
-            let depth = actor.depth_counter();
+            let tap = actor.tap();
             let addr = ShardActor::start_in_arbiter(arbiter, move |_| actor);
             let (m, every) = (metrics.clone(), config.report_interval);
             // `shard-i` is the data thread: shard i and the stripes placed on it.
             LagProbe::start_in_arbiter(arbiter, move |_| {
                 LagProbe::new(format!("shard-{i}"), m, every)
             });
-            Mailbox::new(addr, depth)
+            Mailbox::new(addr, tap, metrics.dead_letters())
         })
         .collect();
     Shards {

@@ -34,8 +34,8 @@ use crate::shard::catalog::MapCatalog;
 use crate::telemetry::event::{ErrField, Event, Shown};
 use crate::telemetry::lag::LagProbe;
 use crate::telemetry::logging::Logging;
+use crate::telemetry::mailbox::{DeadLetters, Mailbox};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
-use crate::telemetry::report::Mailbox;
 
 /// The effective configuration, one line (never a secret: see `AuthMode`'s Debug).
 pub(super) fn announce(config: &Config, log: &Logger) {
@@ -182,20 +182,24 @@ pub(super) fn start_telemetry(
     let write_slots = Arc::new(BatchSlots::new());
     let budget = Arc::new(MemoryBudget::new(super::data::memory_budget(config, log)));
     let maps = Arc::new(MapCatalog::new(config.max_maps));
+    // Node-wide: every mailbox counts what it could not deliver here (see `DeadLetters`).
+    let dead_letters = Arc::new(DeadLetters::default());
     let actor = MetricsActor::new(
         registry,
         log,
         logging.dropped.clone(),
         config.report_interval,
         config.actor_telemetry,
+        dead_letters.clone(),
     )
     .sample_pending_batches(write_slots.gauge())
     .sample_limits(budget.clone(), maps.clone());
-    let depth = actor.depth_counter();
+    let tap = actor.tap();
     let arbiter = Arbiter::new();
     let metrics = Mailbox::new(
         MetricsActor::start_in_arbiter(&arbiter.handle(), move |_| actor),
-        depth,
+        tap,
+        dead_letters,
     );
     let (m, every) = (metrics.clone(), config.report_interval);
     LagProbe::start_in_arbiter(&arbiter.handle(), move |_| {
@@ -230,7 +234,7 @@ impl Gate {
             config.actor_telemetry,
         );
         let ctx = Context::<ConnectionGateActor>::new();
-        let mailbox = Mailbox::new(ctx.address(), actor.stats().depth_counter());
+        let mailbox = Mailbox::new(ctx.address(), actor.stats().tap(), metrics.dead_letters());
         Gate {
             actor,
             ctx,
@@ -368,8 +372,8 @@ pub(super) fn start_cluster(
         config.actor_telemetry,
         data_plane.clone(),
     );
-    let depth = actor.depth_counter();
-    let cluster = Mailbox::new(actor.start(), depth);
+    let tap = actor.tap();
+    let cluster = Mailbox::new(actor.start(), tap, metrics.dead_letters());
     actix_rt::spawn(crate::cluster::peer::accept_peers(
         listener,
         data_plane.clone(),

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::net::gate::{AllClosed, CloseAll, ConnectionGateActor, OpenConnections};
 use crate::storage::actor::{Flush, StorageActor};
 use crate::telemetry::event::{ErrField, Event};
-use crate::telemetry::report::Mailbox;
+use crate::telemetry::mailbox::Mailbox;
 
 /// How long client connections get to close after the 1001 before the server stops anyway.
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);

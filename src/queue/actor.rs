@@ -14,7 +14,7 @@ use slog::Logger;
 use super::events::{StripeDrained, StripeNearFull};
 use crate::telemetry::event::Event;
 
-use super::outbound::Outbound;
+use super::outbound::{Delivered, Outbound};
 use super::subscriptions::{Delivery, Registry, Routed, SubKey};
 use super::{ChangeEvent, ConnId};
 use crate::protocol::{self, ServerMessage, TopicMessage};
@@ -161,8 +161,8 @@ impl StripeActor {
         self.queued.clone()
     }
 
-    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
-        self.stats.depth_counter()
+    pub fn tap(&self) -> crate::telemetry::mailbox::Tap {
+        self.stats.tap()
     }
 
     fn deliver(&mut self, routed: Routed) {
@@ -173,7 +173,7 @@ impl StripeActor {
 
     fn send_to(&mut self, conn: ConnId, delivery: Delivery) {
         if let Some(out) = self.outbound.get(&conn) {
-            if !out.deliver(delivery) {
+            if out.deliver(delivery) == Delivered::Full {
                 self.tel.outbound_dropped += 1;
             }
         }
@@ -262,6 +262,9 @@ impl Actor for StripeActor {
         }
     }
 }
+
+// Messages sent through a `Mailbox` arrive wrapped, with the time they were sent.
+crate::telemetry::mailbox::mailbox_handlers!(StripeActor, stats);
 
 impl Handler<RouteEvents> for StripeActor {
     type Result = ();

@@ -2,12 +2,12 @@
 //! client goes, and the slow-consumer bookkeeping every stripe shares for it. The receiver is
 //! any actor handling [`Deliver`] (the client connection), so the queue knows nothing of
 //! connections.
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use actix::prelude::*;
 
 use super::subscriptions::Delivery;
+use crate::telemetry::mailbox::MailboxRecipient;
 
 /// A live event for one client.
 #[derive(Message)]
@@ -19,44 +19,47 @@ pub struct Deliver(pub Delivery);
 const MAX_CONSECUTIVE_DROPS: u32 = 256;
 
 pub struct Outbound {
-    recipient: Recipient<Deliver>,
-    /// The receiver's mailbox-depth gauge (what is sent and not yet handled).
-    depth: Arc<AtomicI64>,
+    /// The receiver, with a bounded mailbox (the queue): its depth gauge, mailbox waits and
+    /// dead letters count what is sent here.
+    recipient: MailboxRecipient<Deliver>,
     consecutive_drops: AtomicU32,
     evict: AtomicBool,
 }
 
+/// What became of a live broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    Queued,
+    /// The outbound queue was full: dropped (`topgun_outbound_dropped_total`).
+    Full,
+    /// The receiver had stopped (its client left): a dead letter, counted by the mailbox.
+    Gone,
+}
+
 impl Outbound {
-    /// `recipient` with a bounded mailbox (the queue), counted in `depth`.
-    pub fn new(recipient: Recipient<Deliver>, depth: Arc<AtomicI64>) -> Self {
+    pub fn new(recipient: MailboxRecipient<Deliver>) -> Self {
         Outbound {
             recipient,
-            depth,
             consecutive_drops: AtomicU32::new(0),
             evict: AtomicBool::new(false),
         }
     }
 
-    /// A live broadcast: best effort. False when it was dropped (queue full or receiver gone).
-    pub fn deliver(&self, delivery: Delivery) -> bool {
-        self.depth.fetch_add(1, Ordering::Relaxed);
+    /// A live broadcast: best effort.
+    pub fn deliver(&self, delivery: Delivery) -> Delivered {
         match self.recipient.try_send(Deliver(delivery)) {
             Ok(()) => {
                 self.consecutive_drops.store(0, Ordering::Relaxed);
-                true
+                Delivered::Queued
             }
             Err(SendError::Full(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
                 let n = self.consecutive_drops.fetch_add(1, Ordering::Relaxed) + 1;
                 if n >= MAX_CONSECUTIVE_DROPS {
                     self.evict.store(true, Ordering::Relaxed);
                 }
-                false
+                Delivered::Full
             }
-            Err(SendError::Closed(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                false
-            }
+            Err(SendError::Closed(_)) => Delivered::Gone,
         }
     }
 

@@ -301,8 +301,8 @@ impl ShardActor {
         }
     }
 
-    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
-        self.stats.depth_counter()
+    pub fn tap(&self) -> crate::telemetry::mailbox::Tap {
+        self.stats.tap()
     }
 
     fn apply_one(
@@ -511,6 +511,9 @@ impl Actor for ShardActor {
         ctx.run_interval(self.settings.sweep_interval, |act, _| act.sweep());
     }
 }
+
+// Messages sent through a `Mailbox` arrive wrapped, with the time they were sent.
+crate::telemetry::mailbox::mailbox_handlers!(ShardActor, stats);
 
 impl Handler<ApplyOps> for ShardActor {
     type Result = ResponseFuture<Vec<OpOutcome>>;

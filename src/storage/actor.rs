@@ -3,8 +3,6 @@
 //! committed together, in one durable transaction, when the mailbox is drained, when the group
 //! reaches `max_records`, or after `max_delay` at the latest. Each request is answered after
 //! its group's commit, which is when shards release the `OP_ACK`s.
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -92,8 +90,8 @@ impl StorageActor {
         }
     }
 
-    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
-        self.stats.depth_counter()
+    pub fn tap(&self) -> crate::telemetry::mailbox::Tap {
+        self.stats.tap()
     }
 
     fn commit(&mut self, ctx: &mut Context<Self>) {
@@ -179,6 +177,9 @@ impl Actor for StorageActor {
     }
 }
 
+// Messages sent through a `Mailbox` arrive wrapped, with the time they were sent.
+crate::telemetry::mailbox::mailbox_handlers!(StorageActor, stats);
+
 impl Handler<Persist> for StorageActor {
     type Result = ResponseFuture<Result<(), NotDurable>>;
 
@@ -196,7 +197,7 @@ impl Handler<Persist> for StorageActor {
         self.waiting.push(tx);
         // More requests already queued behind this one join the group; an idle mailbox or a
         // full group commits now; otherwise the timer bounds the wait.
-        let queued = self.stats.depth_counter().load(Ordering::Relaxed);
+        let queued = self.stats.depth();
         if queued <= 0 || self.pending.len() >= self.max_records {
             self.commit(ctx);
         } else if self.timer.is_none() {

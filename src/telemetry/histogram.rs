@@ -15,6 +15,13 @@ pub const HANDLE_SECONDS: &[f64] = &[
     1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// Time a message waited in an actor's mailbox: a hand-off to an idle actor on another thread
+/// takes a few microseconds, a backlog milliseconds, an overloaded actor seconds.
+pub const WAIT_SECONDS: &[f64] = &[
+    1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Duration of one durable commit (fsync included): 50 µs … 2.5 s.
 pub const COMMIT_SECONDS: &[f64] = &[
     5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -117,10 +124,18 @@ impl HistogramFamily {
         self.bounds
     }
 
+    /// A series at zero, so that it is exported before its first observation.
+    pub fn declare(&self, label_values: &[&str]) {
+        self.merge_always(label_values, &LocalHistogram::new(self.bounds));
+    }
+
     pub fn merge(&self, label_values: &[&str], delta: &LocalHistogram) {
-        if delta.is_empty() {
-            return;
+        if !delta.is_empty() {
+            self.merge_always(label_values, delta);
         }
+    }
+
+    fn merge_always(&self, label_values: &[&str], delta: &LocalHistogram) {
         let key: Vec<String> = label_values.iter().map(|s| s.to_string()).collect();
         if let Ok(mut series) = self.series.lock() {
             series

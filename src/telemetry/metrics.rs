@@ -20,7 +20,10 @@ use slog::Logger;
 use super::debug::{ActorTable, ActorsSnapshot};
 use super::event::{ErrField, Event, EventInfo};
 use super::events::{ExpositionFailed, MemoryBudgetExceeded, MemoryBudgetRecovered};
-use super::histogram::{HistogramFamily, COMMIT_RECORDS, COMMIT_SECONDS, HANDLE_SECONDS};
+use super::histogram::{
+    HistogramFamily, COMMIT_RECORDS, COMMIT_SECONDS, HANDLE_SECONDS, WAIT_SECONDS,
+};
+use super::mailbox::{mailbox_handlers, DeadLetters};
 use super::report::{ActorKind, ActorStats, Report, Reported, UNBOUNDED_MAILBOX};
 use super::sampled::{resident_bytes, Crossing, SampledBudget, SampledCount};
 use super::summary::SlidingSummary;
@@ -158,6 +161,8 @@ pub struct Metrics {
     pub actor_messages_total: IntCounterVec,
     pub actor_mailbox_depth: IntGaugeVec,
     pub actor_handle_seconds: Arc<HistogramFamily>,
+    pub actor_mailbox_wait_seconds: Arc<HistogramFamily>,
+    pub actor_dead_letters_total: IntCounterVec,
     pub actor_restarts_total: IntCounterVec,
     pub runtime_lag_seconds: GaugeVec,
     pub storage_commit_seconds: Arc<HistogramFamily>,
@@ -461,6 +466,21 @@ impl Metrics {
                 b.collector(h.clone(), "histogram")?;
                 h
             },
+            actor_mailbox_wait_seconds: {
+                let h = Arc::new(HistogramFamily::new(
+                    "topgun_actor_mailbox_wait_seconds",
+                    "Time a message waited in an actor's mailbox before its handler started, by actor kind (messages sent through a mailbox; stream items such as WebSocket frames never wait in one).",
+                    &["actor"],
+                    WAIT_SECONDS,
+                )?);
+                b.collector(h.clone(), "histogram")?;
+                h
+            },
+            actor_dead_letters_total: b.counter_vec(
+                "topgun_actor_dead_letters_total",
+                "Messages sent to an actor that had stopped (or left in its mailbox when it stopped), never handled, by actor kind.",
+                &["actor"],
+            )?,
             actor_restarts_total: b.counter_vec(
                 "topgun_actor_restarts_total",
                 "Supervised actor restarts, by actor kind.",
@@ -541,6 +561,9 @@ impl Metrics {
             m.actor_messages_total.with_label_values(&[kind.label()]);
             m.actor_mailbox_depth.with_label_values(&[kind.label()]);
             m.actor_restarts_total.with_label_values(&[kind.label()]);
+            m.actor_dead_letters_total
+                .with_label_values(&[kind.label()]);
+            m.actor_mailbox_wait_seconds.declare(&[kind.label()]);
         }
         for reason in AUTH_FAILURE_REASONS {
             m.auth_failures_total.with_label_values(&[reason]);
@@ -727,10 +750,12 @@ impl<C: prometheus::core::Collector> prometheus::core::Collector for ArcCollecto
 #[rtype(result = "String")]
 pub struct Scrape;
 
-/// Reads the `/debug/actors` rows.
+/// Reads the `/debug/actors` rows, with the `top` busiest actors of each kind.
 #[derive(Message)]
 #[rtype(result = "ActorsSnapshot")]
-pub struct DebugActors;
+pub struct DebugActors {
+    pub top: usize,
+}
 
 /// Counts a lag probe's measurement (see `telemetry::lag`).
 pub struct LagReport {
@@ -760,6 +785,10 @@ pub struct MetricsActor {
     /// Sampled every [`BUDGET_SAMPLE`] (writes are refused on it), shown at scrape time.
     budget: Option<Arc<dyn SampledBudget>>,
     maps: Option<Arc<dyn SampledCount>>,
+    /// Counted by every mailbox, node-wide; `dead_letters_seen` is what the exported counter
+    /// already holds of them, per kind.
+    dead_letters: Arc<DeadLetters>,
+    dead_letters_seen: [u64; ActorKind::ALL.len()],
 }
 
 /// How often resident memory is measured against the budget: a client writing as fast as it
@@ -773,6 +802,7 @@ impl MetricsActor {
         log_records_dropped: Arc<AtomicU64>,
         report_interval: Duration,
         timed: bool,
+        dead_letters: Arc<DeadLetters>,
     ) -> Self {
         let mut metrics = metrics;
         metrics.actors = ActorTable::new(report_interval);
@@ -786,6 +816,8 @@ impl MetricsActor {
             pending_batches: None,
             budget: None,
             maps: None,
+            dead_letters,
+            dead_letters_seen: [0; ActorKind::ALL.len()],
         }
     }
 
@@ -836,8 +868,23 @@ impl MetricsActor {
         self
     }
 
-    pub fn depth_counter(&self) -> Arc<std::sync::atomic::AtomicI64> {
-        self.stats.depth_counter()
+    pub fn tap(&self) -> super::mailbox::Tap {
+        self.stats.tap()
+    }
+
+    /// Moves `topgun_actor_dead_letters_total` up to what the mailboxes counted.
+    fn sample_dead_letters(&mut self) {
+        for kind in ActorKind::ALL {
+            let now = self.dead_letters.get(kind);
+            let seen = &mut self.dead_letters_seen[kind.index()];
+            if now > *seen {
+                self.metrics
+                    .actor_dead_letters_total
+                    .with_label_values(&[kind.label()])
+                    .inc_by(now - *seen);
+                *seen = now;
+            }
+        }
     }
 
     fn refresh_sampled(&mut self) {
@@ -861,6 +908,7 @@ impl MetricsActor {
         if let Some(maps) = &self.maps {
             self.metrics.maps.set(maps.count() as i64);
         }
+        self.sample_dead_letters();
         let dropped = self.log_records_dropped.load(Ordering::Relaxed);
         if dropped > self.log_records_seen {
             self.metrics
@@ -880,6 +928,8 @@ impl Actor for MetricsActor {
         ctx.run_interval(self.report_interval, |act, _| {
             let delta = act.stats.take();
             delta.apply(&mut act.metrics);
+            act.sample_dead_letters();
+            act.metrics.actors.prune(std::time::Instant::now());
         });
         if self.budget.as_ref().is_some_and(|b| b.limit() > 0) {
             self.sample_budget();
@@ -919,13 +969,18 @@ impl Handler<Scrape> for MetricsActor {
 impl Handler<DebugActors> for MetricsActor {
     type Result = MessageResult<DebugActors>;
 
-    fn handle(&mut self, _: DebugActors, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: DebugActors, _: &mut Context<Self>) -> Self::Result {
         let t0 = self.stats.begin();
-        let snapshot = self.metrics.actors.snapshot(std::time::Instant::now());
+        let snapshot = self
+            .metrics
+            .actors
+            .snapshot(std::time::Instant::now(), msg.top);
         self.stats.end(t0);
         MessageResult(snapshot)
     }
 }
+
+mailbox_handlers!(MetricsActor, stats);
 
 #[cfg(test)]
 mod tests {

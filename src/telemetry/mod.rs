@@ -5,6 +5,7 @@ pub mod events;
 pub mod histogram;
 pub mod lag;
 pub mod logging;
+pub mod mailbox;
 pub mod metrics;
 pub mod report;
 pub mod sampled;

@@ -8,14 +8,14 @@
 //!
 //! Adding an actor kind = a variant of [`ActorKind`] plus a report type implementing [`Report`]
 //! next to the actor; the metrics actor needs no change.
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
-use super::histogram::{LocalHistogram, HANDLE_SECONDS};
+use super::histogram::{LocalHistogram, HANDLE_SECONDS, WAIT_SECONDS};
+use super::mailbox::{Tap, Timed};
 use super::metrics::Metrics;
 
 /// The `actor` label of the per-actor families.
@@ -52,7 +52,16 @@ impl ActorKind {
             ActorKind::Metrics => "metrics",
         }
     }
+
+    /// Position in [`ActorKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
+
+/// Numbers actor instances for `/debug/actors` (connections come and go; a name such as a
+/// peer's node id may be shared by two links). Only taken when an actor starts.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 /// What an actor knows about itself between two reports.
 #[derive(Debug)]
@@ -60,29 +69,41 @@ pub struct ActorStats {
     kind: ActorKind,
     /// Index within a bounded family (shard 0, stripe 1), for the `/debug/actors` rows.
     member: Option<u32>,
+    /// This actor among all of its kind, and what `/debug/actors` calls it (a clientId, a
+    /// peer's node id); `None`: its member name, or its kind's.
+    instance: u64,
+    name: Option<Arc<str>>,
     timed: bool,
     messages: u64,
     handle: LocalHistogram,
+    /// Time between a [`Mailbox`] send and the start of its handler.
+    wait: LocalHistogram,
     depth: Arc<AtomicI64>,
     reported_depth: i64,
     restarts: u64,
-    /// Longest handle time since the last take (the histogram keeps buckets, not the max).
+    /// Longest handle time and mailbox wait since the last take (histograms keep buckets, not
+    /// the max).
     max_handle: f64,
+    max_wait: f64,
 }
 
 impl ActorStats {
-    /// `timed`: measure handle times (the per-actor telemetry switch).
+    /// `timed`: measure handle times and mailbox waits (the per-actor telemetry switch).
     pub fn new(kind: ActorKind, timed: bool) -> Self {
         ActorStats {
             kind,
             member: None,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            name: None,
             timed,
             messages: 0,
             handle: LocalHistogram::new(HANDLE_SECONDS),
+            wait: LocalHistogram::new(WAIT_SECONDS),
             depth: Arc::new(AtomicI64::new(0)),
             reported_depth: 0,
             restarts: 0,
             max_handle: 0.0,
+            max_wait: 0.0,
         }
     }
 
@@ -93,26 +114,60 @@ impl ActorStats {
         self
     }
 
+    /// What `/debug/actors` calls this actor (one of a kind with several, not a member).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(Arc::from(name));
+        self
+    }
+
+    /// What `/debug/actors` calls this actor from its next report on.
+    pub fn set_name(&mut self, name: Arc<str>) {
+        self.name = Some(name);
+    }
+
     pub fn kind(&self) -> ActorKind {
         self.kind
     }
 
-    /// The counter senders bump; pair it with the actor's `Addr` in a [`Mailbox`].
-    pub fn depth_counter(&self) -> Arc<AtomicI64> {
-        self.depth.clone()
+    /// The messages sent and not yet handled (the storage actor groups commits by it).
+    pub fn depth(&self) -> i64 {
+        self.depth.load(Ordering::Relaxed)
     }
 
-    /// Start of a mailbox message: it leaves the mailbox now.
+    /// What senders need: pair it with the actor's `Addr` in a [`Mailbox`].
+    pub fn tap(&self) -> Tap {
+        Tap {
+            depth: self.depth.clone(),
+            timed: self.timed,
+            kind: self.kind,
+        }
+    }
+
+    /// A mailbox message is taken out: it leaves the depth gauge and its wait is recorded.
+    /// Called by the handlers [`mailbox_handlers!`](super::mailbox) declares, before the
+    /// actor's own.
+    #[inline]
+    pub fn received<M>(&mut self, msg: Timed<M>) -> M {
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        if let Some(sent) = msg.sent {
+            let seconds = sent.elapsed().as_secs_f64();
+            self.wait.observe(seconds);
+            self.max_wait = self.max_wait.max(seconds);
+        }
+        msg.msg
+    }
+
+    /// Start of a handler (a mailbox message or a stream item).
     #[inline]
     pub fn begin(&self) -> Option<Instant> {
-        self.depth.fetch_sub(1, Ordering::Relaxed);
-        self.begin_item()
+        self.timed.then(Instant::now)
     }
 
-    /// Start of a stream item (a WebSocket frame): it never was in the mailbox.
+    /// Start of a stream item (a WebSocket frame): the same as [`ActorStats::begin`]; such
+    /// items never were in the mailbox.
     #[inline]
     pub fn begin_item(&self) -> Option<Instant> {
-        self.timed.then(Instant::now)
+        self.begin()
     }
 
     #[inline]
@@ -132,6 +187,7 @@ impl ActorStats {
     pub fn is_dirty(&self) -> bool {
         self.messages > 0
             || self.restarts > 0
+            || !self.wait.is_empty()
             || self.depth.load(Ordering::Relaxed) != self.reported_depth
     }
 
@@ -141,20 +197,31 @@ impl ActorStats {
         let delta = StatsDelta {
             kind: self.kind,
             member: self.member,
+            instance: self.instance,
+            name: self.name.clone(),
             messages: std::mem::take(&mut self.messages),
             handle: self.handle.take(),
             max_handle: std::mem::take(&mut self.max_handle),
+            wait: self.wait.take(),
+            max_wait: std::mem::take(&mut self.max_wait),
+            depth,
             depth_delta: depth - self.reported_depth,
             restarts: std::mem::take(&mut self.restarts),
+            last: false,
+            dead_letters: 0,
         };
         self.reported_depth = depth;
         delta
     }
 
-    /// The last deltas of a stopping actor: its share of the mailbox gauge goes back to 0.
+    /// The last deltas of a stopping actor: its share of the mailbox gauge goes back to 0, and
+    /// what is still in its mailbox will never be handled: dead letters.
     pub fn take_final(&mut self) -> StatsDelta {
         let mut delta = self.take();
         delta.depth_delta -= self.reported_depth;
+        delta.dead_letters = u64::try_from(self.reported_depth).unwrap_or(0);
+        delta.depth = 0;
+        delta.last = true;
         self.reported_depth = 0;
         delta
     }
@@ -165,11 +232,21 @@ impl ActorStats {
 pub struct StatsDelta {
     pub(super) kind: ActorKind,
     pub(super) member: Option<u32>,
+    pub(super) instance: u64,
+    pub(super) name: Option<Arc<str>>,
     pub(super) messages: u64,
     pub(super) handle: LocalHistogram,
     pub(super) max_handle: f64,
+    pub(super) wait: LocalHistogram,
+    pub(super) max_wait: f64,
+    /// The mailbox depth when taken, and its change since the previous take.
+    pub(super) depth: i64,
     pub(super) depth_delta: i64,
     pub(super) restarts: u64,
+    /// The actor's final report: it stopped.
+    pub(super) last: bool,
+    /// Messages left in the mailbox of an actor that stopped.
+    pub(super) dead_letters: u64,
 }
 
 impl StatsDelta {
@@ -191,7 +268,13 @@ impl StatsDelta {
                 .with_label_values(&label)
                 .inc_by(self.restarts);
         }
+        if self.dead_letters > 0 {
+            m.actor_dead_letters_total
+                .with_label_values(&label)
+                .inc_by(self.dead_letters);
+        }
         m.actor_handle_seconds.merge(&label, &self.handle);
+        m.actor_mailbox_wait_seconds.merge(&label, &self.wait);
     }
 }
 
@@ -213,70 +296,4 @@ impl Report for StatsOnly {
     }
 }
 
-/// An `Addr` that counts what it sends into the receiver's mailbox-depth gauge.
-pub struct Mailbox<A: Actor> {
-    pub addr: Addr<A>,
-    depth: Arc<AtomicI64>,
-}
-
-impl<A: Actor> Clone for Mailbox<A> {
-    fn clone(&self) -> Self {
-        Mailbox {
-            addr: self.addr.clone(),
-            depth: self.depth.clone(),
-        }
-    }
-}
-
-impl<A: Actor> Mailbox<A> {
-    pub fn new(addr: Addr<A>, depth: Arc<AtomicI64>) -> Self {
-        Mailbox { addr, depth }
-    }
-
-    /// Control messages the sender must not lose (ignores the mailbox capacity).
-    pub fn do_send<M>(&self, msg: M)
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        A: Handler<M>,
-        A::Context: ToEnvelope<A, M>,
-    {
-        if self.addr.connected() {
-            self.depth.fetch_add(1, Ordering::Relaxed);
-            self.addr.do_send(msg);
-        }
-    }
-
-    /// Client-driven volume: fails when the mailbox is full, which the caller counts.
-    pub fn try_send<M>(&self, msg: M) -> Result<(), SendError<M>>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        A: Handler<M>,
-        A::Context: ToEnvelope<A, M>,
-    {
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        let sent = self.addr.try_send(msg);
-        if sent.is_err() {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-        }
-        sent
-    }
-
-    /// Request/response.
-    pub fn send<M>(&self, msg: M) -> Request<A, M>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        A: Handler<M>,
-        A::Context: ToEnvelope<A, M>,
-    {
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        self.addr.send(msg)
-    }
-}
-
-/// Mailbox capacity for actors whose senders must never be refused (reports, admissions).
-/// `do_send` ignores capacity anyway; this bounds only `send`, far above any real backlog.
-/// (`usize::MAX` overflows inside actix.)
-pub const UNBOUNDED_MAILBOX: usize = 1 << 16;
+pub use super::mailbox::{Mailbox, UNBOUNDED_MAILBOX};
