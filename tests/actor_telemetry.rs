@@ -34,23 +34,6 @@ fn dead_letters(s: &Scrape, actor: &str) -> f64 {
     s.value_or_zero("topgun_actor_dead_letters_total", &[("actor", actor)])
 }
 
-/// One OP_BATCH of `n` puts to `map_name`, acknowledged.
-async fn write_batch(c: &mut Client, map_name: &str, prefix: &str, n: usize) {
-    let t = Ts::new(now_millis(), 0, "w");
-    let ops = (0..n)
-        .map(|i| {
-            put_op(
-                &i.to_string(),
-                map_name,
-                &format!("{prefix}{i}"),
-                (i as u64).into(),
-                &t,
-            )
-        })
-        .collect();
-    c.send_acked(&op_batch(ops)).await;
-}
-
 #[test]
 fn both_families_exist_at_zero_for_every_kind_from_the_start() {
     let node = Node::start();

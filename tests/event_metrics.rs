@@ -19,21 +19,9 @@ fn v(s: &Scrape, name: &str) -> f64 {
     s.value_or_zero(name, &[])
 }
 
-/// Writes `n` new keys of `map_name` in one OP_BATCH and waits for its ack.
-async fn write_batch(c: &mut Client, map_name: &str, prefix: &str, n: usize) {
-    let t = Ts::new(now_millis(), 0, "w");
-    let ops = (0..n)
-        .map(|i| {
-            put_op(
-                &i.to_string(),
-                map_name,
-                &format!("{prefix}{i}"),
-                (i as u64).into(),
-                &t,
-            )
-        })
-        .collect();
-    let replies = c.send_acked(&op_batch(ops)).await;
+/// Writes `n` new keys of `map_name` in one OP_BATCH; nothing but its ack comes back.
+async fn write_alone(c: &mut Client, map_name: &str, prefix: &str, n: usize) {
+    let replies = write_batch(c, map_name, prefix, n).await;
     assert_eq!(replies.len(), 1, "{replies:?}");
 }
 
@@ -157,7 +145,7 @@ async fn connection_rate_per_second_is_the_last_full_second() {
 async fn map_size_items_counts_live_entries() {
     let node = Node::start();
     let mut c = node.authed_client().await;
-    write_batch(&mut c, "inventory", "item", 7).await;
+    write_alone(&mut c, "inventory", "item", 7).await;
     node.wait_metric("topgun_map_size_items", &[("map", "inventory")], 7.0);
     let t = Ts::new(now_millis() + 1, 0, "w");
     c.send_acked(&client_op(remove_op("x", "inventory", "item3", &t)))
@@ -170,7 +158,7 @@ async fn map_size_items_counts_live_entries() {
 async fn ops_total_counts_each_op() {
     let node = Node::start();
     let mut c = node.authed_client().await;
-    write_batch(&mut c, "m", "k", 12).await;
+    write_alone(&mut c, "m", "k", 12).await;
     c.sync_root("m").await;
     c.subscribe("q", "m", map(&[])).await;
     node.wait_metric("topgun_ops_total", &[("type", "PUT"), ("map", "m")], 12.0);
@@ -239,7 +227,7 @@ async fn events_routed_total_one_per_changed_key() {
     let node = Node::start();
     let mut subs = three_subscribers(&node, "watched").await;
     let mut w = node.authed_client().await;
-    write_batch(&mut w, "watched", "k", 1).await;
+    write_alone(&mut w, "watched", "k", 1).await;
     for s in &mut subs {
         s.recv_type("QUERY_UPDATE").await.expect("delivered");
     }
@@ -251,7 +239,7 @@ async fn events_routed_total_one_per_changed_key() {
     );
     assert_eq!(v(&s, "topgun_events_filtered_by_subscription"), 0.0);
 
-    write_batch(&mut w, "watched", "j", 4).await;
+    write_alone(&mut w, "watched", "j", 4).await;
     node.wait_metric("topgun_events_routed_total", &[], 5.0);
     let s = node.scrape();
     assert_eq!(
@@ -265,7 +253,7 @@ async fn events_filtered_by_subscription_when_nobody_watches() {
     let node = Node::start();
     let _subs = three_subscribers(&node, "watched").await;
     let mut w = node.authed_client().await;
-    write_batch(&mut w, "unwatched", "k", 1).await;
+    write_alone(&mut w, "unwatched", "k", 1).await;
     node.wait_metric("topgun_events_filtered_by_subscription", &[], 1.0);
     let s = node.wait_metric("topgun_events_routed_total", &[], 1.0);
     assert_eq!(
@@ -287,8 +275,8 @@ async fn subscribers_per_event_summary_counts_and_quantiles() {
     let mut one = node.authed_client().await;
     one.subscribe("solo", "solo-map", map(&[])).await;
     let mut w = node.authed_client().await;
-    write_batch(&mut w, "watched", "k", 1).await;
-    write_batch(&mut w, "solo-map", "k", 1).await;
+    write_alone(&mut w, "watched", "k", 1).await;
+    write_alone(&mut w, "solo-map", "k", 1).await;
     for s in &mut subs {
         s.recv_type("QUERY_UPDATE").await.unwrap();
     }
@@ -315,7 +303,7 @@ async fn subscribers_per_event_summary_counts_and_quantiles() {
 async fn event_queue_enqueued_total_one_per_applied_write() {
     let node = Node::start();
     let mut w = node.authed_client().await;
-    write_batch(&mut w, "m", "k", 40).await;
+    write_alone(&mut w, "m", "k", 40).await;
     // A stale write changes nothing and is no event.
     let old = Ts::new(1_600_000_000_000, 0, "w");
     w.send_acked(&client_op(put_op("s", "m", "k1", 0.into(), &old)))
@@ -330,7 +318,7 @@ async fn event_queue_dequeued_total_matches_enqueued_at_rest() {
     let _subs = three_subscribers(&node, "m").await;
     let mut w = node.authed_client().await;
     for i in 0..5 {
-        write_batch(&mut w, "m", &format!("b{i}-"), 20).await;
+        write_alone(&mut w, "m", &format!("b{i}-"), 20).await;
     }
     node.wait_metric("topgun_event_queue_dequeued_total", &[], 100.0);
     let s = assert_at_rest(&node);
@@ -348,7 +336,7 @@ async fn event_queue_size_and_capacity_gauges() {
     let s = node.wait_metric("topgun_event_queue_capacity", &[], 400.0);
     assert_eq!(v(&s, "topgun_event_queue_size"), 0.0);
     let mut w = node.authed_client().await;
-    write_batch(&mut w, "m", "k", 50).await;
+    write_alone(&mut w, "m", "k", 50).await;
     let s = assert_at_rest(&node);
     for stripe in ["0", "1", "2", "3"] {
         assert_eq!(
@@ -695,7 +683,7 @@ async fn actor_mailboxes_are_empty_at_rest_and_messages_counted() {
     let _subs = three_subscribers(&node, "m").await;
     let mut w = node.authed_client().await;
     for i in 0..5 {
-        write_batch(&mut w, "m", &format!("b{i}-"), 30).await;
+        write_alone(&mut w, "m", &format!("b{i}-"), 30).await;
     }
     w.sync_root("m").await;
     let s = assert_at_rest(&node);

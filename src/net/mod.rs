@@ -9,8 +9,12 @@ pub mod gate;
 pub mod grouped;
 pub mod http_sync;
 pub mod pipeline;
+pub mod queries;
 pub mod requests;
+pub mod sync;
 pub mod token_bucket;
+pub mod topics;
+pub mod writes;
 
 use std::ops::Deref;
 use std::sync::atomic::AtomicBool;

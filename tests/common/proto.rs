@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rmpv::Value;
 
-use super::{get, map, msg_type, payload, Client, Node, Scrape};
+use super::{get, map, msg_type, now_millis, payload, Client, Node, Scrape};
 
 // ---- shapes ---------------------------------------------------------------------------------
 
@@ -208,6 +208,24 @@ pub fn result_keys(resp: &Value) -> Vec<String> {
 }
 
 // ---- client calls ---------------------------------------------------------------------------
+
+/// Writes `n` new keys `{prefix}{i}` of `map_name` in one OP_BATCH; what came before its ack,
+/// the ack last.
+pub async fn write_batch(c: &mut Client, map_name: &str, prefix: &str, n: usize) -> Vec<Value> {
+    let t = Ts::new(now_millis(), 0, "w");
+    let ops = (0..n)
+        .map(|i| {
+            put_op(
+                &i.to_string(),
+                map_name,
+                &format!("{prefix}{i}"),
+                (i as u64).into(),
+                &t,
+            )
+        })
+        .collect();
+    c.send_acked(&op_batch(ops)).await
+}
 
 impl Client {
     /// Sends a frame and waits for the OP_ACK (skipping live events); returns every message
