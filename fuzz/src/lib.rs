@@ -207,6 +207,7 @@ fn peer_frame(payload: Bytes) {
             if let Ok(done) = wire::decode::<wire::SyncDone>(body) {
                 let asked: Vec<u16> = (0..271).collect();
                 let checked = topgun_node::cluster::gather::check_sync_share(
+                    "fuzz-peer",
                     &done.share,
                     &asked,
                     &done.refused,
