@@ -433,7 +433,7 @@ pub struct Overrides {
     /// How often actors report their telemetry to the metrics actor, ms [default: 1000]
     #[arg(long, env = "TOPGUN_REPORT_INTERVAL_MS")]
     pub report_interval_ms: Option<u64>,
-    /// Per-actor message counts, handle times and mailbox depths [default: true]
+    /// Per-actor handle times and mailbox waits (counts, depths, dead letters: always) [default: true]
     #[arg(long, env = "TOPGUN_ACTOR_TELEMETRY", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
     pub actor_telemetry: Option<bool>,
     /// Distinct `map` label values before further maps fold into "__other__" [default: 1000]

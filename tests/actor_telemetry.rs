@@ -122,7 +122,14 @@ async fn telemetry_off_counts_no_waits() {
 /// stopped is a dead letter, counted instead of vanishing.
 #[tokio::test]
 async fn live_events_for_clients_that_left_are_dead_letters() {
-    let node = Node::start_with(NodeOptions::default().args(&["--event-queue-stripes", "1"]));
+    // A test task starved by a loaded machine must not read its subscribers so slowly that the
+    // node evicts them as slow consumers before their QUERY_RESP: a deep outbound queue.
+    let node = Node::start_with(NodeOptions::default().args(&[
+        "--event-queue-stripes",
+        "1",
+        "--outbound-queue",
+        "8192",
+    ]));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (url, stop) = (node.url(), stop.clone());
@@ -130,7 +137,9 @@ async fn live_events_for_clients_that_left_are_dead_letters() {
             let mut w = Client::connect(&url).await;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                write_batch(&mut w, "feed", &format!("w{i}-"), 200).await;
+                // The same 1,000 keys over and over: every write is a change to route, and a
+                // new subscriber's snapshot stays small.
+                write_batch(&mut w, "feed", &format!("w{}-", i % 5), 200).await;
                 i += 1;
             }
             i
@@ -207,18 +216,26 @@ async fn debug_actors_top_names_the_busiest_connection_by_its_client_id() {
         busy.ping_pong().await;
     }
 
+    // Every actor reports on its own timer: wait until the busy connection's, the quiet
+    // ones' and the shards' reports are all in.
     let deadline = Instant::now() + Duration::from_secs(10);
     let top = loop {
         let (status, body) = debug_get(&node, "/debug/actors?top=3", false);
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let conns = v["top"]["connection"].clone();
-        if conns["byBusy"][0]["id"] == busy_id.as_str() {
+        let conns = &v["top"]["connection"];
+        let shards_busy = v["top"]["shard"]["byBusy"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty());
+        if conns["byBusy"][0]["id"] == busy_id.as_str()
+            && conns["reporting"].as_u64() >= Some(4)
+            && shards_busy
+        {
             break v;
         }
         assert!(
             Instant::now() < deadline,
-            "busiest connection not first: {body}"
+            "busiest connection not first, or reports missing: {body}"
         );
         std::thread::sleep(Duration::from_millis(100));
     };

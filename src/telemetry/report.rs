@@ -6,8 +6,10 @@
 //! registry. So the hot path never touches a shared metric, there is no message per operation,
 //! and a scrape reads only what the metrics actor already holds.
 //!
+//! What senders do (the depth gauge, mailbox waits, dead letters) is in [`super::mailbox`].
+//!
 //! Adding an actor kind = a variant of [`ActorKind`] plus a report type implementing [`Report`]
-//! next to the actor; the metrics actor needs no change.
+//! next to the actor, and `mailbox_handlers!` for it; the metrics actor needs no change.
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,9 +71,10 @@ pub struct ActorStats {
     kind: ActorKind,
     /// Index within a bounded family (shard 0, stripe 1), for the `/debug/actors` rows.
     member: Option<u32>,
-    /// This actor among all of its kind, and what `/debug/actors` calls it (a clientId, a
-    /// peer's node id); `None`: its member name, or its kind's.
+    /// This actor among all of its kind, in `/debug/actors`.
     instance: u64,
+    /// What `/debug/actors` calls it (a clientId, a peer's node id); `None`: its member name,
+    /// or its kind's.
     name: Option<Arc<str>>,
     timed: bool,
     messages: u64,
@@ -215,7 +218,9 @@ impl ActorStats {
     }
 
     /// The last deltas of a stopping actor: its share of the mailbox gauge goes back to 0, and
-    /// what is still in its mailbox will never be handled: dead letters.
+    /// what is still in its mailbox will never be handled: dead letters. (A sender racing the
+    /// stop may find the mailbox closed a moment later and count its message again: a
+    /// nanosecond window, against no count at all.)
     pub fn take_final(&mut self) -> StatsDelta {
         let mut delta = self.take();
         delta.depth_delta -= self.reported_depth;
