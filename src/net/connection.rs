@@ -23,8 +23,8 @@ use super::requests::Completion;
 use super::token_bucket::TokenBucket;
 use super::NodeContext;
 use crate::net::events::{
-    ClientAuthFailed, ClientAuthenticated, ClientConnected, ClientDisconnected, ClientEvicted,
-    ClientRateLimited, InvalidFrame,
+    invalid_frame, ClientAuthFailed, ClientAuthenticated, ClientConnected, ClientDisconnected,
+    ClientEvicted, ClientRateLimited,
 };
 use crate::protocol::{self, ClientMessage, ServerMessage};
 use crate::queue::actor::ConnectionClosed;
@@ -234,7 +234,7 @@ impl ConnectionActor {
         let msg = match protocol::decode(frame) {
             Ok(msg) => msg,
             Err(e) => {
-                InvalidFrame::new(e.code(), &e).emit_on(&mut self.tel);
+                invalid_frame(&mut self.tel, e.code(), &e);
                 self.refuse_undecodable(ctx, frame, &e);
                 return;
             }
@@ -267,8 +267,7 @@ impl ConnectionActor {
                     }
                 }
                 Err(_) => {
-                    InvalidFrame::new("batch_too_large", &"more than 8192 items")
-                        .emit_on(&mut self.tel);
+                    invalid_frame(&mut self.tel, "batch_too_large", &"more than 8192 items");
                     self.send(
                         ctx,
                         &ServerMessage::error(413, "batch exceeds maximum inner item count"),
@@ -284,11 +283,11 @@ impl ConnectionActor {
     fn on_batch_item(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: &[u8]) {
         match protocol::decode(item) {
             Ok(ClientMessage::Batch(_)) => {
-                InvalidFrame::new("malformed", &"BATCH nested in BATCH").emit_on(&mut self.tel)
+                invalid_frame(&mut self.tel, "malformed", &"BATCH nested in BATCH")
             }
             Ok(msg) => self.dispatch(ctx, msg),
             Err(e) => {
-                InvalidFrame::new(e.code(), &e).emit_on(&mut self.tel);
+                invalid_frame(&mut self.tel, e.code(), &e);
                 self.refuse_undecodable(ctx, item, &e);
             }
         }
@@ -318,7 +317,7 @@ impl ConnectionActor {
         let ClientMessage::Auth(auth) = msg else {
             // protocol.md 3.3: before AUTH every other frame (PING and DEVICE_HELLO too) is
             // dropped.
-            InvalidFrame::new("before_auth", &msg.tag()).emit_on(&mut self.tel);
+            invalid_frame(&mut self.tel, "before_auth", &msg.tag());
             return;
         };
         let Some(verifier) = &self.node.verifier else {
@@ -416,8 +415,7 @@ impl ConnectionActor {
                 if !binary {
                     // Text messages are ignored whole (protocol.md 1.2); its later fragments
                     // find no buffer and are skipped.
-                    InvalidFrame::new("text_frame", &"fragmented text message")
-                        .emit_on(&mut self.tel);
+                    invalid_frame(&mut self.tel, "text_frame", &"fragmented text message");
                     self.fragments = None;
                     return;
                 }
@@ -434,8 +432,11 @@ impl ConnectionActor {
             .is_some_and(|b| b.len() > self.node.config.max_frame_bytes);
         if too_big {
             self.fragments = None;
-            InvalidFrame::new("frame_too_large", &"fragmented message over the limit")
-                .emit_on(&mut self.tel);
+            invalid_frame(
+                &mut self.tel,
+                "frame_too_large",
+                &"fragmented message over the limit",
+            );
             self.close(ctx, CLOSE_TOO_BIG);
             return;
         }
@@ -538,9 +539,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                 }
             }
             Ok(ws::Message::Continuation(item)) => self.on_continuation(ctx, item),
-            Ok(ws::Message::Text(_)) => {
-                InvalidFrame::new("text_frame", &"text frame").emit_on(&mut self.tel)
-            }
+            Ok(ws::Message::Text(_)) => invalid_frame(&mut self.tel, "text_frame", &"text frame"),
             Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
@@ -557,8 +556,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                 ctx.stop();
             }
             Err(ProtocolError::Overflow) => {
-                InvalidFrame::new("frame_too_large", &"message over the limit")
-                    .emit_on(&mut self.tel);
+                invalid_frame(&mut self.tel, "frame_too_large", &"message over the limit");
                 self.close(ctx, CLOSE_TOO_BIG);
             }
             // actix-web-actors reports two different things as `Io`: a text frame that is not
@@ -566,8 +564,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
             // failing under the stream (the client vanished without a Close: a disconnect,
             // not a bad frame, and there is no one left to send a Close to).
             Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
-                InvalidFrame::new("text_frame", &"text frame that is not UTF-8")
-                    .emit_on(&mut self.tel)
+                invalid_frame(&mut self.tel, "text_frame", &"text frame that is not UTF-8")
             }
             Err(ProtocolError::Io(_)) => {
                 if !self.closing {
@@ -581,7 +578,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for ConnectionActor {
                 ctx.stop();
             }
             Err(e) => {
-                InvalidFrame::new("protocol_error", &e).emit_on(&mut self.tel);
+                invalid_frame(&mut self.tel, "protocol_error", &e);
                 self.close(ctx, CLOSE_PROTOCOL);
             }
         }

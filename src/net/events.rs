@@ -86,7 +86,7 @@ impl ClientAuthFailed {
     pub fn new(reason: &'static str) -> Self {
         ClientAuthFailed {
             reason,
-            err: ErrField::new(
+            err: ErrField::fixed(
                 reason,
                 "the client's AUTH was refused or did not come in time",
             ),
@@ -121,21 +121,24 @@ impl ClientDisconnected {
     }
 }
 
-impl InvalidFrame {
-    pub fn new(reason: &'static str, detail: &dyn std::fmt::Display) -> Self {
-        InvalidFrame {
-            reason,
-            suppressed: 0,
-            err: ErrField::new(reason, detail),
-        }
+/// Counts an [`InvalidFrame`]; its line (and the text of `detail`) only when it is written.
+pub fn invalid_frame(
+    t: &mut ConnectionTelemetry,
+    reason: &'static str,
+    detail: &dyn std::fmt::Display,
+) {
+    t.count_invalid(reason);
+    let suppressed = t.invalid_log.check(Instant::now());
+    let err = match suppressed {
+        Some(_) => ErrField::new(reason, detail),
+        None => ErrField::default(),
+    };
+    InvalidFrame {
+        reason,
+        suppressed: suppressed.unwrap_or(0),
+        err,
     }
-
-    pub fn emit_on(mut self, t: &mut ConnectionTelemetry) {
-        t.count_invalid(self.reason);
-        let suppressed = t.invalid_log.check(Instant::now());
-        self.suppressed = suppressed.unwrap_or(0);
-        self.emit_if(&t.log, suppressed.is_some());
-    }
+    .emit_if(&t.log, suppressed.is_some());
 }
 
 impl ClientRateLimited {
@@ -144,7 +147,7 @@ impl ClientRateLimited {
         let suppressed = t.rate_limit_log.check(Instant::now());
         ClientRateLimited {
             suppressed: suppressed.unwrap_or(0),
-            err: ErrField::new("rate_limited", "the connection's token bucket is empty"),
+            err: ErrField::fixed("rate_limited", "the connection's token bucket is empty"),
             ..self
         }
         .emit_if(&t.log, suppressed.is_some());

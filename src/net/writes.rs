@@ -71,7 +71,7 @@ impl ConnectionActor {
                     ops: ops.len(),
                     timeout_ms: timeout.as_millis() as u64,
                     suppressed: suppressed.unwrap_or(0),
-                    err: ErrField::new("backpressure_timeout", "no pending-batch slot in time"),
+                    err: ErrField::fixed("backpressure_timeout", "no pending-batch slot in time"),
                 }
                 .emit_if(&act.tel.log, suppressed.is_some());
                 let reply = ServerMessage::error(

@@ -125,7 +125,7 @@ fn start_watchdog(limit: Duration, log: Logger) {
             std::thread::sleep(limit);
             ev::ShutdownTimedOut {
                 limit_ms: limit.as_millis() as u64,
-                err: ErrField::new("shutdown_timeout", "a shutdown step did not finish in time"),
+                err: ErrField::fixed("shutdown_timeout", "a shutdown step did not finish in time"),
             }
             .emit(&log);
             std::thread::sleep(Duration::from_millis(200));

@@ -400,7 +400,10 @@ impl ShardActor {
                     rejected: refused,
                     capacity: stripe.capacity(),
                     suppressed: suppressed.unwrap_or(0),
-                    err: ErrField::new("event_queue_full", "the stripe has no room for the events"),
+                    err: ErrField::fixed(
+                        "event_queue_full",
+                        "the stripe has no room for the events",
+                    ),
                 }
                 .emit_if(&self.log, suppressed.is_some());
             }

@@ -95,14 +95,23 @@ pub trait Event: Sized {
 pub struct ErrField {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub message: String,
+    /// Borrowed when it is fixed text: a flood of a throttled event allocates nothing.
+    pub message: std::borrow::Cow<'static, str>,
 }
 
 impl ErrField {
     pub fn new(kind: &'static str, message: impl fmt::Display) -> ErrField {
         ErrField {
             kind,
-            message: message.to_string(),
+            message: message.to_string().into(),
+        }
+    }
+
+    /// An error whose message is fixed text.
+    pub fn fixed(kind: &'static str, message: &'static str) -> ErrField {
+        ErrField {
+            kind,
+            message: message.into(),
         }
     }
 }

@@ -844,7 +844,7 @@ impl MetricsActor {
                 MemoryBudgetExceeded {
                     used_bytes: used,
                     budget_bytes: budget.limit(),
-                    err: ErrField::new(
+                    err: ErrField::fixed(
                         "memory_budget_exceeded",
                         "resident memory reached --max-memory",
                     ),

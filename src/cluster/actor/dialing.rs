@@ -143,7 +143,7 @@ impl ClusterActor {
                 peer: id,
                 down_for_ms: now.duration_since(since).as_millis() as u64,
                 suppressed: suppressed.unwrap_or(0),
-                err: ErrField::new(
+                err: ErrField::fixed(
                     "link_missing",
                     "no node-to-node connection to a live member",
                 ),

@@ -235,7 +235,7 @@ impl ClusterActor {
                         peer: &member.node_id,
                         addr: Shown(&member.addr),
                         own_addr: Shown(&self.identity.addr),
-                        err: ErrField::new(
+                        err: ErrField::fixed(
                             "node_id_clash",
                             "another member announces this node's id",
                         ),
@@ -257,7 +257,7 @@ impl ClusterActor {
                     addr: Shown(&id.addr),
                     generation: id.generation,
                     members: self.members(),
-                    err: ErrField::new(
+                    err: ErrField::fixed(
                         "member_down",
                         "the member stopped answering probes and was declared down",
                     ),
@@ -295,7 +295,7 @@ impl ClusterActor {
                     generation: id.generation,
                     previous_generation: self.identity.generation,
                     members: self.members(),
-                    err: ErrField::new(
+                    err: ErrField::fixed(
                         "declared_down",
                         "the other members had declared this node down",
                     ),
@@ -325,7 +325,7 @@ impl ClusterActor {
             }
             Change::Defunct => {
                 ev::MembershipDefunct {
-                    err: ErrField::new("defunct", "the other members declared this node down"),
+                    err: ErrField::fixed("defunct", "the other members declared this node down"),
                 }
                 .emit(&self.log);
             }
@@ -535,7 +535,7 @@ impl ClusterActor {
             reason,
             bytes: len,
             suppressed: suppressed.unwrap_or(0),
-            err: ErrField::new(reason, "the datagram was dropped"),
+            err: ErrField::fixed(reason, "the datagram was dropped"),
         }
         .emit_if(&self.log, suppressed.is_some());
     }

@@ -385,7 +385,7 @@ impl Actor for ClusterActor {
                         waited_ms: wait.as_millis() as u64,
                         seeds: act.seeds.join(","),
                         members: act.members(),
-                        err: ErrField::new(
+                        err: ErrField::fixed(
                             "join_timeout",
                             "no partition table with data pulled within the join timeout",
                         ),
