@@ -66,7 +66,9 @@ where
 
     fn handle(&mut self, msg: Timed<M>, ctx: &mut Context<Self>) -> Self::Result {
         let msg = self.stats.received(msg);
-        Forward(<Sink as Handler<M>>::handle(self, msg, ctx))
+        let answer = <Sink as Handler<M>>::handle(self, msg, ctx);
+        self.stats.handled();
+        Forward(answer)
     }
 }
 

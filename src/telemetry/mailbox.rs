@@ -73,9 +73,9 @@ macro_rules! mailbox_handlers {
                 ctx: &mut <$actor as ::actix::Actor>::Context,
             ) -> Self::Result {
                 let msg = self.$($stats).+.received(msg);
-                $crate::telemetry::mailbox::Forward(<$actor as ::actix::Handler<M>>::handle(
-                    self, msg, ctx,
-                ))
+                let answer = <$actor as ::actix::Handler<M>>::handle(self, msg, ctx);
+                self.$($stats).+.handled();
+                $crate::telemetry::mailbox::Forward(answer)
             }
         }
     };
