@@ -55,7 +55,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use rmpv::Value;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;

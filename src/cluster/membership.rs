@@ -686,7 +686,7 @@ mod tests {
 
     #[test]
     fn config_is_accepted_by_foca() {
-        let rng = <rand_foca::rngs::StdRng as rand_foca::SeedableRng>::seed_from_u64(1);
+        let rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
         let mut foca = foca::Foca::new(
             id("a", 1, 1),
             foca_config(Duration::from_millis(200)),

@@ -27,8 +27,8 @@ use foca::{
     AccumulatingRuntime, Codec, Foca, Message as FocaMessage, NoCustomBroadcast, OwnedNotification,
     State, Timer,
 };
-use rand_foca::rngs::StdRng;
-use rand_foca::SeedableRng;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use slog::{debug, Logger};
 use tokio::net::UdpSocket;
 
