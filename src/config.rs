@@ -396,6 +396,17 @@ pub struct Overrides {
     /// Serve /metrics on this port instead of the client port
     #[arg(long, env = "TOPGUN_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// PEM certificate chain of the client port: clients connect with wss:// and https://
+    /// (with --tls-key)
+    #[arg(long, env = "TOPGUN_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "TOPGUN_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the client TLS files are checked for a change and reloaded (0: only on SIGHUP)
+    /// [default: 10000]
+    #[arg(long, env = "TOPGUN_TLS_RELOAD_INTERVAL_MS")]
+    pub tls_reload_interval_ms: Option<u64>,
 
     /// redb (durable, default) or memory (alias: null)
     #[arg(long, env = "STORAGE_BACKEND")]
@@ -558,6 +569,10 @@ pub struct Config {
     pub cluster_insecure: bool,
     /// `None`: peer links are plain TCP.
     pub cluster_tls: Option<TlsFiles>,
+    /// `None`: the client port speaks plain HTTP and WebSocket.
+    pub client_tls: Option<ClientTlsFiles>,
+    /// `None`: the client TLS files are reloaded on SIGHUP only.
+    pub tls_reload_interval: Option<Duration>,
     /// Unsent bytes one peer link may hold before it is cut off.
     pub cluster_link_buffer: usize,
     /// `None`: no anti-entropy rounds.
@@ -766,6 +781,32 @@ fn tls_files(
     }
 }
 
+/// The client port's certificate and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Client TLS needs both files, or neither.
+fn client_tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<ClientTlsFiles>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(ClientTlsFiles { cert, key })),
+        (cert, _) => Err(ConfigError::invalid(
+            if cert.is_none() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            },
+            "client TLS needs a certificate and its key together (--tls-cert, --tls-key)",
+        )),
+    }
+}
+
 /// The bearer token of the `/debug/*` endpoints. Its `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DebugToken(String);
@@ -870,6 +911,8 @@ impl Default for Config {
             cluster_secret: None,
             cluster_insecure: false,
             cluster_tls: None,
+            client_tls: None,
+            tls_reload_interval: Some(Duration::from_millis(10_000)),
             cluster_link_buffer: 64 << 20,
             anti_entropy_interval: Some(Duration::from_secs(30)),
         }
@@ -970,6 +1013,15 @@ impl Config {
                 cli.cluster_tls_key.or(file.cluster_tls_key),
                 cli.cluster_tls_ca.or(file.cluster_tls_ca),
             )?,
+            client_tls: client_tls_files(
+                cli.tls_cert.or(file.tls_cert),
+                cli.tls_key.or(file.tls_key),
+            )?,
+            tls_reload_interval: match cli.tls_reload_interval_ms.or(file.tls_reload_interval_ms) {
+                Some(0) => None,
+                Some(n) => Some(ms(n)),
+                None => d.tls_reload_interval,
+            },
             cluster_link_buffer: pick!(cluster_link_buffer_bytes, d.cluster_link_buffer),
             anti_entropy_interval: match cli
                 .anti_entropy_interval_ms

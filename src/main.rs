@@ -41,6 +41,6 @@ fn main() -> ExitCode {
     };
     match node::run(config, logging, node_id) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, e.code(), 1),
+        Err(e) => fail(&e, e.code(), e.exit_code()),
     }
 }

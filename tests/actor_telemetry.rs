@@ -15,7 +15,7 @@ use common::*;
 
 const TOKEN: &str = "actor-telemetry-debug-token";
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "connection",
     "gate",
     "shard",
@@ -23,6 +23,7 @@ const KINDS: [&str; 7] = [
     "cluster",
     "storage",
     "metrics",
+    "tls",
 ];
 
 fn wait_count(s: &Scrape, actor: &str) -> f64 {

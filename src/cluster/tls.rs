@@ -20,9 +20,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use crate::config::TlsFiles;
 
-/// Why the TLS files could not be used; the node does not start.
+/// A PEM file that cannot serve: unreadable, or without what it should hold. Shared with the
+/// client port's TLS, whose files are read the same way.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub enum PemError {
     #[error("cannot read {what} {path}: {source}")]
     Read {
         what: &'static str,
@@ -35,6 +36,13 @@ pub enum TlsError {
         path: std::path::PathBuf,
         expected: &'static str,
     },
+}
+
+/// Why the TLS files could not be used; the node does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("cannot use the cluster TLS files: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("cannot use the cluster CA: {0}")]
@@ -44,8 +52,8 @@ pub enum TlsError {
 impl TlsError {
     pub fn code(&self) -> &'static str {
         match self {
-            TlsError::Read { .. } => "cluster_tls_unreadable",
-            TlsError::Empty { .. } => "cluster_tls_empty",
+            TlsError::Pem(PemError::Read { .. }) => "cluster_tls_unreadable",
+            TlsError::Pem(PemError::Empty { .. }) => "cluster_tls_empty",
             TlsError::Rustls(_) | TlsError::Verifier(_) => "cluster_tls_invalid",
         }
     }
@@ -65,11 +73,7 @@ impl ClusterTls {
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = read_certs("certificate", &files.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Read {
-            what: "key",
-            path: files.key.clone(),
-            source,
-        })?;
+        let key = read_key(&files.key)?;
         let mut roots = RootCertStore::empty();
         for ca in read_certs("CA", &files.ca)? {
             roots.add(ca)?;
@@ -119,22 +123,42 @@ impl ClusterTls {
     }
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file, in order (a chain: the end entity first).
+pub fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Read {
+        .map_err(|source| PemError::Read {
             what,
             path: path.to_owned(),
             source,
         })?;
     if certs.is_empty() {
-        return Err(TlsError::Empty {
+        return Err(PemError::Empty {
             what,
             path: path.to_owned(),
             expected: "CERTIFICATE",
         });
     }
     Ok(certs)
+}
+
+/// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => PemError::Empty {
+            what: "key",
+            path: path.to_owned(),
+            expected: "PRIVATE KEY",
+        },
+        source => PemError::Read {
+            what: "key",
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 /// The WebPKI verification of the peer's chain against the cluster CA, without its names.

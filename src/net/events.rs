@@ -68,6 +68,26 @@ events! {
     Info ClosingClients = "closing_clients", "closing client connections" {
         connections: usize => "connections",
     }
+    /// The client TLS certificate was read again (SIGHUP or changed files); new handshakes
+    /// present it, open connections keep theirs.
+    Info TlsReloaded<'a> = "tls_reloaded", "client TLS certificate reloaded" {
+        cause: &'static str => "cause",
+        cert: &'a str => "cert",
+    }
+    /// The files could not be used; the certificate in use stays.
+    Error TlsReloadFailed = "tls_reload_failed", "client TLS reload failed; the certificate in use stays" {
+        cause: &'static str => "cause",
+        err: ErrField => "err",
+    }
+    /// Client TLS handshakes that failed since the last such line, by reason (at most one
+    /// line per 10 s).
+    Warning TlsHandshakesFailed = "tls_handshakes_failed", "client TLS handshakes failed" {
+        plaintext: u64 => "plaintext",
+        handshake: u64 => "handshake",
+        timeout: u64 => "timeout",
+        suppressed: u64 => "suppressed",
+        err: ErrField => "err",
+    }
 }
 
 impl ClientConnected<'_> {

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod queries;
 pub mod requests;
 pub mod sync;
+pub mod tls;
 pub mod token_bucket;
 pub mod topics;
 pub mod writes;

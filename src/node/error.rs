@@ -27,6 +27,8 @@ pub enum StartError {
     Runtime(#[from] std::io::Error),
     #[error("cluster TLS: {0}")]
     ClusterTls(#[from] crate::cluster::tls::TlsError),
+    #[error("client TLS: {0}")]
+    ClientTls(#[from] crate::net::tls::ClientTlsError),
 }
 
 impl StartError {
@@ -41,6 +43,16 @@ impl StartError {
             StartError::Metrics(_) => "metrics_registry",
             StartError::Runtime(_) => "runtime",
             StartError::ClusterTls(e) => e.code(),
+            StartError::ClientTls(e) => e.code(),
+        }
+    }
+
+    /// The process's exit status: 2 when files the operator named cannot be used (like a bad
+    /// setting, which never gets this far), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::ClusterTls(_) | StartError::ClientTls(_) => 2,
+            _ => 1,
         }
     }
 }

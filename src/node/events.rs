@@ -50,6 +50,15 @@ events! {
         cert: Shown<'a> => "cert",
         ca: Shown<'a> => "ca",
     }
+    Info ClientTlsOn<'a> = "client_tls_on",
+        "client port serves TLS (wss://, https://); SIGHUP or changed files reload the certificate" {
+        cert: Shown<'a> => "cert",
+        reload_interval_ms: u64 => "reloadIntervalMs",
+    }
+    /// SIGHUP: what it reloads (`reloads` empty: nothing is configured to reload).
+    Info ReloadRequested = "reload_requested", "reload requested (SIGHUP)" {
+        reloads: &'static str => "reloads",
+    }
     /// `budget_bytes` 0 and `source` why: `configured` off or `unknown machine memory`.
     Info MemoryBudgetSet = "memory_budget", "memory budget" {
         budget_bytes: u64 => "budgetBytes",

@@ -57,6 +57,12 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         .as_ref()
         .map(crate::cluster::tls::ClusterTls::load)
         .transpose()?;
+    let client_tls = config
+        .client_tls
+        .as_ref()
+        .map(crate::net::tls::ClientTls::load)
+        .transpose()?
+        .map(Arc::new);
     let identity = services::cluster_identity(&config, &node_id, &ports)?;
 
     // The actors, each step starting what the next one needs.
@@ -85,6 +91,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         &telemetry.metrics,
         ports.client,
         ports.metrics,
+        client_tls.as_deref(),
     )?;
 
     // Both ports are bound: nothing can fail half-started any more.
@@ -100,6 +107,9 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         ports.cluster,
         &data_plane,
     )?;
+    let tls_reloads =
+        client_tls.map(|tls| services::start_tls_reloads(&config, &log, &telemetry.metrics, tls));
+    services::reload_on_hangup(&log, tls_reloads)?;
     LagProbe::new("main", telemetry.metrics.clone(), config.report_interval).start();
     let (port, metrics_port) = (http.port, http.metrics_port);
     services::print_ports(&config, port, ports.cluster.port(), metrics_port);

@@ -8,7 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::dev::{Server, ServerHandle};
+use actix_http::body::MessageBody;
+use actix_http::{HttpService, KeepAlive, Request, TlsAcceptorConfig};
+use actix_service::{
+    fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt,
+};
+use actix_tls::accept::TlsError as AcceptError;
+use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use slog::Logger;
 
@@ -29,6 +35,7 @@ use crate::data::slots::BatchSlots;
 use crate::http;
 use crate::net::auth::Verifier;
 use crate::net::gate::{ConnectionGateActor, PartitionTableChanged};
+use crate::net::tls::{self, ClientTls};
 use crate::net::NodeContext;
 use crate::shard::catalog::MapCatalog;
 use crate::telemetry::event::{ErrField, Event, Shown};
@@ -273,27 +280,33 @@ impl HttpServers {
         metrics: &Mailbox<MetricsActor>,
         client: std::net::TcpListener,
         metrics_listener: Option<std::net::TcpListener>,
+        client_tls: Option<&ClientTls>,
     ) -> Result<HttpServers, StartError> {
         let with_metrics = metrics_listener.is_none();
+        let port = client.local_addr().map_or(config.port, |a| a.port());
         let data = web::Data::new(node.clone());
         let worker_number = Arc::new(AtomicUsize::new(0));
         let max_body = config.max_frame_bytes;
-        let client = {
+        let client_app = {
             let (data, metrics, every) = (data.clone(), metrics.clone(), config.report_interval);
-            HttpServer::new(move || {
+            move || {
                 start_worker_probe(&worker_number, &metrics, every);
                 App::new()
                     .app_data(data.clone())
                     // POST /sync bodies may be as large as a frame (protocol.md 1.4).
                     .app_data(web::PayloadConfig::new(max_body))
                     .configure(|c| http::client_routes(c, with_metrics))
-            })
-            .workers(config.workers)
-            .disable_signals()
-            .shutdown_timeout(3)
-            .listen(client)?
+            }
         };
-        let port = client.addrs().first().map_or(config.port, |a| a.port());
+        let client = match client_tls {
+            None => HttpServer::new(client_app)
+                .workers(config.workers)
+                .disable_signals()
+                .shutdown_timeout(3)
+                .listen(client)?
+                .run(),
+            Some(tls) => tls_server(config, client, client_app, tls)?,
+        };
         let metrics = match metrics_listener {
             None => None,
             Some(listener) => Some(
@@ -312,7 +325,7 @@ impl HttpServers {
             .as_ref()
             .and_then(|s| s.addrs().first().map(|a| a.port()));
         Ok(HttpServers {
-            client: client.run(),
+            client,
             metrics: metrics.map(HttpServer::run),
             port,
             metrics_port,
@@ -328,6 +341,62 @@ impl HttpServers {
         }
         handles
     }
+}
+
+/// The client server with TLS: what `HttpServer::listen_rustls_0_23` builds, with each
+/// connection screened before its handshake ([`tls::screen`]: plain text gets a 400) and
+/// failed handshakes counted.
+fn tls_server<F, I, S, B>(
+    config: &Config,
+    listener: std::net::TcpListener,
+    client_app: F,
+    tls: &ClientTls,
+) -> Result<Server, StartError>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<actix_http::Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let server_config = (*tls.server_config).clone();
+    let tally = tls.tally.clone();
+    let server = actix_server::Server::build()
+        .workers(config.workers)
+        .disable_signals()
+        .shutdown_timeout(3)
+        .listen("topgun-client-tls", listener, move || {
+            let screened = {
+                let tally = tally.clone();
+                fn_service(move |io: actix_rt::net::TcpStream| tls::screen(io, tally.clone()))
+            };
+            let app = client_app()
+                .into_factory()
+                .map_err(|err| err.into().error_response());
+            // actix-web's `HttpServer` defaults.
+            let https = HttpService::build()
+                .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .finish(map_config(app, |_| AppConfig::default()))
+                .rustls_0_23_with_config(
+                    server_config.clone(),
+                    TlsAcceptorConfig::default().handshake_timeout(tls::HANDSHAKE_TIMEOUT),
+                );
+            let tally = tally.clone();
+            screened.and_then(https.map_err(move |e| match e {
+                AcceptError::Timeout => tally.timed_out(),
+                AcceptError::Tls(_) => tally.handshake_failed(),
+                // A request that went wrong after the handshake: HTTP's business, not TLS's.
+                AcceptError::Service(_) => {}
+            }))
+        })?
+        .run();
+    Ok(server)
 }
 
 /// Each HTTP worker thread is an arbiter hosting connection actors; give it a lag probe once.
@@ -400,4 +469,54 @@ pub(super) fn print_ports(
         }
     }
     let _ = out.flush();
+}
+
+/// Starts the client TLS reloader, which also checks the files for changes if
+/// `--tls-reload-interval-ms` is not 0.
+pub(super) fn start_tls_reloads(
+    config: &Config,
+    log: &Logger,
+    metrics: &Mailbox<MetricsActor>,
+    tls: Arc<ClientTls>,
+) -> Mailbox<tls::TlsActor> {
+    ev::ClientTlsOn {
+        cert: Shown(&tls.cert_path().display()),
+        reload_interval_ms: config
+            .tls_reload_interval
+            .map_or(0, |d| d.as_millis() as u64),
+    }
+    .emit(log);
+    let actor = tls::TlsActor::new(
+        tls,
+        log,
+        metrics.clone(),
+        config.report_interval,
+        config.tls_reload_interval,
+        config.actor_telemetry,
+    );
+    let tap = actor.stats().tap();
+    Mailbox::new(actor.start(), tap, metrics.dead_letters())
+}
+
+/// SIGHUP reloads what can be reloaded (the client TLS files) instead of ending the process,
+/// its default.
+pub(super) fn reload_on_hangup(
+    log: &Logger,
+    tls: Option<Mailbox<tls::TlsActor>>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let log = log.clone();
+    actix_rt::spawn(async move {
+        while hangup.recv().await.is_some() {
+            ev::ReloadRequested {
+                reloads: if tls.is_some() { "client_tls" } else { "" },
+            }
+            .emit(&log);
+            if let Some(tls) = &tls {
+                tls.do_send(tls::Reload(tls::ReloadCause::Signal));
+            }
+        }
+    });
+    Ok(())
 }

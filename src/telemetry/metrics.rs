@@ -74,6 +74,11 @@ pub const INVALID_MESSAGE_REASONS: &[&str] = &[
 /// write ops refused node-wide (`--max-memory`, `--max-maps`).
 pub const LIMITS: &[&str] = &["live_queries", "topics", "live_window", "memory", "maps"];
 
+/// Why a client TLS handshake failed (`topgun_tls_handshake_failures_total{reason}`): plain
+/// text sent to the TLS port (answered with a 400), a handshake rustls refused, or no
+/// handshake in time.
+pub const TLS_HANDSHAKE_FAILURES: [&str; 3] = ["plaintext", "handshake", "timeout"];
+
 /// Why the node closed a connection, or saw it closed (`topgun_connections_closed_total`).
 pub const CLOSE_REASONS: &[&str] = &[
     "client",
@@ -125,6 +130,8 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     pub invalid_messages_total: IntCounterVec,
     pub limits_exceeded_total: IntCounterVec,
+    pub tls_reloads_total: IntCounterVec,
+    pub tls_handshake_failures_total: IntCounterVec,
     pub memory_budget_bytes: IntGauge,
     pub memory_budget_used_bytes: IntGauge,
     pub memory_budget_exceeded: IntGauge,
@@ -301,6 +308,16 @@ impl Metrics {
                 "topgun_limits_exceeded_total",
                 "Requests that ran into a limit, by limit: live_queries and topics per connection (refused with an answer), live_window (a live limit window cut to --query-max-results rows), memory and maps (write ops refused with OP_REJECTED past --max-memory or --max-maps).",
                 &["limit"],
+            )?,
+            tls_reloads_total: b.counter_vec(
+                "topgun_tls_reloads_total",
+                "Reloads of the client TLS certificate and key (SIGHUP or changed files), by result: ok, or error (the certificate in use stays).",
+                &["result"],
+            )?,
+            tls_handshake_failures_total: b.counter_vec(
+                "topgun_tls_handshake_failures_total",
+                "Client connections to the TLS port that never completed a handshake, by reason: plaintext (answered with a 400), handshake (refused by TLS), timeout.",
+                &["reason"],
             )?,
             memory_budget_bytes: b.gauge(
                 "topgun_memory_budget_bytes",
@@ -573,6 +590,12 @@ impl Metrics {
         }
         for limit in LIMITS {
             m.limits_exceeded_total.with_label_values(&[limit]);
+        }
+        for result in ["ok", "error"] {
+            m.tls_reloads_total.with_label_values(&[result]);
+        }
+        for reason in TLS_HANDSHAKE_FAILURES {
+            m.tls_handshake_failures_total.with_label_values(&[reason]);
         }
         m.storage_errors_total.with_label_values(&["commit"]);
         // A standalone node is a cluster of one (metrics.md: itself included).

@@ -30,10 +30,12 @@ pub enum ActorKind {
     Cluster,
     Storage,
     Metrics,
+    /// The client port's TLS reloader (only with `--tls-cert`).
+    Tls,
 }
 
 impl ActorKind {
-    pub const ALL: [ActorKind; 7] = [
+    pub const ALL: [ActorKind; 8] = [
         ActorKind::Connection,
         ActorKind::Gate,
         ActorKind::Shard,
@@ -41,6 +43,7 @@ impl ActorKind {
         ActorKind::Cluster,
         ActorKind::Storage,
         ActorKind::Metrics,
+        ActorKind::Tls,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,6 +55,7 @@ impl ActorKind {
             ActorKind::Cluster => "cluster",
             ActorKind::Storage => "storage",
             ActorKind::Metrics => "metrics",
+            ActorKind::Tls => "tls",
         }
     }
 
