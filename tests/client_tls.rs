@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proto::*;
+use common::tls::TestCa as Ca;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::KeyPair;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,49 +21,8 @@ use tokio_tungstenite::MaybeTlsStream;
 
 const SECRET: &str = "client-tls-test-secret-0123456789";
 
-/// A CA, and the certificates it signs for `localhost` / 127.0.0.1.
-struct Ca {
-    dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).expect("CA dir");
-        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write CA");
-        Ca {
-            dir,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// Writes a server certificate and its key to `cert` and `key`.
-    fn sign_into(&self, cert: &Path, key: &Path) {
-        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server params");
-        let pair = KeyPair::generate().expect("server key");
-        let signed = params.signed_by(&pair, &self.issuer).expect("server cert");
-        // Each file replaced whole (a rename), as cert-manager and certbot do.
-        for (path, text) in [(cert, signed.pem()), (key, pair.serialize_pem())] {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).expect("write");
-            std::fs::rename(&tmp, path).expect("rename");
-        }
-    }
-}
+/// The names the node's certificates carry: what the clients dial.
+const NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
 /// A node serving TLS on its client port; its stdout is kept so the pipe stays open.
 struct TlsNode {
@@ -77,7 +37,7 @@ struct TlsNode {
 impl TlsNode {
     fn start(ca: &Ca, dir: tempfile::TempDir, extra: &[&str]) -> TlsNode {
         let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls-key.pem"));
-        ca.sign_into(&cert, &key);
+        ca.sign_into(&NAMES, &cert, &key);
         let mut cmd = command(dir.path());
         cmd.args(["--port", "0", "--storage-backend", "memory", "--log-dest"])
             .arg(dir.path().join("node.log"))
@@ -354,7 +314,7 @@ async fn sighup_serves_a_renewed_certificate_and_open_connections_stay() {
     );
     let mut open = wss_client(node.port, &old_ca.ca_file()).await;
 
-    new_ca.sign_into(&node.cert, &node.key);
+    new_ca.sign_into(&NAMES, &node.cert, &node.key);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         tls_connect(node.port, &old_ca.ca_file()).await.is_ok(),
@@ -423,7 +383,7 @@ async fn changed_files_are_taken_up_and_a_bad_key_keeps_the_certificate_in_use()
     assert_eq!(line["cause"], "files_changed", "{line}");
 
     // Good files again, from another CA: taken up without a signal.
-    new_ca.sign_into(&node.cert, &node.key);
+    new_ca.sign_into(&NAMES, &node.cert, &node.key);
     let deadline = Instant::now() + Duration::from_secs(5);
     while tls_connect(node.port, &new_ca.ca_file()).await.is_err() {
         assert!(Instant::now() < deadline, "the changed files within 5 s");
@@ -439,7 +399,7 @@ fn unusable_tls_files_stop_the_node_with_exit_2_and_one_line() {
     std::fs::write(&junk, "not a certificate\n").expect("write");
     let ca = Ca::new(d, "main");
     let (cert, key) = (d.join("c.pem"), d.join("k.pem"));
-    ca.sign_into(&cert, &key);
+    ca.sign_into(&NAMES, &cert, &key);
     let missing = d.join("missing.pem");
     let other_key = d.join("other-key.pem");
     std::fs::write(

@@ -9,61 +9,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use common::tls::TestCa;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A CA that signs node certificates into a directory of PEM files.
-struct Ca {
-    dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
+struct Ca(TestCa);
 
 impl Ca {
     fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).expect("CA dir");
-        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write CA");
-        Ca {
-            dir,
-            issuer: Issuer::new(params, key),
-        }
+        Ca(TestCa::new(dir, name))
     }
 
     fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.0.ca_file()
     }
 
     /// A certificate for `node` (named after it, not after its address: names are not
     /// checked) usable by both ends of a link; its cert and key files.
     fn sign(&self, node: &str) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(vec![node.to_owned()]).expect("node params");
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("node key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("node certificate");
         let (cert_file, key_file) = (
-            self.dir.join(format!("{node}.pem")),
-            self.dir.join(format!("{node}-key.pem")),
+            self.0.dir.join(format!("{node}.pem")),
+            self.0.dir.join(format!("{node}-key.pem")),
         );
-        std::fs::write(&cert_file, cert.pem()).expect("write cert");
-        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        self.0.sign_into(&[node], &cert_file, &key_file);
         (cert_file, key_file)
     }
 

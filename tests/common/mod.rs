@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod firewall;
 pub mod proto;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
