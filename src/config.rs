@@ -463,6 +463,11 @@ pub struct Overrides {
     /// How often heartbeats are checked, ms [default: 10000]
     #[arg(long, env = "TOPGUN_HEARTBEAT_CHECK_MS")]
     pub heartbeat_check_ms: Option<u64>,
+    /// A client whose socket takes no bytes for this long (it stopped reading) is cut
+    /// (TCP_USER_TIMEOUT); 0 leaves it to the kernel, which never cuts a closed window, ms
+    /// [default: 30000]
+    #[arg(long, env = "TOPGUN_CLIENT_SEND_TIMEOUT_MS")]
+    pub client_send_timeout_ms: Option<u64>,
     /// Largest inbound WebSocket message, bytes [default: 2097152]
     #[arg(long, env = "TOPGUN_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -593,6 +598,8 @@ pub struct Config {
     pub auth_timeout: Duration,
     pub heartbeat_timeout: Duration,
     pub heartbeat_check: Duration,
+    /// `None`: the kernel's default (a client that stopped reading is never cut by TCP).
+    pub client_send_timeout: Option<Duration>,
     pub max_frame_bytes: usize,
     pub client_rate: u32,
     pub client_burst: u32,
@@ -883,6 +890,7 @@ impl Default for Config {
             auth_timeout: Duration::from_millis(10_000),
             heartbeat_timeout: Duration::from_millis(60_000),
             heartbeat_check: Duration::from_millis(10_000),
+            client_send_timeout: Some(Duration::from_millis(30_000)),
             max_frame_bytes: 2 * 1024 * 1024,
             client_rate: 20_000,
             client_burst: 40_000,
@@ -1062,6 +1070,11 @@ impl Config {
                 .heartbeat_check_ms
                 .or(file.heartbeat_check_ms)
                 .map_or(d.heartbeat_check, ms),
+            client_send_timeout: match cli.client_send_timeout_ms.or(file.client_send_timeout_ms) {
+                Some(0) => None,
+                Some(n) => Some(ms(n)),
+                None => d.client_send_timeout,
+            },
             max_frame_bytes: pick!(max_frame_bytes, d.max_frame_bytes),
             client_rate: pick!(client_rate, d.client_rate),
             client_burst: pick!(client_burst, d.client_burst),

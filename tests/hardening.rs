@@ -751,3 +751,70 @@ async fn a_slow_consumer_that_keeps_sending_still_reads_its_1013_close() {
         1.0,
     );
 }
+
+/// A client that stops reading for good (it keeps sending) freezes its connection actor: no
+/// timer of it runs while the socket takes nothing. The kernel cuts it after
+/// `--client-send-timeout-ms` (TCP_USER_TIMEOUT), it is counted as a slow consumer, and the
+/// other clients go on. (Before: it was never evicted; its events were dropped for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_is_cut_and_counted() {
+    use futures_util::StreamExt;
+
+    let node = Node::start_with(NodeOptions::default().args(&[
+        "--outbound-queue",
+        "8",
+        "--heartbeat-check-ms",
+        "200",
+        "--client-send-timeout-ms",
+        "1000",
+    ]));
+    let mut slow = slow_client(&node).await;
+    slow.subscribe("q", "feed", map(&[])).await;
+    let (mut sink, _never_read) = slow.ws.split();
+    let sender = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut n = 0u64;
+        while Instant::now() < until {
+            n += 1;
+            let frame = encode(&ping(n as f64));
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut w = node.authed_client().await;
+    let blob = "y".repeat(4_000);
+    let mut i = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cut = |node: &Node| {
+        node.scrape().value_or_zero(
+            "topgun_connections_closed_total",
+            &[("reason", "slow_consumer")],
+        ) >= 1.0
+    };
+    while !cut(&node) {
+        assert!(
+            Instant::now() < deadline,
+            "the client that never reads was not cut within 30 s ({i} events written)"
+        );
+        let ops = (0..50)
+            .map(|_| {
+                i += 1;
+                let value = map(&[("blob", blob.as_str().into()), ("i", i.into())]);
+                let t = Ts::new(now_millis(), 0, "w");
+                put_op(&i.to_string(), "feed", &format!("k{i}"), value, &t)
+            })
+            .collect();
+        // Every batch of the writer is still acknowledged.
+        w.send_acked(&op_batch(ops)).await;
+    }
+    sender.abort();
+    node.wait_metric("topgun_connected_clients", &[], 1.0);
+    let line = node
+        .logs()
+        .into_iter()
+        .find(|l| l["msg"] == "client evicted" && l["reason"] == "slow_consumer")
+        .expect("an eviction line");
+    assert_eq!(line["code"], 1006, "{line}");
+}

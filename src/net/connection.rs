@@ -508,11 +508,17 @@ impl Actor for ConnectionActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if !self.closing {
-            ClientDisconnected {
-                reason: "client",
-                frames: self.frames,
+            if self.outbound.as_ref().is_some_and(|o| o.must_evict()) {
+                // A client that stopped reading, cut by the kernel (net/socket.rs) while the
+                // actor stood still: no Close frame could reach it.
+                ClientEvicted::new(CLOSE_SLOW.label, 1006).emit_on(&mut self.tel);
+            } else {
+                ClientDisconnected {
+                    reason: "client",
+                    frames: self.frames,
+                }
+                .emit_on(&mut self.tel);
             }
-            .emit_on(&mut self.tel);
         }
         self.node.gate.do_send(Unregister { id: self.id });
         for stripe in self.node.queue.stripes.iter() {

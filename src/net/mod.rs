@@ -11,6 +11,7 @@ pub mod http_sync;
 pub mod pipeline;
 pub mod queries;
 pub mod requests;
+pub mod socket;
 pub mod sync;
 pub mod tls;
 pub mod token_bucket;

@@ -35,6 +35,7 @@ use crate::data::slots::BatchSlots;
 use crate::http;
 use crate::net::auth::Verifier;
 use crate::net::gate::{ConnectionGateActor, PartitionTableChanged};
+use crate::net::socket;
 use crate::net::tls::{self, ClientTls};
 use crate::net::NodeContext;
 use crate::shard::catalog::MapCatalog;
@@ -298,8 +299,14 @@ impl HttpServers {
                     .configure(|c| http::client_routes(c, with_metrics))
             }
         };
+        let send_timeout = config.client_send_timeout;
         let client = match client_tls {
             None => HttpServer::new(client_app)
+                .on_connect(move |conn, _| {
+                    if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
+                        socket::set_send_timeout(tcp, send_timeout);
+                    }
+                })
                 .workers(config.workers)
                 .disable_signals()
                 .shutdown_timeout(3)
@@ -364,6 +371,7 @@ where
     B: MessageBody + 'static,
 {
     let server_config = (*tls.server_config).clone();
+    let send_timeout = config.client_send_timeout;
     let tally = tls.tally.clone();
     let server = actix_server::Server::build()
         .workers(config.workers)
@@ -372,7 +380,10 @@ where
         .listen("topgun-client-tls", listener, move || {
             let screened = {
                 let tally = tally.clone();
-                fn_service(move |io: actix_rt::net::TcpStream| tls::screen(io, tally.clone()))
+                fn_service(move |io: actix_rt::net::TcpStream| {
+                    socket::set_send_timeout(&io, send_timeout);
+                    tls::screen(io, tally.clone())
+                })
             };
             let app = client_app()
                 .into_factory()
