@@ -20,11 +20,12 @@ COPY benches ./benches
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin topgun-node
 
 FROM debian:bookworm-slim
-# curl for the HEALTHCHECK; ca-certificates for an RS256 key fetched by an entrypoint, if any.
-# Unpinned on purpose: bookworm's security updates replace exact versions.
+# ca-certificates for an RS256 key fetched by an entrypoint, if any (no curl: the HEALTHCHECK
+# is the binary's own `healthcheck`). Unpinned on purpose: bookworm's security updates replace
+# exact versions.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 topgun \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/topgun --create-home topgun
@@ -43,6 +44,6 @@ VOLUME ["/var/lib/topgun/data"]
 EXPOSE 8080 9080 9080/udp
 # /health answers 200 while the process serves HTTP (use /ready for "storage open, joined").
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/health"]
+    CMD ["/usr/local/bin/topgun-node", "healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/topgun-node"]

@@ -316,7 +316,9 @@ pub struct SeedList(pub Vec<String>);
 #[command(
     name = "topgun-node",
     version,
-    about = "A cluster node of the TopGun real-time, local-first data grid"
+    about = "A cluster node of the TopGun real-time, local-first data grid",
+    after_help = "Commands (first argument):\n  check-config [FLAGS]  resolve flags > environment > file > defaults, validate, print every \
+setting with its source (secrets masked); exit 0, or 2 with the error\n  healthcheck [URL]     GET /health of the node on this machine; exit 0 when it answers 200, else 1"
 )]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
@@ -636,6 +638,16 @@ pub enum MemoryLimit {
     /// `0`: no budget.
     Off,
     Bytes(u64),
+}
+
+impl fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryLimit::Auto => f.write_str("auto"),
+            MemoryLimit::Off => f.write_str("0"),
+            MemoryLimit::Bytes(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 impl FromStr for MemoryLimit {
@@ -1286,6 +1298,238 @@ pub fn validate_node_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the value of a setting came from (`topgun-node check-config`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    /// The environment variable's name.
+    Env(String),
+    File,
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag => f.write_str("flag"),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::File => f.write_str("file"),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A configuration resolved as the node would, with the source of every setting by its file
+/// key (the flag's name with `_`).
+pub struct Checked {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+    pub sources: std::collections::BTreeMap<String, Source>,
+    /// The cluster secret file, which `Config` keeps only as the secrets it read.
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// [`Config::load_from`] that also says where each setting came from.
+    pub fn check_from<I, T>(args: I) -> Result<Checked, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::parser::ValueSource;
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Overrides::command()
+            .try_get_matches_from(args)
+            .map_err(clap_error)?;
+        let cli = Overrides::from_arg_matches(&matches).map_err(clap_error)?;
+        let (file, file_keys) = match &cli.config {
+            Some(path) => {
+                let file = read_file(path)?;
+                // Parsed once more for its keys alone; it parsed above, so it parses here.
+                let keys: Vec<String> = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| text.parse::<toml::Table>().ok())
+                    .map(|t| t.keys().cloned().collect())
+                    .unwrap_or_default();
+                (file, keys)
+            }
+            None => (Overrides::default(), Vec::new()),
+        };
+        let mut sources = std::collections::BTreeMap::new();
+        for arg in Overrides::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let source = match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => Source::Flag,
+                Some(ValueSource::EnvVariable) => Source::Env(
+                    arg.get_env()
+                        .map(|e| e.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                _ if file_keys.iter().any(|k| k == id) => Source::File,
+                _ => Source::Default,
+            };
+            sources.insert(id.to_owned(), source);
+        }
+        let cluster_secret_file = cli
+            .cluster_secret_file
+            .clone()
+            .or(file.cluster_secret_file.clone());
+        let path = cli.config.clone();
+        Ok(Checked {
+            config: Config::resolve(cli, file)?,
+            file: path,
+            sources,
+            cluster_secret_file,
+        })
+    }
+
+    /// Every setting by its file key, as the node uses it, in the unit of its key (`_ms`
+    /// in milliseconds); secrets show only whether they are set.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        fn opt<T: fmt::Display>(v: &Option<T>) -> String {
+            v.as_ref().map_or_else(|| "unset".to_owned(), T::to_string)
+        }
+        fn set<T>(v: &Option<T>) -> String {
+            if v.is_some() { "(set)" } else { "unset" }.to_owned()
+        }
+        fn ms(d: Duration) -> String {
+            d.as_millis().to_string()
+        }
+        fn ms_or_zero(d: Option<Duration>) -> String {
+            d.map_or_else(|| "0".to_owned(), ms)
+        }
+        let path = |p: &Option<PathBuf>| opt(&p.as_ref().map(|p| p.display().to_string()));
+        let (jwt_secret, no_auth) = match &self.auth {
+            AuthMode::Jwt { .. } => ("(set)".to_owned(), "false".to_owned()),
+            AuthMode::Off { explicit } => ("unset".to_owned(), explicit.to_string()),
+        };
+        let cluster_tls = self.cluster_tls.as_ref();
+        let client_tls = self.client_tls.as_ref();
+        vec![
+            ("port", self.port.to_string()),
+            ("host", self.host.to_string()),
+            ("node_id", opt(&self.node_id)),
+            ("cluster_port", self.cluster_port.to_string()),
+            ("seed_nodes", self.seed_nodes.join(",")),
+            ("advertise_host", opt(&self.advertise_host)),
+            ("cluster_probe_ms", ms(self.cluster_probe)),
+            ("backup_count", self.backup_count.to_string()),
+            ("write_ack", self.write_ack.to_string()),
+            ("placement", self.placement.to_string()),
+            ("cluster_timeout_ms", ms(self.cluster_timeout)),
+            ("cluster_join_timeout_ms", ms(self.cluster_join_timeout)),
+            (
+                "anti_entropy_interval_ms",
+                ms_or_zero(self.anti_entropy_interval),
+            ),
+            (
+                "cluster_link_buffer_bytes",
+                self.cluster_link_buffer.to_string(),
+            ),
+            ("cluster_secret", set(&self.cluster_secret)),
+            (
+                "cluster_secret_previous",
+                set(&self
+                    .cluster_secret
+                    .as_ref()
+                    .and_then(|s| s.previous.as_ref())),
+            ),
+            (
+                "cluster_tls_cert",
+                path(&cluster_tls.map(|t| t.cert.clone())),
+            ),
+            ("cluster_tls_key", path(&cluster_tls.map(|t| t.key.clone()))),
+            ("cluster_tls_ca", path(&cluster_tls.map(|t| t.ca.clone()))),
+            ("cluster_insecure", self.cluster_insecure.to_string()),
+            ("metrics_port", opt(&self.metrics_port)),
+            ("tls_cert", path(&client_tls.map(|t| t.cert.clone()))),
+            ("tls_key", path(&client_tls.map(|t| t.key.clone()))),
+            (
+                "tls_reload_interval_ms",
+                ms_or_zero(self.tls_reload_interval),
+            ),
+            ("storage_backend", self.storage_backend.to_string()),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("jwt_secret", jwt_secret),
+            ("no_auth", no_auth),
+            ("jwt_issuer", opt(&self.jwt_issuer)),
+            ("jwt_audience", opt(&self.jwt_audience)),
+            ("log_level", self.log_level.to_string()),
+            ("log_dest", self.log_dest.to_string()),
+            ("log_buffer", self.log_buffer.to_string()),
+            ("report_interval_ms", ms(self.report_interval)),
+            ("actor_telemetry", self.actor_telemetry.to_string()),
+            ("map_label_cap", self.map_label_cap.to_string()),
+            (
+                "summary_window_secs",
+                self.summary_window.as_secs().to_string(),
+            ),
+            ("auth_timeout_ms", ms(self.auth_timeout)),
+            ("heartbeat_timeout_ms", ms(self.heartbeat_timeout)),
+            ("heartbeat_check_ms", ms(self.heartbeat_check)),
+            (
+                "client_send_timeout_ms",
+                ms_or_zero(self.client_send_timeout),
+            ),
+            ("max_frame_bytes", self.max_frame_bytes.to_string()),
+            ("client_rate", self.client_rate.to_string()),
+            ("client_burst", self.client_burst.to_string()),
+            ("outbound_queue", self.outbound_queue.to_string()),
+            ("connection_rate", self.connection_rate.to_string()),
+            (
+                "max_pending_connections",
+                self.max_pending_connections.to_string(),
+            ),
+            (
+                "shutdown_timeout_secs",
+                self.shutdown_timeout.as_secs().to_string(),
+            ),
+            ("workers", self.workers.to_string()),
+            ("shards", self.shards.to_string()),
+            (
+                "event_queue_capacity",
+                self.event_queue_capacity.to_string(),
+            ),
+            ("event_queue_stripes", self.event_queue_stripes.to_string()),
+            ("max_drift_ms", self.max_drift_ms.to_string()),
+            (
+                "tombstone_max_age_secs",
+                self.tombstone_max_age.as_secs().to_string(),
+            ),
+            ("sweep_interval_ms", ms(self.sweep_interval)),
+            ("query_max_results", self.query_max_results.to_string()),
+            (
+                "max_live_queries_per_connection",
+                self.max_live_queries_per_connection.to_string(),
+            ),
+            (
+                "max_topics_per_connection",
+                self.max_topics_per_connection.to_string(),
+            ),
+            ("max_maps", self.max_maps.to_string()),
+            ("max_memory", self.max_memory.to_string()),
+            ("backpressure_limit", self.backpressure_limit.to_string()),
+            (
+                "backpressure_sync_every",
+                self.backpressure_sync_every.to_string(),
+            ),
+            ("backpressure_timeout_ms", ms(self.backpressure_timeout)),
+            (
+                "storage_group_max_records",
+                self.storage_group_max_records.to_string(),
+            ),
+            (
+                "storage_group_max_delay_ms",
+                ms(self.storage_group_max_delay),
+            ),
+            ("debug_token", set(&self.debug_token)),
+        ]
+    }
+}
+
 fn read_file(path: &PathBuf) -> Result<Overrides, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.clone(),
@@ -1325,6 +1569,27 @@ fn clap_error(e: clap::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_config_shows_every_setting() {
+        use clap::CommandFactory;
+        let shown: Vec<&str> = Config::default()
+            .effective()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        for arg in Overrides::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            // Shown by check-config from the command line itself (they hold no setting).
+            if matches!(id, "help" | "version" | "config" | "cluster_secret_file") {
+                continue;
+            }
+            assert!(
+                shown.contains(&id),
+                "{id} is missing from Config::effective"
+            );
+        }
+    }
 
     fn file(text: &str) -> Overrides {
         toml::from_str(text).expect("test TOML is valid")

@@ -18,7 +18,28 @@ fn fail(e: impl std::fmt::Display, code: &str, exit: u8) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let config = match Config::load() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("check-config") => {
+            args.remove(1);
+            return match Config::check_from(args) {
+                Ok(checked) => {
+                    print!("{}", node::commands::render_check(&checked));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, e.code(), 2),
+            };
+        }
+        Some("healthcheck") => {
+            let url = args.get(2).and_then(|a| a.to_str());
+            return match node::commands::healthcheck(url) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e, "unhealthy", 1),
+            };
+        }
+        _ => {}
+    }
+    let config = match Config::load_from(args) {
         Ok(c) => c,
         Err(e) => return fail(&e, e.code(), 2),
     };

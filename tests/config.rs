@@ -488,3 +488,106 @@ async fn restart_on_same_port_after_kill9_binds() {
     c.send(&ping(2.0)).await;
     assert_eq!(msg_type(&c.recv().await.expect("PONG")), "PONG");
 }
+
+/// `check-config`: the value and source of every setting, by precedence.
+fn checked_line<'a>(out: &'a str, key: &str) -> (&'a str, &'a str) {
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no line for {key} in\n{out}"));
+    let (value, source) = line
+        .split_once('=')
+        .and_then(|(_, rest)| rest.split_once('#'))
+        .unwrap_or_else(|| panic!("line {line:?}"));
+    (value.trim(), source.trim())
+}
+
+#[test]
+fn check_config_prints_every_setting_with_its_source_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = write_file(
+        d,
+        "node.toml",
+        "port = 9100\nshards = 3\nlog_level = \"debug\"\nworkers = 5\n",
+    );
+    let out = run_to_exit(
+        command(d)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&file)
+            .args(["--shards", "4"])
+            .env("TOPGUN_WORKERS", "6")
+            .env("JWT_SECRET", "a-secret-that-must-not-show")
+            .env("TOPGUN_CLUSTER_SECRET", "another-secret-never-shown"),
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    // flag > env > file > default.
+    assert_eq!(checked_line(&out.stdout, "shards"), ("4", "flag"));
+    assert_eq!(
+        checked_line(&out.stdout, "workers"),
+        ("6", "env TOPGUN_WORKERS")
+    );
+    assert_eq!(checked_line(&out.stdout, "port"), ("9100", "file"));
+    assert_eq!(checked_line(&out.stdout, "log_level"), ("debug", "file"));
+    assert_eq!(
+        checked_line(&out.stdout, "report_interval_ms"),
+        ("100", "env TOPGUN_REPORT_INTERVAL_MS")
+    );
+    assert_eq!(checked_line(&out.stdout, "max_maps"), ("10000", "default"));
+    assert_eq!(
+        checked_line(&out.stdout, "jwt_secret"),
+        ("(set)", "env JWT_SECRET")
+    );
+    assert_eq!(
+        checked_line(&out.stdout, "cluster_secret"),
+        ("(set)", "env TOPGUN_CLUSTER_SECRET")
+    );
+    assert!(
+        !out.stdout.contains("must-not-show") && !out.stdout.contains("never-shown"),
+        "a secret was printed:\n{}",
+        out.stdout
+    );
+    // Nothing was started: no port line, no data dir.
+    assert!(!out.stdout.contains("PORT="), "{}", out.stdout);
+    assert!(!d.join("data").exists(), "check-config opened storage");
+
+    // An invalid setting: exit 2 and the one line a start would print.
+    let bad = run_to_exit(
+        command(d).args(["check-config", "--shards", "0"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", bad.stderr);
+    assert_eq!(bad.stderr_lines().len(), 1, "{}", bad.stderr);
+    assert!(bad.stderr.contains("shards"), "{}", bad.stderr);
+}
+
+#[test]
+fn healthcheck_exits_0_for_a_live_node_and_1_otherwise() {
+    let node = Node::start_with(NodeOptions::default().args(&["--metrics-port", "0"]));
+    let dir = tempfile::tempdir().unwrap();
+    let check = |args: &[&str], env: &[(&str, String)]| {
+        let mut cmd = command(dir.path());
+        cmd.arg("healthcheck").args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_to_exit(&mut cmd, Duration::from_secs(10))
+    };
+    let url = format!("http://127.0.0.1:{}/health", node.port);
+    let ok = check(&[&url], &[]);
+    assert_eq!(ok.status.code(), Some(0), "{}", ok.stderr);
+    // Without a URL: PORT, as the node itself reads it.
+    let ok = check(&[], &[("PORT", node.port.to_string())]);
+    assert_eq!(ok.status.code(), Some(0), "{}", ok.stderr);
+
+    let (_listener, free) = busy_port();
+    drop(_listener);
+    let down = check(&[&format!("http://127.0.0.1:{free}/health")], &[]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(down.stderr.contains("[unhealthy]"), "{}", down.stderr);
+    // A path that is not 200 is unhealthy too.
+    let not_found = check(&[&format!("http://127.0.0.1:{}/nope", node.port)], &[]);
+    assert_eq!(not_found.status.code(), Some(1), "{}", not_found.stderr);
+}

@@ -2,6 +2,7 @@
 //!
 //! Everything that can fail happens before the first actor starts (ports, storage, TLS files,
 //! the registry): a node either starts whole or exits with one line, never half-started.
+pub mod commands;
 mod data;
 mod error;
 pub mod events;
