@@ -108,9 +108,18 @@ async fn next_msg(c: &mut Client, within: Duration) -> Got {
     }
 }
 
-/// After node `from` closed this client: one of the two others, alternating by client.
-fn after_close(from: usize, ix: usize, nodes: usize) -> usize {
-    (from + 1 + ix % (nodes - 1)) % nodes
+/// After node `from` closed this client for the `moves`th time: one of the others, picked by a
+/// hash of both, as a balancer spreading new connections would (a fixed choice per client
+/// would send every client of one earlier move to the same node again).
+fn after_close(from: usize, ix: usize, moves: u64, nodes: usize) -> usize {
+    // splitmix64's finaliser: neighbouring inputs give unrelated outputs.
+    let mut z = (ix as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(moves);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (from + 1 + (z % (nodes as u64 - 1)) as usize) % nodes
 }
 
 async fn grid_client(
@@ -126,6 +135,7 @@ async fn grid_client(
     let mut node = ix % n;
     let mut first = true;
     let mut seq = 0u32;
+    let mut moves = 0u64;
     // Spread the writes of all clients over the interval.
     let offset = write_every.mul_f64((ix % 1000) as f64 / 1000.0);
     'connections: while !stop.load(Ordering::SeqCst) {
@@ -164,7 +174,8 @@ async fn grid_client(
                     .is_err()
                 {
                     journal.note(ix, Seen::Closed { node, code: None });
-                    node = after_close(node, ix, n);
+                    moves += 1;
+                    node = after_close(node, ix, moves, n);
                     continue 'connections;
                 }
             }
@@ -173,7 +184,8 @@ async fn grid_client(
                 match next_msg(&mut c, wait).await {
                     Got::Closed(code) => {
                         journal.note(ix, Seen::Closed { node, code });
-                        node = after_close(node, ix, n);
+                        moves += 1;
+                        node = after_close(node, ix, moves, n);
                         continue 'connections;
                     }
                     Got::Msg(_) | Got::Timeout => continue,
@@ -191,7 +203,8 @@ async fn grid_client(
                 .is_err()
             {
                 journal.note(ix, Seen::Closed { node, code: None });
-                node = after_close(node, ix, n);
+                moves += 1;
+                node = after_close(node, ix, moves, n);
                 continue 'connections;
             }
             loop {
@@ -210,7 +223,8 @@ async fn grid_client(
                     // Unacknowledged: the client would send it again; it is not counted.
                     Got::Closed(code) => {
                         journal.note(ix, Seen::Closed { node, code });
-                        node = after_close(node, ix, n);
+                        moves += 1;
+                        node = after_close(node, ix, moves, n);
                         continue 'connections;
                     }
                     Got::Timeout => break,
