@@ -344,6 +344,8 @@ async fn second_signal_ends_the_drain(
         "second signal: the rest of the drain is skipped, every client is closed now",
     );
     assert_eq!(cut["phase"], phase);
+    // Every writer told to close once, by the spread or by the second signal.
+    assert_eq!(line(&logs, "clients closed")["told"], WRITERS);
     assert_eq!(cut["signal"], format!("SIG{second}"));
     line(&logs, "storage flushed");
     line(&logs, "shutdown complete");

@@ -101,7 +101,7 @@ pub struct CloseSpread {
 }
 
 /// Shutdown: close every open connection with 1001 now, a spread in progress included (a
-/// second signal). Answers how many were told by this message.
+/// second signal). Answers how many were told in all, that spread's earlier groups included.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct CloseAll;
@@ -537,7 +537,7 @@ impl Handler<CloseAll> for ConnectionGateActor {
         self.draining = true;
         self.closing = true;
         let mut told = 0;
-        match self.spread.take() {
+        let total = match self.spread.take() {
             // Those the spread has not told yet; every other one was told already.
             Some(mut spread) => {
                 while let Some(id) = spread.queue.pop_front() {
@@ -547,15 +547,18 @@ impl Handler<CloseAll> for ConnectionGateActor {
                         told += 1;
                     }
                 }
+                let total = spread.told;
                 self.finish_spread(spread, ctx);
+                total
             }
             None => {
                 for mailbox in self.connections.values().flatten() {
                     mailbox.do_send(Shutdown);
                     told += 1;
                 }
+                told
             }
-        }
+        };
         ClosingClients {
             connections: told,
             spread_ms: 0,
@@ -565,7 +568,7 @@ impl Handler<CloseAll> for ConnectionGateActor {
         .emit(&self.log);
         self.report();
         self.stats.end(t0);
-        told
+        total
     }
 }
 
