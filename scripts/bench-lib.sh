@@ -51,7 +51,8 @@ bench_cleanup() {
 
 # start_node NAME BACKEND [node flags...]: sets NODE_PID, PORT and CLUSTER_PORT (the node-to-node
 # port, port 0 unless the flags say otherwise). Connection gate limits are raised (thousands of
-# bench connections); pass --connection-rate again to override.
+# bench connections); pass --connection-rate again to override. No drain: a stopped node closes
+# its clients at once (--drain-delay-ms and --drain-spread-ms override).
 start_node() {
   local name="$1" backend="$2"; shift 2
   local dir="$WORK/$name"
@@ -60,7 +61,7 @@ start_node() {
   [[ " $* " == *" --connection-rate "* ]] && gate=()
   env -i PATH="$PATH" HOME="${HOME:-/root}" \
     JWT_SECRET="$BENCH_SECRET" STORAGE_BACKEND="$backend" TOPGUN_DATA_DIR="$dir/data" \
-    TOPGUN_CLUSTER_PORT=0 \
+    TOPGUN_CLUSTER_PORT=0 TOPGUN_DRAIN_DELAY_MS=0 TOPGUN_DRAIN_SPREAD_MS=0 \
     "$NODE_BIN" --port 0 --host 127.0.0.1 --log-dest "$dir/node.log" \
     "${gate[@]}" "$@" \
     >"$dir/stdout" 2>"$dir/stderr" </dev/null &

@@ -488,9 +488,19 @@ pub struct Overrides {
     /// Connections allowed to be in their handshake at once [default: 1000]
     #[arg(long, env = "TOPGUN_MAX_PENDING_CONNECTIONS")]
     pub max_pending_connections: Option<u32>,
-    /// Seconds a graceful shutdown may take before remaining work is abandoned [default: 8]
+    /// Seconds a graceful shutdown may take, drain included, before remaining work is
+    /// abandoned [default: 25]
     #[arg(long, env = "TOPGUN_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// After SIGTERM, how long the node keeps serving its clients with /ready at 503 before it
+    /// starts closing them, so a load balancer stops sending it clients first, ms (0: none)
+    /// [default: 5000]
+    #[arg(long, env = "TOPGUN_DRAIN_DELAY_MS")]
+    pub drain_delay_ms: Option<u64>,
+    /// Then the window over which its clients are closed (1001) in small even groups, so their
+    /// reconnects do not hit the other nodes at once, ms (0: all at once) [default: 10000]
+    #[arg(long, env = "TOPGUN_DRAIN_SPREAD_MS")]
+    pub drain_spread_ms: Option<u64>,
     /// HTTP worker threads [default: number of cores]
     #[arg(long, env = "TOPGUN_WORKERS")]
     pub workers: Option<usize>,
@@ -608,7 +618,12 @@ pub struct Config {
     pub outbound_queue: usize,
     pub connection_rate: u32,
     pub max_pending_connections: u32,
+    /// The watchdog's bound on a whole shutdown, drain included.
     pub shutdown_timeout: Duration,
+    /// SIGTERM to the first client closed: the balancer's time to see `/ready` at 503.
+    pub drain_delay: Duration,
+    /// The window the clients are closed over (zero: all at once).
+    pub drain_spread: Duration,
     pub workers: usize,
     pub shards: usize,
     pub event_queue_capacity: usize,
@@ -909,7 +924,18 @@ impl Default for Config {
             outbound_queue: 256,
             connection_rate: 100,
             max_pending_connections: 1000,
-            shutdown_timeout: Duration::from_secs(8),
+            // Fits the drain (5 + 10 s), the close grace, the handover and leaving (8 s,
+            // node/shutdown.rs), and Kubernetes' default grace period of 30 s with 5 s to spare.
+            shutdown_timeout: Duration::from_secs(25),
+            // Kubernetes takes a terminating pod out of its Services' endpoints at once, and
+            // kube-proxy and ingress controllers apply that within a second or two. A balancer
+            // that finds out by probing /ready needs its interval x failures instead (HAProxy's
+            // defaults, 2 s x 3): set it to that.
+            drain_delay: Duration::from_millis(5000),
+            // A node's clients reconnect to the others at clients / spread per second: 1,000
+            // over 10 s is 100/s in all, 50/s on each of two nodes, half their default
+            // connection rate (100/s).
+            drain_spread: Duration::from_millis(10_000),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
             event_queue_capacity: 10_000,
@@ -1097,6 +1123,14 @@ impl Config {
                 .shutdown_timeout_secs
                 .or(file.shutdown_timeout_secs)
                 .map_or(d.shutdown_timeout, Duration::from_secs),
+            drain_delay: cli
+                .drain_delay_ms
+                .or(file.drain_delay_ms)
+                .map_or(d.drain_delay, ms),
+            drain_spread: cli
+                .drain_spread_ms
+                .or(file.drain_spread_ms)
+                .map_or(d.drain_spread, ms),
             workers: pick!(workers, d.workers),
             shards: pick!(shards, d.shards),
             event_queue_capacity: pick!(event_queue_capacity, d.event_queue_capacity),
@@ -1487,6 +1521,8 @@ impl Config {
                 "shutdown_timeout_secs",
                 self.shutdown_timeout.as_secs().to_string(),
             ),
+            ("drain_delay_ms", ms(self.drain_delay)),
+            ("drain_spread_ms", ms(self.drain_spread)),
             ("workers", self.workers.to_string()),
             ("shards", self.shards.to_string()),
             (
@@ -1764,6 +1800,32 @@ mod tests {
         assert_eq!(c.outbound_queue, d.outbound_queue);
         assert_eq!(c.max_maps, d.max_maps);
         assert_eq!(c.max_memory, d.max_memory);
+        assert_eq!(c.shutdown_timeout, d.shutdown_timeout);
+        assert_eq!(c.drain_delay, d.drain_delay);
+        assert_eq!(c.drain_spread, d.drain_spread);
+    }
+
+    #[test]
+    fn drain_settings_resolve_flag_file_default() {
+        let d = Config::default();
+        let c = Config::resolve(cli(&[]), Overrides::default()).unwrap();
+        assert_eq!(
+            (c.drain_delay, c.drain_spread),
+            (d.drain_delay, d.drain_spread)
+        );
+        let from_file = "drain_delay_ms = 1500\ndrain_spread_ms = 0";
+        let c = Config::resolve(cli(&[]), file(from_file)).unwrap();
+        assert_eq!(c.drain_delay, Duration::from_millis(1500));
+        assert_eq!(c.drain_spread, Duration::ZERO);
+        let c = Config::resolve(
+            cli(&["--drain-delay-ms", "0", "--drain-spread-ms", "30000"]),
+            file(from_file),
+        )
+        .unwrap();
+        assert_eq!(c.drain_delay, Duration::ZERO);
+        assert_eq!(c.drain_spread, Duration::from_secs(30));
+        assert!(toml::from_str::<Overrides>("drain_delay_ms = -1").is_err());
+        assert!(toml::from_str::<Overrides>("drain_spread_ms = \"soon\"").is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use actix_web_actors::ws;
 
 use crate::config::LogLevel;
 use crate::net::connection::ConnectionActor;
-use crate::net::gate::{AdmissionVoided, Admit};
+use crate::net::gate::{AdmissionVoided, Admit, Refusal};
 use crate::net::http_sync;
 use crate::net::NodeContext;
 use crate::protocol;
@@ -76,6 +76,13 @@ async fn upgrade(
     }
     let id = match node.gate.send(Admit).await {
         Ok(Ok(id)) => id,
+        // Draining: this node is going away, so no Retry-After; a client (or its balancer)
+        // should try another node.
+        Ok(Err(Refusal::Draining)) => {
+            return HttpResponse::ServiceUnavailable()
+                .content_type("text/plain; charset=utf-8")
+                .body("connection refused: draining (the node is shutting down; connect to another node)\n");
+        }
         Ok(Err(refusal)) => {
             return HttpResponse::TooManyRequests()
                 .insert_header((header::RETRY_AFTER, "1"))
@@ -184,7 +191,13 @@ async fn health() -> HttpResponse {
 }
 
 async fn ready(node: web::Data<Arc<NodeContext>>) -> HttpResponse {
-    if !node.ready.load(Ordering::Acquire) {
+    if node.draining.load(Ordering::Acquire) {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "draining",
+            "nodeId": node.node_id,
+            "reason": "shutting down: open connections are served until the drain closes them, new ones are turned away",
+        }))
+    } else if !node.ready.load(Ordering::Acquire) {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not ready"}))
     } else if !node.cluster.data_ready() {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({

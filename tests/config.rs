@@ -133,6 +133,69 @@ fn config_flag_beats_config_env() {
     assert_eq!(id, "from-env-file");
 }
 
+/// The drain delay and spread as the node resolved them (its `node starting` line) for one
+/// command; the harness's own `TOPGUN_DRAIN_*` are removed first.
+fn drain_of(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (u64, u64) {
+    let log = dir.join("node.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = base(dir);
+    cmd.env_remove("TOPGUN_DRAIN_DELAY_MS")
+        .env_remove("TOPGUN_DRAIN_SPREAD_MS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(["--port", "0"]).args(args);
+    let node = start(&mut cmd);
+    node.ready();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["msg"] == "node starting")
+        .unwrap_or_else(|| panic!("no 'node starting' line; log:\n{text}"));
+    let ms = |k: &str| {
+        line[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+    };
+    (ms("drainDelayMs"), ms("drainSpreadMs"))
+}
+
+#[test]
+fn drain_precedence_flag_env_file_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "c.toml",
+        "drain_delay_ms = 3000\ndrain_spread_ms = 4000\n",
+    );
+    let cfg = file.to_str().unwrap();
+    assert_eq!(drain_of(dir.path(), &[], &[]), (5000, 10_000), "defaults");
+    assert_eq!(
+        drain_of(dir.path(), &[], &["--config", cfg]),
+        (3000, 4000),
+        "file beats default"
+    );
+    let env = [
+        ("TOPGUN_DRAIN_DELAY_MS", "2000"),
+        ("TOPGUN_DRAIN_SPREAD_MS", "0"),
+    ];
+    assert_eq!(
+        drain_of(dir.path(), &env, &["--config", cfg]),
+        (2000, 0),
+        "env beats file"
+    );
+    let flags = [
+        "--config",
+        cfg,
+        "--drain-delay-ms",
+        "0",
+        "--drain-spread-ms",
+        "1",
+    ];
+    assert_eq!(drain_of(dir.path(), &env, &flags), (0, 1), "flag beats env");
+}
+
 /// Runs a node at the given log level settings, makes it log one debug line (an invalid frame)
 /// and then one warning (an oversize frame evicts the client), waits for the warning, and
 /// returns the levels of all lines written.
@@ -326,6 +389,16 @@ fn bad_flags_and_values_fail_with_one_line() {
     assert_refused(
         base(d).args(["--port", "0", "--connection-rate", "0"]),
         &["connection_rate"],
+    );
+    assert_refused(
+        base(d)
+            .env("TOPGUN_DRAIN_DELAY_MS", "soon")
+            .args(["--port", "0"]),
+        &["soon", "drain-delay-ms"],
+    );
+    assert_refused(
+        base(d).args(["--port", "0", "--drain-spread-ms=-5"]),
+        &["-5", "drain-spread-ms"],
     );
 }
 

@@ -82,6 +82,7 @@ fn seed_families_types_help_and_content_type() {
         "topgun_connections_rejected_total",
         "topgun_connections_pending",
         "topgun_connected_clients",
+        "topgun_draining",
     ] {
         assert_eq!(s.value(name, &[]), Some(0.0), "{name}");
     }
@@ -105,6 +106,7 @@ fn seed_families_types_help_and_content_type() {
         ("topgun_actor_restarts_total", "counter"),
         ("topgun_tls_handshake_failures_total", "counter"),
         ("topgun_tls_reloads_total", "counter"),
+        ("topgun_draining", "gauge"),
         ("topgun_runtime_lag_seconds", "gauge"),
         ("topgun_process_cpu_seconds_total", "counter"),
         ("topgun_process_resident_memory_bytes", "gauge"),

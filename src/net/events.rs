@@ -65,8 +65,20 @@ events! {
         suppressed: u64 => "suppressed",
         err: ErrField => "err",
     }
+    /// Shutdown: `connections` told to close with 1001, in `groups` groups `groupEveryMs`
+    /// apart over `spreadMs` (0: at once, e.g. after a second signal).
     Info ClosingClients = "closing_clients", "closing client connections" {
         connections: usize => "connections",
+        spread_ms: u64 => "spreadMs",
+        groups: u32 => "groups",
+        group_every_ms: u64 => "groupEveryMs",
+    }
+    /// A new connection while the node drains: HTTP 503, the client should try another node.
+    /// At most one line per 10 s with the `suppressed` count; the event's series counts each.
+    Info ConnectionRefusedDraining = "connection_refused_draining",
+        "connection refused: the node is draining" {
+        suppressed: u64 => "suppressed",
+        err: ErrField => "err",
     }
     /// The client TLS certificate was read again (SIGHUP or changed files); new handshakes
     /// present it, open connections keep theirs.

@@ -2,7 +2,13 @@
 //! number of unfinished handshakes, keeps the list of open connections (for the shutdown
 //! broadcast) and owns the connection-rate families of the seed:
 //! `topgun_connections_{accepted_total,rejected_total,pending}`, `topgun_connection_rate_per_second`
-//! and `topgun_connected_clients`. One actor, so every count is exact without shared state.
+//! and `topgun_connected_clients`, and `topgun_draining`. One actor, so every count is exact
+//! without shared state.
+//!
+//! The drain of a shutdown happens here too: [`StartDraining`] turns new connections away,
+//! [`CloseSpread`] closes the open ones in small groups at an even pace over a window, and
+//! [`CloseAll`] closes whatever is left at once. The shutdown sequence (`node::shutdown`)
+//! decides when.
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -10,7 +16,7 @@ use actix::prelude::*;
 use slog::{debug, Logger};
 
 use super::connection::{ConnectionActor, PushPartitionMap, Shutdown};
-use crate::net::events::{ClosingClients, ConnectionRateLimited};
+use crate::net::events::{ClosingClients, ConnectionRateLimited, ConnectionRefusedDraining};
 use crate::telemetry::event::{ErrField, Event};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
 use crate::telemetry::report::{
@@ -21,12 +27,18 @@ use crate::telemetry::throttle::Throttle;
 /// The limiter's window (metrics.md: 100 connections per second, window 1 s).
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// The pace of a spread close: one group every 50 ms, so 1,000 clients over 10 s go 5 at a
+/// time and a client's reconnect lands in a different 50 ms than most others'.
+const SPREAD_TICK: Duration = Duration::from_millis(50);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// More than the configured connections in the trailing second.
     RateLimited,
     /// Too many connections still in their handshake.
     TooManyPending,
+    /// The node is draining (shutting down): the client should connect to another node.
+    Draining,
 }
 
 impl Refusal {
@@ -34,6 +46,7 @@ impl Refusal {
         match self {
             Refusal::RateLimited => "rate_limited",
             Refusal::TooManyPending => "too_many_pending",
+            Refusal::Draining => "draining",
         }
     }
 }
@@ -72,7 +85,23 @@ pub struct Unregister {
     pub id: u64,
 }
 
-/// Shutdown: close every open connection with 1001. Answers how many were told.
+/// Shutdown begins: turn every new connection away (HTTP 503) from now on, like NATS's lame
+/// duck mode, while the open ones are still served. Answers how many are open.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct StartDraining;
+
+/// Shutdown: close every open connection with 1001, in small groups at an even pace over
+/// `over` (all at once when it is zero), so their reconnects reach the other nodes at a rate
+/// their connection limiters admit. Answers how many were told, once the last group was.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseSpread {
+    pub over: Duration,
+}
+
+/// Shutdown: close every open connection with 1001 now, a spread in progress included (a
+/// second signal). Answers how many were told in all, that spread's earlier groups included.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct CloseAll;
@@ -115,10 +144,16 @@ pub struct ConnectionGateActor {
     current_second: u64,
     accepted_this_second: u64,
     accepted_last_full_second: u64,
+    /// New connections are turned away ([`StartDraining`]).
+    draining: bool,
+    /// Connections that register from now on are closed at once ([`CloseSpread`], [`CloseAll`]).
     closing: bool,
+    /// The spread close in progress.
+    spread: Option<Spread>,
     /// Answers to [`AllClosed`], sent when the last connection goes.
     all_closed: Vec<tokio::sync::oneshot::Sender<()>>,
     refusal_log: Throttle,
+    draining_refusal_log: Throttle,
     stats: ActorStats,
     log: Logger,
     metrics: Mailbox<MetricsActor>,
@@ -148,9 +183,12 @@ impl ConnectionGateActor {
             current_second: 0,
             accepted_this_second: 0,
             accepted_last_full_second: 0,
+            draining: false,
             closing: false,
+            spread: None,
             all_closed: Vec::new(),
             refusal_log: Throttle::new(Duration::from_secs(10)),
+            draining_refusal_log: Throttle::new(Duration::from_secs(10)),
             stats: ActorStats::new(ActorKind::Gate, timed),
             log: log.new(slog::o!("actor" => "gate")),
             metrics,
@@ -176,6 +214,51 @@ impl ConnectionGateActor {
         }
     }
 
+    /// Tells the connection `id` to close with 1001, if it is still open; true if told. One
+    /// that has not registered yet is told when it does (`closing`).
+    fn tell_to_close(&self, id: u64) -> bool {
+        match self.connections.get(&id) {
+            Some(Some(mailbox)) => {
+                mailbox.do_send(Shutdown);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// One group of the spread: the connections due by this tick. Answers the waiters and
+    /// stops the timer after the last group.
+    fn spread_tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut spread) = self.spread.take() else {
+            return;
+        };
+        spread.tick += 1;
+        let due = spread_due(spread.total, spread.tick, spread.ticks);
+        while spread.taken < due {
+            let Some(id) = spread.queue.pop_front() else {
+                break;
+            };
+            spread.taken += 1;
+            if self.tell_to_close(id) {
+                spread.told += 1;
+            }
+        }
+        if spread.queue.is_empty() {
+            self.finish_spread(spread, ctx);
+        } else {
+            self.spread = Some(spread);
+        }
+    }
+
+    fn finish_spread(&mut self, spread: Spread, ctx: &mut Context<Self>) {
+        if let Some(timer) = spread.timer {
+            ctx.cancel_future(timer);
+        }
+        for waiter in spread.waiters {
+            let _ = waiter.send(spread.told);
+        }
+    }
+
     fn wake_if_all_closed(&mut self) {
         if self.connections.is_empty() {
             for waiter in self.all_closed.drain(..) {
@@ -193,6 +276,7 @@ impl ConnectionGateActor {
             pending: self.pending.len() as i64,
             connected: self.connections.len() as i64,
             rate: self.accepted_last_full_second as i64,
+            draining: i64::from(self.draining),
         };
         self.metrics.do_send(Reported(Box::new(report)));
     }
@@ -206,6 +290,35 @@ struct GateReport {
     pending: i64,
     connected: i64,
     rate: i64,
+    draining: i64,
+}
+
+/// A close spread over a window: the connections open when it began, oldest first, told in
+/// `ticks` groups one [`SPREAD_TICK`] apart.
+struct Spread {
+    queue: VecDeque<u64>,
+    total: usize,
+    ticks: u32,
+    tick: u32,
+    /// Taken off the queue (told, or gone on their own meanwhile).
+    taken: usize,
+    told: usize,
+    timer: Option<SpawnHandle>,
+    waiters: Vec<tokio::sync::oneshot::Sender<usize>>,
+}
+
+/// Groups of a spread over `over`: one per [`SPREAD_TICK`], at least one.
+fn spread_ticks(over: Duration) -> u32 {
+    let ticks = over.as_millis() / SPREAD_TICK.as_millis();
+    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+}
+
+/// How many of `total` connections are told to close once group `tick` (1-based) of `ticks`
+/// is sent: an even share per group, rounded up, so the last group takes the rest.
+fn spread_due(total: usize, tick: u32, ticks: u32) -> usize {
+    let (total, tick, ticks) = (total as u128, u128::from(tick), u128::from(ticks.max(1)));
+    let due = (total * tick.min(ticks)).div_ceil(ticks);
+    usize::try_from(due).unwrap_or(usize::MAX)
 }
 
 impl Report for GateReport {
@@ -216,6 +329,7 @@ impl Report for GateReport {
         m.connections_pending.set(self.pending);
         m.connected_clients.set(self.connected);
         m.connection_rate_per_second.set(self.rate);
+        m.draining.set(self.draining);
     }
 }
 
@@ -248,7 +362,9 @@ impl Handler<Admit> for ConnectionGateActor {
         {
             self.window.pop_front();
         }
-        let verdict = if self.closing || self.window.len() >= self.rate {
+        let verdict = if self.draining || self.closing {
+            Err(Refusal::Draining)
+        } else if self.window.len() >= self.rate {
             Err(Refusal::RateLimited)
         } else if self.pending.len() >= self.max_pending {
             Err(Refusal::TooManyPending)
@@ -266,6 +382,20 @@ impl Handler<Admit> for ConnectionGateActor {
                 self.roll_second(now);
                 self.accepted_this_second += 1;
                 Ok(id)
+            }
+            Err(Refusal::Draining) => {
+                // Not the limiter's doing: `topgun_connections_rejected_total` (and its alert)
+                // stay for the limiter; the event's series counts these.
+                let suppressed = self.draining_refusal_log.check(now);
+                ConnectionRefusedDraining {
+                    suppressed: suppressed.unwrap_or(0),
+                    err: ErrField::fixed(
+                        Refusal::Draining.code(),
+                        "the node is shutting down: connect to another node",
+                    ),
+                }
+                .emit_if(&self.log, suppressed.is_some());
+                Err(Refusal::Draining)
             }
             Err(refusal) => {
                 self.rejected += 1;
@@ -334,21 +464,111 @@ impl Handler<Unregister> for ConnectionGateActor {
     }
 }
 
+impl Handler<StartDraining> for ConnectionGateActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: StartDraining, _: &mut Context<Self>) -> usize {
+        let t0 = self.stats.begin();
+        self.draining = true;
+        // At once, not at the next report: a scrape during the drain should show it.
+        self.report();
+        self.stats.end(t0);
+        self.connections.len()
+    }
+}
+
+impl Handler<CloseSpread> for ConnectionGateActor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, msg: CloseSpread, ctx: &mut Context<Self>) -> Self::Result {
+        let t0 = self.stats.begin();
+        self.draining = true;
+        self.closing = true;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match &mut self.spread {
+            // Asked twice: answered when the one under way ends.
+            Some(spread) => spread.waiters.push(tx),
+            None => {
+                let mut ids: Vec<u64> = self.connections.keys().copied().collect();
+                ids.sort_unstable();
+                let total = ids.len();
+                let ticks = if msg.over.is_zero() {
+                    1
+                } else {
+                    spread_ticks(msg.over)
+                };
+                ClosingClients {
+                    connections: total,
+                    spread_ms: msg.over.as_millis() as u64,
+                    groups: ticks.min(u32::try_from(total).unwrap_or(u32::MAX)),
+                    group_every_ms: SPREAD_TICK.as_millis() as u64,
+                }
+                .emit(&self.log);
+                self.spread = Some(Spread {
+                    queue: ids.into(),
+                    total,
+                    ticks,
+                    tick: 0,
+                    taken: 0,
+                    told: 0,
+                    timer: None,
+                    waiters: vec![tx],
+                });
+                // The first group now, the others one tick apart.
+                self.spread_tick(ctx);
+                if let Some(spread) = &mut self.spread {
+                    spread.timer =
+                        Some(ctx.run_interval(SPREAD_TICK, |act, ctx| act.spread_tick(ctx)));
+                }
+            }
+        }
+        self.report();
+        self.stats.end(t0);
+        // A dropped sender (the gate stopped) answers 0: nothing more was told.
+        Box::pin(async move { rx.await.unwrap_or(0) })
+    }
+}
+
 impl Handler<CloseAll> for ConnectionGateActor {
     type Result = usize;
 
-    fn handle(&mut self, _: CloseAll, _: &mut Context<Self>) -> usize {
+    fn handle(&mut self, _: CloseAll, ctx: &mut Context<Self>) -> usize {
         let t0 = self.stats.begin();
+        self.draining = true;
         self.closing = true;
         let mut told = 0;
-        for mailbox in self.connections.values().flatten() {
-            mailbox.do_send(Shutdown);
-            told += 1;
+        let total = match self.spread.take() {
+            // Those the spread has not told yet; every other one was told already.
+            Some(mut spread) => {
+                while let Some(id) = spread.queue.pop_front() {
+                    spread.taken += 1;
+                    if self.tell_to_close(id) {
+                        spread.told += 1;
+                        told += 1;
+                    }
+                }
+                let total = spread.told;
+                self.finish_spread(spread, ctx);
+                total
+            }
+            None => {
+                for mailbox in self.connections.values().flatten() {
+                    mailbox.do_send(Shutdown);
+                    told += 1;
+                }
+                told
+            }
+        };
+        ClosingClients {
+            connections: told,
+            spread_ms: 0,
+            groups: u32::from(told > 0),
+            group_every_ms: 0,
         }
-        ClosingClients { connections: told }.emit(&self.log);
+        .emit(&self.log);
         self.report();
         self.stats.end(t0);
-        told
+        total
     }
 }
 
@@ -403,5 +623,41 @@ impl Handler<OpenConnections> for ConnectionGateActor {
         let t0 = self.stats.begin();
         self.stats.end(t0);
         self.connections.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_closes_even_groups_and_everyone_by_the_last() {
+        // 1,000 connections over 10 s: 200 groups of 5.
+        let ticks = spread_ticks(Duration::from_secs(10));
+        assert_eq!(ticks, 200);
+        let groups: Vec<usize> = (1..=ticks)
+            .map(|k| spread_due(1000, k, ticks) - spread_due(1000, k - 1, ticks))
+            .collect();
+        assert!(groups.iter().all(|&g| g == 5), "{groups:?}");
+        // 50 over 2 s: 40 groups of 1 or 2, never more, all 50 by the last.
+        let ticks = spread_ticks(Duration::from_secs(2));
+        let groups: Vec<usize> = (1..=ticks)
+            .map(|k| spread_due(50, k, ticks) - spread_due(50, k - 1, ticks))
+            .collect();
+        assert!(groups.iter().all(|&g| (1..=2).contains(&g)), "{groups:?}");
+        assert_eq!(groups.iter().sum::<usize>(), 50);
+        // Fewer connections than groups: one now and then, none twice.
+        let ticks = spread_ticks(Duration::from_secs(10));
+        let groups: Vec<usize> = (1..=ticks)
+            .map(|k| spread_due(3, k, ticks) - spread_due(3, k - 1, ticks))
+            .collect();
+        assert_eq!(groups.iter().filter(|&&g| g == 1).count(), 3);
+        assert!(groups.iter().all(|&g| g <= 1));
+        // Past the last group, or a window shorter than a tick: everyone.
+        assert_eq!(spread_due(7, 9, 4), 7);
+        assert_eq!(spread_ticks(Duration::from_millis(10)), 1);
+        assert_eq!(spread_due(7, 1, 1), 7);
+        assert_eq!(spread_due(0, 1, 1), 0);
+        assert_eq!(spread_ticks(Duration::MAX), u32::MAX);
     }
 }

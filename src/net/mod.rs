@@ -39,6 +39,8 @@ pub struct NodeContext {
     pub log_level: LevelHandle,
     /// `/ready`: storage open and cluster joined; false again once shutdown starts.
     pub ready: Arc<AtomicBool>,
+    /// Set once shutdown starts, before `ready` falls: `/ready` then says `draining`.
+    pub draining: Arc<AtomicBool>,
     /// `ws://host:port/ws` as peers and clients should reach this node.
     pub public_url: String,
 }

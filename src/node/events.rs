@@ -22,6 +22,20 @@ events! {
         connection_rate: u32 => "connectionRate",
         max_pending_connections: u32 => "maxPendingConnections",
         max_frame_bytes: usize => "maxFrameBytes",
+        shutdown_timeout_ms: u64 => "shutdownTimeoutMs",
+        drain_delay_ms: u64 => "drainDelayMs",
+        drain_spread_ms: u64 => "drainSpreadMs",
+    }
+    /// At start: the drain delay and spread configured leave the steps after them less than
+    /// they need within the shutdown timeout, so both were cut by the same factor.
+    Warning DrainShortened = "drain_shortened",
+        "drain delay and spread shortened to fit the shutdown timeout" {
+        configured_delay_ms: u64 => "configuredDelayMs",
+        configured_spread_ms: u64 => "configuredSpreadMs",
+        delay_ms: u64 => "delayMs",
+        spread_ms: u64 => "spreadMs",
+        shutdown_timeout_ms: u64 => "shutdownTimeoutMs",
+        reserved_ms: u64 => "reservedMs",
     }
     /// The node could not start, or stopped running with an error.
     Error NodeFailed = "node_failed", "node failed" {
@@ -89,18 +103,46 @@ events! {
     }
     Info ShutdownStarted = "shutdown_started", "shutdown started" {
         signal: &'static str => "signal",
+        timeout_ms: u64 => "timeoutMs",
     }
+    /// From here `/ready` answers 503 and new connections get a 503; the `connections` open
+    /// are served for `delayMs`, then closed over `spreadMs`. `atMs`: since the signal.
+    Info DrainStarted = "drain_started",
+        "draining: /ready answers 503 and new connections are turned away" {
+        connections: usize => "connections",
+        delay_ms: u64 => "delayMs",
+        spread_ms: u64 => "spreadMs",
+        at_ms: u64 => "atMs",
+    }
+    Info DrainDelayOver = "drain_delay_over", "drain delay over: closing clients" {
+        connections: usize => "connections",
+        at_ms: u64 => "atMs",
+    }
+    /// A second SIGTERM or SIGINT during the drain: the rest of the delay (`phase` `delay`) or
+    /// of the spread (`spread`) is skipped and every client is closed now; the handover and
+    /// the flush still run.
+    Info DrainInterrupted = "drain_interrupted",
+        "second signal: the rest of the drain is skipped, every client is closed now" {
+        signal: &'static str => "signal",
+        phase: &'static str => "phase",
+        at_ms: u64 => "atMs",
+    }
+    /// `told` of them were told to close (1001); `stillOpen` had not closed after the grace.
     Info ClientsClosed = "clients_closed", "clients closed" {
         told: usize => "told",
         still_open: usize => "stillOpen",
+        at_ms: u64 => "atMs",
     }
-    Info HttpStopped = "http_stopped", "http server stopped" {}
+    Info HttpStopped = "http_stopped", "http server stopped" {
+        at_ms: u64 => "atMs",
+    }
     Info HandedOverBeforeLeaving = "handed_over_before_leaving",
         "partitions handed over before leaving" {
         compared: usize => "compared",
         sent: usize => "sent",
         records: u64 => "records",
         took_ms: u64 => "tookMs",
+        at_ms: u64 => "atMs",
     }
     Warning HandoverBeforeLeavingIncomplete = "handover_before_leaving_incomplete",
         "handover before leaving incomplete: leaving anyway" {
@@ -108,9 +150,12 @@ events! {
         sent: usize => "sent",
         records: u64 => "records",
         took_ms: u64 => "tookMs",
+        at_ms: u64 => "atMs",
         err: ErrField => "err",
     }
-    Info StorageFlushed = "storage_flushed", "storage flushed" {}
+    Info StorageFlushed = "storage_flushed", "storage flushed" {
+        at_ms: u64 => "atMs",
+    }
     Info ShutdownComplete = "shutdown_complete", "shutdown complete" {
         took_ms: u64 => "tookMs",
     }

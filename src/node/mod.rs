@@ -45,6 +45,7 @@ pub fn run(config: Config, logging: Logging, node_id: String) -> Result<(), Star
 async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Result<(), StartError> {
     let log = logging.root.clone();
     services::announce(&config, &log);
+    shutdown::announce_drain(&config, &log);
     services::raise_open_files_limit(&log);
     let verifier = services::client_auth(&config, &log)?;
 
@@ -78,12 +79,14 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         services::cluster_state(&config, &identity, cluster_tls),
     );
     let ready = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
     let node = Arc::new(NodeContext {
         data: data_plane.clone(),
         verifier,
         gate: gate.mailbox.clone(),
         log_level: logging.level_handle(),
         ready: ready.clone(),
+        draining: draining.clone(),
         public_url: identity.ws_url.clone(),
     });
     let http = services::HttpServers::new(
@@ -111,6 +114,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let tls_reloads =
         client_tls.map(|tls| services::start_tls_reloads(&config, &log, &telemetry.metrics, tls));
     services::reload_on_hangup(&log, tls_reloads)?;
+    let mut signals = shutdown::Signals::listen()?;
     LagProbe::new("main", telemetry.metrics.clone(), config.report_interval).start();
     let (port, metrics_port) = (http.port, http.metrics_port);
     services::print_ports(&config, port, ports.cluster.port(), metrics_port);
@@ -124,12 +128,13 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     }
     .emit(&log);
 
-    let signal = shutdown::wait_for_signal().await?;
+    let signal = signals.next().await;
     shutdown::shut_down(
         shutdown::Running {
             config,
             log,
             ready,
+            draining,
             gate: gate_mailbox,
             http: handles,
             data_plane,
@@ -137,6 +142,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
             storage,
         },
         signal,
+        signals,
     )
     .await;
     Ok(())

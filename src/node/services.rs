@@ -65,6 +65,9 @@ pub(super) fn announce(config: &Config, log: &Logger) {
         connection_rate: config.connection_rate,
         max_pending_connections: config.max_pending_connections,
         max_frame_bytes: config.max_frame_bytes,
+        shutdown_timeout_ms: config.shutdown_timeout.as_millis() as u64,
+        drain_delay_ms: config.drain_delay.as_millis() as u64,
+        drain_spread_ms: config.drain_spread.as_millis() as u64,
     }
     .emit(log);
 }

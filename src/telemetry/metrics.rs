@@ -135,6 +135,7 @@ pub struct Metrics {
     pub memory_budget_bytes: IntGauge,
     pub memory_budget_used_bytes: IntGauge,
     pub memory_budget_exceeded: IntGauge,
+    pub draining: IntGauge,
     pub maps: IntGauge,
     pub client_rate_limited_total: IntCounter,
     pub connections_closed_total: IntCounterVec,
@@ -330,6 +331,10 @@ impl Metrics {
             memory_budget_exceeded: b.gauge(
                 "topgun_memory_budget_exceeded",
                 "1 while the memory budget is exceeded and writes that add data are refused, else 0.",
+            )?,
+            draining: b.gauge(
+                "topgun_draining",
+                "1 from SIGTERM on: /ready answers 503, new connections are turned away and the open ones are closed over the drain spread; else 0.",
             )?,
             maps: b.gauge(
                 "topgun_maps",

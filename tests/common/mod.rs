@@ -111,6 +111,10 @@ pub fn command(dir: &std::path::Path) -> Command {
         .env("TOPGUN_DATA_DIR", dir.join("data"))
         .env("TOPGUN_REPORT_INTERVAL_MS", "100")
         .env("TOPGUN_CLUSTER_PORT", "0")
+        // Suites not about the drain stop at once, as before it existed; tests/drain.rs and
+        // the cluster drain tests set their own with flags (flag beats env).
+        .env("TOPGUN_DRAIN_DELAY_MS", "0")
+        .env("TOPGUN_DRAIN_SPREAD_MS", "0")
         .stdin(Stdio::null());
     // Runs a whole suite under another placement than the default: TOPGUN_TEST_PLACEMENT=full.
     if let Ok(placement) = std::env::var("TOPGUN_TEST_PLACEMENT") {
