@@ -45,7 +45,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     let log = logging.root.clone();
     services::announce(&config, &log);
     services::raise_open_files_limit(&log);
-    let verifier = services::client_auth(&config, &log)?;
+    let auth = services::client_auth(&config, &log).await?;
 
     // What can fail, before any actor.
     let registry = services::registry(&config)?;
@@ -76,6 +76,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         backend,
         services::cluster_state(&config, &identity, cluster_tls),
     );
+    let (verifier, keys) = services::verifier(&config, &log, &telemetry.metrics, auth);
     let ready = Arc::new(AtomicBool::new(false));
     let node = Arc::new(NodeContext {
         data: data_plane.clone(),
@@ -109,7 +110,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     )?;
     let tls_reloads =
         client_tls.map(|tls| services::start_tls_reloads(&config, &log, &telemetry.metrics, tls));
-    services::reload_on_hangup(&log, tls_reloads)?;
+    let keys_reloads = keys.map(services::KeysReloader::run);
+    services::reload_on_hangup(&log, tls_reloads, keys_reloads)?;
     LagProbe::new("main", telemetry.metrics.clone(), config.report_interval).start();
     let (port, metrics_port) = (http.port, http.metrics_port);
     services::print_ports(&config, port, ports.cluster.port(), metrics_port);
