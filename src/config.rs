@@ -430,6 +430,29 @@ pub struct Overrides {
     /// Required `aud` claim, when set
     #[arg(long, env = "TOPGUN_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// JWT verification keys by `kid` instead of JWT_SECRET: a JWKS document ({"keys": [...]})
+    /// or one PEM public key, read again when it changes and on SIGHUP
+    #[arg(long, env = "TOPGUN_JWT_KEYS_FILE", value_name = "FILE")]
+    pub jwt_keys_file: Option<PathBuf>,
+    /// How often --jwt-keys-file is checked for a change, ms (0: only on SIGHUP) [default: 10000]
+    #[arg(long, env = "TOPGUN_JWT_KEYS_RELOAD_INTERVAL_MS")]
+    pub jwt_keys_reload_interval_ms: Option<u64>,
+    /// The identity provider's JWKS (http:// or https://) instead of JWT_SECRET: fetched at
+    /// start, refreshed on an interval, on SIGHUP and when a token names an unknown `kid`
+    #[arg(long, env = "TOPGUN_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+    /// How often --jwks-url is fetched again, ms (0: only on an unknown `kid` and SIGHUP)
+    /// [default: 300000]
+    #[arg(long, env = "TOPGUN_JWKS_REFRESH_INTERVAL_MS")]
+    pub jwks_refresh_interval_ms: Option<u64>,
+    /// Shortest time between a fetch of --jwks-url and one caused by a token with an unknown
+    /// `kid`, ms [default: 10000]
+    #[arg(long, env = "TOPGUN_JWKS_MIN_REFRESH_INTERVAL_MS")]
+    pub jwks_min_refresh_interval_ms: Option<u64>,
+    /// PEM certificate(s) of the CA that --jwks-url's certificate must chain to, instead of
+    /// the system's root certificates
+    #[arg(long, env = "TOPGUN_JWKS_CA", value_name = "FILE")]
+    pub jwks_ca: Option<PathBuf>,
 
     /// trace, debug, info, warn, error, fatal, silent [default: info]
     #[arg(long, env = "LOG_LEVEL")]
@@ -864,6 +887,9 @@ impl fmt::Debug for DebugToken {
 pub enum AuthMode {
     /// HS256 with this secret, or RS256 when it is a PEM public key.
     Jwt { secret: String },
+    /// Keys by `kid`, from a file or an identity provider's JWKS, kept current while the node
+    /// runs.
+    Keys(KeySource),
     /// Development: every connection is authenticated from its first frame.
     Off {
         /// True when the operator asked for it (`TOPGUN_NO_AUTH`), false when the node fell
@@ -880,11 +906,147 @@ impl fmt::Debug for AuthMode {
                 f.write_str("jwt-rs256")
             }
             AuthMode::Jwt { .. } => f.write_str("jwt-hs256"),
+            AuthMode::Keys(KeySource::File { .. }) => f.write_str("jwt-keys-file"),
+            AuthMode::Keys(KeySource::Url(_)) => f.write_str("jwks-url"),
             AuthMode::Off { explicit: true } => f.write_str("off"),
             AuthMode::Off { explicit: false } => f.write_str("off (no JWT_SECRET)"),
         }
     }
 }
+
+/// Where the verification keys of [`AuthMode::Keys`] come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    File {
+        path: PathBuf,
+        /// How often the file is checked for a change; `None`: SIGHUP only.
+        reload_interval: Option<Duration>,
+    },
+    Url(JwksUrl),
+}
+
+/// `--jwks-url` and how it is refreshed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwksUrl {
+    pub url: String,
+    /// `None`: the IdP's certificate is checked against the system's roots.
+    pub ca: Option<PathBuf>,
+    /// `None`: fetched again only on SIGHUP and for unknown `kid`s.
+    pub refresh_interval: Option<Duration>,
+    /// Shortest time between the start of a fetch and one an unknown `kid` causes.
+    pub min_refresh_interval: Duration,
+}
+
+/// `JWT_SECRET`, `--jwt-keys-file` or `--jwks-url` (one of them), unless `no_auth`.
+fn auth_mode(
+    no_auth: bool,
+    secret: Option<String>,
+    keys_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    intervals: (Option<u64>, Option<u64>, Option<u64>),
+    jwks_ca: Option<PathBuf>,
+) -> Result<AuthMode, ConfigError> {
+    let sources = [secret.is_some(), keys_file.is_some(), jwks_url.is_some()];
+    if sources.iter().filter(|&&set| set).count() > 1 {
+        return Err(ConfigError::invalid(
+            if keys_file.is_some() {
+                "jwt_keys_file"
+            } else {
+                "jwks_url"
+            },
+            "set one of JWT_SECRET, --jwt-keys-file and --jwks-url",
+        ));
+    }
+    if jwks_ca.is_some() && jwks_url.is_none() {
+        return Err(ConfigError::invalid(
+            "jwks_ca",
+            "a JWKS CA needs --jwks-url (it checks that server's certificate)",
+        ));
+    }
+    let (file_every, url_every, min_refresh) = intervals;
+    let every = |set: Option<u64>, default: u64| match set.unwrap_or(default) {
+        0 => None,
+        n => Some(Duration::from_millis(n)),
+    };
+    Ok(match (no_auth, secret, keys_file, jwks_url) {
+        (true, ..) => AuthMode::Off { explicit: true },
+        // Literal "\n" sequences in a PEM passed through an env var become newlines, as the
+        // reference does, so a one-line env value works.
+        (false, Some(secret), _, _) => AuthMode::Jwt {
+            secret: if secret.starts_with("-----BEGIN") {
+                secret.replace("\\n", "\n")
+            } else {
+                secret
+            },
+        },
+        (false, None, Some(path), _) => AuthMode::Keys(KeySource::File {
+            path,
+            reload_interval: every(file_every, DEFAULT_JWT_KEYS_RELOAD_MS),
+        }),
+        (false, None, None, Some(url)) => {
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            let has_host = url
+                .split_once("://")
+                .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+            if !matches!(scheme.as_deref(), Some("http" | "https")) || !has_host {
+                return Err(ConfigError::invalid(
+                    "jwks_url",
+                    format!("{:?} is not an http:// or https:// URL", shown_url(&url)),
+                ));
+            }
+            if jwks_ca.is_some() && scheme.as_deref() == Some("http") {
+                return Err(ConfigError::invalid(
+                    "jwks_ca",
+                    "the JWKS URL is plain http://: there is no certificate for a CA to check",
+                ));
+            }
+            let min_refresh_interval =
+                Duration::from_millis(min_refresh.unwrap_or(DEFAULT_JWKS_MIN_REFRESH_MS));
+            if min_refresh_interval.is_zero() {
+                return Err(ConfigError::invalid(
+                    "jwks_min_refresh_interval_ms",
+                    "must be greater than 0 (it bounds the fetches tokens with made-up kids cause)",
+                ));
+            }
+            AuthMode::Keys(KeySource::Url(JwksUrl {
+                url,
+                ca: jwks_ca,
+                refresh_interval: every(url_every, DEFAULT_JWKS_REFRESH_MS),
+                min_refresh_interval,
+            }))
+        }
+        (false, None, None, None) => AuthMode::Off { explicit: false },
+    })
+}
+
+/// `scheme://host[:port]/path`, without credentials, and `?…` for a query: what logs and
+/// errors show of `--jwks-url`.
+pub fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (before_query, query) = match rest.find(['?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let query = if query.is_empty() { "" } else { "?…" };
+    if scheme.is_empty() {
+        format!("{host}{path}{query}")
+    } else {
+        format!("{scheme}://{host}{path}{query}")
+    }
+}
+
+/// `--jwt-keys-reload-interval-ms`: a stat() every 10 s costs nothing.
+const DEFAULT_JWT_KEYS_RELOAD_MS: u64 = 10_000;
+/// `--jwks-refresh-interval-ms`: IdPs publish a new key well before they sign with it
+/// (hours to days), and an unknown `kid` fetches at once anyway.
+const DEFAULT_JWKS_REFRESH_MS: u64 = 300_000;
+/// `--jwks-min-refresh-interval-ms`.
+const DEFAULT_JWKS_MIN_REFRESH_MS: u64 = 10_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -999,19 +1161,21 @@ impl Config {
 
         let secret = cli.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty());
         let no_auth = cli.no_auth.or(file.no_auth).unwrap_or(false);
-        let auth = match (no_auth, secret) {
-            (true, _) => AuthMode::Off { explicit: true },
-            // Literal "\n" sequences in a PEM passed through an env var become newlines, as the
-            // reference does, so a one-line env value works.
-            (false, Some(secret)) => AuthMode::Jwt {
-                secret: if secret.starts_with("-----BEGIN") {
-                    secret.replace("\\n", "\n")
-                } else {
-                    secret
-                },
-            },
-            (false, None) => AuthMode::Off { explicit: false },
-        };
+        let auth = auth_mode(
+            no_auth,
+            secret,
+            cli.jwt_keys_file.or(file.jwt_keys_file),
+            cli.jwks_url.or(file.jwks_url).filter(|s| !s.is_empty()),
+            (
+                cli.jwt_keys_reload_interval_ms
+                    .or(file.jwt_keys_reload_interval_ms),
+                cli.jwks_refresh_interval_ms
+                    .or(file.jwks_refresh_interval_ms),
+                cli.jwks_min_refresh_interval_ms
+                    .or(file.jwks_min_refresh_interval_ms),
+            ),
+            cli.jwks_ca.or(file.jwks_ca),
+        )?;
         let host_text = cli.host.or(file.host);
         let host = match &host_text {
             Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
@@ -1438,7 +1602,25 @@ impl Config {
         let path = |p: &Option<PathBuf>| opt(&p.as_ref().map(|p| p.display().to_string()));
         let (jwt_secret, no_auth) = match &self.auth {
             AuthMode::Jwt { .. } => ("(set)".to_owned(), "false".to_owned()),
+            AuthMode::Keys(_) => ("unset".to_owned(), "false".to_owned()),
             AuthMode::Off { explicit } => ("unset".to_owned(), explicit.to_string()),
+        };
+        let unset = || "unset".to_owned();
+        let (keys_file, keys_reload) = match &self.auth {
+            AuthMode::Keys(KeySource::File {
+                path: p,
+                reload_interval,
+            }) => (p.display().to_string(), ms_or_zero(*reload_interval)),
+            _ => (unset(), unset()),
+        };
+        let (jwks_url, jwks_refresh, jwks_min_refresh, jwks_ca) = match &self.auth {
+            AuthMode::Keys(KeySource::Url(u)) => (
+                u.url.clone(),
+                ms_or_zero(u.refresh_interval),
+                ms(u.min_refresh_interval),
+                path(&u.ca),
+            ),
+            _ => (unset(), unset(), unset(), unset()),
         };
         let cluster_tls = self.cluster_tls.as_ref();
         let client_tls = self.client_tls.as_ref();
@@ -1489,6 +1671,12 @@ impl Config {
             ("data_dir", self.data_dir.display().to_string()),
             ("jwt_secret", jwt_secret),
             ("no_auth", no_auth),
+            ("jwt_keys_file", keys_file),
+            ("jwt_keys_reload_interval_ms", keys_reload),
+            ("jwks_url", jwks_url),
+            ("jwks_refresh_interval_ms", jwks_refresh),
+            ("jwks_min_refresh_interval_ms", jwks_min_refresh),
+            ("jwks_ca", jwks_ca),
             ("jwt_issuer", opt(&self.jwt_issuer)),
             ("jwt_audience", opt(&self.jwt_audience)),
             ("log_level", self.log_level.to_string()),
@@ -1768,6 +1956,71 @@ mod tests {
         assert!(!token.matches("s3cre"));
         assert!(!token.matches("s3cret "));
         assert!(!format!("{token:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials_or_query() {
+        assert_eq!(
+            shown_url("https://user:pw@idp.example:8443/realms/a/certs?key=1"),
+            "https://idp.example:8443/realms/a/certs?…"
+        );
+        assert_eq!(
+            shown_url("http://127.0.0.1:9/jwks"),
+            "http://127.0.0.1:9/jwks"
+        );
+        assert_eq!(shown_url("https://idp.example"), "https://idp.example");
+        assert_eq!(shown_url("idp@x/y#frag"), "x/y?…");
+    }
+
+    #[test]
+    fn keys_come_from_one_source_with_its_intervals() {
+        let c =
+            Config::resolve(cli(&["--jwt-keys-file", "/k.json"]), Overrides::default()).unwrap();
+        assert_eq!(
+            c.auth,
+            AuthMode::Keys(KeySource::File {
+                path: "/k.json".into(),
+                reload_interval: Some(Duration::from_millis(10_000)),
+            })
+        );
+        assert_eq!(format!("{:?}", c.auth), "jwt-keys-file");
+        // Keys are authentication: the node may serve beyond loopback.
+        assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+        let c = Config::resolve(
+            cli(&["--jwks-url", "https://idp.example/certs"]),
+            file("jwks_refresh_interval_ms = 0\njwks_ca = \"/ca.pem\""),
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth,
+            AuthMode::Keys(KeySource::Url(JwksUrl {
+                url: "https://idp.example/certs".into(),
+                ca: Some("/ca.pem".into()),
+                refresh_interval: None,
+                min_refresh_interval: Duration::from_millis(10_000),
+            }))
+        );
+        for bad in [
+            &["--jwt-secret", "s", "--jwks-url", "https://idp/certs"][..],
+            &["--jwt-keys-file", "/k", "--jwks-url", "https://idp/certs"][..],
+            &["--jwt-secret", "s", "--jwt-keys-file", "/k"][..],
+            &["--jwks-url", "ftp://idp/certs"][..],
+            &["--jwks-url", "https://"][..],
+            &["--jwks-url", "idp.example/certs"][..],
+            &["--jwks-ca", "/ca.pem"][..],
+            &["--jwks-url", "http://idp/certs", "--jwks-ca", "/ca.pem"][..],
+            &[
+                "--jwks-url",
+                "https://idp/certs",
+                "--jwks-min-refresh-interval-ms",
+                "0",
+            ][..],
+        ] {
+            assert!(
+                Config::resolve(cli(bad), Overrides::default()).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

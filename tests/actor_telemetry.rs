@@ -15,7 +15,7 @@ use common::*;
 
 const TOKEN: &str = "actor-telemetry-debug-token";
 
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 9] = [
     "connection",
     "gate",
     "shard",
@@ -24,6 +24,7 @@ const KINDS: [&str; 8] = [
     "storage",
     "metrics",
     "tls",
+    "keys",
 ];
 
 fn wait_count(s: &Scrape, actor: &str) -> f64 {

@@ -107,6 +107,8 @@ fn seed_families_types_help_and_content_type() {
         ("topgun_tls_handshake_failures_total", "counter"),
         ("topgun_tls_reloads_total", "counter"),
         ("topgun_draining", "gauge"),
+        ("topgun_jwks_refresh_failures_total", "counter"),
+        ("topgun_jwt_keys", "gauge"),
         ("topgun_runtime_lag_seconds", "gauge"),
         ("topgun_process_cpu_seconds_total", "counter"),
         ("topgun_process_resident_memory_bytes", "gauge"),

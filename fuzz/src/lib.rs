@@ -6,7 +6,7 @@
 //! Every function must return for every input: a panic, an abort, a hang or a huge allocation
 //! is a finding, fixed in the node's code (never worked around here).
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -21,6 +21,7 @@ use topgun_node::cluster::wire::{self, Kind};
 use topgun_node::config::{self, Config, Overrides};
 use topgun_node::data::ops::{query_spec, shard_op};
 use topgun_node::net::auth::Verifier;
+use topgun_node::net::keyset::{KeySet, KeyStore};
 use topgun_node::protocol::{self, ClientMessage, ClientOp};
 use topgun_node::shard::query::CompiledQuery;
 
@@ -259,7 +260,10 @@ pub fn identity(name: &str, port: u16, generation: u64) -> NodeIdentity {
 /// they set fired in between: suspicion, probes and down verdicts driven by a remote peer.
 /// The cluster secrets a fuzzed node holds: a current and a previous one.
 pub fn fuzz_keys() -> topgun_node::cluster::secret::ClusterKeys {
-    topgun_node::cluster::secret::ClusterKeys::new(b"fuzzed grid secret", Some(b"previous grid secret"))
+    topgun_node::cluster::secret::ClusterKeys::new(
+        b"fuzzed grid secret",
+        Some(b"previous grid secret"),
+    )
 }
 
 pub fn membership(data: &[u8]) {
@@ -379,6 +383,36 @@ pub fn jwt(data: &[u8]) {
             let token = signed_token(rest);
             let _ = HS.verify(&token);
             let _ = HS_ISS_AUD.verify(&token);
+        }
+    }
+}
+
+/// A key set as `--jwt-keys-file` or a `--jwks-url` answer brings it (a JWKS document or a PEM
+/// key), parsed as a reload does. When it parses, every key it kept is used: a token of each
+/// algorithm names each `kid` (and none), with a signature of the wrong kind, so the verifier of
+/// every key is built over what the parser let through (a key that passed the parser but cannot
+/// be used must fail there as an error, never a panic).
+pub fn jwks(data: &[u8]) {
+    let Ok(set) = KeySet::parse(data) else {
+        return;
+    };
+    let _ = (set.len(), set.skipped().len(), set.changes_since(&set));
+    let kids: Vec<String> = set.kids().map(str::to_owned).collect();
+    let verifier = Verifier::with_keys(Arc::new(KeyStore::new(set)), None, None, None);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = b64.encode(r#"{"sub":"u","exp":4000000000}"#);
+    let signature = b64.encode([7u8; 256]);
+    for alg in [
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+        "ES384", "EdDSA",
+    ] {
+        for kid in kids.iter().map(Some).chain([None]) {
+            let header = match kid {
+                Some(kid) => serde_json::json!({"alg": alg, "kid": kid}),
+                None => serde_json::json!({"alg": alg}),
+            };
+            let token = format!("{}.{claims}.{signature}", b64.encode(header.to_string()));
+            let _ = verifier.verify(&token);
         }
     }
 }

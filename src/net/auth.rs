@@ -1,13 +1,25 @@
-//! JWT verification (protocol.md section 3): HS256 with the secret's UTF-8 bytes, or RS256 when
-//! the secret is a PEM public key. `sub` and `exp` are required, `exp` with 60 s leeway;
+//! JWT verification (protocol.md section 3) against a [`KeySet`]: one key from `JWT_SECRET`
+//! (HS256 with the secret's UTF-8 bytes, or RS256 when it is a PEM public key), or the keys by
+//! `kid` of `--jwt-keys-file` or `--jwks-url` (HS256/384/512, RS256/384/512, PS256/384/512,
+//! ES256, ES384, EdDSA), kept current by `net::jwks`. The token's `kid` picks the key and its
+//! `alg` must be one the key verifies: the algorithm comes from the key, the header only
+//! chooses among what the key allows. `sub` and `exp` are required, `exp` with 60 s leeway;
 //! `nbf` and `iat`, when present, must not be more than that leeway in the future;
 //! `iss`/`aud` only when configured. A token over [`MAX_TOKEN_BYTES`] or a `sub` over
-//! [`MAX_SUB_BYTES`] is refused before anything is decoded or kept. A failure maps to a bounded reason code, which is the
-//! metric label and the log's `reason`; the raw error text is never sent to the client.
+//! [`MAX_SUB_BYTES`] is refused before anything is decoded or kept. A failure maps to a bounded
+//! reason code, which is the metric label and the log's `reason`; the raw error text is never
+//! sent to the client.
+use std::str::FromStr;
+use std::sync::Arc;
+
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+
+use super::jwks::KeysActor;
+use super::keyset::{KeyMiss, KeySet, KeyStore};
+use crate::telemetry::mailbox::Mailbox;
 
 /// Longest token read at all (a JWT with a handful of claims is a few hundred bytes).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -37,6 +49,10 @@ pub enum AuthError {
     TooLarge,
     #[error("token is not valid yet (nbf or iat in the future)")]
     NotYetValid,
+    #[error("token names a kid the key set does not have")]
+    UnknownKid,
+    #[error("token names no kid and the key set has several keys")]
+    MissingKid,
 }
 
 impl AuthError {
@@ -52,6 +68,8 @@ impl AuthError {
             AuthError::BadAudience => "bad_audience",
             AuthError::TooLarge => "too_large",
             AuthError::NotYetValid => "not_yet_valid",
+            AuthError::UnknownKid => "unknown_kid",
+            AuthError::MissingKid => "missing_kid",
         }
     }
 }
@@ -73,29 +91,48 @@ struct Claims {
 }
 
 pub struct Verifier {
-    key: DecodingKey,
-    algorithm: Algorithm,
+    keys: Arc<KeyStore>,
+    /// Issuer, audience, leeway and required claims; its algorithm is set per token, to the
+    /// one the token names once its key allows it.
     validation: Validation,
+    /// Asked for a fresh key set when a token names a `kid` the set lacks (`--jwks-url`).
+    refresher: Option<Mailbox<KeysActor>>,
 }
 
 impl Verifier {
-    /// Fails on an unusable RSA key; reported at start as a config error.
+    /// `JWT_SECRET`: one key for every token. Fails on an unusable RSA key; reported at start
+    /// as a config error.
     pub fn new(
         secret: &str,
         issuer: Option<&str>,
         audience: Option<&str>,
     ) -> Result<Verifier, String> {
-        let (key, algorithm) = if secret.starts_with("-----BEGIN") {
+        let set = if secret.starts_with("-----BEGIN") {
             let key = DecodingKey::from_rsa_pem(secret.as_bytes())
                 .map_err(|e| format!("JWT_SECRET looks like a PEM key but does not parse: {e}"))?;
-            (key, Algorithm::RS256)
+            KeySet::single(key, Algorithm::RS256)
         } else {
-            (
+            KeySet::single(
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
             )
         };
-        let mut validation = Validation::new(algorithm);
+        Ok(Verifier::with_keys(
+            Arc::new(KeyStore::new(set)),
+            issuer,
+            audience,
+            None,
+        ))
+    }
+
+    /// Keys by `kid` that a reload may replace while the node runs.
+    pub fn with_keys(
+        keys: Arc<KeyStore>,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+        refresher: Option<Mailbox<KeysActor>>,
+    ) -> Verifier {
+        let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
@@ -108,11 +145,17 @@ impl Verifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Verifier {
-            key,
-            algorithm,
+        Verifier {
+            keys,
             validation,
-        })
+            refresher,
+        }
+    }
+
+    /// Where to ask for a fresh key set after [`AuthError::UnknownKid`]; `None`: the keys do
+    /// not come from a URL, asking again would not change them.
+    pub fn refresher(&self) -> Option<&Mailbox<KeysActor>> {
+        self.refresher.as_ref()
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
@@ -121,12 +164,22 @@ impl Verifier {
         }
         // Look at the header ourselves first: `alg: none` (or any other algorithm) is an
         // attack to name as such, not a malformed token.
-        match header_alg(token) {
-            Some(alg) if alg == alg_name(self.algorithm) => {}
-            Some(_) => return Err(AuthError::BadAlgorithm),
-            None => return Err(AuthError::Malformed),
+        let header = parse_header(token).ok_or(AuthError::Malformed)?;
+        let alg = Algorithm::from_str(&header.alg).map_err(|_| AuthError::BadAlgorithm)?;
+        let set = self.keys.get();
+        let key = set
+            .key_for(header.kid.as_deref())
+            .map_err(|miss| match miss {
+                KeyMiss::UnknownKid => AuthError::UnknownKid,
+                KeyMiss::MissingKid => AuthError::MissingKid,
+            })?;
+        // The key decides: an HS256 header cannot make an RSA key a shared secret.
+        if !key.verifies(alg) {
+            return Err(AuthError::BadAlgorithm);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![alg];
+        let data = jsonwebtoken::decode::<Claims>(token, key.key(), &validation)
             .map_err(|e| classify(e.kind()))?;
         let user_id = match data.claims.sub {
             Some(serde_json::Value::String(s)) if s.len() > MAX_SUB_BYTES => {
@@ -160,21 +213,29 @@ impl Verifier {
     }
 }
 
-fn alg_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::RS256 => "RS256",
-        _ => "HS256",
-    }
+/// What the node reads of a compact JWS header.
+struct Header {
+    alg: String,
+    kid: Option<String>,
 }
 
-/// The `alg` of a compact JWS header, if the header decodes at all.
-fn header_alg(token: &str) -> Option<String> {
+/// The `alg` (required) and `kid` (optional, a string when present) of a compact JWS header,
+/// if the header decodes at all.
+fn parse_header(token: &str) -> Option<Header> {
+    #[derive(Deserialize)]
+    struct Raw {
+        alg: String,
+        kid: Option<String>,
+    }
     let header = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("alg")?.as_str().map(str::to_owned)
+    let raw: Raw = serde_json::from_slice(&bytes).ok()?;
+    Some(Header {
+        alg: raw.alg,
+        kid: raw.kid,
+    })
 }
 
 fn classify(kind: &ErrorKind) -> AuthError {
@@ -247,6 +308,109 @@ mod tests {
         // {"alg":"none","typ":"JWT"} . {"sub":"u1","exp":9999999999} . (no signature)
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert_eq!(v.verify(none), Err(AuthError::BadAlgorithm));
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        encode(&header, &json!({"sub": "u", "exp": now() + 60}), key).unwrap()
+    }
+
+    fn keys_verifier(doc: serde_json::Value) -> Verifier {
+        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        Verifier::with_keys(Arc::new(KeyStore::new(set)), None, None, None)
+    }
+
+    const RSA_PUBLIC: &str = include_str!("../../tests/fixtures/jwt/rsa-public.pem");
+
+    #[test]
+    fn keys_by_kid_verify_es256_eddsa_and_hs256_and_refuse_algorithm_confusion() {
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let point = ec.public_key_raw();
+        // The RSA key from its public half: the node's src/ never signs with an RSA private
+        // key (deny.toml, RUSTSEC-2023-0071); tests/jwks.rs signs RS256 end to end.
+        let rsa_public = DecodingKey::from_rsa_pem(RSA_PUBLIC.as_bytes()).unwrap();
+        let mut rsa_jwk = serde_json::to_value(
+            jsonwebtoken::jwk::Jwk::from_decoding_key(&rsa_public, Some(Algorithm::RS256)).unwrap(),
+        )
+        .unwrap();
+        rsa_jwk["kid"] = "rs".into();
+        let v = keys_verifier(json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "ec", "x": b64(&point[1..33]), "y": b64(&point[33..])},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(ed.public_key_raw())},
+            rsa_jwk,
+            {"kty": "oct", "kid": "hs", "k": b64(b"s3cret")},
+        ]}));
+        let ec_key = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap();
+        let ed_key = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap();
+        let hs_key = EncodingKey::from_secret(b"s3cret");
+        for (alg, kid, key) in [
+            (Algorithm::ES256, "ec", &ec_key),
+            (Algorithm::EdDSA, "ed", &ed_key),
+            (Algorithm::HS256, "hs", &hs_key),
+            (Algorithm::HS512, "hs", &hs_key),
+        ] {
+            assert!(v.verify(&signed(alg, Some(kid), key)).is_ok(), "{alg:?}");
+        }
+        // Algorithm confusion: the RSA public key as an HMAC secret, under the RSA key's kid.
+        let confused = EncodingKey::from_secret(RSA_PUBLIC.as_bytes());
+        let forged = signed(Algorithm::HS256, Some("rs"), &confused);
+        assert_eq!(v.verify(&forged), Err(AuthError::BadAlgorithm));
+        // The EC key's kid on an EdDSA token: the key decides.
+        assert_eq!(
+            v.verify(&signed(Algorithm::EdDSA, Some("ec"), &ed_key)),
+            Err(AuthError::BadAlgorithm)
+        );
+        // Another P-256 key under the kid "ec".
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let other = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
+        assert_eq!(
+            v.verify(&signed(Algorithm::ES256, Some("ec"), &other)),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&signed(Algorithm::HS256, Some("gone"), &hs_key)),
+            Err(AuthError::UnknownKid)
+        );
+        assert_eq!(
+            v.verify(&signed(Algorithm::HS256, None, &hs_key)),
+            Err(AuthError::MissingKid)
+        );
+    }
+
+    #[test]
+    fn a_pem_keys_file_is_one_key_for_every_token() {
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let set = KeySet::parse(ed.public_key_pem().as_bytes()).unwrap();
+        let v = Verifier::with_keys(Arc::new(KeyStore::new(set)), None, None, None);
+        let key = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap();
+        assert!(v.verify(&signed(Algorithm::EdDSA, None, &key)).is_ok());
+        assert!(v
+            .verify(&signed(Algorithm::EdDSA, Some("any"), &key))
+            .is_ok());
+        let set = KeySet::parse(RSA_PUBLIC.as_bytes()).unwrap();
+        let v = Verifier::with_keys(Arc::new(KeyStore::new(set)), None, None, None);
+        let forged = signed(
+            Algorithm::HS256,
+            None,
+            &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
+        );
+        assert_eq!(v.verify(&forged), Err(AuthError::BadAlgorithm));
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let set = KeySet::parse(ec.public_key_pem().as_bytes()).unwrap();
+        let v = Verifier::with_keys(Arc::new(KeyStore::new(set)), None, None, None);
+        let key = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap();
+        assert!(v.verify(&signed(Algorithm::ES256, None, &key)).is_ok());
+        let hs = EncodingKey::from_secret(b"x");
+        assert_eq!(
+            v.verify(&signed(Algorithm::HS256, None, &hs)),
+            Err(AuthError::BadAlgorithm)
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use bytes::BytesMut;
 use slog::debug;
 
+use super::auth::AuthError;
 use super::conn_telemetry::ConnectionTelemetry;
 use super::gate::{HandshakeFinished, Register, Unregister, WantsPartitionMap};
+use super::jwks::KidUnknown;
 use super::pipeline::Pipeline;
 use super::requests::Completion;
 use super::token_bucket::TokenBucket;
@@ -325,8 +327,38 @@ impl ConnectionActor {
         };
         match verifier.verify(&auth.token) {
             Ok(principal) => self.authenticated(ctx, Some(principal.user_id)),
+            Err(AuthError::UnknownKid) if verifier.refresher().is_some() => {
+                self.verify_after_refresh(ctx, auth.token)
+            }
             Err(e) => self.fail_auth(ctx, e.code()),
         }
+    }
+
+    /// A token whose `kid` the key set lacks may be signed with a key the IdP published since
+    /// the last fetch: ask for a fresh set and check the token again once it is in (the key
+    /// actor fetches at most once per `--jwks-min-refresh-interval-ms`; when it will not, the
+    /// token is refused as it is). The connection handles nothing else meanwhile (`ctx.wait`),
+    /// so frames stay in order; the fetch is bounded by its timeout.
+    fn verify_after_refresh(&mut self, ctx: &mut ws::WebsocketContext<Self>, token: String) {
+        let Some(refresher) = self.node.verifier.as_ref().and_then(|v| v.refresher()) else {
+            return self.fail_auth(ctx, AuthError::UnknownKid.code());
+        };
+        let asked = refresher.send(KidUnknown);
+        let refreshed = async move {
+            if let Ok(Some(done)) = asked.await {
+                let _ = done.await;
+            }
+        };
+        ctx.wait(refreshed.into_actor(self).map(move |(), act, ctx| {
+            let verified = match &act.node.verifier {
+                Some(verifier) => verifier.verify(&token),
+                None => return,
+            };
+            match verified {
+                Ok(principal) => act.authenticated(ctx, Some(principal.user_id)),
+                Err(e) => act.fail_auth(ctx, e.code()),
+            }
+        }));
     }
 
     /// A refused AUTH: counted and logged with `reason`, answered `AUTH_FAIL` (the reason is

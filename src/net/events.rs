@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::events;
 use crate::net::conn_telemetry::ConnectionTelemetry;
-use crate::telemetry::event::{ErrField, Event};
+use crate::telemetry::event::{ErrField, Event, Shown};
 
 events! {
     Info ClientConnected<'a> = "client_connected", "client connected" {
@@ -90,6 +90,30 @@ events! {
     Error TlsReloadFailed = "tls_reload_failed", "client TLS reload failed; the certificate in use stays" {
         cause: &'static str => "cause",
         err: ErrField => "err",
+    }
+    /// The JWT keys were read again (SIGHUP, a changed keys file, the refresh interval, a
+    /// token with an unknown `kid`) and differ from the set in use, which they replace.
+    Info JwtKeysReloaded<'a> = "jwt_keys_reloaded", "JWT keys reloaded" {
+        cause: &'static str => "cause",
+        source: Shown<'a> => "source",
+        keys: usize => "keys",
+        added: usize => "added",
+        removed: usize => "removed",
+        skipped: usize => "skipped",
+        kids: String => "kids",
+    }
+    /// The keys could not be read, fetched or used; the set in use stays.
+    Warning JwtKeysReloadFailed<'a> = "jwt_keys_reload_failed",
+        "JWT keys reload failed; the keys in use stay" {
+        cause: &'static str => "cause",
+        source: Shown<'a> => "source",
+        err: ErrField => "err",
+    }
+    /// A key of the set that cannot verify tokens (an unknown `kty`, an encryption key, an RSA
+    /// modulus under 2048 bits...), logged when the set is loaded; `reason` says which.
+    Warning JwtKeySkipped = "jwt_key_skipped", "JWT key skipped" {
+        kid: String => "kid",
+        reason: &'static str => "reason",
     }
     /// Client TLS handshakes that failed since the last such line, by reason (at most one
     /// line per 10 s).

@@ -8,6 +8,8 @@ pub mod flow;
 pub mod gate;
 pub mod grouped;
 pub mod http_sync;
+pub mod jwks;
+pub mod keyset;
 pub mod pipeline;
 pub mod queries;
 pub mod requests;

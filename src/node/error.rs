@@ -29,6 +29,8 @@ pub enum StartError {
     ClusterTls(#[from] crate::cluster::tls::TlsError),
     #[error("client TLS: {0}")]
     ClientTls(#[from] crate::net::tls::ClientTlsError),
+    #[error("JWT keys: {0}")]
+    JwtKeys(#[from] crate::net::jwks::KeysError),
 }
 
 impl StartError {
@@ -44,14 +46,15 @@ impl StartError {
             StartError::Runtime(_) => "runtime",
             StartError::ClusterTls(e) => e.code(),
             StartError::ClientTls(e) => e.code(),
+            StartError::JwtKeys(e) => e.code(),
         }
     }
 
-    /// The process's exit status: 2 when files the operator named cannot be used (like a bad
-    /// setting, which never gets this far), 1 for everything else.
+    /// The process's exit status: 2 when files or a URL the operator named cannot be used
+    /// (like a bad setting, which never gets this far), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::ClusterTls(_) | StartError::ClientTls(_) => 2,
+            StartError::ClusterTls(_) | StartError::ClientTls(_) | StartError::JwtKeys(_) => 2,
             _ => 1,
         }
     }

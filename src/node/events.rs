@@ -69,6 +69,20 @@ events! {
         cert: Shown<'a> => "cert",
         reload_interval_ms: u64 => "reloadIntervalMs",
     }
+    /// Client tokens are checked with the keys of `--jwt-keys-file` or `--jwks-url`, loaded.
+    /// `reloadIntervalMs`: the file's check for a change, or the URL's refresh (0: SIGHUP and
+    /// unknown `kid`s only).
+    Info JwtKeysOn<'a> = "jwt_keys_on",
+        "client tokens are checked with keys by kid; SIGHUP reloads them" {
+        source: Shown<'a> => "source",
+        keys: usize => "keys",
+        kids: String => "kids",
+        reload_interval_ms: u64 => "reloadIntervalMs",
+    }
+    Warning JwksPlainHttp<'a> = "jwks_plain_http",
+        "the JWKS URL is plain http:// to another host: whoever answers in its place can sign tokens" {
+        url: Shown<'a> => "url",
+    }
     /// SIGHUP: what it reloads (`reloads` empty: nothing is configured to reload).
     Info ReloadRequested = "reload_requested", "reload requested (SIGHUP)" {
         reloads: &'static str => "reloads",

@@ -47,7 +47,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     services::announce(&config, &log);
     shutdown::announce_drain(&config, &log);
     services::raise_open_files_limit(&log);
-    let verifier = services::client_auth(&config, &log)?;
+    let auth = services::client_auth(&config, &log).await?;
 
     // What can fail, before any actor.
     let registry = services::registry(&config)?;
@@ -78,6 +78,7 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
         backend,
         services::cluster_state(&config, &identity, cluster_tls),
     );
+    let (verifier, keys) = services::verifier(&config, &log, &telemetry.metrics, auth);
     let ready = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
     let node = Arc::new(NodeContext {
@@ -113,7 +114,8 @@ async fn serve(config: Arc<Config>, logging: &Logging, node_id: String) -> Resul
     )?;
     let tls_reloads =
         client_tls.map(|tls| services::start_tls_reloads(&config, &log, &telemetry.metrics, tls));
-    services::reload_on_hangup(&log, tls_reloads)?;
+    let keys_reloads = keys.map(services::KeysReloader::run);
+    services::reload_on_hangup(&log, tls_reloads, keys_reloads)?;
     let mut signals = shutdown::Signals::listen()?;
     LagProbe::new("main", telemetry.metrics.clone(), config.report_interval).start();
     let (port, metrics_port) = (http.port, http.metrics_port);

@@ -29,12 +29,14 @@ use crate::cluster::secret::ClusterKeys;
 use crate::cluster::state::ClusterState;
 use crate::cluster::table::TableMember;
 use crate::cluster::tls::ClusterTls;
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, KeySource};
 use crate::data::budget::MemoryBudget;
 use crate::data::slots::BatchSlots;
 use crate::http;
 use crate::net::auth::Verifier;
 use crate::net::gate::{ConnectionGateActor, PartitionTableChanged};
+use crate::net::jwks::{self, KeysSource};
+use crate::net::keyset::{KeySet, KeyStore};
 use crate::net::socket;
 use crate::net::tls::{self, ClientTls};
 use crate::net::NodeContext;
@@ -44,6 +46,7 @@ use crate::telemetry::lag::LagProbe;
 use crate::telemetry::logging::Logging;
 use crate::telemetry::mailbox::{DeadLetters, Mailbox};
 use crate::telemetry::metrics::{Metrics, MetricsActor};
+use crate::telemetry::report::{ActorKind, ActorStats};
 
 /// The effective configuration, one line (never a secret: see `AuthMode`'s Debug).
 pub(super) fn announce(config: &Config, log: &Logger) {
@@ -83,16 +86,59 @@ pub(super) fn raise_open_files_limit(log: &Logger) {
     }
 }
 
-/// The token verifier, `None` when authentication is off.
-pub(super) fn client_auth(config: &Config, log: &Logger) -> Result<Option<Verifier>, StartError> {
+/// How clients authenticate, settled before anything binds.
+pub(super) enum ClientAuth {
+    Off,
+    /// `JWT_SECRET`.
+    Secret(Verifier),
+    /// `--jwt-keys-file` or `--jwks-url`, loaded.
+    Keys {
+        source: Arc<KeysSource>,
+        set: KeySet,
+    },
+}
+
+/// Checks the secret, or reads the keys of `--jwt-keys-file` or `--jwks-url` (a file that
+/// cannot be read, an IdP that cannot be reached, a set with no usable key: the node does not
+/// start, exit 2).
+pub(super) async fn client_auth(config: &Config, log: &Logger) -> Result<ClientAuth, StartError> {
     match &config.auth {
         AuthMode::Jwt { secret } => Verifier::new(
             secret,
             config.jwt_issuer.as_deref(),
             config.jwt_audience.as_deref(),
         )
-        .map(Some)
+        .map(ClientAuth::Secret)
         .map_err(StartError::Config),
+        AuthMode::Keys(settings) => {
+            let source = Arc::new(KeysSource::new(settings)?);
+            let reading = source.clone();
+            // A fetch blocks for up to its timeout: off the runtime's thread.
+            let set = actix_rt::task::spawn_blocking(move || reading.load())
+                .await
+                .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??;
+            let (every, url) = match settings {
+                KeySource::File {
+                    reload_interval, ..
+                } => (*reload_interval, None),
+                KeySource::Url(jwks) => (jwks.refresh_interval, Some(jwks.url.as_str())),
+            };
+            ev::JwtKeysOn {
+                source: Shown(&source.describe()),
+                keys: set.len(),
+                kids: jwks::kids_line(&set),
+                reload_interval_ms: every.map_or(0, |d| d.as_millis() as u64),
+            }
+            .emit(log);
+            jwks::log_skipped(&set, log);
+            if let Some(url) = url.filter(|u| plain_http_beyond_loopback(u)) {
+                ev::JwksPlainHttp {
+                    url: Shown(&crate::config::shown_url(url)),
+                }
+                .emit(log);
+            }
+            Ok(ClientAuth::Keys { source, set })
+        }
         AuthMode::Off { explicit } => {
             if !explicit {
                 ev::AuthOff {
@@ -100,8 +146,98 @@ pub(super) fn client_auth(config: &Config, log: &Logger) -> Result<Option<Verifi
                 }
                 .emit(log);
             }
-            Ok(None)
+            Ok(ClientAuth::Off)
         }
+    }
+}
+
+/// `http://` to anything but this machine: whoever answers in the IdP's place can sign tokens.
+fn plain_http_beyond_loopback(url: &str) -> bool {
+    let Some(rest) = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .and_then(|_| url.get(7..))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    !(host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+}
+
+/// The verifier of the clients' AUTH (`None`: authentication is off) and, for keys from a
+/// file or URL, the actor that keeps them current. Like the gate, the actor's address exists
+/// now (the verifier asks it for a fresh set on an unknown `kid`) and it runs once both ports
+/// are bound ([`KeysReloader::run`]).
+pub(super) fn verifier(
+    config: &Config,
+    log: &Logger,
+    metrics: &Mailbox<MetricsActor>,
+    auth: ClientAuth,
+) -> (Option<Verifier>, Option<KeysReloader>) {
+    let (source, set) = match auth {
+        ClientAuth::Off => return (None, None),
+        ClientAuth::Secret(verifier) => return (Some(verifier), None),
+        ClientAuth::Keys { source, set } => (source, set),
+    };
+    let (every, min_refresh) = match &config.auth {
+        AuthMode::Keys(KeySource::Url(jwks)) => (jwks.refresh_interval, jwks.min_refresh_interval),
+        AuthMode::Keys(KeySource::File {
+            reload_interval, ..
+        }) => (*reload_interval, Duration::MAX),
+        _ => (None, Duration::MAX),
+    };
+    let store = Arc::new(KeyStore::new(set));
+    let stats = ActorStats::new(ActorKind::Keys, config.actor_telemetry);
+    let ctx = Context::<jwks::KeysActor>::new();
+    let mailbox = Mailbox::new(ctx.address(), stats.tap(), metrics.dead_letters());
+    let refresher = source.is_url().then(|| mailbox.clone());
+    let verifier = Verifier::with_keys(
+        store.clone(),
+        config.jwt_issuer.as_deref(),
+        config.jwt_audience.as_deref(),
+        refresher,
+    );
+    let actor = jwks::KeysActor::new(
+        source,
+        store,
+        log,
+        metrics.clone(),
+        stats,
+        jwks::ReloadTimes {
+            every,
+            min_refresh,
+            report: config.report_interval,
+        },
+    );
+    (
+        Some(verifier),
+        Some(KeysReloader {
+            actor,
+            ctx,
+            mailbox,
+        }),
+    )
+}
+
+/// The keys' reloader, its address handed out before it runs.
+pub(super) struct KeysReloader {
+    actor: jwks::KeysActor,
+    ctx: Context<jwks::KeysActor>,
+    mailbox: Mailbox<jwks::KeysActor>,
+}
+
+impl KeysReloader {
+    pub fn run(self) -> Mailbox<jwks::KeysActor> {
+        self.ctx.run(self.actor);
+        self.mailbox
     }
 }
 
@@ -512,23 +648,30 @@ pub(super) fn start_tls_reloads(
     Mailbox::new(actor.start(), tap, metrics.dead_letters())
 }
 
-/// SIGHUP reloads what can be reloaded (the client TLS files) instead of ending the process,
-/// its default.
+/// SIGHUP reloads what can be reloaded (the client TLS files, the JWT keys) instead of ending
+/// the process, its default.
 pub(super) fn reload_on_hangup(
     log: &Logger,
     tls: Option<Mailbox<tls::TlsActor>>,
+    keys: Option<Mailbox<jwks::KeysActor>>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
     let log = log.clone();
+    let reloads = match (&tls, &keys) {
+        (Some(_), Some(_)) => "client_tls,jwt_keys",
+        (Some(_), None) => "client_tls",
+        (None, Some(_)) => "jwt_keys",
+        (None, None) => "",
+    };
     actix_rt::spawn(async move {
         while hangup.recv().await.is_some() {
-            ev::ReloadRequested {
-                reloads: if tls.is_some() { "client_tls" } else { "" },
-            }
-            .emit(&log);
+            ev::ReloadRequested { reloads }.emit(&log);
             if let Some(tls) = &tls {
                 tls.do_send(tls::Reload(tls::ReloadCause::Signal));
+            }
+            if let Some(keys) = &keys {
+                keys.do_send(jwks::Reload(jwks::ReloadCause::Signal));
             }
         }
     });

@@ -42,6 +42,8 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "bad_audience",
     "too_large",
     "not_yet_valid",
+    "unknown_kid",
+    "missing_kid",
     "timeout",
 ];
 
@@ -132,6 +134,8 @@ pub struct Metrics {
     pub limits_exceeded_total: IntCounterVec,
     pub tls_reloads_total: IntCounterVec,
     pub tls_handshake_failures_total: IntCounterVec,
+    pub jwks_refresh_failures_total: IntCounter,
+    pub jwt_keys: IntGauge,
     pub memory_budget_bytes: IntGauge,
     pub memory_budget_used_bytes: IntGauge,
     pub memory_budget_exceeded: IntGauge,
@@ -319,6 +323,14 @@ impl Metrics {
                 "topgun_tls_handshake_failures_total",
                 "Client connections to the TLS port that never completed a handshake, by reason: plaintext (answered with a 400), handshake (refused by TLS), timeout.",
                 &["reason"],
+            )?,
+            jwks_refresh_failures_total: b.counter(
+                "topgun_jwks_refresh_failures_total",
+                "Reloads of the JWT verification keys (a fetch of --jwks-url, a read of --jwt-keys-file) that failed: unreachable, an HTTP error, garbage, no usable key, over 1 MiB. The keys in use stay.",
+            )?,
+            jwt_keys: b.gauge(
+                "topgun_jwt_keys",
+                "JWT verification keys in use from --jwt-keys-file or --jwks-url (0 with JWT_SECRET or without authentication).",
             )?,
             memory_budget_bytes: b.gauge(
                 "topgun_memory_budget_bytes",

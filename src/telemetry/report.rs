@@ -32,10 +32,12 @@ pub enum ActorKind {
     Metrics,
     /// The client port's TLS reloader (only with `--tls-cert`).
     Tls,
+    /// The JWT keys' reloader (only with `--jwt-keys-file` or `--jwks-url`).
+    Keys,
 }
 
 impl ActorKind {
-    pub const ALL: [ActorKind; 8] = [
+    pub const ALL: [ActorKind; 9] = [
         ActorKind::Connection,
         ActorKind::Gate,
         ActorKind::Shard,
@@ -44,6 +46,7 @@ impl ActorKind {
         ActorKind::Storage,
         ActorKind::Metrics,
         ActorKind::Tls,
+        ActorKind::Keys,
     ];
 
     pub fn label(self) -> &'static str {
@@ -56,6 +59,7 @@ impl ActorKind {
             ActorKind::Storage => "storage",
             ActorKind::Metrics => "metrics",
             ActorKind::Tls => "tls",
+            ActorKind::Keys => "keys",
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod firewall;
+pub mod jwks;
 pub mod proto;
 pub mod tls;
 

@@ -41,12 +41,13 @@ fn write_seeds() {
     let out = std::env::var_os("TOPGUN_SEEDS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    let targets: [Target; 6] = [
+    let targets: [Target; 7] = [
         ("client_frame", client_seeds(), harness::client_frame),
         ("http_sync", http_sync_seeds(), harness::http_sync),
         ("cluster_wire", cluster_seeds(), harness::cluster_wire),
         ("membership", membership_seeds(), harness::membership),
         ("jwt", jwt_seeds(), harness::jwt),
+        ("jwks", jwks_seeds(), harness::jwks),
         ("config", config_seeds(), harness::config),
     ];
     for (target, seeds, run) in targets {
@@ -973,6 +974,47 @@ fn jwt_seeds() -> Seeds {
         seeds.push((name.into(), seed));
     }
     seeds
+}
+
+// ------------------------------------------------------------------------------------------
+// JWKS
+
+fn jwks_seeds() -> Seeds {
+    let rsa = jsonwebtoken::DecodingKey::from_rsa_pem(harness::RS_PUBLIC_PEM.as_bytes())
+        .expect("the harness's RSA key parses");
+    let mut rsa_jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_decoding_key(&rsa, Some(jsonwebtoken::Algorithm::RS256))
+            .expect("a JWK of the RSA key"),
+    )
+    .expect("JWK to JSON");
+    rsa_jwk["kid"] = "rs".into();
+    // A valid P-256 point (the generator) and Ed25519 key (RFC 8032, test 1).
+    let ec = serde_json::json!({"kty": "EC", "kid": "ec", "crv": "P-256", "alg": "ES256",
+        "x": "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY",
+        "y": "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU"});
+    let ed = serde_json::json!({"kty": "OKP", "kid": "ed", "crv": "Ed25519",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+    let hs = serde_json::json!({"kty": "oct", "kid": "hs", "k": "ZnV6ei1zZWNyZXQ"});
+    let skipped = [
+        serde_json::json!({"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"}),
+        serde_json::json!({"kty": "OKP", "kid": "short", "crv": "Ed25519", "x": "AAAA"}),
+        serde_json::json!({"kty": "EC", "kid": "p521", "crv": "P-521", "x": "AA", "y": "AA"}),
+        serde_json::json!({"kty": "oct", "kid": "confused", "alg": "RS256", "k": "c2VjcmV0"}),
+        serde_json::json!({"kty": "XYZ", "kid": "odd"}),
+    ];
+    let doc = |keys: Vec<serde_json::Value>| serde_json::json!({ "keys": keys }).to_string();
+    let mut with_skipped = vec![ed.clone()];
+    with_skipped.extend(skipped);
+    vec![
+        (
+            "all-types".into(),
+            doc(vec![rsa_jwk, ec.clone(), ed, hs]).into_bytes(),
+        ),
+        ("one-ec".into(), doc(vec![ec]).into_bytes()),
+        ("skipped".into(), doc(with_skipped).into_bytes()),
+        ("pem-rsa".into(), harness::RS_PUBLIC_PEM.as_bytes().to_vec()),
+        ("empty".into(), doc(Vec::new()).into_bytes()),
+    ]
 }
 
 // ------------------------------------------------------------------------------------------
