@@ -676,6 +676,24 @@ async fn slow_client(node: &Node) -> Client {
     Client { ws, closed: None }
 }
 
+/// Sends a PING every `every` for `how_long` (or until the socket fails), reading nothing.
+async fn keep_pinging(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    how_long: Duration,
+    every: Duration,
+) {
+    let until = Instant::now() + how_long;
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let frame = encode(&ping(n as f64));
+        if sink.send(Message::Binary(frame.into())).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_that_keeps_sending_still_reads_its_1013_close() {
     use futures_util::StreamExt;
@@ -714,19 +732,12 @@ async fn a_slow_consumer_that_keeps_sending_still_reads_its_1013_close() {
     }
     // It reads again and, all the while, keeps sending: the node closes it (1013) while its
     // frames are still arriving.
-    let (mut sink, mut stream) = slow.ws.split();
-    let sender = tokio::spawn(async move {
-        let until = Instant::now() + Duration::from_secs(10);
-        let mut n = 0u64;
-        while Instant::now() < until {
-            n += 1;
-            let frame = encode(&ping(n as f64));
-            if sink.send(Message::Binary(frame.into())).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    });
+    let (sink, mut stream) = slow.ws.split();
+    let sender = tokio::spawn(keep_pinging(
+        sink,
+        Duration::from_secs(10),
+        Duration::from_millis(2),
+    ));
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(m) = stream.next().await {
             match m {
@@ -770,19 +781,12 @@ async fn a_client_that_never_reads_again_is_cut_and_counted() {
     ]));
     let mut slow = slow_client(&node).await;
     slow.subscribe("q", "feed", map(&[])).await;
-    let (mut sink, _never_read) = slow.ws.split();
-    let sender = tokio::spawn(async move {
-        let until = Instant::now() + Duration::from_secs(60);
-        let mut n = 0u64;
-        while Instant::now() < until {
-            n += 1;
-            let frame = encode(&ping(n as f64));
-            if sink.send(Message::Binary(frame.into())).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let (sink, _never_read) = slow.ws.split();
+    let sender = tokio::spawn(keep_pinging(
+        sink,
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+    ));
     let mut w = node.authed_client().await;
     let blob = "y".repeat(4_000);
     let mut i = 0u64;
